@@ -1,0 +1,183 @@
+"""Connecting to NATS and declaring the JetStream topology.
+
+``ensure_topology`` is idempotent: every component may call it at start, in
+any order, many replicas at once; existing streams are updated in place when
+their configuration differs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import nats
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext, api
+from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.kv import KeyValue
+from nats.js.object_store import ObjectStore
+
+from . import names
+from .errors import Unavailable
+from .logging import get_logger
+from .settings import Settings
+
+log = get_logger(__name__)
+
+# How long a re-sent invocation id is recognised as the same invocation.
+DEDUPE_WINDOW_S = 10 * 60.0
+
+
+async def connect(settings: Settings, *, name: str) -> NATS:
+    """Connect with the configured servers and credentials; reconnect forever."""
+    s = settings.nats
+    options: dict[str, object] = {
+        "servers": s.urls,
+        "name": name,
+        "connect_timeout": s.connect_timeout,
+        "max_reconnect_attempts": -1,
+        "reconnect_time_wait": 0.5,
+        "allow_reconnect": True,
+    }
+    if s.user:
+        options["user"] = s.user
+    if s.password:
+        options["password"] = s.password.get_secret_value()
+    if s.token:
+        options["token"] = s.token.get_secret_value()
+    if s.creds_file:
+        options["user_credentials"] = str(s.creds_file)
+
+    async def on_error(exc: Exception) -> None:
+        log.warning("nats.error", error=str(exc))
+
+    async def on_disconnect() -> None:
+        log.warning("nats.disconnected")
+
+    async def on_reconnect() -> None:
+        log.info("nats.reconnected")
+
+    try:
+        return await nats.connect(
+            error_cb=on_error,
+            disconnected_cb=on_disconnect,
+            reconnected_cb=on_reconnect,
+            **options,  # type: ignore[arg-type]
+        )
+    except Exception as exc:  # nats raises several unrelated types here
+        raise Unavailable(f"cannot connect to NATS at {', '.join(s.urls)}: {exc}") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class Buckets:
+    functions: KeyValue
+    invocations: KeyValue
+    workers: KeyValue
+    billing: KeyValue
+    artifacts: ObjectStore
+
+
+async def _ensure_stream(js: JetStreamContext, config: api.StreamConfig) -> None:
+    try:
+        await js.add_stream(config)
+    except BadRequestError:
+        # Exists with another configuration: converge to ours.
+        await js.update_stream(config)
+
+
+async def _ensure_kv(js: JetStreamContext, **config: object) -> KeyValue:
+    try:
+        return await js.create_key_value(**config)
+    except BadRequestError:
+        kv = await js.key_value(str(config["bucket"]))
+        return kv
+
+
+async def ensure_topology(js: JetStreamContext, settings: Settings) -> Buckets:
+    """Create (or converge) every stream, consumer and bucket SoulBox uses."""
+    replicas = settings.nats.replicas
+    await _ensure_stream(
+        js,
+        api.StreamConfig(
+            name=names.INVOCATIONS_STREAM,
+            subjects=[names.INVOCATIONS_SUBJECTS],
+            retention=api.RetentionPolicy.WORK_QUEUE,
+            storage=api.StorageType.FILE,
+            duplicate_window=DEDUPE_WINDOW_S,
+            num_replicas=replicas,
+            discard=api.DiscardPolicy.NEW,
+            max_msgs=1_000_000,
+        ),
+    )
+    await _ensure_stream(
+        js,
+        api.StreamConfig(
+            name=names.EVENTS_STREAM,
+            subjects=[names.EVENTS_SUBJECTS],
+            retention=api.RetentionPolicy.LIMITS,
+            storage=api.StorageType.FILE,
+            duplicate_window=DEDUPE_WINDOW_S,
+            max_age=7 * 24 * 3600.0,
+            num_replicas=replicas,
+        ),
+    )
+    await _ensure_stream(
+        js,
+        api.StreamConfig(
+            name=names.AUDIT_STREAM,
+            subjects=[names.AUDIT_SUBJECTS],
+            retention=api.RetentionPolicy.LIMITS,
+            storage=api.StorageType.FILE,
+            duplicate_window=DEDUPE_WINDOW_S,
+            deny_delete=True,
+            deny_purge=True,
+            num_replicas=replicas,
+        ),
+    )
+    await _ensure_consumer(
+        js,
+        names.INVOCATIONS_STREAM,
+        api.ConsumerConfig(
+            durable_name=names.SCHEDULER_CONSUMER,
+            ack_policy=api.AckPolicy.EXPLICIT,
+            ack_wait=30.0,
+            max_ack_pending=-1,
+            max_deliver=-1,
+        ),
+    )
+    for consumer in names.EVENT_CONSUMERS:
+        await _ensure_consumer(
+            js,
+            names.EVENTS_STREAM,
+            api.ConsumerConfig(
+                durable_name=consumer,
+                ack_policy=api.AckPolicy.EXPLICIT,
+                ack_wait=30.0,
+                max_ack_pending=20_000,
+                deliver_policy=api.DeliverPolicy.ALL,
+            ),
+        )
+    return Buckets(
+        functions=await _ensure_kv(js, bucket=names.FUNCTIONS_BUCKET, history=5, replicas=replicas),
+        invocations=await _ensure_kv(
+            js, bucket=names.INVOCATIONS_BUCKET, ttl=settings.invocation_ttl_s, replicas=replicas
+        ),
+        workers=await _ensure_kv(
+            js, bucket=names.WORKERS_BUCKET, ttl=settings.worker.heartbeat_ttl_s * 10, replicas=replicas
+        ),
+        billing=await _ensure_kv(js, bucket=names.BILLING_BUCKET, replicas=replicas),
+        artifacts=await _ensure_object_store(js, replicas),
+    )
+
+
+async def _ensure_consumer(js: JetStreamContext, stream: str, config: api.ConsumerConfig) -> None:
+    try:
+        await js.consumer_info(stream, config.durable_name or "")
+    except NotFoundError:
+        await js.add_consumer(stream, config)
+
+
+async def _ensure_object_store(js: JetStreamContext, replicas: int) -> ObjectStore:
+    try:
+        return await js.object_store(names.ARTIFACTS_BUCKET)
+    except Exception:  # BucketNotFoundError is not exported uniformly across versions
+        return await js.create_object_store(names.ARTIFACTS_BUCKET, replicas=replicas)

@@ -1,0 +1,65 @@
+"""Every NATS subject, stream, consumer and bucket name SoulBox uses.
+
+The whole wire topology is here so that components never spell a subject by
+hand. Subjects are namespaced under ``sb.`` so SoulBox can share an account
+with other applications.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+# Streams ------------------------------------------------------------------
+INVOCATIONS_STREAM: Final = "SB_INVOCATIONS"
+"""Work queue of accepted invocations (de-duplicated by invocation id)."""
+INVOCATIONS_SUBJECTS: Final = "sb.invocations.>"
+
+EVENTS_STREAM: Final = "SB_EVENTS"
+"""Lifecycle events; every consumer kind reads all of them."""
+EVENTS_SUBJECTS: Final = "sb.events.>"
+
+AUDIT_STREAM: Final = "SB_AUDIT"
+"""Append-only audit log (API calls and lifecycle events)."""
+AUDIT_SUBJECTS: Final = "sb.audit.>"
+
+# Durable consumers ----------------------------------------------------------
+SCHEDULER_CONSUMER: Final = "scheduler"
+EVENT_CONSUMERS: Final = ("billing", "audit", "metrics")
+
+# Key-value buckets and object store ----------------------------------------------
+FUNCTIONS_BUCKET: Final = "sb_functions"
+INVOCATIONS_BUCKET: Final = "sb_invocations"
+WORKERS_BUCKET: Final = "sb_workers"
+BILLING_BUCKET: Final = "sb_billing"
+ARTIFACTS_BUCKET: Final = "sb_artifacts"
+
+
+def invocation_subject(tenant: str) -> str:
+    return f"sb.invocations.{tenant}"
+
+
+def event_subject(event_type: str) -> str:
+    """``invocation.completed`` -> ``sb.events.invocation.completed``."""
+    return f"sb.events.{event_type}"
+
+
+def audit_subject(kind: str) -> str:
+    """``api`` or ``event``."""
+    return f"sb.audit.{kind}"
+
+
+WORKER_HEARTBEAT_SUBJECT: Final = "sb.workers.heartbeat"
+"""Core NATS (not JetStream): liveness must not depend on stream consumers."""
+
+
+def worker_run_subject(worker_id: str) -> str:
+    """Core NATS request subject on which a worker accepts dispatches."""
+    return f"sb.workers.{worker_id}.run"
+
+
+def function_key(tenant: str, name: str) -> str:
+    return f"{tenant}.{name}"
+
+
+def billing_key(tenant: str, function: str, invocation_id: str) -> str:
+    return f"{tenant}.{function}.{invocation_id}"

@@ -1,0 +1,251 @@
+"""The contract: every message that crosses NATS, defined once.
+
+Each wire message is a pydantic model carrying ``v`` (its schema version) and
+is encoded with msgpack by :mod:`soulbox.core.codec`. A reader accepts any
+version up to its own and rejects newer ones with a ``SchemaError``.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+SCHEMA_VERSION: Literal[1] = 1
+
+NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+NAME_RE = re.compile(NAME_PATTERN)
+Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Message(BaseModel):
+    """Base of every wire message."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+    v: int = SCHEMA_VERSION
+    max_version: ClassVar[int] = SCHEMA_VERSION
+
+
+class Tier(StrEnum):
+    """A runtime tier: a family of workers that run one kind of code."""
+
+    WASM = "wasm"
+
+
+class Runtime(StrEnum):
+    """What the function's code is; the scheduler maps it to a tier."""
+
+    WASI = "wasi"  # a WASI preview-1 command module (`_start`, stdin -> stdout)
+
+
+class Status(StrEnum):
+    ACCEPTED = "accepted"
+    SCHEDULED = "scheduled"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (Status.COMPLETED, Status.FAILED, Status.TIMED_OUT)
+
+
+class Outcome(StrEnum):
+    """How a finished invocation ended; what billing and metrics classify by."""
+
+    SUCCESS = "success"  # ran to the end with exit code 0
+    FUNCTION_ERROR = "function_error"  # non-zero exit or a trap in the guest
+    TIMEOUT = "timeout"  # wall-clock deadline reached
+    OUT_OF_MEMORY = "out_of_memory"  # memory limit reached
+    PLATFORM_ERROR = "platform_error"  # SoulBox could not run it
+
+
+class EventType(StrEnum):
+    ACCEPTED = "invocation.accepted"
+    SCHEDULED = "invocation.scheduled"
+    STARTED = "invocation.started"
+    COMPLETED = "invocation.completed"
+    FAILED = "invocation.failed"
+    TIMED_OUT = "invocation.timed_out"
+
+
+class Limits(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    memory_mb: int = Field(64, ge=1, le=65536)
+    timeout_ms: int = Field(10_000, ge=1, le=24 * 3600 * 1000)
+    max_output_bytes: int = Field(1024 * 1024, ge=0, le=64 * 1024 * 1024)
+
+
+class FunctionSpec(Message):
+    """A deployed function, as stored in the function registry."""
+
+    tenant: Name
+    name: Name
+    runtime: Runtime = Runtime.WASI
+    artifact: str = Field(description="sha256 of the uploaded module, the object store key")
+    artifact_size: int
+    limits: Limits = Limits()
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class InvocationRequest(Message):
+    """What the gateway puts on the invocation stream."""
+
+    id: str
+    tenant: Name
+    function: FunctionSpec
+    input: bytes = b""
+    reply_to: str | None = Field(None, description="core NATS subject awaiting the record")
+    accepted_at: datetime = Field(default_factory=utcnow)
+    trace_id: str | None = None
+
+
+class Dispatch(Message):
+    """Scheduler -> worker: run this invocation now."""
+
+    request: InvocationRequest
+    tier: Tier
+    attempt: int = 1
+    scheduled_at: datetime = Field(default_factory=utcnow)
+
+
+class DispatchReply(Message):
+    """Worker -> scheduler: the dispatch is finished (or refused)."""
+
+    accepted: bool
+    status: Status | None = None
+    reason: str | None = None
+
+
+class InvocationError(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    kind: str  # trap, exit, timeout, out_of_memory, platform
+    message: str
+
+
+class InvocationRecord(Message):
+    """The state of one invocation, kept in the invocations bucket."""
+
+    id: str
+    tenant: Name
+    function: Name
+    status: Status
+    tier: Tier | None = None
+    worker: str | None = None
+    attempt: int = 1
+    outcome: Outcome | None = None
+    exit_code: int | None = None
+    error: InvocationError | None = None
+    stdout: bytes = b""
+    stderr: bytes = b""
+    stdout_bytes: int = 0
+    stderr_bytes: int = 0
+    stdout_truncated: bool = False
+    stderr_truncated: bool = False
+    accepted_at: datetime
+    scheduled_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    duration_ms: float | None = None
+    peak_memory_bytes: int | None = None
+    timeout_ms: int | None = None
+
+
+class LifecycleEvent(Message):
+    """One step of an invocation's life, published on the events stream.
+
+    ``id`` is ``<invocation id>.<type>`` (plus ``.<attempt>`` for the
+    per-attempt ``scheduled`` and ``started``), so a re-published event is
+    recognised as the same event by every consumer and by the stream's
+    de-duplication, and an invocation has at most one terminal event.
+    """
+
+    id: str
+    type: EventType
+    invocation_id: str
+    tenant: Name
+    function: Name
+    tier: Tier | None = None
+    worker: str | None = None
+    attempt: int = 1
+    at: datetime = Field(default_factory=utcnow)
+    outcome: Outcome | None = None
+    duration_ms: float | None = None
+    peak_memory_bytes: int | None = None
+    memory_limit_mb: int | None = None
+    error: InvocationError | None = None
+
+    @classmethod
+    def for_record(
+        cls, type_: EventType, record: InvocationRecord, *, memory_limit_mb: int | None = None
+    ) -> LifecycleEvent:
+        suffix = type_.value.split(".", 1)[1]
+        if type_ in (EventType.SCHEDULED, EventType.STARTED):
+            suffix = f"{suffix}.{record.attempt}"
+        return cls(
+            id=f"{record.id}.{suffix}",
+            type=type_,
+            invocation_id=record.id,
+            tenant=record.tenant,
+            function=record.function,
+            tier=record.tier,
+            worker=record.worker,
+            attempt=record.attempt,
+            outcome=record.outcome,
+            duration_ms=record.duration_ms,
+            peak_memory_bytes=record.peak_memory_bytes,
+            memory_limit_mb=memory_limit_mb,
+            error=record.error,
+        )
+
+
+class WorkerHeartbeat(Message):
+    """A worker's liveness and free capacity, put in the workers bucket."""
+
+    worker_id: str
+    tiers: list[Tier]
+    capacity: int
+    in_flight: int
+    pid: int
+    host: str
+    started_at: datetime
+    at: datetime = Field(default_factory=utcnow)
+    draining: bool = False  # shutting down: send it nothing new
+
+
+class AuditRecord(Message):
+    """One entry of the audit log."""
+
+    id: str
+    kind: Literal["api", "event"]
+    at: datetime = Field(default_factory=utcnow)
+    tenant: str | None = None
+    actor: str | None = None
+    action: str
+    resource: str | None = None
+    result: str | None = None
+    source: str | None = None
+    detail: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
+
+
+class UsageEntry(Message):
+    """One billed invocation, keyed by invocation id in the billing bucket."""
+
+    invocation_id: str
+    tenant: Name
+    function: Name
+    tier: Tier | None
+    outcome: Outcome | None
+    at: datetime
+    billable_ms: int
+    memory_mb: int
+    gb_seconds: float

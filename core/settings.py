@@ -1,0 +1,103 @@
+"""Settings: built once in ``main()`` and passed down through constructors.
+
+Every value can be set by environment (``SOULBOX_`` prefix, ``__`` between
+nested names, e.g. ``SOULBOX_NATS__URLS='["nats://a:4222","nats://b:4222"]'``)
+or by a ``.env`` file. Nothing reads the environment anywhere else.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import uuid
+from pathlib import Path
+
+from pydantic import BaseModel, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+EMBEDDED_NATS_PORT = 14222  # not 4222: a NATS of somebody else may listen there
+
+
+def _default_worker_id() -> str:
+    # The id is a NATS subject token: no dots, spaces or wildcards.
+    host = re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname())
+    return f"{host}-{uuid.uuid4().hex[:8]}"
+
+
+class NatsSettings(BaseModel):
+    urls: list[str] = [f"nats://127.0.0.1:{EMBEDDED_NATS_PORT}"]
+    user: str | None = None
+    password: SecretStr | None = None
+    token: SecretStr | None = None
+    creds_file: Path | None = None
+    connect_timeout: float = 2.0
+    replicas: int = Field(1, ge=1, le=5, description="stream/bucket replicas (3 on a cluster)")
+
+
+class EmbeddedNatsSettings(BaseModel):
+    """The nats-server that ``soulbox up`` starts when no external one is given."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = EMBEDDED_NATS_PORT
+    monitor_port: int = 18222
+
+
+class GatewaySettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = 8470
+    # Below the NATS max_payload (8 MiB in infra/nats.conf) with room for the envelope.
+    max_body_bytes: int = Field(6 * 1024 * 1024, ge=1024)
+    max_module_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    sync_grace_s: float = Field(5.0, ge=0, description="extra wait over a function's timeout")
+
+
+class FunctionDefaults(BaseModel):
+    memory_mb: int = 64
+    timeout_ms: int = 10_000
+    max_memory_mb: int = 4096
+    max_timeout_ms: int = 15 * 60 * 1000
+    max_output_bytes: int = 1024 * 1024
+
+
+class SchedulerSettings(BaseModel):
+    max_in_flight: int = Field(2048, ge=1)
+    fetch_batch: int = Field(256, ge=1)
+    dispatch_grace_s: float = Field(10.0, ge=0)
+    no_worker_wait_s: float = Field(30.0, ge=0, description="how long to hold an invocation when no worker is live")
+
+
+class WorkerSettings(BaseModel):
+    id: str = Field(default_factory=_default_worker_id)
+    capacity: int = Field(default_factory=lambda: max(2, 2 * (os.cpu_count() or 1)), ge=1)
+    heartbeat_interval_s: float = Field(1.0, gt=0)
+    heartbeat_ttl_s: float = Field(3.0, gt=0)
+    module_cache_size: int = Field(256, ge=1)
+    epoch_tick_ms: int = Field(10, ge=1)
+
+
+class EventsSettings(BaseModel):
+    batch: int = Field(512, ge=1)
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 9470
+    billing_price_per_gb_s: float = 0.0000166667
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="SOULBOX_", env_nested_delimiter="__", env_file=".env", extra="ignore"
+    )
+
+    data_dir: Path = Path(".soulbox")
+    log_level: str = "info"
+    log_format: str = Field("json", pattern="^(json|console)$")
+    tenant: str = Field("default", description="tenant assumed for requests until auth lands")
+    invocation_ttl_s: float = Field(24 * 3600, gt=0, description="how long invocation records are kept")
+    nats: NatsSettings = NatsSettings()
+    embedded_nats: EmbeddedNatsSettings = EmbeddedNatsSettings()
+    gateway: GatewaySettings = GatewaySettings()
+    functions: FunctionDefaults = FunctionDefaults()
+    scheduler: SchedulerSettings = SchedulerSettings()
+    worker: WorkerSettings = WorkerSettings()
+    events: EventsSettings = EventsSettings()

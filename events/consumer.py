@@ -1,0 +1,167 @@
+"""One loop that feeds lifecycle events from a durable consumer to a recorder.
+
+The loop pulls a batch from a durable pull consumer on ``SB_EVENTS``, decodes
+it, hands the decoded events to its recorder in one call, and acknowledges the
+batch only after the recorder returned. It never holds more than one batch:
+the next fetch waits for the previous batch to be settled, and the durable's
+``max_ack_pending`` bounds what the server hands out, so a slow recorder slows
+the fetching instead of growing a queue.
+
+    fetch(batch) ──> decode ──> recorder.record(events) ──> ack all
+                       │                    │
+                 undecodable: term     raised: nak all (delayed redelivery)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import Counter
+from typing import Final, Protocol, runtime_checkable
+
+from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
+from nats.js import JetStreamContext
+
+from soulbox.core import names
+from soulbox.core.codec import decode
+from soulbox.core.errors import SchemaError
+from soulbox.core.logging import get_logger
+from soulbox.core.schemas import LifecycleEvent
+
+log = get_logger(__name__)
+
+MAX_RETRY_DELAY_S: Final = 30.0
+"""The longest a failed batch waits for its redelivery."""
+
+
+@runtime_checkable
+class Recorder(Protocol):
+    """A sink for lifecycle events; what every recorder must provide.
+
+    - **Idempotent on redelivery.** Delivery is at-least-once: the same event
+      (same ``event.id``) may arrive again, in the same batch, in a later one,
+      or after events that happened later. Recording it twice must leave the
+      same result as recording it once (key writes by id, de-duplicate publishes
+      with ``Nats-Msg-Id``, or remember recent ids).
+    - **Durable before returning.** ``record`` returns only once its effects are
+      stored (pipelined writes awaited), because the batch is acknowledged right
+      after it returns and will never be seen again.
+    - **Raise to retry.** Any exception makes the loop negatively acknowledge
+      the whole batch, which the server redelivers after a short delay; a
+      recorder therefore never acknowledges messages itself and may fail half
+      way through a batch.
+    - **Order-tolerant.** Events of one invocation may arrive out of order.
+    - **Bounded time.** A batch must be recorded well within the consumer's
+      ack wait (30 s); batch and pipeline work, never one round trip per event.
+    """
+
+    async def record(self, events: list[LifecycleEvent]) -> None: ...
+
+
+class EventConsumer:
+    """Runs ``recorder`` over the durable ``durable`` until ``stop`` is set.
+
+    ``batch`` bounds the events held in memory, ``fetch_timeout`` how long one
+    idle fetch waits (and so how quickly ``stop`` is noticed), ``retry_delay``
+    how long the server holds a failed batch before its first redelivery
+    (doubling for each further one, see ``MAX_RETRY_DELAY_S``), and
+    ``error_backoff`` the pause after a failed fetch (e.g. while reconnecting).
+    """
+
+    def __init__(
+        self,
+        js: JetStreamContext,
+        recorder: Recorder,
+        *,
+        durable: str,
+        batch: int,
+        stream: str = names.EVENTS_STREAM,
+        fetch_timeout: float = 0.5,
+        retry_delay: float = 1.0,
+        error_backoff: float = 0.5,
+    ) -> None:
+        if batch < 1:
+            raise ValueError("batch must be at least 1")
+        self._js = js
+        self._recorder = recorder
+        self._durable = durable
+        self._stream = stream
+        self._batch = batch
+        self._fetch_timeout = fetch_timeout
+        self._retry_delay = retry_delay
+        self._error_backoff = error_backoff
+        self._log = log.bind(consumer=durable)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Consume until ``stop`` is set; the batch in hand is always settled first."""
+        sub = await self._js.pull_subscribe_bind(consumer=self._durable, stream=self._stream)
+        self._log.info("events.consumer.started", batch=self._batch)
+        try:
+            while not stop.is_set():
+                msgs = await self._fetch(sub, stop)
+                if msgs:
+                    await self._settle(msgs)
+        finally:
+            try:
+                await sub.unsubscribe()
+            except NatsError as exc:  # the connection may already be closing
+                self._log.debug("events.consumer.unsubscribe_failed", error=str(exc))
+            self._log.info("events.consumer.stopped")
+
+    async def _fetch(self, sub: JetStreamContext.PullSubscription, stop: asyncio.Event) -> list[Msg]:
+        try:
+            return await sub.fetch(self._batch, timeout=self._fetch_timeout)
+        except TimeoutError:  # nothing to do (nats' TimeoutError subclasses it)
+            return []
+        except (NatsError, OSError) as exc:  # disconnected, reconnecting, consumer gone...
+            self._log.warning("events.fetch_failed", error=repr(exc))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self._error_backoff)
+            return []
+
+    async def _settle(self, msgs: list[Msg]) -> None:
+        events: list[LifecycleEvent] = []
+        accepted: list[Msg] = []
+        for msg in msgs:
+            try:
+                events.append(decode(LifecycleEvent, msg.data))
+            except SchemaError as exc:
+                self._log.warning(
+                    "events.undecodable",
+                    subject=msg.subject,
+                    seq=msg.metadata.sequence.stream,
+                    error=exc.message,
+                )
+                await msg.term()
+            else:
+                accepted.append(msg)
+        if not events:
+            return
+        self._log.debug("events.batch", count=len(events), kinds=dict(Counter(e.type.value for e in events)))
+        try:
+            await self._recorder.record(events)
+        except Exception as exc:  # any failure: the whole batch comes back later
+            self._log.warning("events.record_failed", count=len(events), error=repr(exc))
+            await _reply_all(accepted, retry_delay=self._retry_delay)
+        else:
+            await _reply_all(accepted)
+
+
+async def _reply_all(msgs: list[Msg], *, retry_delay: float | None = None) -> None:
+    """Ack every message, or nak it when ``retry_delay`` is given.
+
+    A nak'd message comes back after ``retry_delay`` doubled for each earlier
+    delivery, up to ``MAX_RETRY_DELAY_S``, so a recorder that keeps failing
+    (its bucket is gone, NATS is degraded) is retried slowly, not in a hot loop.
+    Each reply is a buffered publish, not a round trip.
+    """
+    try:
+        for msg in msgs:
+            if retry_delay is None:
+                await msg.ack()
+            else:
+                attempts = msg.metadata.num_delivered
+                await msg.nak(delay=min(retry_delay * 2 ** min(attempts - 1, 16), MAX_RETRY_DELAY_S))
+    except NatsError as exc:  # unacknowledged messages are redelivered after the ack wait
+        log.warning("events.reply_failed", count=len(msgs), error=repr(exc))

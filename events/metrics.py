@@ -1,0 +1,133 @@
+"""Prometheus metrics from lifecycle events, on a registry of their own.
+
+    soulbox_lifecycle_events_total{type}             every event
+    soulbox_invocations_total{tier,outcome}          terminal events
+    soulbox_invocation_duration_seconds{tier}        terminal events with a duration
+    soulbox_invocation_peak_memory_bytes             terminal events with a peak
+    soulbox_invocation_queue_depth                   scheduler backlog, polled
+
+Counters cannot be rewritten like a key, so redelivery is handled by
+remembering the ids of recently counted events (a bounded window): an event
+redelivered within the window is not counted again. After a restart every
+counter starts from zero anyway, which Prometheus' ``rate()`` expects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import OrderedDict
+from typing import Final
+
+from nats.errors import Error as NatsError
+from nats.js import JetStreamContext
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from soulbox.core import names
+from soulbox.core.logging import get_logger
+from soulbox.core.schemas import LifecycleEvent
+
+from .billing import TERMINAL_EVENTS
+
+log = get_logger(__name__)
+
+DURATION_BUCKETS: Final = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+)  # fmt: skip
+"""Seconds, 0.1 ms .. 60 s."""
+
+MEMORY_BUCKETS: Final = tuple(float(2**n) for n in range(16, 35, 2))
+"""Bytes, one wasm page (64 KiB) .. 16 GiB, by powers of four."""
+
+UNKNOWN: Final = "unknown"
+
+
+class RecentIds:
+    """A bounded set of the most recently added ids (oldest forgotten first)."""
+
+    def __init__(self, capacity: int) -> None:
+        if capacity < 1:
+            raise ValueError("capacity must be at least 1")
+        self._capacity = capacity
+        self._ids: OrderedDict[str, None] = OrderedDict()
+
+    def add(self, id_: str) -> bool:
+        """Remember ``id_``; False if it was already remembered."""
+        if id_ in self._ids:
+            self._ids.move_to_end(id_)
+            return False
+        self._ids[id_] = None
+        if len(self._ids) > self._capacity:
+            self._ids.popitem(last=False)
+        return True
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+
+class MetricsRecorder:
+    """Counts lifecycle events into Prometheus metrics on ``self.registry``."""
+
+    def __init__(self, *, registry: CollectorRegistry | None = None, dedupe_window: int = 100_000) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self._seen = RecentIds(dedupe_window)
+        self.events = Counter(
+            "soulbox_lifecycle_events", "Lifecycle events seen, by type.", ["type"], registry=self.registry
+        )
+        self.invocations = Counter(
+            "soulbox_invocations",
+            "Finished invocations, by tier and outcome.",
+            ["tier", "outcome"],
+            registry=self.registry,
+        )
+        self.duration = Histogram(
+            "soulbox_invocation_duration_seconds",
+            "Run time of finished invocations.",
+            ["tier"],
+            buckets=DURATION_BUCKETS,
+            registry=self.registry,
+        )
+        self.peak_memory = Histogram(
+            "soulbox_invocation_peak_memory_bytes",
+            "Peak memory of finished invocations.",
+            buckets=MEMORY_BUCKETS,
+            registry=self.registry,
+        )
+        self.queue_depth = Gauge(
+            "soulbox_invocation_queue_depth",
+            "Invocations waiting for or held by the scheduler (pending + ack pending).",
+            registry=self.registry,
+        )
+
+    async def record(self, events: list[LifecycleEvent]) -> None:
+        for event in events:
+            if not self._seen.add(event.id):
+                continue
+            self.events.labels(type=event.type.value).inc()
+            if event.type not in TERMINAL_EVENTS:
+                continue
+            tier = event.tier.value if event.tier is not None else UNKNOWN
+            outcome = event.outcome.value if event.outcome is not None else UNKNOWN
+            self.invocations.labels(tier=tier, outcome=outcome).inc()
+            if event.duration_ms is not None:
+                self.duration.labels(tier=tier).observe(event.duration_ms / 1000)
+            if event.peak_memory_bytes is not None:
+                self.peak_memory.observe(event.peak_memory_bytes)
+
+    async def refresh_queue_depth(self, js: JetStreamContext) -> int:
+        """Read the scheduler consumer's backlog once and set the gauge to it."""
+        info = await js.consumer_info(names.INVOCATIONS_STREAM, names.SCHEDULER_CONSUMER)
+        depth = (info.num_pending or 0) + (info.num_ack_pending or 0)
+        self.queue_depth.set(depth)
+        return depth
+
+    async def watch_queue_depth(self, js: JetStreamContext, stop: asyncio.Event, *, interval: float = 1.0) -> None:
+        """Refresh the queue depth gauge every ``interval`` seconds until ``stop`` is set."""
+        while not stop.is_set():
+            try:
+                await self.refresh_queue_depth(js)
+            except (NatsError, OSError) as exc:  # e.g. reconnecting: keep the last value
+                log.warning("metrics.queue_depth_failed", error=repr(exc))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval)

@@ -1,0 +1,93 @@
+"""``/v1/functions``: deploy, list, read and delete functions."""
+
+from __future__ import annotations
+
+import asyncio
+
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from soulbox.core.errors import InvalidRequest, PayloadTooLarge
+from soulbox.core.schemas import NAME_RE, Limits
+from soulbox.runtimes.wasm.validate import validate_module
+
+from .models import FunctionList, FunctionOut
+from .platform import platform
+
+
+def function_name(request: Request) -> str:
+    name: str = request.path_params["name"]
+    if not NAME_RE.match(name):
+        raise InvalidRequest(
+            f"invalid function name {name!r}: use 1-63 of a-z, 0-9, '-' and '_', starting with a letter or digit"
+        )
+    return name
+
+
+def _int_field(form_value: object, field: str) -> int | None:
+    if form_value is None or form_value == "":
+        return None
+    if not isinstance(form_value, str):
+        raise InvalidRequest(f"{field} must be a number")
+    try:
+        return int(form_value)
+    except ValueError:
+        raise InvalidRequest(f"{field} must be an integer, got {form_value!r}") from None
+
+
+async def deploy(request: Request) -> Response:
+    """Deploy (or redeploy) a function from a multipart form: name, module (.wasm), limits."""
+    p = platform(request)
+    settings = p.settings
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise InvalidRequest("send the function as multipart/form-data with fields `name` and `module`")
+    length = request.headers.get("content-length")
+    if length and length.isdigit() and int(length) > settings.gateway.max_module_bytes + 64 * 1024:
+        raise PayloadTooLarge(f"the upload exceeds the {settings.gateway.max_module_bytes} byte module limit")
+    async with request.form(max_files=1, max_fields=16, max_part_size=settings.gateway.max_module_bytes) as form:
+        name = form.get("name")
+        if not isinstance(name, str) or not NAME_RE.match(name):
+            raise InvalidRequest("field `name` is required: 1-63 of a-z, 0-9, '-' and '_'")
+        upload = form.get("module")
+        if not isinstance(upload, UploadFile):
+            raise InvalidRequest("field `module` must be the .wasm file")
+        module = await upload.read(settings.gateway.max_module_bytes + 1)
+        if len(module) > settings.gateway.max_module_bytes:
+            raise PayloadTooLarge(f"the module exceeds the {settings.gateway.max_module_bytes} byte limit")
+        defaults = settings.functions
+        memory_mb = _int_field(form.get("memory_mb"), "memory_mb") or defaults.memory_mb
+        timeout_ms = _int_field(form.get("timeout_ms"), "timeout_ms") or defaults.timeout_ms
+        max_output = _int_field(form.get("max_output_bytes"), "max_output_bytes")
+    if not 1 <= memory_mb <= defaults.max_memory_mb:
+        raise InvalidRequest(f"memory_mb must be between 1 and {defaults.max_memory_mb}")
+    if not 1 <= timeout_ms <= defaults.max_timeout_ms:
+        raise InvalidRequest(f"timeout_ms must be between 1 and {defaults.max_timeout_ms}")
+    if max_output is not None and not 0 <= max_output <= 64 * 1024 * 1024:
+        raise InvalidRequest("max_output_bytes must be between 0 and 67108864")
+    limits = Limits(
+        memory_mb=memory_mb,
+        timeout_ms=timeout_ms,
+        max_output_bytes=defaults.max_output_bytes if max_output is None else max_output,
+    )
+    await asyncio.to_thread(validate_module, module)  # compiling is CPU work: off the event loop
+    spec, created = await p.registry.deploy(settings.tenant, name, module, limits)
+    return JSONResponse(FunctionOut.of(spec).model_dump(mode="json"), status_code=201 if created else 200)
+
+
+async def list_functions(request: Request) -> Response:
+    p = platform(request)
+    specs = await p.registry.list(p.settings.tenant)
+    return JSONResponse(FunctionList(functions=[FunctionOut.of(s) for s in specs]).model_dump(mode="json"))
+
+
+async def get_function(request: Request) -> Response:
+    p = platform(request)
+    spec = await p.registry.get(p.settings.tenant, function_name(request))
+    return JSONResponse(FunctionOut.of(spec).model_dump(mode="json"))
+
+
+async def delete_function(request: Request) -> Response:
+    p = platform(request)
+    await p.registry.delete(p.settings.tenant, function_name(request))
+    return Response(status_code=204)

@@ -1,0 +1,98 @@
+"""Invoking functions and reading invocation records."""
+
+from __future__ import annotations
+
+import asyncio
+
+import structlog
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from soulbox.core.errors import FunctionFailed, InvocationNotFound, InvocationTimeout, PayloadTooLarge
+from soulbox.core.schemas import InvocationRecord, Status
+from soulbox.core.store import get_model
+
+from .functions import function_name
+from .models import InvocationAccepted, InvocationOut
+from .platform import INVOCATION_ID_RE, platform
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    length = request.headers.get("content-length")
+    if length and length.isdigit() and int(length) > limit:
+        raise PayloadTooLarge(f"the request body exceeds the {limit} byte limit")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"the request body exceeds the {limit} byte limit")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _wants_async(request: Request) -> bool:
+    flag = request.query_params.get("async", "").lower()
+    return flag in ("1", "true", "yes") or "respond-async" in request.headers.get("prefer", "")
+
+
+async def invoke(request: Request) -> Response:
+    """Run a function: the body is its stdin; sync returns its stdout, async a 202 with the id."""
+    p = platform(request)
+    spec = await p.registry.get(p.settings.tenant, function_name(request))
+    body = await read_body(request, p.settings.gateway.max_body_bytes)
+    wait = not _wants_async(request)
+    submission = await p.submit(
+        spec,
+        body,
+        invocation_id=request.headers.get("x-invocation-id"),
+        wait=wait,
+        trace_id=request.headers.get("x-trace-id"),
+    )
+    invocation_id = submission.request.id
+    structlog.contextvars.bind_contextvars(invocation_id=invocation_id)
+    if not wait:
+        url = str(request.url_for("get_invocation", invocation_id=invocation_id).path)
+        accepted = InvocationAccepted(id=invocation_id, status=Status.ACCEPTED.value, url=url)
+        return JSONResponse(accepted.model_dump(), status_code=202, headers={"Location": url})
+
+    timeout = spec.limits.timeout_ms / 1000 + p.settings.gateway.sync_grace_s
+    record: InvocationRecord | None = None
+    if submission.result is None:  # a repeated id: follow the first submission's record
+        record = await p.waiter.watch_until_finished(invocation_id, timeout)
+    else:
+        try:
+            record = await asyncio.wait_for(submission.result, timeout)
+        except TimeoutError:
+            p.waiter.discard(invocation_id)
+    if record is None:
+        raise InvocationTimeout(invocation_id, spec.limits.timeout_ms)
+    return result_response(record)
+
+
+def result_response(record: InvocationRecord) -> Response:
+    headers = {
+        "X-Invocation-Id": record.id,
+        "X-Duration-Ms": f"{record.duration_ms or 0:.3f}",
+    }
+    if record.status is Status.COMPLETED:
+        headers["X-Exit-Code"] = str(record.exit_code or 0)
+        if record.stdout_truncated:
+            headers["X-Stdout-Truncated"] = "true"
+        return Response(record.stdout, status_code=200, headers=headers, media_type="application/octet-stream")
+    if record.status is Status.TIMED_OUT:
+        raise InvocationTimeout(record.id, record.timeout_ms or 0)
+    error = record.error
+    code = record.outcome.value if record.outcome else "function_error"
+    raise FunctionFailed(record.id, code, error.message if error else "the function failed")
+
+
+async def get_invocation(request: Request) -> Response:
+    p = platform(request)
+    invocation_id: str = request.path_params["invocation_id"]
+    if not INVOCATION_ID_RE.match(invocation_id):
+        raise InvocationNotFound(invocation_id)
+    record = await get_model(p.buckets.invocations, invocation_id, InvocationRecord)
+    if record is None or record.tenant != p.settings.tenant:
+        raise InvocationNotFound(invocation_id)
+    return JSONResponse(InvocationOut.of(record).model_dump(mode="json"))

@@ -1,0 +1,124 @@
+"""What the gateway's handlers share: connections, buckets and the registry."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import secrets
+import time
+from dataclasses import dataclass
+
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+from nats.js.errors import BadRequestError, KeyWrongLastSequenceError
+from starlette.requests import Request
+
+from soulbox.core import names
+from soulbox.core.bus import Buckets
+from soulbox.core.codec import encode
+from soulbox.core.errors import InvalidRequest, Overloaded, Unavailable
+from soulbox.core.schemas import (
+    EventType,
+    FunctionSpec,
+    InvocationRecord,
+    InvocationRequest,
+    LifecycleEvent,
+    Status,
+)
+from soulbox.core.settings import Settings
+from soulbox.core.store import put_nowait, settle
+
+from .registry import FunctionRegistry
+from .results import ResultWaiter
+
+INVOCATION_ID_RE = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
+
+
+def new_invocation_id() -> str:
+    """Time-ordered, unique: 12 hex digits of milliseconds, then 16 random."""
+    return f"{int(time.time() * 1000):012x}{secrets.token_hex(8)}"
+
+
+@dataclass(slots=True)
+class Submission:
+    request: InvocationRequest
+    duplicate: bool  # the id was submitted before: this call started nothing new
+    result: asyncio.Future[InvocationRecord] | None = None  # set when waiting and not a duplicate
+
+
+@dataclass(slots=True)
+class Platform:
+    settings: Settings
+    nc: NATS
+    js: JetStreamContext
+    buckets: Buckets
+    registry: FunctionRegistry
+    waiter: ResultWaiter
+
+    async def submit(
+        self, spec: FunctionSpec, body: bytes, *, invocation_id: str | None, wait: bool, trace_id: str | None
+    ) -> Submission:
+        """Record the invocation as accepted and put it on the invocation stream."""
+        client_id = invocation_id is not None
+        if invocation_id is None:
+            invocation_id = new_invocation_id()
+        elif not INVOCATION_ID_RE.match(invocation_id):
+            raise InvalidRequest("X-Invocation-Id must be 8-64 characters of [A-Za-z0-9_-]")
+        request = InvocationRequest(
+            id=invocation_id,
+            tenant=spec.tenant,
+            function=spec,
+            input=body,
+            reply_to=self.waiter.reply_subject(invocation_id) if wait else None,
+            trace_id=trace_id,
+        )
+        record = InvocationRecord(
+            id=invocation_id,
+            tenant=spec.tenant,
+            function=spec.name,
+            status=Status.ACCEPTED,
+            accepted_at=request.accepted_at,
+            timeout_ms=spec.limits.timeout_ms,
+        )
+        event = LifecycleEvent.for_record(EventType.ACCEPTED, record)
+        if client_id:
+            # A caller-chosen id may repeat: claim it atomically; a repeat starts nothing.
+            try:
+                await self.buckets.invocations.create(invocation_id, encode(record))
+            except KeyWrongLastSequenceError:
+                return Submission(request, duplicate=True)
+        result = self.waiter.expect(invocation_id) if wait else None
+        try:
+            pending = [
+                await self.js.publish_async(
+                    names.event_subject(event.type.value), encode(event), headers={"Nats-Msg-Id": event.id}
+                )
+            ]
+            if not client_id:
+                pending.append(await put_nowait(self.js, names.INVOCATIONS_BUCKET, invocation_id, record))
+            ack = await self.js.publish(
+                names.invocation_subject(spec.tenant),
+                encode(request),
+                headers={"Nats-Msg-Id": invocation_id},
+            )
+            await settle(pending)
+        except BadRequestError as exc:
+            self.waiter.discard(invocation_id)
+            if exc.err_code in (10077, 10047, 10048):  # stream message/byte/storage limits
+                raise Overloaded("the invocation queue is full", retry_after=1.0) from exc
+            raise Unavailable(f"could not enqueue the invocation: {exc}") from exc
+        except Unavailable:
+            self.waiter.discard(invocation_id)
+            raise
+        except Exception as exc:  # connection lost, timeouts
+            self.waiter.discard(invocation_id)
+            raise Unavailable(f"could not enqueue the invocation: {exc}") from exc
+        if ack.duplicate:
+            self.waiter.discard(invocation_id)
+            return Submission(request, duplicate=True)
+        return Submission(request, duplicate=False, result=result)
+
+
+def platform(request: Request) -> Platform:
+    p: Platform = request.app.state.platform
+    return p

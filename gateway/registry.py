@@ -1,0 +1,96 @@
+"""The function registry: specs in the functions bucket, module bytes in the object store.
+
+Reads are served from a local copy kept current by a watch on the bucket, so
+an invoke does not pay a KV round trip; a miss falls back to the bucket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+
+from nats.js.kv import KeyValue
+from nats.js.object_store import ObjectStore
+
+from soulbox.core import names
+from soulbox.core.codec import decode, encode
+from soulbox.core.errors import FunctionNotFound, SchemaError
+from soulbox.core.logging import get_logger
+from soulbox.core.schemas import FunctionSpec, Limits, Runtime, utcnow
+from soulbox.core.store import get_model, scan
+
+log = get_logger(__name__)
+
+
+class FunctionRegistry:
+    def __init__(self, kv: KeyValue, artifacts: ObjectStore) -> None:
+        self._kv = kv
+        self._artifacts = artifacts
+        self._cache: dict[str, FunctionSpec] = {}
+        self._watch: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        watcher = await self._kv.watchall()
+        ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._watch = asyncio.create_task(self._follow(watcher, ready))
+        await ready
+
+    async def stop(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            await asyncio.gather(self._watch, return_exceptions=True)
+
+    async def _follow(self, watcher: KeyValue.KeyWatcher, ready: asyncio.Future[None]) -> None:
+        async for entry in watcher:
+            if entry is None:
+                if not ready.done():
+                    ready.set_result(None)
+                continue
+            if entry.operation in ("DEL", "PURGE") or not entry.value:
+                self._cache.pop(entry.key, None)
+                continue
+            try:
+                self._cache[entry.key] = decode(FunctionSpec, entry.value)
+            except SchemaError as exc:
+                log.warning("registry.bad_spec", key=entry.key, error=exc.message)
+
+    async def get(self, tenant: str, name: str) -> FunctionSpec:
+        key = names.function_key(tenant, name)
+        spec = self._cache.get(key)
+        if spec is None:
+            spec = await get_model(self._kv, key, FunctionSpec)
+            if spec is None:
+                raise FunctionNotFound(name)
+        return spec
+
+    async def list(self, tenant: str) -> list[FunctionSpec]:
+        specs = [spec async for _, spec in scan(self._kv, f"{tenant}.>", FunctionSpec)]
+        return sorted(specs, key=lambda s: s.name)
+
+    async def deploy(self, tenant: str, name: str, module: bytes, limits: Limits) -> tuple[FunctionSpec, bool]:
+        """Store the module (content-addressed) and the spec; True if the function is new."""
+        digest = hashlib.sha256(module).hexdigest()
+        key = names.function_key(tenant, name)
+        previous = await get_model(self._kv, key, FunctionSpec)
+        await self._artifacts.put(digest, module)
+        now = utcnow()
+        spec = FunctionSpec(
+            tenant=tenant,
+            name=name,
+            runtime=Runtime.WASI,
+            artifact=digest,
+            artifact_size=len(module),
+            limits=limits,
+            created_at=previous.created_at if previous else now,
+            updated_at=now,
+        )
+        await self._kv.put(key, encode(spec))
+        self._cache[key] = spec
+        return spec, previous is None
+
+    async def delete(self, tenant: str, name: str) -> None:
+        key = names.function_key(tenant, name)
+        if await get_model(self._kv, key, FunctionSpec) is None:
+            raise FunctionNotFound(name)
+        await self._kv.delete(key)
+        self._cache.pop(key, None)

@@ -1,0 +1,67 @@
+"""The protocol every runtime tier implements.
+
+A tier turns (function spec, input bytes) into a :class:`RunResult`. Like
+OpenWhisk's container factory, each backend must provide:
+
+* ``tier``: the :class:`~soulbox.core.schemas.Tier` it serves;
+* ``run``: execute one invocation to the end, honouring ``spec.limits`` —
+  the wall-clock deadline (``timeout_ms``: outcome ``TIMEOUT``), the memory
+  limit (``memory_mb``: outcome ``OUT_OF_MEMORY``) and the output cap
+  (``max_output_bytes``: output truncated and flagged, never unbounded). A
+  guest failure (trap, non-zero exit, crash) is a ``FUNCTION_ERROR`` result,
+  not an exception; an exception from ``run`` means SoulBox itself failed;
+* ``run`` may be called concurrently, up to the worker's capacity;
+* ``close``: release every resource; safe to call twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from soulbox.core.schemas import FunctionSpec, InvocationError, Outcome, Tier
+
+
+@dataclass(slots=True)
+class Output:
+    """A bounded capture of one output stream."""
+
+    limit: int
+    chunks: list[bytes] = field(default_factory=list)
+    size: int = 0  # bytes the guest wrote, kept or not
+
+    def write(self, data: bytes) -> None:
+        room = self.limit - min(self.size, self.limit)
+        if room > 0:
+            self.chunks.append(data[:room])
+        self.size += len(data)
+
+    @property
+    def truncated(self) -> bool:
+        return self.size > self.limit
+
+    def getvalue(self) -> bytes:
+        return b"".join(self.chunks)
+
+
+@dataclass(frozen=True, slots=True)
+class RunResult:
+    outcome: Outcome
+    exit_code: int | None
+    stdout: bytes
+    stderr: bytes
+    stdout_bytes: int
+    stderr_bytes: int
+    stdout_truncated: bool
+    stderr_truncated: bool
+    duration_ms: float
+    peak_memory_bytes: int | None = None
+    error: InvocationError | None = None
+
+
+class Runtime(Protocol):
+    tier: Tier
+
+    async def run(self, spec: FunctionSpec, input: bytes) -> RunResult: ...
+
+    async def close(self) -> None: ...

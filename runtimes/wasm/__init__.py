@@ -1,0 +1,1 @@
+"""The Wasmtime tier: engine -> cached module -> InstancePre -> a Store per call."""

@@ -1,0 +1,83 @@
+"""Compiled modules: content-addressed on disk, an LRU of InstancePre in memory.
+
+An artifact's compiled form is keyed by the sha256 of its bytes and the
+engine's fingerprint (wasmtime version + configuration), so a worker
+deserializes what any earlier run compiled instead of compiling again.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import wasmtime
+
+from soulbox.core.logging import get_logger
+
+from .engine import WasmEngine
+
+log = get_logger(__name__)
+
+FetchArtifact = Callable[[str], Awaitable[bytes]]
+
+
+class ModuleCache:
+    """Maps an artifact digest to a ready ``InstancePre`` (bounded LRU)."""
+
+    def __init__(self, engine: WasmEngine, linker: wasmtime.Linker, cache_dir: Path, *, size: int) -> None:
+        self._engine = engine
+        self._linker = linker
+        self._dir = cache_dir
+        self._dir.mkdir(parents=True, exist_ok=True)
+        self._size = size
+        self._lru: OrderedDict[str, wasmtime.InstancePre] = OrderedDict()
+        self._lock = threading.Lock()
+        self.compiled = 0
+        self.deserialized = 0
+        self.evicted = 0
+
+    def lookup(self, digest: str) -> wasmtime.InstancePre | None:
+        with self._lock:
+            pre = self._lru.get(digest)
+            if pre is not None:
+                self._lru.move_to_end(digest)
+            return pre
+
+    def _path(self, digest: str) -> Path:
+        return self._dir / f"{digest}-{self._engine.fingerprint}.cwasm"
+
+    def load_compiled(self, digest: str) -> wasmtime.InstancePre | None:
+        """Deserialize a compiled artifact from disk, if one exists."""
+        path = self._path(digest)
+        if not path.exists():
+            return None
+        try:
+            module = wasmtime.Module.deserialize_file(self._engine.engine, str(path))
+        except wasmtime.WasmtimeError as exc:
+            log.warning("wasm.cache.corrupt", artifact=digest, error=str(exc))
+            path.unlink(missing_ok=True)
+            return None
+        self.deserialized += 1
+        return self._insert(digest, module)
+
+    def compile(self, digest: str, data: bytes) -> wasmtime.InstancePre:
+        module = wasmtime.Module(self._engine.engine, data)
+        self.compiled += 1
+        path = self._path(digest)
+        tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
+        tmp.write_bytes(module.serialize())
+        os.replace(tmp, path)  # atomic: concurrent workers never see half a file
+        return self._insert(digest, module)
+
+    def _insert(self, digest: str, module: wasmtime.Module) -> wasmtime.InstancePre:
+        pre = self._linker.instantiate_pre(module)
+        with self._lock:
+            self._lru[digest] = pre
+            self._lru.move_to_end(digest)
+            while len(self._lru) > self._size:
+                self._lru.popitem(last=False)
+                self.evicted += 1
+        return pre

@@ -1,0 +1,264 @@
+"""The worker process: runs dispatched invocations on its runtime tiers.
+
+It announces itself with heartbeats (core NATS for liveness, the workers
+bucket for the record), takes dispatches
+on its own core NATS subject (request/reply with the scheduler), writes the
+invocation record, publishes lifecycle events, answers the waiting gateway
+directly, and replies to the scheduler only once the record and events are
+durable — so a worker killed mid-invocation leaves the dispatch unanswered
+and the scheduler redelivers it elsewhere.
+
+Run: ``python -m soulbox.runtimes.worker``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+
+import structlog
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import PubAck
+
+from soulbox.core import names
+from soulbox.core.bus import Buckets, connect, ensure_topology
+from soulbox.core.codec import decode, encode
+from soulbox.core.errors import SchemaError
+from soulbox.core.logging import configure_logging, get_logger
+from soulbox.core.schemas import (
+    Dispatch,
+    DispatchReply,
+    EventType,
+    InvocationError,
+    InvocationRecord,
+    LifecycleEvent,
+    Outcome,
+    Status,
+    Tier,
+    WorkerHeartbeat,
+    utcnow,
+)
+from soulbox.core.settings import Settings
+from soulbox.core.store import put_nowait, settle
+
+from .protocol import RunResult, Runtime
+from .wasm.runtime import WasmRuntime
+
+log = get_logger(__name__)
+
+_STATUS_BY_OUTCOME = {
+    Outcome.SUCCESS: (Status.COMPLETED, EventType.COMPLETED),
+    Outcome.TIMEOUT: (Status.TIMED_OUT, EventType.TIMED_OUT),
+}
+
+
+class Worker:
+    def __init__(self, settings: Settings, nc: NATS, buckets: Buckets, runtimes: dict[Tier, Runtime]) -> None:
+        self.settings = settings
+        self.id = settings.worker.id
+        self.capacity = settings.worker.capacity
+        self._nc = nc
+        self._js: JetStreamContext = nc.jetstream()
+        self._buckets = buckets
+        self._runtimes = runtimes
+        self._in_flight = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._started_at = utcnow()
+        self._stopping = asyncio.Event()
+
+    async def serve(self) -> None:
+        sub = await self._nc.subscribe(names.worker_run_subject(self.id), cb=self._on_dispatch)
+        await self._heartbeat()
+        log.info("worker.ready", worker=self.id, capacity=self.capacity, tiers=list(self._runtimes))
+        beat = asyncio.create_task(self._heartbeats())
+        await self._stopping.wait()
+        # Drain: refuse new work, finish what runs, then leave.
+        await sub.unsubscribe()
+        await self._heartbeat(draining=True)
+        await self._buckets.workers.delete(self.id)
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=self.settings.functions.max_timeout_ms / 1000)
+        beat.cancel()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def _heartbeat(self, *, draining: bool = False) -> None:
+        beat = encode(
+            WorkerHeartbeat(
+                worker_id=self.id,
+                tiers=list(self._runtimes),
+                capacity=self.capacity,
+                in_flight=self._in_flight,
+                pid=os.getpid(),
+                host=socket.gethostname(),
+                started_at=self._started_at,
+                draining=draining,
+            )
+        )
+        # Liveness goes over core NATS; the bucket keeps the latest for new schedulers and `status`.
+        await self._nc.publish(names.WORKER_HEARTBEAT_SUBJECT, beat)
+        await asyncio.wait_for(self._buckets.workers.put(self.id, beat), self.settings.worker.heartbeat_ttl_s)
+
+    async def _heartbeats(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.worker.heartbeat_interval_s)
+            try:
+                await self._heartbeat()
+            except Exception as exc:  # NATS down: keep trying, the scheduler will see us stale
+                log.warning("worker.heartbeat_failed", error=str(exc))
+
+    async def _on_dispatch(self, msg: Msg) -> None:
+        try:
+            dispatch = decode(Dispatch, msg.data)
+        except SchemaError as exc:
+            log.warning("worker.bad_dispatch", error=exc.message)
+            await msg.respond(encode(DispatchReply(accepted=False, reason=exc.message)))
+            return
+        if self._in_flight >= self.capacity or dispatch.tier not in self._runtimes or self._stopping.is_set():
+            await msg.respond(encode(DispatchReply(accepted=False, reason="busy")))
+            return
+        self._in_flight += 1
+        task = asyncio.create_task(self._execute(dispatch, msg))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _execute(self, dispatch: Dispatch, msg: Msg) -> None:
+        request = dispatch.request
+        spec = request.function
+        bound = structlog.contextvars.bound_contextvars(
+            invocation_id=request.id, function=spec.name, tenant=request.tenant, trace_id=request.trace_id
+        )
+        with bound:
+            try:
+                record = InvocationRecord(
+                    id=request.id,
+                    tenant=request.tenant,
+                    function=spec.name,
+                    status=Status.RUNNING,
+                    tier=dispatch.tier,
+                    worker=self.id,
+                    attempt=dispatch.attempt,
+                    accepted_at=request.accepted_at,
+                    scheduled_at=dispatch.scheduled_at,
+                    started_at=utcnow(),
+                    timeout_ms=spec.limits.timeout_ms,
+                )
+                pending = [
+                    await self._put_record(record),
+                    await self._event(EventType.STARTED, record, spec.limits.memory_mb),
+                ]
+                log.info("invocation.started", attempt=dispatch.attempt)
+                try:
+                    result = await self._runtimes[dispatch.tier].run(spec, request.input)
+                except Exception as exc:  # SoulBox failed, not the guest
+                    log.exception("invocation.platform_error")
+                    result = _platform_failure(exc)
+                final, event_type = _finish(record, result)
+                pending.append(await self._put_record(final))
+                pending.append(await self._event(event_type, final, spec.limits.memory_mb))
+                if request.reply_to:
+                    await self._nc.publish(request.reply_to, encode(final))
+                await settle(pending)
+                await msg.respond(encode(DispatchReply(accepted=True, status=final.status)))
+                log.info(
+                    "invocation.finished",
+                    status=final.status.value,
+                    outcome=final.outcome.value if final.outcome else None,
+                    duration_ms=round(final.duration_ms or 0, 3),
+                )
+            except Exception as exc:
+                # The record or events could not be made durable: no reply, so the
+                # scheduler sees the dispatch unanswered and retries it.
+                log.warning("invocation.unconfirmed", error=repr(exc))
+            finally:
+                self._in_flight -= 1
+
+    async def _put_record(self, record: InvocationRecord) -> asyncio.Future[PubAck]:
+        return await put_nowait(self._js, names.INVOCATIONS_BUCKET, record.id, record)
+
+    async def _event(self, type_: EventType, record: InvocationRecord, memory_mb: int) -> asyncio.Future[PubAck]:
+        event = LifecycleEvent.for_record(type_, record, memory_limit_mb=memory_mb)
+        return await self._js.publish_async(
+            names.event_subject(type_.value), encode(event), headers={"Nats-Msg-Id": event.id}
+        )
+
+
+def _platform_failure(exc: Exception) -> RunResult:
+    return RunResult(
+        outcome=Outcome.PLATFORM_ERROR,
+        exit_code=None,
+        stdout=b"",
+        stderr=b"",
+        stdout_bytes=0,
+        stderr_bytes=0,
+        stdout_truncated=False,
+        stderr_truncated=False,
+        duration_ms=0.0,
+        error=InvocationError(kind="platform", message=f"{type(exc).__name__}: {exc}"),
+    )
+
+
+def _finish(record: InvocationRecord, result: RunResult) -> tuple[InvocationRecord, EventType]:
+    status, event_type = _STATUS_BY_OUTCOME.get(result.outcome, (Status.FAILED, EventType.FAILED))
+    final = record.model_copy(
+        update={
+            "status": status,
+            "outcome": result.outcome,
+            "exit_code": result.exit_code,
+            "error": result.error,
+            "stdout": result.stdout,
+            "stderr": result.stderr,
+            "stdout_bytes": result.stdout_bytes,
+            "stderr_bytes": result.stderr_bytes,
+            "stdout_truncated": result.stdout_truncated,
+            "stderr_truncated": result.stderr_truncated,
+            "finished_at": utcnow(),
+            "duration_ms": result.duration_ms,
+            "peak_memory_bytes": result.peak_memory_bytes,
+        }
+    )
+    return final, event_type
+
+
+async def run(settings: Settings) -> None:
+    nc = await connect(settings, name=f"soulbox-worker-{settings.worker.id}")
+    buckets = await ensure_topology(nc.jetstream(), settings)
+
+    async def fetch_artifact(digest: str) -> bytes:
+        result = await buckets.artifacts.get(digest)
+        if result.data is None:
+            raise LookupError(f"artifact {digest} is empty")
+        return result.data
+
+    wasm = WasmRuntime(
+        fetch_artifact,
+        cache_dir=settings.data_dir / "cache" / "wasm",
+        concurrency=settings.worker.capacity,
+        module_cache_size=settings.worker.module_cache_size,
+        tick_ms=settings.worker.epoch_tick_ms,
+    )
+    worker = Worker(settings, nc, buckets, {Tier.WASM: wasm})
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, worker.stop)
+    try:
+        await worker.serve()
+    finally:
+        await wasm.close()
+        await nc.drain()
+
+
+def main() -> None:
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_format, component="worker")
+    structlog.contextvars.bind_contextvars(worker=settings.worker.id)
+    asyncio.run(run(settings))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+"""``python -m soulbox.scheduler``: run one scheduler process."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+from soulbox.core.bus import connect, ensure_topology
+from soulbox.core.logging import configure_logging
+from soulbox.core.settings import Settings
+
+from .directory import WorkerDirectory
+from .service import Scheduler
+
+
+async def run(settings: Settings) -> None:
+    nc = await connect(settings, name="soulbox-scheduler")
+    buckets = await ensure_topology(nc.jetstream(), settings)
+    directory = WorkerDirectory(nc, buckets.workers, ttl=settings.worker.heartbeat_ttl_s)
+    await directory.start()
+    scheduler = Scheduler(settings, nc, buckets, directory)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, scheduler.stop)
+    try:
+        await scheduler.serve()
+    finally:
+        await directory.stop()
+        await nc.drain()
+
+
+def main() -> None:
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_format, component="scheduler")
+    asyncio.run(run(settings))
+
+
+if __name__ == "__main__":
+    main()

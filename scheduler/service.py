@@ -1,0 +1,261 @@
+"""The scheduler: pulls accepted invocations and dispatches them to workers.
+
+For each invocation: choose the tier, pick a live worker with free capacity,
+record ``scheduled``, and send the dispatch as a request to that worker. The
+JetStream message is acked only when the worker answers that the invocation
+finished (its record and events are durable by then). If the worker dies —
+its heartbeat stops or its key is deleted — or does not answer, the
+invocation is dispatched again elsewhere; if this scheduler dies, JetStream
+redelivers the unacked message to another scheduler, which first checks the
+record so a finished invocation is never run twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import Counter
+
+import structlog
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import JetStreamContext
+
+from soulbox.core import names
+from soulbox.core.bus import Buckets
+from soulbox.core.codec import decode, encode
+from soulbox.core.errors import SchemaError, SoulboxError
+from soulbox.core.logging import get_logger
+from soulbox.core.schemas import (
+    Dispatch,
+    DispatchReply,
+    EventType,
+    InvocationError,
+    InvocationRecord,
+    InvocationRequest,
+    LifecycleEvent,
+    Outcome,
+    Status,
+    Tier,
+    utcnow,
+)
+from soulbox.core.settings import Settings
+from soulbox.core.store import get_model, put_nowait, settle
+
+from .directory import WorkerDirectory
+from .placement import choose_tier, pick_worker
+
+log = get_logger(__name__)
+
+MAX_PLATFORM_ATTEMPTS = 5
+PROGRESS_INTERVAL_S = 2.0  # well under the consumer's ack_wait; also bounds a post-reconnect stall
+
+
+class Scheduler:
+    def __init__(self, settings: Settings, nc: NATS, buckets: Buckets, directory: WorkerDirectory) -> None:
+        self.settings = settings
+        self._nc = nc
+        self._js: JetStreamContext = nc.jetstream()
+        self._buckets = buckets
+        self._directory = directory
+        self._dispatched: Counter[str] = Counter()
+        self._slots = asyncio.Semaphore(settings.scheduler.max_in_flight)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._stopping = asyncio.Event()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def serve(self) -> None:
+        sub = await self._js.pull_subscribe_bind(
+            durable=names.SCHEDULER_CONSUMER, stream=names.INVOCATIONS_STREAM
+        )
+        log.info("scheduler.ready")
+        batch = self.settings.scheduler.fetch_batch
+        while not self._stopping.is_set():
+            await self._slots.acquire()  # back-pressure: never hold more than max_in_flight
+            self._slots.release()
+            try:
+                msgs = await sub.fetch(batch, timeout=1.0)
+            except (NatsTimeoutError, TimeoutError):
+                continue
+            except Exception as exc:  # NATS reconnecting: try again shortly
+                log.warning("scheduler.fetch_failed", error=str(exc))
+                await asyncio.sleep(0.5)
+                continue
+            log.debug("scheduler.fetched", count=len(msgs))
+            for msg in msgs:
+                await self._slots.acquire()
+                task = asyncio.create_task(self._handle(msg))
+                self._tasks.add(task)
+                task.add_done_callback(self._done)
+        await sub.unsubscribe()
+        # Unfinished dispatches stay unacked: JetStream redelivers them to another scheduler.
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._slots.release()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("scheduler.handler_crashed", error=repr(task.exception()))
+
+    async def _handle(self, msg: Msg) -> None:
+        try:
+            request = decode(InvocationRequest, msg.data)
+        except SchemaError as exc:
+            log.error("scheduler.bad_invocation", error=exc.message)
+            await msg.term()
+            return
+        delivered = msg.metadata.num_delivered or 1
+        with structlog.contextvars.bound_contextvars(
+            invocation_id=request.id, function=request.function.name, tenant=request.tenant
+        ):
+            if delivered > 1:
+                existing = await get_model(self._buckets.invocations, request.id, InvocationRecord)
+                if existing is not None and existing.status.terminal:
+                    log.info("scheduler.already_finished", status=existing.status.value)
+                    await msg.ack()
+                    return
+            try:
+                await self._schedule(request, msg, attempt=delivered)
+            except SoulboxError as exc:
+                await self._fail(request, msg, attempt=delivered, message=exc.message)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # NATS trouble mid-dispatch: hand it back for a retry soon
+                log.warning("scheduler.retry_later", error=repr(exc))
+                with contextlib.suppress(Exception):
+                    await msg.nak(delay=0.5)
+
+    async def _schedule(self, request: InvocationRequest, msg: Msg, *, attempt: int) -> None:
+        tiers = {tier for worker in self._directory.live() for tier in worker.tiers}
+        tier = choose_tier(request.function, tiers)
+        excluded: set[str] = set()
+        announced = False
+        while True:
+            worker = await self._await_worker(tier, frozenset(excluded), msg)
+            if worker is None:
+                # Nobody can take it: leave it queued for later (or for another scheduler).
+                log.warning("scheduler.no_worker", tier=tier.value)
+                await msg.nak(delay=1.0)
+                return
+            dispatch = Dispatch(request=request, tier=tier, attempt=attempt)
+            if not announced:
+                await self._announce(request, dispatch, worker)
+                announced = True
+            reply = await self._dispatch(worker, dispatch, msg)
+            if reply is not None and reply.accepted:
+                await msg.ack()
+                return
+            excluded.add(worker)
+            if reply is None:  # worker lost mid-invocation, or its answer was: run it again elsewhere
+                existing = await get_model(self._buckets.invocations, request.id, InvocationRecord)
+                if existing is not None and existing.status.terminal:
+                    await msg.ack()
+                    return
+                attempt += 1
+                if attempt > MAX_PLATFORM_ATTEMPTS:
+                    await self._fail(request, msg, attempt=attempt, message="workers kept failing")
+                    return
+                log.warning("scheduler.redispatch", lost_worker=worker, attempt=attempt)
+            if len(excluded) >= len(self._directory.live()):
+                excluded.clear()
+                await asyncio.sleep(0.05)
+
+    async def _await_worker(self, tier: Tier, excluded: frozenset[str], msg: Msg) -> str | None:
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + self.settings.scheduler.no_worker_wait_s
+        last_progress = loop.time()
+        while True:
+            chosen = pick_worker(self._directory.live(), tier, self._dispatched, exclude=excluded)
+            if chosen is not None:
+                return chosen.worker_id
+            now = loop.time()
+            if now > give_up or self._stopping.is_set():
+                return None
+            if now - last_progress > PROGRESS_INTERVAL_S:
+                await msg.in_progress()
+                last_progress = now
+            await self._directory.changed(0.1)
+
+    async def _announce(self, request: InvocationRequest, dispatch: Dispatch, worker: str) -> None:
+        record = InvocationRecord(
+            id=request.id,
+            tenant=request.tenant,
+            function=request.function.name,
+            status=Status.SCHEDULED,
+            tier=dispatch.tier,
+            worker=worker,
+            attempt=dispatch.attempt,
+            accepted_at=request.accepted_at,
+            scheduled_at=dispatch.scheduled_at,
+            timeout_ms=request.function.limits.timeout_ms,
+        )
+        event = LifecycleEvent.for_record(EventType.SCHEDULED, record)
+        # Fire and forget: the worker's own writes follow and are awaited before the ack.
+        await put_nowait(self._js, names.INVOCATIONS_BUCKET, request.id, record)
+        await self._js.publish_async(
+            names.event_subject(event.type.value), encode(event), headers={"Nats-Msg-Id": event.id}
+        )
+
+    async def _dispatch(self, worker: str, dispatch: Dispatch, msg: Msg) -> DispatchReply | None:
+        """Send and wait. None means the worker died or never answered."""
+        limit = dispatch.request.function.limits.timeout_ms / 1000 + self.settings.scheduler.dispatch_grace_s
+        self._dispatched[worker] += 1
+        request = asyncio.ensure_future(
+            self._nc.request(names.worker_run_subject(worker), encode(dispatch), timeout=limit)
+        )
+        death = self._directory.death(worker)
+        try:
+            while True:
+                done, _ = await asyncio.wait({request, death}, timeout=PROGRESS_INTERVAL_S)
+                if request in done:
+                    try:
+                        return decode(DispatchReply, request.result().data)
+                    except (NoRespondersError, NatsTimeoutError, TimeoutError):
+                        return None
+                    except SchemaError as exc:
+                        log.error("scheduler.bad_reply", worker=worker, error=exc.message)
+                        return None
+                if death in done:
+                    return None
+                await msg.in_progress()
+        finally:
+            self._directory.forget(worker, death)
+            if not request.done():
+                request.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await request
+            self._dispatched[worker] -= 1
+            if self._dispatched[worker] <= 0:
+                del self._dispatched[worker]
+
+    async def _fail(self, request: InvocationRequest, msg: Msg, *, attempt: int, message: str) -> None:
+        log.error("scheduler.invocation_failed", error=message)
+        record = InvocationRecord(
+            id=request.id,
+            tenant=request.tenant,
+            function=request.function.name,
+            status=Status.FAILED,
+            attempt=attempt,
+            outcome=Outcome.PLATFORM_ERROR,
+            error=InvocationError(kind="platform", message=message),
+            accepted_at=request.accepted_at,
+            finished_at=utcnow(),
+            timeout_ms=request.function.limits.timeout_ms,
+        )
+        event = LifecycleEvent.for_record(EventType.FAILED, record)
+        pending = [
+            await put_nowait(self._js, names.INVOCATIONS_BUCKET, request.id, record),
+            await self._js.publish_async(
+                names.event_subject(event.type.value), encode(event), headers={"Nats-Msg-Id": event.id}
+            ),
+        ]
+        if request.reply_to:
+            await self._nc.publish(request.reply_to, encode(record))
+        await settle(pending)
+        await msg.ack()

@@ -1,0 +1,166 @@
+"""The walking skeleton end to end: HTTP -> NATS -> scheduler -> Wasmtime worker -> events."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import httpx
+import pytest
+
+from tests.e2e.conftest import deploy
+from tests.guests import wasm
+from tests.stack import Stack
+
+
+def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(interval)
+
+
+def test_deploy_then_invoke_hello(api: httpx.Client) -> None:
+    created = deploy(api, "hello", wasm("hello"), timeout_ms=2000)
+    assert created.status_code in (200, 201), created.text
+    body = created.json()
+    assert body["name"] == "hello" and body["limits"]["timeout_ms"] == 2000
+    assert len(body["artifact"]["sha256"]) == 64
+
+    listed = api.get("/v1/functions").json()["functions"]
+    assert "hello" in [f["name"] for f in listed]
+
+    response = api.post("/v1/functions/hello/invoke")
+    assert response.status_code == 200, response.text
+    assert response.content == b"hello from wasm\n"
+    invocation_id = response.headers["x-invocation-id"]
+    record = wait_for(lambda: (r := api.get(f"/v1/invocations/{invocation_id}").json())["status"] == "completed" and r)
+    assert record["outcome"] == "success" and record["exit_code"] == 0
+    assert record["stdout"]["data"] == "hello from wasm\n"
+    assert record["tier"] == "wasm" and record["worker"]
+    assert record["duration_ms"] > 0 and record["peak_memory_bytes"] == 65536
+
+
+def test_stdin_echo(api: httpx.Client) -> None:
+    assert deploy(api, "echo", wasm("echo")).status_code in (200, 201)
+    payload = bytes(range(256)) * 1000
+    response = api.post("/v1/functions/echo/invoke", content=payload)
+    assert response.status_code == 200
+    assert response.content == payload
+
+
+def test_async_invoke_then_poll(api: httpx.Client) -> None:
+    deploy(api, "echo", wasm("echo"))
+    accepted = api.post("/v1/functions/echo/invoke?async=true", content=b"later")
+    assert accepted.status_code == 202
+    body = accepted.json()
+    assert body["status"] == "accepted" and accepted.headers["location"] == body["url"]
+    record = wait_for(lambda: (r := api.get(body["url"]).json())["status"] == "completed" and r)
+    assert record["stdout"]["data"] == "later"
+
+
+def test_infinite_loop_stopped_at_deadline(api: httpx.Client) -> None:
+    deploy(api, "loop", wasm("loop"), timeout_ms=300)
+    started = time.monotonic()
+    response = api.post("/v1/functions/loop/invoke")
+    elapsed = time.monotonic() - started
+    assert response.status_code == 504
+    error = response.json()["error"]
+    assert error["code"] == "invocation_timeout"
+    assert 0.3 <= elapsed < 3
+    record = api.get(f"/v1/invocations/{error['invocation_id']}").json()
+    assert record["status"] == "timed_out" and record["outcome"] == "timeout"
+
+
+def test_memory_growth_past_limit_refused(api: httpx.Client) -> None:
+    deploy(api, "grow", wasm("grow"), memory_mb=2)
+    response = api.post("/v1/functions/grow/invoke")
+    assert response.status_code == 502
+    error = response.json()["error"]
+    assert error["code"] == "out_of_memory"
+    record = api.get(f"/v1/invocations/{error['invocation_id']}").json()
+    assert record["status"] == "failed"
+    assert record["peak_memory_bytes"] <= 2 * 1024 * 1024
+
+
+def test_trap_reported_as_failed_with_message(api: httpx.Client) -> None:
+    deploy(api, "trap", wasm("trap"))
+    response = api.post("/v1/functions/trap/invoke")
+    assert response.status_code == 502
+    error = response.json()["error"]
+    assert error["code"] == "function_error" and "unreachable" in error["message"]
+    record = api.get(f"/v1/invocations/{error['invocation_id']}").json()
+    assert record["status"] == "failed" and record["error"]["kind"] == "trap"
+
+
+def test_nonzero_exit_and_stderr(api: httpx.Client) -> None:
+    deploy(api, "exit3", wasm("stderr_exit3"))
+    response = api.post("/v1/functions/exit3/invoke")
+    assert response.status_code == 502
+    record = api.get(f"/v1/invocations/{response.json()['error']['invocation_id']}").json()
+    assert record["exit_code"] == 3
+    assert record["stdout"]["data"] == "out\n" and record["stderr"]["data"] == "err\n"
+
+
+def test_large_output_truncated_and_flagged(api: httpx.Client) -> None:
+    deploy(api, "big", wasm("big_output"), max_output_bytes=1000)
+    response = api.post("/v1/functions/big/invoke")
+    assert response.status_code == 200
+    assert response.content == b"x" * 1000 and response.headers["x-stdout-truncated"] == "true"
+    record = api.get(f"/v1/invocations/{response.headers['x-invocation-id']}").json()
+    assert record["stdout"]["size"] == 4 * 1024 * 1024 and record["stdout"]["truncated"] is True
+
+
+def test_unknown_function_is_404(api: httpx.Client) -> None:
+    response = api.post("/v1/functions/nope/invoke")
+    assert response.status_code == 404
+    assert response.json() == {"error": {"code": "function_not_found", "message": "function 'nope' does not exist"}}
+    assert api.get("/v1/invocations/0123456789abcdef").status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("module", "needle"),
+    [(b"not wasm at all", "magic"), (b"\0asm\x01\0\0\0\x05garbage", "invalid WebAssembly"),
+     (wasm("bad_import"), "env.launch_missiles")],
+)
+def test_malformed_upload_is_400_with_compiler_message(api: httpx.Client, module: bytes, needle: str) -> None:
+    response = deploy(api, "broken", module)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == "invalid_module" and needle in error["message"]
+    assert api.get("/v1/functions/broken").status_code == 404
+
+
+def test_body_over_limit_is_413(api: httpx.Client, stack: Stack) -> None:
+    deploy(api, "echo", wasm("echo"))
+    response = api.post("/v1/functions/echo/invoke", content=b"x" * (6 * 1024 * 1024 + 1))
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "payload_too_large"
+
+
+def test_same_invocation_id_runs_once(api: httpx.Client) -> None:
+    deploy(api, "echo", wasm("echo"))
+    invocation_id = uuid.uuid4().hex
+    first = api.post("/v1/functions/echo/invoke", content=b"one", headers={"X-Invocation-Id": invocation_id})
+    second = api.post("/v1/functions/echo/invoke", content=b"two", headers={"X-Invocation-Id": invocation_id})
+    assert first.status_code == second.status_code == 200
+    assert first.content == second.content == b"one"
+    record = api.get(f"/v1/invocations/{invocation_id}").json()
+    assert record["attempt"] == 1
+
+
+def test_delete_function(api: httpx.Client) -> None:
+    deploy(api, "doomed", wasm("hello"))
+    assert api.delete("/v1/functions/doomed").status_code == 204
+    assert api.get("/v1/functions/doomed").status_code == 404
+    assert api.delete("/v1/functions/doomed").status_code == 404
+
+
+def test_openapi_lists_the_routes(api: httpx.Client) -> None:
+    doc = api.get("/openapi.json").json()
+    assert doc["openapi"].startswith("3.")
+    assert {"/v1/functions", "/v1/functions/{name}/invoke", "/v1/invocations/{invocation_id}"} <= set(doc["paths"])

@@ -1,0 +1,127 @@
+"""The generic consumer loop against a real nats-server."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+from collections.abc import Awaitable, Callable
+
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+
+from soulbox.core import names
+from soulbox.core.bus import Buckets
+from soulbox.core.natsserver import NatsServer
+from soulbox.core.schemas import EventType, LifecycleEvent
+from soulbox.events import EventConsumer, Recorder
+
+from .helpers import Spy, consuming, event, eventually, life, publish, settled
+
+
+async def test_batch_is_recorded_in_order_then_acked(js: JetStreamContext, buckets: Buckets) -> None:
+    events = life("inv-1") + life("inv-2", EventType.FAILED)
+    await publish(js, events)
+    spy = Spy()
+    async with consuming(js, spy, "billing"):
+        await eventually(lambda: _has(spy, len(events)))
+        await eventually(lambda: settled(js, "billing"))
+    assert spy.events == events
+    assert isinstance(spy, Recorder)
+
+
+async def test_failed_batch_is_nakked_and_redelivered(js: JetStreamContext, buckets: Buckets) -> None:
+    events = life("inv-1")
+    await publish(js, events)
+    spy = Spy(fail=1)
+    async with consuming(js, spy, "audit", retry_delay=0.2):
+        await eventually(lambda: _has(spy, 2 * len(events)))
+        await eventually(lambda: settled(js, "audit"))
+    assert spy.batches[0] == events
+    again = spy.events[len(events) :]  # the same events again, in whatever order the timers fire
+    assert sorted(again, key=lambda e: e.id) == sorted(events, key=lambda e: e.id)
+    info = await js.consumer_info(names.EVENTS_STREAM, "audit")
+    assert info.num_redelivered == 0  # settled: nothing still waiting for redelivery
+
+
+async def test_repeated_failures_back_off(js: JetStreamContext, buckets: Buckets) -> None:
+    await publish(js, [event(EventType.COMPLETED, "inv-1")])
+    calls: list[float] = []
+
+    class Flaky:
+        async def record(self, events: list[LifecycleEvent]) -> None:
+            calls.append(time.monotonic())
+            if len(calls) < 3:
+                raise RuntimeError("not yet")
+
+    async with consuming(js, Flaky(), "billing", retry_delay=0.3):
+        await eventually(lambda: settled(js, "billing"))
+    assert len(calls) == 3
+    assert calls[1] - calls[0] >= 0.3  # first redelivery after retry_delay
+    assert calls[2] - calls[1] >= 0.6  # then twice as long
+
+
+async def test_undecodable_message_is_terminated_and_does_not_block(js: JetStreamContext, buckets: Buckets) -> None:
+    await js.publish(names.event_subject("invocation.completed"), b"\xc1 not msgpack")
+    await js.publish(names.event_subject("invocation.completed"), b"\x93\x01\x02\x03")  # a list, not a map
+    good = event(EventType.COMPLETED, "inv-1")
+    await publish(js, [good])
+    spy = Spy()
+    async with consuming(js, spy, "metrics", batch=1):
+        await eventually(lambda: _has(spy, 1))
+        await eventually(lambda: settled(js, "metrics"))
+        await asyncio.sleep(0.5)  # a nak'd or unacked message would come back meanwhile
+    assert spy.events == [good]
+    assert len(spy.batches) == 1
+
+
+async def test_other_durables_see_every_event(js: JetStreamContext, buckets: Buckets) -> None:
+    events = life("inv-1")
+    await publish(js, events)
+    spies = {durable: Spy() for durable in names.EVENT_CONSUMERS}
+    async with (
+        consuming(js, spies["billing"], "billing"),
+        consuming(js, spies["audit"], "audit"),
+        consuming(js, spies["metrics"], "metrics"),
+    ):
+        for spy in spies.values():
+            await eventually(functools.partial(_has, spy, len(events)))
+    assert all(spy.events == events for spy in spies.values())
+
+
+async def test_stop_is_prompt_when_idle(js: JetStreamContext, buckets: Buckets) -> None:
+    stop = asyncio.Event()
+    consumer = EventConsumer(js, Spy(), durable="billing", batch=16, fetch_timeout=0.5)
+    task = asyncio.create_task(consumer.run(stop))
+    await asyncio.sleep(0.3)
+    started = time.monotonic()
+    stop.set()
+    await asyncio.wait_for(task, 5)
+    assert time.monotonic() - started < 1.5
+
+
+async def test_survives_a_nats_restart(
+    nats_server: NatsServer, nc: NATS, js: JetStreamContext, buckets: Buckets
+) -> None:
+    spy = Spy()
+    async with consuming(js, spy, "billing"):
+        await publish(js, life("before"))
+        await eventually(lambda: _has(spy, 4))
+        await asyncio.to_thread(nats_server.stop)
+        await asyncio.sleep(1.0)  # fetches fail or time out while the server is down
+        await asyncio.to_thread(nats_server.start)
+        await eventually(_connected(nc), timeout=15)
+        await publish(js, life("after"))
+        await eventually(lambda: _has(spy, 8), timeout=15)
+    assert [e.invocation_id for e in spy.events][-4:] == ["after"] * 4
+
+
+async def _has(spy: Spy, count: int) -> bool:
+    return len(spy.events) >= count
+
+
+def _connected(nc: NATS) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return bool(nc.is_connected)
+
+    return check

@@ -1,0 +1,119 @@
+"""One conformance suite for every runtime tier: same cases, same expectations.
+
+A tier joins by adding a ``TierUnderTest`` to ``tiers()`` that knows how to
+build its own program for each case (``CASES``) and a runtime to run them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from soulbox.core.schemas import FunctionSpec, Limits, Outcome
+from soulbox.runtimes.protocol import Runtime
+from soulbox.runtimes.wasm.runtime import WasmRuntime
+from tests.guests import wasm
+
+CASES = ("hello", "echo", "stderr_exit3", "loop", "grow", "trap", "big_output", "slow")
+
+
+@dataclass
+class TierUnderTest:
+    name: str
+    runtime: Runtime
+    spec: Callable[[str, Limits], FunctionSpec]
+
+
+async def _wasm_tier(tmp: Path) -> TierUnderTest:
+    artifacts = {hashlib.sha256(wasm(c)).hexdigest(): wasm(c) for c in CASES}
+
+    async def fetch(digest: str) -> bytes:
+        return artifacts[digest]
+
+    runtime = WasmRuntime(fetch, cache_dir=tmp / "cache", concurrency=4)
+
+    def spec(case: str, limits: Limits) -> FunctionSpec:
+        module = wasm(case)
+        return FunctionSpec(
+            tenant="t", name=case.replace("_", "-"), artifact=hashlib.sha256(module).hexdigest(),
+            artifact_size=len(module), limits=limits,
+        )
+
+    return TierUnderTest("wasm", runtime, spec)
+
+
+TIERS: dict[str, Callable[[Path], Awaitable[TierUnderTest]]] = {"wasm": _wasm_tier}
+
+
+@pytest_asyncio.fixture(params=sorted(TIERS))
+async def tier(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[TierUnderTest]:
+    under_test = await TIERS[request.param](tmp_path)
+    try:
+        yield under_test
+    finally:
+        await under_test.runtime.close()
+        await under_test.runtime.close()  # close is repeat-safe
+
+
+
+async def test_hello(tier: TierUnderTest) -> None:
+    result = await tier.runtime.run(tier.spec("hello", Limits()), b"")
+    assert result.outcome is Outcome.SUCCESS and result.exit_code == 0
+    assert result.stdout == b"hello from wasm\n" and result.stderr == b""
+    assert result.duration_ms > 0
+
+
+async def test_stdin_to_stdout(tier: TierUnderTest) -> None:
+    payload = bytes(range(256)) * 600  # more than one read buffer
+    result = await tier.runtime.run(tier.spec("echo", Limits()), payload)
+    assert result.stdout == payload and result.stdout_bytes == len(payload)
+
+
+async def test_stdout_stderr_and_exit_code(tier: TierUnderTest) -> None:
+    result = await tier.runtime.run(tier.spec("stderr_exit3", Limits()), b"")
+    assert (result.stdout, result.stderr, result.exit_code) == (b"out\n", b"err\n", 3)
+    assert result.outcome is Outcome.FUNCTION_ERROR and result.error is not None
+
+
+async def test_timeout(tier: TierUnderTest) -> None:
+    result = await tier.runtime.run(tier.spec("loop", Limits(timeout_ms=100)), b"")
+    assert result.outcome is Outcome.TIMEOUT and result.exit_code is None
+    assert 100 <= result.duration_ms < 1000
+
+
+async def test_memory_limit(tier: TierUnderTest) -> None:
+    result = await tier.runtime.run(tier.spec("grow", Limits(memory_mb=4)), b"")
+    assert result.outcome is Outcome.OUT_OF_MEMORY
+    assert result.peak_memory_bytes is not None and result.peak_memory_bytes <= 4 * 1024 * 1024
+
+
+async def test_crash(tier: TierUnderTest) -> None:
+    result = await tier.runtime.run(tier.spec("trap", Limits()), b"")
+    assert result.outcome is Outcome.FUNCTION_ERROR
+    assert result.error is not None and "unreachable" in result.error.message
+
+
+async def test_large_output_is_capped_and_flagged(tier: TierUnderTest) -> None:
+    result = await tier.runtime.run(tier.spec("big_output", Limits(max_output_bytes=10_000)), b"")
+    assert result.outcome is Outcome.SUCCESS
+    assert len(result.stdout) == 10_000 and result.stdout_truncated
+    assert result.stdout_bytes == 4 * 1024 * 1024
+
+
+async def test_concurrent_invocations_do_not_interfere(tier: TierUnderTest) -> None:
+    payloads = [f"request {i}".encode() * (i + 1) for i in range(16)]
+    results = await asyncio.gather(*(tier.runtime.run(tier.spec("echo", Limits()), p) for p in payloads))
+    assert [r.stdout for r in results] == payloads
+
+
+async def test_a_timeout_does_not_hold_up_other_invocations(tier: TierUnderTest) -> None:
+    slow = asyncio.ensure_future(tier.runtime.run(tier.spec("loop", Limits(timeout_ms=500)), b""))
+    quick = await tier.runtime.run(tier.spec("hello", Limits()), b"")
+    assert quick.outcome is Outcome.SUCCESS and not slow.done()
+    assert (await slow).outcome is Outcome.TIMEOUT
