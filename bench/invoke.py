@@ -128,7 +128,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args()
 
-    module = wasmtime.wat2wasm(HELLO_WAT)
+    module = bytes(wasmtime.wat2wasm(HELLO_WAT))
     bare = bare_wasmtime(module, max(args.n, 1000))
     with tempfile.TemporaryDirectory(prefix="soulbox-bench-") as tmp:
         root = Path(tmp)

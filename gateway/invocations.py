@@ -62,7 +62,7 @@ async def invoke(request: Request) -> Response:
         record = await p.waiter.watch_until_finished(invocation_id, timeout)
     else:
         try:
-            record = await asyncio.wait_for(submission.result, timeout)
+            record = p.waiter.record(await asyncio.wait_for(submission.result, timeout))
         except TimeoutError:
             p.waiter.discard(invocation_id)
     if record is None:

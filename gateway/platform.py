@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass
 
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.errors import BadRequestError, KeyWrongLastSequenceError
 from starlette.requests import Request
@@ -43,7 +44,7 @@ def new_invocation_id() -> str:
 class Submission:
     request: InvocationRequest
     duplicate: bool  # the id was submitted before: this call started nothing new
-    result: asyncio.Future[InvocationRecord] | None = None  # set when waiting and not a duplicate
+    result: asyncio.Future[Msg] | None = None  # the record's message; set when waiting and not a duplicate
 
 
 @dataclass(slots=True)

@@ -9,62 +9,40 @@ watch on its key in the invocations bucket instead.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 from nats.js.kv import KeyValue
 
 from soulbox.core.codec import decode
-from soulbox.core.errors import SchemaError
-from soulbox.core.logging import get_logger
+from soulbox.core.inbox import Inbox
 from soulbox.core.schemas import InvocationRecord
-
-log = get_logger(__name__)
 
 
 class ResultWaiter:
     def __init__(self, nc: NATS, invocations: KeyValue) -> None:
-        self._nc = nc
+        self._inbox = Inbox(nc)
         self._kv = invocations
-        self._prefix = nc.new_inbox()
-        self._waiters: dict[str, asyncio.Future[InvocationRecord]] = {}
-        self._sub: Subscription | None = None
 
     async def start(self) -> None:
-        self._sub = await self._nc.subscribe(f"{self._prefix}.*", cb=self._on_result)
+        await self._inbox.start()
 
     async def stop(self) -> None:
-        if self._sub is not None:
-            with contextlib.suppress(Exception):
-                await self._sub.unsubscribe()
-        for future in self._waiters.values():
-            future.cancel()
+        await self._inbox.stop()
 
     def reply_subject(self, invocation_id: str) -> str:
-        return f"{self._prefix}.{invocation_id}"
+        return self._inbox.subject(invocation_id)
 
-    def expect(self, invocation_id: str) -> asyncio.Future[InvocationRecord]:
+    def expect(self, invocation_id: str) -> asyncio.Future[Msg]:
         """Register interest before submitting, so a fast result is not missed."""
-        future: asyncio.Future[InvocationRecord] = asyncio.get_running_loop().create_future()
-        self._waiters[invocation_id] = future
-        return future
+        return self._inbox.expect(invocation_id)
 
     def discard(self, invocation_id: str) -> None:
-        future = self._waiters.pop(invocation_id, None)
-        if future is not None and not future.done():
-            future.cancel()
+        self._inbox.discard(invocation_id)
 
-    async def _on_result(self, msg: Msg) -> None:
-        invocation_id = msg.subject.rsplit(".", 1)[-1]
-        future = self._waiters.pop(invocation_id, None)
-        if future is None or future.done():
-            return
-        try:
-            future.set_result(decode(InvocationRecord, msg.data))
-        except SchemaError as exc:
-            log.error("gateway.bad_result", invocation_id=invocation_id, error=exc.message)
+    @staticmethod
+    def record(msg: Msg) -> InvocationRecord:
+        return decode(InvocationRecord, msg.data)
 
     async def watch_until_finished(self, invocation_id: str, timeout: float) -> InvocationRecord | None:
         """The record once terminal, read from the bucket; None on timeout."""

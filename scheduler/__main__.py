@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import signal
 
+import uvloop
+
 from soulbox.core.bus import connect, ensure_topology
+from soulbox.core.inbox import Inbox
 from soulbox.core.logging import configure_logging
 from soulbox.core.settings import Settings
 
@@ -18,13 +21,16 @@ async def run(settings: Settings) -> None:
     buckets = await ensure_topology(nc.jetstream(), settings)
     directory = WorkerDirectory(nc, buckets.workers, ttl=settings.worker.heartbeat_ttl_s)
     await directory.start()
-    scheduler = Scheduler(settings, nc, buckets, directory)
+    inbox = Inbox(nc)
+    await inbox.start()
+    scheduler = Scheduler(settings, nc, buckets, directory, inbox)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, scheduler.stop)
     try:
         await scheduler.serve()
     finally:
+        await inbox.stop()
         await directory.stop()
         await nc.drain()
 
@@ -32,7 +38,7 @@ async def run(settings: Settings) -> None:
 def main() -> None:
     settings = Settings()
     configure_logging(settings.log_level, settings.log_format, component="scheduler")
-    asyncio.run(run(settings))
+    uvloop.run(run(settings))
 
 
 if __name__ == "__main__":

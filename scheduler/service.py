@@ -19,7 +19,6 @@ from collections import Counter
 import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 
@@ -27,6 +26,7 @@ from soulbox.core import names
 from soulbox.core.bus import Buckets
 from soulbox.core.codec import decode, encode
 from soulbox.core.errors import SchemaError, SoulboxError
+from soulbox.core.inbox import Inbox
 from soulbox.core.logging import get_logger
 from soulbox.core.schemas import (
     Dispatch,
@@ -50,13 +50,16 @@ from .placement import choose_tier, pick_worker
 log = get_logger(__name__)
 
 MAX_PLATFORM_ATTEMPTS = 5
-PROGRESS_INTERVAL_S = 2.0  # well under the consumer's ack_wait; also bounds a post-reconnect stall
+PROGRESS_INTERVAL_S = 5.0  # well under the consumer's ack_wait
 
 
 class Scheduler:
-    def __init__(self, settings: Settings, nc: NATS, buckets: Buckets, directory: WorkerDirectory) -> None:
+    def __init__(
+        self, settings: Settings, nc: NATS, buckets: Buckets, directory: WorkerDirectory, inbox: Inbox
+    ) -> None:
         self.settings = settings
         self._nc = nc
+        self._inbox = inbox
         self._js: JetStreamContext = nc.jetstream()
         self._buckets = buckets
         self._directory = directory
@@ -204,20 +207,25 @@ class Scheduler:
 
     async def _dispatch(self, worker: str, dispatch: Dispatch, msg: Msg) -> DispatchReply | None:
         """Send and wait. None means the worker died or never answered."""
-        limit = dispatch.request.function.limits.timeout_ms / 1000 + self.settings.scheduler.dispatch_grace_s
-        self._dispatched[worker] += 1
-        request = asyncio.ensure_future(
-            self._nc.request(names.worker_run_subject(worker), encode(dispatch), timeout=limit)
-        )
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + dispatch.request.function.limits.timeout_ms / 1000
+        give_up += self.settings.scheduler.dispatch_grace_s
+        token = f"{dispatch.request.id}-{dispatch.attempt}"
+        reply = self._inbox.expect(token)
         death = self._directory.death(worker)
+        self._dispatched[worker] += 1
         try:
+            await self._nc.publish(
+                names.worker_run_subject(worker), encode(dispatch), reply=self._inbox.subject(token)
+            )
             while True:
-                done, _ = await asyncio.wait({request, death}, timeout=PROGRESS_INTERVAL_S)
-                if request in done:
+                wait = min(PROGRESS_INTERVAL_S, give_up - loop.time())
+                if wait <= 0:
+                    return None
+                done, _ = await asyncio.wait({reply, death}, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+                if reply in done:
                     try:
-                        return decode(DispatchReply, request.result().data)
-                    except (NoRespondersError, NatsTimeoutError, TimeoutError):
-                        return None
+                        return decode(DispatchReply, reply.result().data)
                     except SchemaError as exc:
                         log.error("scheduler.bad_reply", worker=worker, error=exc.message)
                         return None
@@ -225,11 +233,8 @@ class Scheduler:
                     return None
                 await msg.in_progress()
         finally:
+            self._inbox.discard(token)
             self._directory.forget(worker, death)
-            if not request.done():
-                request.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await request
             self._dispatched[worker] -= 1
             if self._dispatched[worker] <= 0:
                 del self._dispatched[worker]
