@@ -9,8 +9,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from soulbox.core.errors import InvalidRequest, PayloadTooLarge
-from soulbox.core.schemas import NAME_RE, Limits
-from soulbox.runtimes.wasm.validate import validate_module
+from soulbox.core.schemas import NAME_RE, Limits, Runtime
+from soulbox.runtimes.catalog import CATALOG
 
 from .models import FunctionList, FunctionOut
 from .platform import platform
@@ -25,6 +25,14 @@ def function_name(request: Request) -> str:
     return name
 
 
+def _runtime(value: object) -> Runtime:
+    if value is None or value == "":
+        return Runtime.WASI
+    if not isinstance(value, str) or value not in {r.value for r in CATALOG}:
+        raise InvalidRequest(f"runtime must be one of {', '.join(sorted(r.value for r in CATALOG))}")
+    return Runtime(value)
+
+
 def _int_field(form_value: object, field: str) -> int | None:
     if form_value is None or form_value == "":
         return None
@@ -37,7 +45,7 @@ def _int_field(form_value: object, field: str) -> int | None:
 
 
 async def deploy(request: Request) -> Response:
-    """Deploy (or redeploy) a function from a multipart form: name, module (.wasm), limits."""
+    """Deploy (or redeploy) a function from a multipart form: name, runtime, code (or module), limits."""
     p = platform(request)
     settings = p.settings
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
@@ -49,12 +57,13 @@ async def deploy(request: Request) -> Response:
         name = form.get("name")
         if not isinstance(name, str) or not NAME_RE.match(name):
             raise InvalidRequest("field `name` is required: 1-63 of a-z, 0-9, '-' and '_'")
-        upload = form.get("module")
+        runtime = _runtime(form.get("runtime"))
+        upload = form.get("code") or form.get("module")
         if not isinstance(upload, UploadFile):
-            raise InvalidRequest("field `module` must be the .wasm file")
+            raise InvalidRequest("field `code` (or `module`) must be the function's file")
         module = await upload.read(settings.gateway.max_module_bytes + 1)
         if len(module) > settings.gateway.max_module_bytes:
-            raise PayloadTooLarge(f"the module exceeds the {settings.gateway.max_module_bytes} byte limit")
+            raise PayloadTooLarge(f"the code exceeds the {settings.gateway.max_module_bytes} byte limit")
         defaults = settings.functions
         memory_mb = _int_field(form.get("memory_mb"), "memory_mb") or defaults.memory_mb
         timeout_ms = _int_field(form.get("timeout_ms"), "timeout_ms") or defaults.timeout_ms
@@ -70,8 +79,8 @@ async def deploy(request: Request) -> Response:
         timeout_ms=timeout_ms,
         max_output_bytes=defaults.max_output_bytes if max_output is None else max_output,
     )
-    await asyncio.to_thread(validate_module, module)  # compiling is CPU work: off the event loop
-    spec, created = await p.registry.deploy(settings.tenant, name, module, limits)
+    await asyncio.to_thread(CATALOG[runtime].validate, module)  # compiling is CPU work: off the event loop
+    spec, created = await p.registry.deploy(settings.tenant, name, runtime, module, limits)
     return JSONResponse(FunctionOut.of(spec).model_dump(mode="json"), status_code=201 if created else 200)
 
 

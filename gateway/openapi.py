@@ -38,10 +38,12 @@ _DEPLOY_FORM = {
         "multipart/form-data": {
             "schema": {
                 "type": "object",
-                "required": ["name", "module"],
+                "required": ["name"],
                 "properties": {
                     "name": {"type": "string", "pattern": _NAME["schema"]["pattern"]},  # type: ignore[index]
-                    "module": {"type": "string", "format": "binary", "description": "a WASI command module"},
+                    "runtime": {"type": "string", "default": "wasi"},
+                    "code": {"type": "string", "format": "binary", "description": "the function's file"},
+                    "module": {"type": "string", "format": "binary", "description": "alias of `code`"},
                     "memory_mb": {"type": "integer", "minimum": 1},
                     "timeout_ms": {"type": "integer", "minimum": 1},
                     "max_output_bytes": {"type": "integer", "minimum": 0},

@@ -67,7 +67,9 @@ class FunctionRegistry:
         specs = [spec async for _, spec in scan(self._kv, f"{tenant}.>", FunctionSpec)]
         return sorted(specs, key=lambda s: s.name)
 
-    async def deploy(self, tenant: str, name: str, module: bytes, limits: Limits) -> tuple[FunctionSpec, bool]:
+    async def deploy(
+        self, tenant: str, name: str, runtime: Runtime, module: bytes, limits: Limits
+    ) -> tuple[FunctionSpec, bool]:
         """Store the module (content-addressed) and the spec; True if the function is new."""
         digest = hashlib.sha256(module).hexdigest()
         key = names.function_key(tenant, name)
@@ -77,7 +79,7 @@ class FunctionRegistry:
         spec = FunctionSpec(
             tenant=tenant,
             name=name,
-            runtime=Runtime.WASI,
+            runtime=runtime,
             artifact=digest,
             artifact_size=len(module),
             limits=limits,

@@ -19,6 +19,7 @@ import signal
 import socket
 
 import structlog
+import uvloop
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -257,7 +258,7 @@ def main() -> None:
     settings = Settings()
     configure_logging(settings.log_level, settings.log_format, component="worker")
     structlog.contextvars.bind_contextvars(worker=settings.worker.id)
-    asyncio.run(run(settings))
+    uvloop.run(run(settings))
 
 
 if __name__ == "__main__":

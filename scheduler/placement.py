@@ -10,11 +10,10 @@ from dataclasses import dataclass
 
 from soulbox.core.errors import InvalidRequest
 from soulbox.core.schemas import FunctionSpec, Runtime, Tier
+from soulbox.runtimes.catalog import CATALOG
 
 # Which tier can run which kind of code, in order of preference.
-TIERS_BY_RUNTIME: Mapping[Runtime, tuple[Tier, ...]] = {
-    Runtime.WASI: (Tier.WASM,),
-}
+TIERS_BY_RUNTIME: Mapping[Runtime, tuple[Tier, ...]] = {runtime: entry.tiers for runtime, entry in CATALOG.items()}
 
 
 def choose_tier(spec: FunctionSpec, available: Iterable[Tier] | None = None) -> Tier:

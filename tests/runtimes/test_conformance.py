@@ -1,54 +1,29 @@
 """One conformance suite for every runtime tier: same cases, same expectations.
 
-A tier joins by adding a ``TierUnderTest`` to ``tiers()`` that knows how to
-build its own program for each case (``CASES``) and a runtime to run them.
+A tier joins by adding a module to ``tests/runtimes/tiers/`` (see its
+``base.py``): it builds its own program for each case and the runtime to run them.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
+import importlib
+import pkgutil
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
 
-from soulbox.core.schemas import FunctionSpec, Limits, Outcome
-from soulbox.runtimes.protocol import Runtime
-from soulbox.runtimes.wasm.runtime import WasmRuntime
-from tests.guests import wasm
+from soulbox.core.schemas import Limits, Outcome
+from tests.runtimes import tiers
+from tests.runtimes.tiers.base import TierUnderTest
 
-CASES = ("hello", "echo", "stderr_exit3", "loop", "grow", "trap", "big_output", "slow")
-
-
-@dataclass
-class TierUnderTest:
-    name: str
-    runtime: Runtime
-    spec: Callable[[str, Limits], FunctionSpec]
-
-
-async def _wasm_tier(tmp: Path) -> TierUnderTest:
-    artifacts = {hashlib.sha256(wasm(c)).hexdigest(): wasm(c) for c in CASES}
-
-    async def fetch(digest: str) -> bytes:
-        return artifacts[digest]
-
-    runtime = WasmRuntime(fetch, cache_dir=tmp / "cache", concurrency=4)
-
-    def spec(case: str, limits: Limits) -> FunctionSpec:
-        module = wasm(case)
-        return FunctionSpec(
-            tenant="t", name=case.replace("_", "-"), artifact=hashlib.sha256(module).hexdigest(),
-            artifact_size=len(module), limits=limits,
-        )
-
-    return TierUnderTest("wasm", runtime, spec)
-
-
-TIERS: dict[str, Callable[[Path], Awaitable[TierUnderTest]]] = {"wasm": _wasm_tier}
+TIERS: dict[str, Callable[[Path], Awaitable[TierUnderTest]]] = {
+    info.name: importlib.import_module(f"{tiers.__name__}.{info.name}").make
+    for info in pkgutil.iter_modules(tiers.__path__)
+    if info.name != "base"
+}
 
 
 @pytest_asyncio.fixture(params=sorted(TIERS))
@@ -61,11 +36,10 @@ async def tier(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[
         await under_test.runtime.close()  # close is repeat-safe
 
 
-
 async def test_hello(tier: TierUnderTest) -> None:
     result = await tier.runtime.run(tier.spec("hello", Limits()), b"")
     assert result.outcome is Outcome.SUCCESS and result.exit_code == 0
-    assert result.stdout == b"hello from wasm\n" and result.stderr == b""
+    assert result.stdout == tier.hello_output and result.stderr == b""
     assert result.duration_ms > 0
 
 
@@ -82,21 +56,21 @@ async def test_stdout_stderr_and_exit_code(tier: TierUnderTest) -> None:
 
 
 async def test_timeout(tier: TierUnderTest) -> None:
-    result = await tier.runtime.run(tier.spec("loop", Limits(timeout_ms=100)), b"")
+    result = await tier.runtime.run(tier.spec("loop", Limits(timeout_ms=300)), b"")
     assert result.outcome is Outcome.TIMEOUT and result.exit_code is None
-    assert 100 <= result.duration_ms < 1000
+    assert 300 <= result.duration_ms < 2000
 
 
 async def test_memory_limit(tier: TierUnderTest) -> None:
-    result = await tier.runtime.run(tier.spec("grow", Limits(memory_mb=4)), b"")
+    result = await tier.runtime.run(tier.spec("grow", Limits(memory_mb=32)), b"")
     assert result.outcome is Outcome.OUT_OF_MEMORY
-    assert result.peak_memory_bytes is not None and result.peak_memory_bytes <= 4 * 1024 * 1024
+    assert result.peak_memory_bytes is not None and result.peak_memory_bytes <= 32 * 1024 * 1024
 
 
 async def test_crash(tier: TierUnderTest) -> None:
     result = await tier.runtime.run(tier.spec("trap", Limits()), b"")
     assert result.outcome is Outcome.FUNCTION_ERROR
-    assert result.error is not None and "unreachable" in result.error.message
+    assert result.error is not None and result.error.message
 
 
 async def test_large_output_is_capped_and_flagged(tier: TierUnderTest) -> None:
@@ -113,7 +87,13 @@ async def test_concurrent_invocations_do_not_interfere(tier: TierUnderTest) -> N
 
 
 async def test_a_timeout_does_not_hold_up_other_invocations(tier: TierUnderTest) -> None:
-    slow = asyncio.ensure_future(tier.runtime.run(tier.spec("loop", Limits(timeout_ms=500)), b""))
+    slow = asyncio.ensure_future(tier.runtime.run(tier.spec("loop", Limits(timeout_ms=1500)), b""))
     quick = await tier.runtime.run(tier.spec("hello", Limits()), b"")
     assert quick.outcome is Outcome.SUCCESS and not slow.done()
     assert (await slow).outcome is Outcome.TIMEOUT
+
+
+async def test_slow_finishes_within_its_deadline(tier: TierUnderTest) -> None:
+    result = await tier.runtime.run(tier.spec("slow", Limits(timeout_ms=5000)), b"")
+    assert result.outcome is Outcome.SUCCESS and result.stdout == b"done\n"
+    assert result.duration_ms >= 250

@@ -1,0 +1,35 @@
+"""Which runtimes exist, which tiers run them, and how each is checked at deploy.
+
+The one table the gateway (deploy-time validation) and the scheduler (tier
+choice) read. A tier adds its runtimes here when it lands.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from soulbox.core.schemas import Runtime, Tier
+
+from .wasm.validate import validate_module
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeInfo:
+    runtime: Runtime
+    tiers: tuple[Tier, ...]
+    """The tiers that can run it, in order of preference."""
+    validate: Callable[[bytes], None]
+    """Deploy-time check of the uploaded artifact; raises InvalidRequest (or a subclass)."""
+    description: str
+
+
+CATALOG: Mapping[Runtime, RuntimeInfo] = {
+    Runtime.WASI: RuntimeInfo(
+        Runtime.WASI, (Tier.WASM,), validate_module, "a WASI preview-1 command module: stdin in, stdout out"
+    ),
+}
+
+
+def info(runtime: Runtime) -> RuntimeInfo:
+    return CATALOG[runtime]
