@@ -27,10 +27,13 @@ down *ARGS:
 test *ARGS:
     {{bin}}/pytest "$@"
 
-# ruff and mypy --strict
+# ruff and mypy --strict (mypy sees the folders as the installed `soulbox.*` packages)
 lint:
     {{bin}}/ruff check .
-    {{bin}}/mypy core cli gateway scheduler runtimes events
+    tree="$(mktemp -d)"; trap 'rm -rf "$tree"' EXIT; mkdir "$tree/soulbox"; \
+    for d in core gateway scheduler runtimes events cli; do ln -s "$PWD/$d" "$tree/soulbox/$d"; done; \
+    cd "$tree" && MYPYPATH="$tree" {{bin}}/mypy --config-file "{{justfile_directory()}}/pyproject.toml" \
+        -p soulbox.core -p soulbox.gateway -p soulbox.scheduler -p soulbox.runtimes -p soulbox.events -p soulbox.cli
 
 # format the code and apply ruff's safe fixes
 fmt:

@@ -74,9 +74,22 @@ def start_stack(root: Path, workers: int) -> tuple[subprocess.Popen[bytes], str]
     env = dict(os.environ, SOULBOX_LOG_LEVEL="warning", SOULBOX_EVENTS__METRICS_PORT=str(free_port()))
     soulbox = str(Path(sys.executable).parent / "soulbox")
     process = subprocess.Popen(
-        [soulbox, "up", "--data-dir", str(root / "data"), "--port", str(port),
-         "--nats-port", str(free_port()), "--workers", str(workers)],
-        stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+        [
+            soulbox,
+            "up",
+            "--data-dir",
+            str(root / "data"),
+            "--port",
+            str(port),
+            "--nats-port",
+            str(free_port()),
+            "--workers",
+            str(workers),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
@@ -135,8 +148,9 @@ def main() -> None:
         process, url = start_stack(root, args.workers)
         try:
             (root / "hello.wasm").write_bytes(module)
-            deployed = httpx.post(f"{url}/v1/functions", data={"name": "hello"},
-                                  files={"module": ("hello.wasm", module)}, timeout=30)
+            deployed = httpx.post(
+                f"{url}/v1/functions", data={"name": "hello"}, files={"module": ("hello.wasm", module)}, timeout=30
+            )
             assert deployed.status_code in (200, 201), deployed.text
             sequential(url, 200)  # warm-up: compile, caches, connections
             e2e = sequential(url, args.n)
@@ -149,10 +163,14 @@ def main() -> None:
     print(f"## invoke (hello, WASI) — {time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores\n")
     print("| measure | p50 ms | p99 ms | rate /s |")
     print("| --- | ---: | ---: | ---: |")
-    print(f"| bare wasmtime-py call (InstancePre, new Store) | {bare_p50:.3f} | {pct(bare, 0.99):.3f} "
-          f"| {1000 / statistics.mean(bare):,.0f} (1 core) |")
-    print(f"| SoulBox HTTP sync invoke, sequential | {e2e_p50:.3f} | {pct(e2e, 0.99):.3f} "
-          f"| {1000 / statistics.mean(e2e):,.0f} |")
+    print(
+        f"| bare wasmtime-py call (InstancePre, new Store) | {bare_p50:.3f} | {pct(bare, 0.99):.3f} "
+        f"| {1000 / statistics.mean(bare):,.0f} (1 core) |"
+    )
+    print(
+        f"| SoulBox HTTP sync invoke, sequential | {e2e_p50:.3f} | {pct(e2e, 0.99):.3f} "
+        f"| {1000 / statistics.mean(e2e):,.0f} |"
+    )
     print(f"| SoulBox HTTP sync invoke, {args.concurrency} concurrent, {args.workers} worker(s) | | | {rate:,.0f} |")
     print(f"\ncontrol-plane overhead over the bare call (p50): {e2e_p50 - bare_p50:.3f} ms")
 

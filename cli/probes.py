@@ -72,11 +72,7 @@ def live_workers(
 ) -> list[WorkerHeartbeat]:
     """Heartbeats younger than ``ttl_s``, optionally only of the workers ``among``."""
     now = utcnow()
-    return [
-        beat
-        for beat in beats
-        if heartbeat_age(beat, now) <= ttl_s and (among is None or beat.worker_id in among)
-    ]
+    return [beat for beat in beats if heartbeat_age(beat, now) <= ttl_s and (among is None or beat.worker_id in among)]
 
 
 async def wait_ready(

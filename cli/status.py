@@ -111,8 +111,16 @@ async def collect(settings: Settings, *, timeout: float = 3.0) -> StackStatus:
             for beat in sorted(await heartbeats(js), key=lambda b: b.worker_id):
                 age = heartbeat_age(beat)
                 workers.append(
-                    WorkerStatus(id=beat.worker_id, host=beat.host, pid=beat.pid, tiers=[str(t) for t in beat.tiers],
-                                 capacity=beat.capacity, in_flight=beat.in_flight, age_s=round(age, 2), live=age <= ttl)
+                    WorkerStatus(
+                        id=beat.worker_id,
+                        host=beat.host,
+                        pid=beat.pid,
+                        tiers=[str(t) for t in beat.tiers],
+                        capacity=beat.capacity,
+                        in_flight=beat.in_flight,
+                        age_s=round(age, 2),
+                        live=age <= ttl,
+                    )
                 )
         finally:
             await nc.close()
@@ -182,16 +190,34 @@ def render(status: StackStatus) -> Group:
             _row(table, p.name, p.pid or "-", _flag(p.alive, "running", "dead"), p.restarts, p.log or "")
         parts.append(table)
     if status.streams:
-        table = Table("stream", "messages", "bytes", "consumer", "pending", "ack pending", "redelivered",
-                      title="Streams", title_justify="left")
+        table = Table(
+            "stream",
+            "messages",
+            "bytes",
+            "consumer",
+            "pending",
+            "ack pending",
+            "redelivered",
+            title="Streams",
+            title_justify="left",
+        )
         for s in status.streams:
             _row(table, s.name, s.messages, s.bytes, "", "", "", "")
             for c in s.consumers:
                 _row(table, "", "", "", c.name, c.pending, c.ack_pending, c.redelivered)
         parts.append(table)
     if status.workers:
-        table = Table("worker", "host", "pid", "tiers", "in flight", "capacity", "heartbeat",
-                      title="Workers", title_justify="left")
+        table = Table(
+            "worker",
+            "host",
+            "pid",
+            "tiers",
+            "in flight",
+            "capacity",
+            "heartbeat",
+            title="Workers",
+            title_justify="left",
+        )
         for w in status.workers:
             beat = Text(f"{w.age_s:.1f}s ago", style="green" if w.live else "red")
             _row(table, w.id, w.host, w.pid, ",".join(w.tiers), w.in_flight, w.capacity, beat)

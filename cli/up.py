@@ -256,4 +256,3 @@ def _tail(path: Path, lines: int) -> str:
             return b"".join(deque(f, maxlen=lines)).decode("utf-8", "replace").rstrip()
     except OSError:
         return "(no log)"
-

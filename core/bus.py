@@ -84,12 +84,11 @@ async def _ensure_stream(js: JetStreamContext, config: api.StreamConfig) -> None
         await js.update_stream(config)
 
 
-async def _ensure_kv(js: JetStreamContext, **config: object) -> KeyValue:
+async def _ensure_kv(js: JetStreamContext, config: api.KeyValueConfig) -> KeyValue:
     try:
-        return await js.create_key_value(**config)
-    except BadRequestError:
-        kv = await js.key_value(str(config["bucket"]))
-        return kv
+        return await js.create_key_value(config)
+    except BadRequestError:  # exists with another configuration: use it as it is
+        return await js.key_value(config.bucket)
 
 
 async def ensure_topology(js: JetStreamContext, settings: Settings) -> Buckets:
@@ -156,15 +155,16 @@ async def ensure_topology(js: JetStreamContext, settings: Settings) -> Buckets:
                 deliver_policy=api.DeliverPolicy.ALL,
             ),
         )
+    kv = api.KeyValueConfig
     return Buckets(
-        functions=await _ensure_kv(js, bucket=names.FUNCTIONS_BUCKET, history=5, replicas=replicas),
+        functions=await _ensure_kv(js, kv(bucket=names.FUNCTIONS_BUCKET, history=5, replicas=replicas)),
         invocations=await _ensure_kv(
-            js, bucket=names.INVOCATIONS_BUCKET, ttl=settings.invocation_ttl_s, replicas=replicas
+            js, kv(bucket=names.INVOCATIONS_BUCKET, ttl=settings.invocation_ttl_s, replicas=replicas)
         ),
         workers=await _ensure_kv(
-            js, bucket=names.WORKERS_BUCKET, ttl=settings.worker.heartbeat_ttl_s * 10, replicas=replicas
+            js, kv(bucket=names.WORKERS_BUCKET, ttl=settings.worker.heartbeat_ttl_s * 10, replicas=replicas)
         ),
-        billing=await _ensure_kv(js, bucket=names.BILLING_BUCKET, replicas=replicas),
+        billing=await _ensure_kv(js, kv(bucket=names.BILLING_BUCKET, replicas=replicas)),
         artifacts=await _ensure_object_store(js, replicas),
     )
 

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from typing import Final
 
+from .errors import InvalidRequest
+from .schemas import NAME_RE
+
 # Streams ------------------------------------------------------------------
 INVOCATIONS_STREAM: Final = "SB_INVOCATIONS"
 """Work queue of accepted invocations (de-duplicated by invocation id)."""
@@ -43,9 +46,32 @@ def event_subject(event_type: str) -> str:
     return f"sb.events.{event_type}"
 
 
-def audit_subject(kind: str) -> str:
-    """``api`` or ``event``."""
-    return f"sb.audit.{kind}"
+NO_TENANT: Final = "_"
+"""The audit subject token for records that carry no valid tenant name."""
+
+
+def tenant_token(tenant: str | None) -> str:
+    """``tenant`` if it is a valid name (so it cannot inject ``.``/``*``/``>``), else ``_``."""
+    if tenant is not None and NAME_RE.match(tenant):
+        return tenant
+    return NO_TENANT
+
+
+def audit_event_subject(tenant: str) -> str:
+    """Lifecycle events of the tenant's invocations: ``sb.audit.<tenant>.event``."""
+    return f"sb.audit.{tenant_token(tenant)}.event"
+
+
+def audit_api_subject(tenant: str | None) -> str:
+    """API calls made by (or for) the tenant: ``sb.audit.<tenant|_>.api``."""
+    return f"sb.audit.{tenant_token(tenant)}.api"
+
+
+def audit_tenant_filter(tenant: str) -> str:
+    """Every audit subject of ``tenant``; ``_`` selects the records without a tenant."""
+    if tenant != NO_TENANT and not NAME_RE.match(tenant):
+        raise InvalidRequest(f"invalid tenant name {tenant!r}")
+    return f"sb.audit.{tenant}.>"
 
 
 WORKER_HEARTBEAT_SUBJECT: Final = "sb.workers.heartbeat"

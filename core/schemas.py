@@ -14,11 +14,20 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from .errors import InvalidRequest
+
 SCHEMA_VERSION: Literal[1] = 1
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 NAME_RE = re.compile(NAME_PATTERN)
 Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
+
+
+def checked_name(value: str, *, what: str) -> str:
+    """``value`` unchanged, or ``InvalidRequest`` when it is not a valid name (no wildcards, no dots)."""
+    if NAME_RE.match(value):
+        return value
+    raise InvalidRequest(f"invalid {what} name {value!r}")
 
 
 def utcnow() -> datetime:

@@ -7,7 +7,7 @@ puts with ``publish_async`` instead and await the returned futures in a batch.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 from nats.js import JetStreamContext
 from nats.js.api import PubAck
@@ -48,20 +48,31 @@ async def scan(kv: KeyValue, key_filter: str, model: type[M]) -> AsyncIterator[t
             if entry.value:
                 yield entry.key, decode(model, entry.value)
     finally:
-        await watcher.stop()
+        await watcher.stop()  # type: ignore[no-untyped-call]
 
 
-async def settle(acks: list[asyncio.Future[PubAck]], timeout: float = 10.0) -> list[PubAck]:
-    """Await pipelined publishes.
+async def settle(futures: Sequence[asyncio.Future[PubAck]], *, timeout: float = 10.0) -> list[PubAck]:
+    """Every ``PubAck`` of a batch of pipelined publishes, in order, or raise.
 
-    nats-py leaves a ``publish_async`` future pending forever when the server
-    answers with an error (its reply handler raises instead of failing the
-    future), so every batch is awaited with a deadline.
+    nats-py's ``publish_async`` futures have no deadline of their own (and
+    one whose ack is lost in a reconnect, or whose server reply is an error,
+    stays pending forever), so the wait is bounded: ``Unavailable`` on
+    timeout, else the first failure. Every outcome is retrieved, so no
+    exception goes unobserved.
     """
-    try:
-        async with asyncio.timeout(timeout):
-            return list(await asyncio.gather(*acks))
-    except TimeoutError:
-        for ack in acks:
-            ack.cancel()
-        raise Unavailable(f"JetStream did not acknowledge {len(acks)} publishes within {timeout}s") from None
+    if not futures:
+        return []
+    done, pending = await asyncio.wait(futures, timeout=timeout)
+    for future in pending:
+        future.cancel()
+    errors: list[BaseException] = []
+    for future in done:
+        if future.cancelled():
+            errors.append(Unavailable("a publish was cancelled before its ack"))
+        elif (exc := future.exception()) is not None:
+            errors.append(exc)
+    if pending:
+        raise Unavailable(f"{len(pending)} of {len(futures)} publishes not acknowledged within {timeout}s")
+    if errors:
+        raise errors[0]
+    return [future.result() for future in futures]

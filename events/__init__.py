@@ -8,6 +8,8 @@ functions the gateway calls.
 
 from __future__ import annotations
 
+from soulbox.core.names import audit_api_subject, audit_event_subject, audit_tenant_filter
+
 from .audit import AuditRecorder, event_record, new_record_id, read_audit, record_api_call
 from .billing import (
     BillingRecorder,
@@ -23,7 +25,6 @@ from .consumer import EventConsumer, Recorder
 from .metrics import MetricsRecorder
 from .metrics_server import MetricsServer
 from .service import KINDS, Kind, build_recorder, main, run
-from .subjects import audit_api_subject, audit_event_subject, audit_tenant_filter
 
 __all__ = [
     "KINDS",

@@ -22,10 +22,9 @@ from soulbox.core import names
 from soulbox.core.codec import decode, encode
 from soulbox.core.errors import InvalidRequest, SchemaError
 from soulbox.core.logging import get_logger
+from soulbox.core.names import audit_api_subject, audit_event_subject, audit_tenant_filter
 from soulbox.core.schemas import AuditRecord, LifecycleEvent
-
-from .acks import await_acks
-from .subjects import audit_api_subject, audit_event_subject, audit_tenant_filter
+from soulbox.core.store import settle
 
 log = get_logger(__name__)
 
@@ -82,7 +81,7 @@ class AuditRecorder:
             )
             for event in events
         ]
-        await await_acks(futures, timeout=self._ack_timeout)
+        await settle(futures, timeout=self._ack_timeout)
 
 
 async def record_api_call(js: JetStreamContext, record: AuditRecord) -> asyncio.Future[PubAck]:

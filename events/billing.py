@@ -21,10 +21,8 @@ from nats.js.kv import KeyValue
 from pydantic import BaseModel, ConfigDict
 
 from soulbox.core import names, store
-from soulbox.core.schemas import EventType, LifecycleEvent, UsageEntry
-
-from .acks import await_acks
-from .subjects import checked_name
+from soulbox.core.schemas import EventType, LifecycleEvent, UsageEntry, checked_name
+from soulbox.core.store import settle
 
 Granularity = Literal["day", "hour"]
 
@@ -72,7 +70,7 @@ class BillingRecorder:
             entry = usage_entry(event, default_memory_mb=self._default_memory_mb)
             key = names.billing_key(entry.tenant, entry.function, entry.invocation_id)
             futures.append(await store.put_nowait(self._js, self._bucket, key, entry))
-        await await_acks(futures, timeout=self._ack_timeout)
+        await settle(futures, timeout=self._ack_timeout)
 
 
 # The report ---------------------------------------------------------------------

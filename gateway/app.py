@@ -49,8 +49,7 @@ def routes() -> list[Route]:
         Route("/v1/functions/{name}", functions.get_function, methods=["GET"]),
         Route("/v1/functions/{name}", functions.delete_function, methods=["DELETE"]),
         Route("/v1/functions/{name}/invoke", invocations.invoke, methods=["POST"]),
-        Route("/v1/invocations/{invocation_id}", invocations.get_invocation, methods=["GET"],
-              name="get_invocation"),
+        Route("/v1/invocations/{invocation_id}", invocations.get_invocation, methods=["GET"], name="get_invocation"),
         Route("/v1/usage", reports.get_usage, methods=["GET"]),
         Route("/v1/audit", reports.get_audit, methods=["GET"]),
     ]
@@ -77,6 +76,6 @@ def create_app(settings: Settings) -> Starlette:
     return Starlette(
         routes=routes(),
         middleware=[Middleware(AccessLog), Middleware(AuditTrail)],
-        exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+        exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )

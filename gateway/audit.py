@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+from nats.js.api import PubAck
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -64,7 +65,7 @@ class AuditTrail:
         task.add_done_callback(self._pending.discard)
 
     @staticmethod
-    async def _confirm(ack: asyncio.Future[object]) -> None:
+    async def _confirm(ack: asyncio.Future[PubAck]) -> None:
         try:
             await asyncio.wait_for(ack, _ACK_TIMEOUT_S)
         except Exception as exc:

@@ -6,6 +6,8 @@ stable code; unexpected exceptions become a 500 ``internal`` without details.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -38,8 +40,14 @@ _HTTP_CODES = {
 }
 
 
-def error_response(status: int, code: str, message: str, *, invocation_id: str | None = None,
-                   headers: dict[str, str] | None = None) -> JSONResponse:
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    *,
+    invocation_id: str | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> JSONResponse:
     body = ErrorResponse(error=ErrorBody(code=code, message=message, invocation_id=invocation_id))
     return JSONResponse(body.model_dump(exclude_none=True), status_code=status, headers=headers)
 

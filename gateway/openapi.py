@@ -8,13 +8,20 @@ from typing import Any
 from pydantic import BaseModel
 from starlette.routing import BaseRoute, Route
 
-from soulbox.core.schemas import AuditRecord
+from soulbox.core.schemas import NAME_PATTERN, AuditRecord
 from soulbox.events import UsageReport
 
 from .models import ErrorResponse, FunctionList, FunctionOut, InvocationAccepted, InvocationOut
+from .platform import INVOCATION_ID_RE
 
 _MODELS: list[type[BaseModel]] = [
-    ErrorResponse, FunctionOut, FunctionList, InvocationOut, InvocationAccepted, UsageReport, AuditRecord,
+    ErrorResponse,
+    FunctionOut,
+    FunctionList,
+    InvocationOut,
+    InvocationAccepted,
+    UsageReport,
+    AuditRecord,
 ]
 
 
@@ -30,7 +37,7 @@ def _error(description: str) -> dict[str, Any]:
     return _json(ErrorResponse, description)
 
 
-_NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string", "pattern": "^[a-z0-9][a-z0-9_-]{0,62}$"}}
+_NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string", "pattern": NAME_PATTERN}}
 
 _DEPLOY_FORM = {
     "required": True,
@@ -40,7 +47,7 @@ _DEPLOY_FORM = {
                 "type": "object",
                 "required": ["name"],
                 "properties": {
-                    "name": {"type": "string", "pattern": _NAME["schema"]["pattern"]},  # type: ignore[index]
+                    "name": {"type": "string", "pattern": NAME_PATTERN},
                     "runtime": {"type": "string", "default": "wasi"},
                     "code": {"type": "string", "format": "binary", "description": "the function's file"},
                     "module": {"type": "string", "format": "binary", "description": "alias of `code`"},
@@ -85,14 +92,20 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
         "parameters": [
             _NAME,
             {"name": "async", "in": "query", "schema": {"type": "boolean"}, "description": "return 202 at once"},
-            {"name": "X-Invocation-Id", "in": "header", "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{8,64}$"},
-             "description": "caller-chosen id; a repeat runs nothing and returns the first result"},
+            {
+                "name": "X-Invocation-Id",
+                "in": "header",
+                "schema": {"type": "string", "pattern": INVOCATION_ID_RE.pattern},
+                "description": "caller-chosen id; a repeat runs nothing and returns the first result",
+            },
             {"name": "Prefer", "in": "header", "schema": {"type": "string"}, "description": "respond-async"},
         ],
         "requestBody": {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
         "responses": {
-            "200": {"description": "the function's stdout",
-                    "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
+            "200": {
+                "description": "the function's stdout",
+                "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+            },
             "202": _json(InvocationAccepted, "accepted (async)"),
             "404": _error("no such function"),
             "413": _error("body too large"),
@@ -125,13 +138,17 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
         "responses": {
             "200": {
                 "description": "a page of records; pass `next` as `after` for the following page",
-                "content": {"application/json": {"schema": {
-                    "type": "object",
-                    "properties": {
-                        "records": {"type": "array", "items": _ref(AuditRecord)},
-                        "next": {"type": "integer"},
-                    },
-                }}},
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "properties": {
+                                "records": {"type": "array", "items": _ref(AuditRecord)},
+                                "next": {"type": "integer"},
+                            },
+                        }
+                    }
+                },
             },
             "400": _error("bad parameters"),
         },
@@ -139,8 +156,9 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
 }
 
 
-def openapi_document(routes: Sequence[BaseRoute], extra: dict[tuple[str, str], dict[str, Any]] | None = None
-                     ) -> dict[str, Any]:
+def openapi_document(
+    routes: Sequence[BaseRoute], extra: dict[tuple[str, str], dict[str, Any]] | None = None
+) -> dict[str, Any]:
     operations = {**OPERATIONS, **(extra or {})}
     paths: dict[str, dict[str, Any]] = {}
     for route in routes:

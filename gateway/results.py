@@ -58,5 +58,5 @@ class ResultWaiter:
         except TimeoutError:
             return None
         finally:
-            await watcher.stop()
+            await watcher.stop()  # type: ignore[no-untyped-call]
         return None

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter
+from typing import Any
 
 import structlog
 from nats.aio.client import Client as NATS
@@ -72,9 +73,7 @@ class Scheduler:
         self._stopping.set()
 
     async def serve(self) -> None:
-        sub = await self._js.pull_subscribe_bind(
-            durable=names.SCHEDULER_CONSUMER, stream=names.INVOCATIONS_STREAM
-        )
+        sub = await self._js.pull_subscribe_bind(durable=names.SCHEDULER_CONSUMER, stream=names.INVOCATIONS_STREAM)
         log.info("scheduler.ready")
         batch = self.settings.scheduler.fetch_batch
         while not self._stopping.is_set():
@@ -213,16 +212,15 @@ class Scheduler:
         token = f"{dispatch.request.id}-{dispatch.attempt}"
         reply = self._inbox.expect(token)
         death = self._directory.death(worker)
+        waiting: set[asyncio.Future[Any]] = {reply, death}
         self._dispatched[worker] += 1
         try:
-            await self._nc.publish(
-                names.worker_run_subject(worker), encode(dispatch), reply=self._inbox.subject(token)
-            )
+            await self._nc.publish(names.worker_run_subject(worker), encode(dispatch), reply=self._inbox.subject(token))
             while True:
                 wait = min(PROGRESS_INTERVAL_S, give_up - loop.time())
                 if wait <= 0:
                     return None
-                done, _ = await asyncio.wait({reply, death}, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait(waiting, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
                 if reply in done:
                     try:
                         return decode(DispatchReply, reply.result().data)

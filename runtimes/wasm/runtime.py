@@ -97,7 +97,9 @@ class WasmRuntime:
             os.close(stdin_fd)
         store.set_epoch_deadline(self.engine.deadline_ticks(limits.timeout_ms))
 
-        outcome, exit_code, error = Outcome.SUCCESS, 0, None
+        outcome: Outcome = Outcome.SUCCESS
+        exit_code: int | None = 0
+        error: InvocationError | None = None
         instance = None
         started = time.perf_counter()
         try:

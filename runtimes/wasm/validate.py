@@ -26,9 +26,7 @@ def validate_module(data: bytes) -> None:
         module = wasmtime.Module(engine, data)
     except wasmtime.WasmtimeError as exc:
         raise InvalidModule(f"invalid WebAssembly module: {exc}") from exc
-    unknown = sorted(
-        f"{imp.module}.{imp.name}" for imp in module.imports if imp.module not in WASI_MODULES
-    )
+    unknown = sorted(f"{imp.module}.{imp.name}" for imp in module.imports if imp.module not in WASI_MODULES)
     if unknown:
         raise InvalidModule(f"module imports functions SoulBox does not provide: {', '.join(unknown)}")
     if "_start" not in {exp.name for exp in module.exports}:

@@ -40,7 +40,13 @@ def test_components_start_in_order_with_the_settings_they_need(tmp_path: Path, m
     )
     plan = make_plan(settings, workers=2, nats_config=None, python="/py", base_env={"PATH": "/bin", "SOULBOX_X": "1"})
     assert [c.name for c in plan.components] == [
-        "billing", "audit", "metrics", "worker-1", "worker-2", "scheduler", "gateway"
+        "billing",
+        "audit",
+        "metrics",
+        "worker-1",
+        "worker-2",
+        "scheduler",
+        "gateway",
     ]
     argv = {c.name: c.argv for c in plan.components}
     assert argv["gateway"] == ("/py", "-m", "soulbox.gateway")
@@ -116,9 +122,25 @@ def test_up_refuses_ports_that_are_taken(tmp_path: Path) -> None:
         holder.listen()
         taken = holder.getsockname()[1]
         up = subprocess.run(
-            [sys.executable, "-m", "soulbox.cli", "up", "--data-dir", str(tmp_path / "data"), "--port", str(taken),
-             "--nats-port", str(free_port()), "--metrics-port", str(free_port())],
-            capture_output=True, text=True, timeout=60, cwd=tmp_path, check=False,
+            [
+                sys.executable,
+                "-m",
+                "soulbox.cli",
+                "up",
+                "--data-dir",
+                str(tmp_path / "data"),
+                "--port",
+                str(taken),
+                "--nats-port",
+                str(free_port()),
+                "--metrics-port",
+                str(free_port()),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=tmp_path,
+            check=False,
         )
     assert up.returncode == 1
     assert f"gateway 127.0.0.1:{taken} (in use)" in up.stdout

@@ -72,16 +72,20 @@ async def test_a_crashing_child_is_restarted_with_growing_delays(tmp_path: Path)
 async def test_a_healthy_run_resets_the_backoff(tmp_path: Path) -> None:
     # Without the reset, the third restart would wait 0.05 * 20**2 = 20 s.
     backoff = Backoff(initial=0.05, factor=20.0, cap=30.0, healthy_after=0.2)
-    child = Child(ChildSpec("flaky", python("import time; time.sleep(0.3); raise SystemExit(1)")),
-                  log_dir=tmp_path, backoff=backoff)
+    child = Child(
+        ChildSpec("flaky", python("import time; time.sleep(0.3); raise SystemExit(1)")),
+        log_dir=tmp_path,
+        backoff=backoff,
+    )
     await child.start()
     await eventually(lambda: child.restarts >= 3, timeout=5.0)
     await child.stop(timeout=1.0)
 
 
 async def test_a_stopped_child_stays_stopped_and_its_log_is_kept(tmp_path: Path) -> None:
-    child = Child(ChildSpec("talker", python("print('hello', flush=True); import time; time.sleep(60)")),
-                  log_dir=tmp_path)
+    child = Child(
+        ChildSpec("talker", python("print('hello', flush=True); import time; time.sleep(60)")), log_dir=tmp_path
+    )
     await child.start()
     await eventually(lambda: b"hello" in (tmp_path / "talker.log").read_bytes())
     pid = child.pid
@@ -94,8 +98,7 @@ async def test_a_stopped_child_stays_stopped_and_its_log_is_kept(tmp_path: Path)
 
 async def test_stop_kills_a_child_that_ignores_sigterm(tmp_path: Path) -> None:
     code = (
-        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); "
-        "time.sleep(60)"
+        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); time.sleep(60)"
     )
     child = Child(ChildSpec("stubborn", python(code)), log_dir=tmp_path)
     await child.start()
@@ -106,8 +109,7 @@ async def test_stop_kills_a_child_that_ignores_sigterm(tmp_path: Path) -> None:
 
 
 async def test_stop_during_the_backoff_does_not_wait_for_it(tmp_path: Path) -> None:
-    child = Child(ChildSpec("crash", python("raise SystemExit(1)")), log_dir=tmp_path,
-                  backoff=Backoff(initial=30.0))
+    child = Child(ChildSpec("crash", python("raise SystemExit(1)")), log_dir=tmp_path, backoff=Backoff(initial=30.0))
     await child.start()
     await eventually(lambda: child.last_exit == 1)
     started = time.monotonic()
@@ -133,8 +135,12 @@ async def test_stop_reaches_the_whole_process_group(tmp_path: Path) -> None:
 
 async def test_echo_gets_each_line_and_the_log_file_everything(tmp_path: Path) -> None:
     lines: list[tuple[str, bytes]] = []
-    child = Child(ChildSpec("echo", python("print('one'); print('two', end='')")), log_dir=tmp_path,
-                  echo=lambda name, line: lines.append((name, line)), backoff=Backoff(initial=30.0))
+    child = Child(
+        ChildSpec("echo", python("print('one'); print('two', end='')")),
+        log_dir=tmp_path,
+        echo=lambda name, line: lines.append((name, line)),
+        backoff=Backoff(initial=30.0),
+    )
     await child.start()
     await eventually(lambda: child.last_exit == 0)
     await child.stop(timeout=1.0)
@@ -152,7 +158,9 @@ async def test_children_stop_in_reverse_order_and_a_group_together(tmp_path: Pat
     ready = Path(f"{journal}.ready")
     await eventually(lambda: ready.exists() and len(ready.read_text().split()) == 4)
     assert [[c.name for c in group] for group in supervisor.stop_order()] == [
-        ["gateway"], ["worker-1", "worker-2"], ["nats"]
+        ["gateway"],
+        ["worker-1", "worker-2"],
+        ["nats"],
     ]
     await supervisor.stop_all(timeout=5.0)
     entries = [line.split() for line in journal.read_text().splitlines()]

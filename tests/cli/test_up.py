@@ -35,21 +35,40 @@ class Up:
         self.data_dir = root / "data"
         self.port = free_port()
         self.env = dict(os.environ, SOULBOX_EMBEDDED_NATS__MONITOR_PORT=str(free_port()), SOULBOX_LOG_FORMAT="json")
-        self.args = ["--data-dir", str(self.data_dir), "--port", str(self.port), "--nats-port", str(free_port()),
-                     "--metrics-port", str(free_port()), "--workers", "2"]
+        self.args = [
+            "--data-dir",
+            str(self.data_dir),
+            "--port",
+            str(self.port),
+            "--nats-port",
+            str(free_port()),
+            "--metrics-port",
+            str(free_port()),
+            "--workers",
+            "2",
+        ]
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         with (self.root / "up.out").open("wb") as out, (self.root / "up.err").open("wb") as err:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "soulbox.cli", "up", *self.args],
-                stdout=out, stderr=err, env=self.env, cwd=self.root, start_new_session=True,
+                stdout=out,
+                stderr=err,
+                env=self.env,
+                cwd=self.root,
+                start_new_session=True,
             )
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "soulbox.cli", *args, "--data-dir", str(self.data_dir)],
-            capture_output=True, text=True, env=self.env, cwd=self.root, timeout=90, check=False,
+            capture_output=True,
+            text=True,
+            env=self.env,
+            cwd=self.root,
+            timeout=90,
+            check=False,
         )
 
     def output(self) -> str:
@@ -114,7 +133,14 @@ def test_up_status_restart_and_down(up: Up) -> None:
     up.wait(lambda: ready(up))
     state = up.state()
     assert [c.name for c in state.children] == [
-        "nats", "billing", "audit", "metrics", "worker-1", "worker-2", "scheduler", "gateway"
+        "nats",
+        "billing",
+        "audit",
+        "metrics",
+        "worker-1",
+        "worker-2",
+        "scheduler",
+        "gateway",
     ]
     assert state.urls.gateway == f"http://127.0.0.1:{up.port}"
     assert "SoulBox is up" in up.output() and f"{state.urls.gateway}/v1/functions" in up.output()

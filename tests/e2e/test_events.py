@@ -44,7 +44,8 @@ def test_three_consumers_see_every_event(api: httpx.Client, stack: Stack) -> Non
     def audited() -> list[dict[str, object]] | None:
         records = _audit(api)
         seen = {
-            r["action"] for r in records
+            r["action"]
+            for r in records
             if r["kind"] == "event" and r["detail"]["invocation_id"] == invocation_id  # type: ignore[index]
         }
         return records if seen == LIFECYCLE else None

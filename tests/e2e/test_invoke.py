@@ -124,8 +124,11 @@ def test_unknown_function_is_404(api: httpx.Client) -> None:
 
 @pytest.mark.parametrize(
     ("module", "needle"),
-    [(b"not wasm at all", "magic"), (b"\0asm\x01\0\0\0\x05garbage", "invalid WebAssembly"),
-     (wasm("bad_import"), "env.launch_missiles")],
+    [
+        (b"not wasm at all", "magic"),
+        (b"\0asm\x01\0\0\0\x05garbage", "invalid WebAssembly"),
+        (wasm("bad_import"), "env.launch_missiles"),
+    ],
 )
 def test_malformed_upload_is_400_with_compiler_message(api: httpx.Client, module: bytes, needle: str) -> None:
     response = deploy(api, "broken", module)

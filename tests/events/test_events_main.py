@@ -100,6 +100,6 @@ def test_unknown_kind_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> No
 
 def test_public_api_is_exactly_all() -> None:
     public = {name for name in vars(soulbox.events) if not name.startswith("_")}
-    modules = {"acks", "audit", "billing", "consumer", "metrics", "metrics_server", "service", "subjects"}
+    modules = {"audit", "billing", "consumer", "metrics", "metrics_server", "service"}
     assert public - modules - {"annotations"} == set(soulbox.events.__all__)
     assert all(getattr(soulbox.events, name) is not None for name in soulbox.events.__all__)

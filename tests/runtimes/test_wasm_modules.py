@@ -16,8 +16,9 @@ from tests.guests import wasm
 
 def _spec(name: str) -> FunctionSpec:
     module = wasm(name)
-    return FunctionSpec(tenant="t", name=name.replace("_", "-"), artifact=hashlib.sha256(module).hexdigest(),
-                        artifact_size=len(module))
+    return FunctionSpec(
+        tenant="t", name=name.replace("_", "-"), artifact=hashlib.sha256(module).hexdigest(), artifact_size=len(module)
+    )
 
 
 async def test_compiled_once_then_deserialized_by_a_new_worker(tmp_path: Path) -> None:
@@ -32,7 +33,7 @@ async def test_compiled_once_then_deserialized_by_a_new_worker(tmp_path: Path) -
         assert (await first.run(_spec("hello"), b"")).outcome is Outcome.SUCCESS
     assert (first.modules.compiled, first.modules.deserialized) == (1, 0)
     await first.close()
-    assert len(list(tmp_path.glob("*.cwasm"))) == 1
+    assert len(list(tmp_path.glob("*.cwasm"))) == 1  # noqa: ASYNC240 - a test's look at its tmp dir
 
     second = WasmRuntime(fetch, cache_dir=tmp_path, concurrency=2)  # a restarted worker
     assert (await second.run(_spec("hello"), b"")).stdout == b"hello from wasm\n"
@@ -72,4 +73,4 @@ def test_validate_requires_start() -> None:
     import wasmtime
 
     with pytest.raises(InvalidModule, match="_start"):
-        validate_module(wasmtime.wat2wasm("(module (memory (export \"memory\") 1))"))
+        validate_module(wasmtime.wat2wasm('(module (memory (export "memory") 1))'))

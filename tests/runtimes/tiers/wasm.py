@@ -23,8 +23,11 @@ async def make(tmp: Path) -> TierUnderTest:
     def spec(case: str, limits: Limits) -> FunctionSpec:
         module = wasm(case)
         return FunctionSpec(
-            tenant="t", name=case.replace("_", "-"), artifact=hashlib.sha256(module).hexdigest(),
-            artifact_size=len(module), limits=limits,
+            tenant="t",
+            name=case.replace("_", "-"),
+            artifact=hashlib.sha256(module).hexdigest(),
+            artifact_size=len(module),
+            limits=limits,
         )
 
     return TierUnderTest("wasm", runtime, spec, hello_output=b"hello from wasm\n")
