@@ -149,21 +149,19 @@ class Worker:
                     started_at=utcnow(),
                     timeout_ms=spec.limits.timeout_ms,
                 )
+                # The guest starts first; its "running" record and "started" event are
+                # written while it runs (the run happens off the event loop).
+                run = asyncio.ensure_future(self._run(dispatch))
                 pending = [
                     await self._put_record(record),
                     await self._event(EventType.STARTED, record, spec.limits.memory_mb),
                 ]
                 log.info("invocation.started", attempt=dispatch.attempt)
-                try:
-                    result = await self._runtimes[dispatch.tier].run(spec, request.input)
-                except Exception as exc:  # SoulBox failed, not the guest
-                    log.exception("invocation.platform_error")
-                    result = _platform_failure(exc)
-                final, event_type = _finish(record, result)
+                final, event_type = _finish(record, await run)
+                if request.reply_to:  # the waiting caller first: it is the critical path
+                    await self._nc.publish(request.reply_to, encode(final))
                 pending.append(await self._put_record(final))
                 pending.append(await self._event(event_type, final, spec.limits.memory_mb))
-                if request.reply_to:
-                    await self._nc.publish(request.reply_to, encode(final))
                 await settle(pending)
                 await msg.respond(encode(DispatchReply(accepted=True, status=final.status)))
                 log.info(
@@ -178,6 +176,13 @@ class Worker:
                 log.warning("invocation.unconfirmed", error=repr(exc))
             finally:
                 self._in_flight -= 1
+
+    async def _run(self, dispatch: Dispatch) -> RunResult:
+        try:
+            return await self._runtimes[dispatch.tier].run(dispatch.request.function, dispatch.request.input)
+        except Exception as exc:  # SoulBox failed, not the guest
+            log.exception("invocation.platform_error")
+            return _platform_failure(exc)
 
     async def _put_record(self, record: InvocationRecord) -> asyncio.Future[PubAck]:
         return await put_nowait(self._js, names.INVOCATIONS_BUCKET, record.id, record)

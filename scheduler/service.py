@@ -22,6 +22,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
+from nats.js.api import PubAck
 
 from soulbox.core import names
 from soulbox.core.bus import Buckets
@@ -67,6 +68,7 @@ class Scheduler:
         self._dispatched: Counter[str] = Counter()
         self._slots = asyncio.Semaphore(settings.scheduler.max_in_flight)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._announced: dict[str, asyncio.Future[PubAck]] = {}  # acks of `scheduled` events, by invocation
         self._stopping = asyncio.Event()
 
     def stop(self) -> None:
@@ -132,6 +134,10 @@ class Scheduler:
                 log.warning("scheduler.retry_later", error=repr(exc))
                 with contextlib.suppress(Exception):
                     await msg.nak(delay=0.5)
+            finally:
+                unsettled = self._announced.pop(request.id, None)
+                if unsettled is not None and not unsettled.done():
+                    unsettled.cancel()  # the event was sent; only its ack is no longer awaited
 
     async def _schedule(self, request: InvocationRequest, msg: Msg, *, attempt: int) -> None:
         tiers = {tier for worker in self._directory.live() for tier in worker.tiers}
@@ -146,11 +152,10 @@ class Scheduler:
                 await msg.nak(delay=1.0)
                 return
             dispatch = Dispatch(request=request, tier=tier, attempt=attempt)
-            if not announced:
-                await self._announce(request, dispatch, worker)
-                announced = True
-            reply = await self._dispatch(worker, dispatch, msg)
+            reply = await self._dispatch(worker, dispatch, msg, announce=not announced)
+            announced = True
             if reply is not None and reply.accepted:
+                await self._settle_announcement(request.id)
                 await msg.ack()
                 return
             excluded.add(worker)
@@ -185,27 +190,32 @@ class Scheduler:
             await self._directory.changed(0.1)
 
     async def _announce(self, request: InvocationRequest, dispatch: Dispatch, worker: str) -> None:
-        record = InvocationRecord(
-            id=request.id,
+        """The ``scheduled`` event (the worker writes the record next, so none is written here)."""
+        event = LifecycleEvent(
+            id=f"{request.id}.scheduled.{dispatch.attempt}",
+            type=EventType.SCHEDULED,
+            invocation_id=request.id,
             tenant=request.tenant,
             function=request.function.name,
-            status=Status.SCHEDULED,
             tier=dispatch.tier,
             worker=worker,
             attempt=dispatch.attempt,
-            accepted_at=request.accepted_at,
-            scheduled_at=dispatch.scheduled_at,
-            timeout_ms=request.function.limits.timeout_ms,
+            at=dispatch.scheduled_at,
         )
-        event = LifecycleEvent.for_record(EventType.SCHEDULED, record)
-        # Fire and forget: the worker's own writes follow and are awaited before the ack.
-        await put_nowait(self._js, names.INVOCATIONS_BUCKET, request.id, record)
-        await self._js.publish_async(
+        ack = await self._js.publish_async(
             names.event_subject(event.type.value), encode(event), headers={"Nats-Msg-Id": event.id}
         )
+        self._announced[request.id] = ack
 
-    async def _dispatch(self, worker: str, dispatch: Dispatch, msg: Msg) -> DispatchReply | None:
-        """Send and wait. None means the worker died or never answered."""
+    async def _settle_announcement(self, invocation_id: str) -> None:
+        ack = self._announced.pop(invocation_id, None)
+        if ack is not None:
+            await settle([ack])
+
+    async def _dispatch(
+        self, worker: str, dispatch: Dispatch, msg: Msg, *, announce: bool
+    ) -> DispatchReply | None:
+        """Send, announce (once per invocation), and wait. None: the worker died or never answered."""
         loop = asyncio.get_running_loop()
         give_up = loop.time() + dispatch.request.function.limits.timeout_ms / 1000
         give_up += self.settings.scheduler.dispatch_grace_s
@@ -216,6 +226,8 @@ class Scheduler:
         self._dispatched[worker] += 1
         try:
             await self._nc.publish(names.worker_run_subject(worker), encode(dispatch), reply=self._inbox.subject(token))
+            if announce:
+                await self._announce(dispatch.request, dispatch, worker)
             while True:
                 wait = min(PROGRESS_INTERVAL_S, give_up - loop.time())
                 if wait <= 0:
