@@ -52,6 +52,7 @@ from .placement import choose_tier, pick_worker
 log = get_logger(__name__)
 
 MAX_PLATFORM_ATTEMPTS = 5
+BATCH_LINGER_S = 0.05  # how long a batch fetch may wait for its first message
 PROGRESS_INTERVAL_S = 5.0  # well under the consumer's ack_wait
 
 
@@ -78,16 +79,21 @@ class Scheduler:
         sub = await self._js.pull_subscribe_bind(durable=names.SCHEDULER_CONSUMER, stream=names.INVOCATIONS_STREAM)
         log.info("scheduler.ready")
         batch = self.settings.scheduler.fetch_batch
+        # A lone message must not wait for a batch to fill: long-poll for ONE (it
+        # returns the moment one arrives), then take what else is there in batches.
+        want = 1
         while not self._stopping.is_set():
             await self._slots.acquire()  # back-pressure: never hold more than max_in_flight
             self._slots.release()
             try:
-                msgs = await sub.fetch(batch, timeout=1.0)
+                msgs = await sub.fetch(want, timeout=1.0 if want == 1 else BATCH_LINGER_S)
             except (NatsTimeoutError, TimeoutError):
+                want = 1
                 continue
             except Exception as exc:  # NATS reconnecting: try again shortly
                 log.warning("scheduler.fetch_failed", error=str(exc))
                 await asyncio.sleep(0.5)
+                want = 1
                 continue
             log.debug("scheduler.fetched", count=len(msgs))
             for msg in msgs:
@@ -95,6 +101,7 @@ class Scheduler:
                 task = asyncio.create_task(self._handle(msg))
                 self._tasks.add(task)
                 task.add_done_callback(self._done)
+            want = batch
         await sub.unsubscribe()
         # Unfinished dispatches stay unacked: JetStream redelivers them to another scheduler.
         for task in list(self._tasks):

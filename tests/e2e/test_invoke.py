@@ -167,3 +167,13 @@ def test_openapi_lists_the_routes(api: httpx.Client) -> None:
     doc = api.get("/openapi.json").json()
     assert doc["openapi"].startswith("3.")
     assert {"/v1/functions", "/v1/functions/{name}/invoke", "/v1/invocations/{invocation_id}"} <= set(doc["paths"])
+
+
+def test_an_idle_stack_answers_at_once(api: httpx.Client) -> None:
+    deploy(api, "hello", wasm("hello"))
+    for _ in range(3):
+        time.sleep(1.2)  # longer than any fetch or poll interval: every component is idle
+        started = time.monotonic()
+        response = api.post("/v1/functions/hello/invoke")
+        assert response.status_code == 200
+        assert time.monotonic() - started < 0.25
