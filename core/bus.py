@@ -50,14 +50,18 @@ async def connect(settings: Settings, *, name: str) -> NATS:
     async def on_error(exc: Exception) -> None:
         log.warning("nats.error", error=str(exc))
 
+    client: list[NATS] = []
+
     async def on_disconnect() -> None:
+        if client and (client[0].is_closed or client[0].is_draining):
+            return  # our own close(), not an outage
         log.warning("nats.disconnected")
 
     async def on_reconnect() -> None:
         log.info("nats.reconnected")
 
     try:
-        return await nats.connect(
+        nc = await nats.connect(
             error_cb=on_error,
             disconnected_cb=on_disconnect,
             reconnected_cb=on_reconnect,
@@ -65,6 +69,8 @@ async def connect(settings: Settings, *, name: str) -> NATS:
         )
     except Exception as exc:  # nats raises several unrelated types here
         raise Unavailable(f"cannot connect to NATS at {', '.join(s.urls)}: {exc}") from exc
+    client.append(nc)
+    return nc
 
 
 @dataclass(frozen=True, slots=True)

@@ -52,6 +52,8 @@ class Runtime(StrEnum):
     """What the function's code is; the scheduler maps it to a tier."""
 
     WASI = "wasi"  # a WASI preview-1 command module (`_start`, stdin -> stdout)
+    QUICKJS = "quickjs"  # JavaScript source run by QuickJS-NG compiled to WASI
+    MICROPYTHON = "micropython"  # Python source run by MicroPython compiled to WASI
 
 
 class Status(StrEnum):

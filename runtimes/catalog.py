@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from soulbox.core.schemas import Runtime, Tier
 
-from .wasm.validate import validate_module
+from .wasm.validate import validate_javascript, validate_micropython, validate_module
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +27,12 @@ class RuntimeInfo:
 CATALOG: Mapping[Runtime, RuntimeInfo] = {
     Runtime.WASI: RuntimeInfo(
         Runtime.WASI, (Tier.WASM,), validate_module, "a WASI preview-1 command module: stdin in, stdout out"
+    ),
+    Runtime.QUICKJS: RuntimeInfo(
+        Runtime.QUICKJS, (Tier.WASM,), validate_javascript, "a JavaScript script run by QuickJS in Wasmtime"
+    ),
+    Runtime.MICROPYTHON: RuntimeInfo(
+        Runtime.MICROPYTHON, (Tier.WASM,), validate_micropython, "a Python script run by MicroPython in Wasmtime"
     ),
 }
 

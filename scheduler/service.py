@@ -219,9 +219,7 @@ class Scheduler:
         if ack is not None:
             await settle([ack])
 
-    async def _dispatch(
-        self, worker: str, dispatch: Dispatch, msg: Msg, *, announce: bool
-    ) -> DispatchReply | None:
+    async def _dispatch(self, worker: str, dispatch: Dispatch, msg: Msg, *, announce: bool) -> DispatchReply | None:
         """Send, announce (once per invocation), and wait. None: the worker died or never answered."""
         loop = asyncio.get_running_loop()
         give_up = loop.time() + dispatch.request.function.limits.timeout_ms / 1000

@@ -22,10 +22,13 @@ class WasmEngine:
         config = wasmtime.Config()
         config.epoch_interruption = True
         config.cranelift_opt_level = "speed"
+        config.wasm_exceptions = True  # MicroPython's build uses the exceptions proposal
         self.engine = wasmtime.Engine(config)
         self.tick_ms = tick_ms
         # What a precompiled artifact depends on besides the module bytes.
-        self.fingerprint = hashlib.sha256(f"wasmtime={WASMTIME_VERSION};epoch=1;opt=speed".encode()).hexdigest()[:16]
+        self.fingerprint = hashlib.sha256(
+            f"wasmtime={WASMTIME_VERSION};epoch=1;opt=speed;exceptions=1".encode()
+        ).hexdigest()[:16]
         self._stop = threading.Event()
         self._ticker = threading.Thread(target=self._tick, name="wasm-epoch", daemon=True)
         self._ticker.start()

@@ -1,28 +1,31 @@
 """The Wasmtime tier's :class:`~soulbox.runtimes.protocol.Runtime`.
 
 A WASI command module runs with the request body as stdin and a bounded
-capture of stdout/stderr. Every call gets a new Store with its own memory
-limit and epoch deadline; the module's InstancePre is shared.
+capture of stdout/stderr; source functions (QuickJS, MicroPython) run their
+interpreter module the same way with the source as an argument. Every call
+gets a new Store with its own memory limit and epoch deadline; the module's
+InstancePre is shared.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
-import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import wasmtime
 
-from soulbox.core.schemas import FunctionSpec, InvocationError, Outcome, Tier
+from soulbox.core.schemas import FunctionSpec, Tier
 
-from ..protocol import Output, RunResult
+from ..protocol import RunResult
 from .engine import WasmEngine
+from .execute import execute
+from .guests import define_host_imports, interpreter, source_text
 from .modules import FetchArtifact, ModuleCache
 
-MIB = 1024 * 1024
-WASM_PAGE = 64 * 1024
+SOURCE_CACHE_SIZE = 256
 
 
 class WasmRuntime:
@@ -41,12 +44,14 @@ class WasmRuntime:
         self.engine = WasmEngine(tick_ms=tick_ms)
         self._linker = wasmtime.Linker(self.engine.engine)
         self._linker.define_wasi()
+        define_host_imports(self._linker)
         self.modules = ModuleCache(self.engine, self._linker, cache_dir, size=module_cache_size)
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="wasm")
         self._loading: dict[str, asyncio.Future[wasmtime.InstancePre]] = {}
+        self._sources: OrderedDict[str, str] = OrderedDict()
         self._closed = False
 
-    async def _instance_pre(self, digest: str) -> wasmtime.InstancePre:
+    async def _instance_pre(self, digest: str, load: Callable[[], Awaitable[bytes]]) -> wasmtime.InstancePre:
         pre = self.modules.lookup(digest)
         if pre is not None:
             return pre
@@ -59,7 +64,7 @@ class WasmRuntime:
             loop = asyncio.get_running_loop()
             pre = await loop.run_in_executor(self._pool, self.modules.load_compiled, digest)
             if pre is None:
-                data = await self._fetch(digest)
+                data = await load()
                 pre = await loop.run_in_executor(self._pool, self.modules.compile, digest, data)
             future.set_result(pre)
             return pre
@@ -70,97 +75,40 @@ class WasmRuntime:
         finally:
             del self._loading[digest]
 
+    async def _source(self, digest: str) -> str:
+        source = self._sources.get(digest)
+        if source is None:
+            source = source_text(await self._fetch(digest))
+            self._sources[digest] = source
+            while len(self._sources) > SOURCE_CACHE_SIZE:
+                self._sources.popitem(last=False)
+        else:
+            self._sources.move_to_end(digest)
+        return source
+
     async def run(self, spec: FunctionSpec, input: bytes) -> RunResult:
-        pre = await self._instance_pre(spec.artifact)
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, self._run_sync, pre, spec, input)
+        guest = interpreter(spec.runtime)
+        if guest is None:
+            pre = await self._instance_pre(spec.artifact, lambda: self._fetch(spec.artifact))
+            argv, entry, oom_markers = [spec.name], "start", ()
+        else:
 
-    def _run_sync(self, pre: wasmtime.InstancePre, spec: FunctionSpec, input: bytes) -> RunResult:
-        limits = spec.limits
-        stdout = Output(limits.max_output_bytes)
-        stderr = Output(limits.max_output_bytes)
-        store = wasmtime.Store(self.engine.engine)
-        memory_limit = limits.memory_mb * MIB
-        store.set_limits(memory_size=memory_limit, instances=4, tables=4, memories=1, table_elements=100_000)
-        wasi = wasmtime.WasiConfig()
-        wasi.argv = [spec.name]
-        stdin_fd = None
-        if input:
-            # An anonymous in-memory file: no disk, nothing left behind.
-            stdin_fd = os.memfd_create("soulbox-stdin", os.MFD_CLOEXEC)
-            os.write(stdin_fd, input)
-            wasi.stdin_file = f"/proc/self/fd/{stdin_fd}"
-        wasi.stdout_custom = stdout.write
-        wasi.stderr_custom = stderr.write
-        store.set_wasi(wasi)
-        if stdin_fd is not None:
-            os.close(stdin_fd)
-        store.set_epoch_deadline(self.engine.deadline_ticks(limits.timeout_ms))
+            async def interpreter_bytes() -> bytes:
+                return guest.module_bytes
 
-        outcome: Outcome = Outcome.SUCCESS
-        exit_code: int | None = 0
-        error: InvocationError | None = None
-        instance = None
-        started = time.perf_counter()
-        try:
-            instance = pre.instantiate(store)
-            start = instance.exports(store)["_start"]
-            assert isinstance(start, wasmtime.Func)
-            start(store)
-        except wasmtime.ExitTrap as exc:
-            exit_code = exc.code
-            if exit_code != 0:
-                outcome = Outcome.FUNCTION_ERROR
-                error = InvocationError(kind="exit", message=f"exited with code {exit_code}")
-        except wasmtime.Trap as exc:
-            exit_code = None
-            if exc.trap_code == wasmtime.TrapCode.INTERRUPT:
-                outcome = Outcome.TIMEOUT
-                error = InvocationError(kind="timeout", message=f"deadline of {limits.timeout_ms} ms exceeded")
-            else:
-                outcome = Outcome.FUNCTION_ERROR
-                error = InvocationError(kind="trap", message=exc.message)
-        except wasmtime.WasmtimeError as exc:
-            exit_code = None
-            message = str(exc)
-            if instance is None and "memory" in message and ("limit" in message or "minimum" in message):
-                outcome = Outcome.OUT_OF_MEMORY
-                error = InvocationError(kind="out_of_memory", message=message)
-            else:
-                outcome = Outcome.FUNCTION_ERROR
-                error = InvocationError(kind="instantiate", message=message)
-        duration_ms = (time.perf_counter() - started) * 1000
-
-        peak = None
-        if instance is not None:
-            memory = instance.exports(store).get("memory")
-            if isinstance(memory, wasmtime.Memory):
-                peak = memory.data_len(store)
-        if (
-            outcome is Outcome.FUNCTION_ERROR
-            and peak is not None
-            and peak + WASM_PAGE > memory_limit
-            and error is not None
-            and error.kind in ("trap", "exit")
-        ):
-            # The guest failed with its memory at the limit: a refused memory.grow.
-            outcome = Outcome.OUT_OF_MEMORY
-            error = InvocationError(
-                kind="out_of_memory",
-                message=f"memory limit of {limits.memory_mb} MiB reached ({error.message})",
+            pre = await self._instance_pre(guest.digest, interpreter_bytes)
+            source = await self._source(spec.artifact)
+            argv, entry, oom_markers = (
+                guest.argv(source, memory_mb=spec.limits.memory_mb),
+                guest.entry,
+                guest.oom_markers,
             )
-        return RunResult(
-            outcome=outcome,
-            exit_code=exit_code,
-            stdout=stdout.getvalue(),
-            stderr=stderr.getvalue(),
-            stdout_bytes=stdout.size,
-            stderr_bytes=stderr.size,
-            stdout_truncated=stdout.truncated,
-            stderr_truncated=stderr.truncated,
-            duration_ms=duration_ms,
-            peak_memory_bytes=peak,
-            error=error,
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._pool,
+            lambda: execute(
+                self.engine, pre, argv=argv, entry=entry, input=input, limits=spec.limits, oom_markers=oom_markers
+            ),
         )
 
     async def close(self) -> None:

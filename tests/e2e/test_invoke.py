@@ -177,3 +177,41 @@ def test_an_idle_stack_answers_at_once(api: httpx.Client) -> None:
         response = api.post("/v1/functions/hello/invoke")
         assert response.status_code == 200
         assert time.monotonic() - started < 0.25
+
+
+@pytest.mark.parametrize(
+    ("runtime", "source", "expected"),
+    [
+        ("quickjs", "const s = std.in.readAsString(); console.log(`hi ${s}`)", b"hi js\n"),
+        ("micropython", "import sys\nprint('hi', sys.stdin.read())\n", b"hi py\n"),
+    ],
+)
+def test_source_functions_on_the_wasm_tier(api: httpx.Client, runtime: str, source: str, expected: bytes) -> None:
+    name = f"src-{runtime}"
+    created = api.post(
+        "/v1/functions", data={"name": name, "runtime": runtime}, files={"code": ("main", source.encode())}
+    )
+    assert created.status_code in (200, 201), created.text
+    assert created.json()["runtime"] == runtime
+    payload = b"js" if runtime == "quickjs" else b"py"
+    response = api.post(f"/v1/functions/{name}/invoke", content=payload)
+    assert response.status_code == 200, response.text
+    assert response.content == expected
+
+
+@pytest.mark.parametrize(
+    ("runtime", "source", "needle"),
+    [("quickjs", "let x = 1;\nlet y = ;", "line 2, column 9"), ("micropython", "if x\n  y\n", "line 1")],
+)
+def test_source_syntax_errors_are_400_at_deploy(api: httpx.Client, runtime: str, source: str, needle: str) -> None:
+    response = api.post(
+        "/v1/functions", data={"name": "broken-src", "runtime": runtime}, files={"code": ("main", source.encode())}
+    )
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == "invalid_request" and needle in error["message"] and "SyntaxError" in error["message"]
+
+
+def test_unknown_runtime_is_400(api: httpx.Client) -> None:
+    response = api.post("/v1/functions", data={"name": "x", "runtime": "cobol"}, files={"code": ("m", b"x")})
+    assert response.status_code == 400 and "runtime must be one of" in response.json()["error"]["message"]

@@ -19,11 +19,21 @@ from soulbox.core.schemas import Limits, Outcome
 from tests.runtimes import tiers
 from tests.runtimes.tiers.base import TierUnderTest
 
-TIERS: dict[str, Callable[[Path], Awaitable[TierUnderTest]]] = {
-    info.name: importlib.import_module(f"{tiers.__name__}.{info.name}").make
-    for info in pkgutil.iter_modules(tiers.__path__)
-    if info.name != "base"
-}
+
+def _tiers() -> dict[str, Callable[[Path], Awaitable[TierUnderTest]]]:
+    """Every ``make`` / ``make_<variant>`` function of the modules in tests/runtimes/tiers/."""
+    found: dict[str, Callable[[Path], Awaitable[TierUnderTest]]] = {}
+    for info in pkgutil.iter_modules(tiers.__path__):
+        if info.name == "base":
+            continue
+        module = importlib.import_module(f"{tiers.__name__}.{info.name}")
+        for attr, value in vars(module).items():
+            if attr == "make" or attr.startswith("make_"):
+                found[info.name if attr == "make" else f"{info.name}-{attr[5:]}"] = value
+    return found
+
+
+TIERS = _tiers()
 
 
 @pytest_asyncio.fixture(params=sorted(TIERS))

@@ -1,7 +1,8 @@
 """What a runtime tier provides to the shared conformance suite.
 
 Each tier adds a module next to this one defining ``async def make(tmp: Path)
--> TierUnderTest``; the suite runs every case against every such module.
+-> TierUnderTest`` (or several ``make_<variant>``); the suite runs every case
+against every one of them.
 A tier builds its own program for each case in ``CASES``:
 
 - ``hello``: writes ``hello_output`` to stdout, exits 0

@@ -1,0 +1,150 @@
+"""Running one instance to the end: a new Store, limits, WASI context, entry point, outcome.
+
+Blocking (it runs guest code): call it from a worker thread.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import wasmtime
+
+from soulbox.core.schemas import InvocationError, Limits, Outcome
+
+from ..protocol import Output, RunResult
+from .engine import WasmEngine
+from .guests import Entry
+
+MIB = 1024 * 1024
+WASM_PAGE = 64 * 1024
+
+
+def execute(
+    engine: WasmEngine,
+    pre: wasmtime.InstancePre,
+    *,
+    argv: list[str],
+    entry: Entry,
+    input: bytes,
+    limits: Limits,
+    oom_markers: tuple[str, ...] = (),
+) -> RunResult:
+    stdout = Output(limits.max_output_bytes)
+    stderr = Output(limits.max_output_bytes)
+    store = wasmtime.Store(engine.engine)
+    memory_limit = limits.memory_mb * MIB
+    store.set_limits(memory_size=memory_limit, instances=4, tables=4, memories=1, table_elements=100_000)
+    wasi = wasmtime.WasiConfig()
+    wasi.argv = argv if entry == "start" else argv[:1]
+    if input:
+        # An anonymous in-memory file: no disk, nothing left behind (opened by WASI right here).
+        stdin_fd = os.memfd_create("soulbox-stdin", os.MFD_CLOEXEC)
+        try:
+            os.write(stdin_fd, input)
+            wasi.stdin_file = f"/proc/self/fd/{stdin_fd}"
+        finally:
+            os.close(stdin_fd)
+    wasi.stdout_custom = stdout.write
+    wasi.stderr_custom = stderr.write
+    store.set_wasi(wasi)
+    store.set_epoch_deadline(engine.deadline_ticks(limits.timeout_ms))
+
+    outcome: Outcome = Outcome.SUCCESS
+    exit_code: int | None = 0
+    error: InvocationError | None = None
+    instance = None
+    started = time.perf_counter()
+    try:
+        instance = pre.instantiate(store)
+        if entry == "qjs":
+            if _run_qjs(store, instance, argv) != 0:
+                exit_code = 1
+                outcome = Outcome.FUNCTION_ERROR
+                error = InvocationError(kind="exception", message=_tail(stderr) or "uncaught exception")
+        else:
+            start = instance.exports(store)["_start"]
+            assert isinstance(start, wasmtime.Func)
+            start(store)
+    except wasmtime.ExitTrap as exc:
+        exit_code = exc.code
+        if exit_code != 0:
+            outcome = Outcome.FUNCTION_ERROR
+            tail = _tail(stderr)
+            error = InvocationError(
+                kind="exit", message=f"exited with code {exit_code}" + (f": {tail}" if tail else "")
+            )
+    except wasmtime.Trap as exc:
+        exit_code = None
+        if exc.trap_code == wasmtime.TrapCode.INTERRUPT:
+            outcome = Outcome.TIMEOUT
+            error = InvocationError(kind="timeout", message=f"deadline of {limits.timeout_ms} ms exceeded")
+        else:
+            outcome = Outcome.FUNCTION_ERROR
+            error = InvocationError(kind="trap", message=exc.message)
+    except wasmtime.WasmtimeError as exc:
+        exit_code = None
+        message = str(exc)
+        if instance is None and "memory" in message and ("limit" in message or "minimum" in message):
+            outcome = Outcome.OUT_OF_MEMORY
+            error = InvocationError(kind="out_of_memory", message=message)
+        else:
+            outcome = Outcome.FUNCTION_ERROR
+            error = InvocationError(kind="instantiate", message=message)
+    duration_ms = (time.perf_counter() - started) * 1000
+
+    peak = None
+    if instance is not None:
+        memory = instance.exports(store).get("memory")
+        if isinstance(memory, wasmtime.Memory):
+            peak = memory.data_len(store)
+    at_limit = peak is not None and peak + WASM_PAGE > memory_limit
+    said_so = error is not None and any(marker in error.message for marker in oom_markers)
+    if outcome is Outcome.FUNCTION_ERROR and (at_limit or said_so):
+        # The guest failed with its memory at the limit (a refused memory.grow),
+        # or its interpreter said it ran out of heap.
+        outcome = Outcome.OUT_OF_MEMORY
+        message = error.message if error else "failed"
+        error = InvocationError(
+            kind="out_of_memory", message=f"memory limit of {limits.memory_mb} MiB reached ({message})"
+        )
+    return RunResult(
+        outcome=outcome,
+        exit_code=exit_code,
+        stdout=stdout.getvalue(),
+        stderr=stderr.getvalue(),
+        stdout_bytes=stdout.size,
+        stderr_bytes=stderr.size,
+        stdout_truncated=stdout.truncated,
+        stderr_truncated=stderr.truncated,
+        duration_ms=duration_ms,
+        peak_memory_bytes=peak,
+        error=error,
+    )
+
+
+def _run_qjs(store: wasmtime.Store, instance: wasmtime.Instance, argv: list[str]) -> int:
+    """QuickJS reactor protocol: ``_initialize``, then ``qjs_init_argv`` with argv in guest memory."""
+    exports = instance.exports(store)
+    initialize, malloc, init_argv = exports["_initialize"], exports["malloc"], exports["qjs_init_argv"]
+    memory = exports["memory"]
+    assert isinstance(initialize, wasmtime.Func) and isinstance(malloc, wasmtime.Func)
+    assert isinstance(init_argv, wasmtime.Func) and isinstance(memory, wasmtime.Memory)
+    initialize(store)
+    pointers = []
+    for arg in argv:
+        data = arg.encode() + b"\0"
+        pointer = malloc(store, len(data))
+        if not pointer:
+            raise wasmtime.Trap("out of memory while passing arguments")
+        memory.write(store, data, pointer)
+        pointers.append(pointer)
+    table = malloc(store, 4 * len(pointers))
+    memory.write(store, b"".join(p.to_bytes(4, "little") for p in pointers), table)
+    status = init_argv(store, len(pointers), table)
+    return int(status)
+
+
+def _tail(output: Output, limit: int = 2000) -> str:
+    """The end of what the guest wrote to stderr: where an interpreter puts its error."""
+    return output.getvalue()[-limit:].decode("utf-8", errors="replace").strip()
