@@ -44,6 +44,18 @@ def test_invocations_accepted_before_a_nats_restart_all_complete_once(own_stack:
         records = wait_for(all_done, timeout=60, interval=0.5)
         assert all(r["stdout"]["data"] == "done\n" for r in records)  # type: ignore[index]
 
-        # The stack still takes new work after the restart.
+        # The stack still takes new work after the restart, at once.
+        started = time.monotonic()
         response = api.post("/v1/functions/slow/invoke")
         assert response.status_code == 200 and response.content == b"done\n"
+        assert time.monotonic() - started < 2.0
+
+        # Every accepted invocation billed exactly once.
+        def billed() -> dict[str, object] | None:
+            report = api.get("/v1/usage", params={"function": "slow", "granularity": "none"}).json()
+            return report if report["total"]["invocations"] >= 13 else None
+
+        assert wait_for(billed)["total"]["invocations"] == 13  # type: ignore[index]
+        time.sleep(1.0)
+        report = api.get("/v1/usage", params={"function": "slow", "granularity": "none"}).json()
+        assert report["total"]["invocations"] == 13

@@ -28,5 +28,16 @@ def test_worker_killed_mid_invocation_completes_once_elsewhere(api: httpx.Client
         assert record["attempt"] == 2
         assert record["stdout"]["data"] == "done\n"
         assert time.monotonic() - killed_at < 15  # 1 s to notice, 3 s to run again, slack for a busy CI
+        # Ran twice (the first run died with its worker), completed and billed once.
+        time.sleep(1.0)
+        usage = api.get("/v1/usage", params={"function": "slow3", "granularity": "none"}).json()
+        assert usage["total"]["invocations"] == 1
+        events = [
+            r["action"]
+            for r in api.get("/v1/audit", params={"limit": 1000}).json()["records"]
+            if r["kind"] == "event" and r["detail"]["invocation_id"] == accepted["id"]
+        ]
+        assert events.count("invocation.completed") == 1
+        assert events.count("invocation.started") == 2
     finally:
         stack.start_worker(victim)  # leave the session's stack as it was
