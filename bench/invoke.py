@@ -1,13 +1,16 @@
-"""End-to-end invoke latency/throughput next to the bare wasmtime call, in one run.
+"""End-to-end invoke latency and throughput next to in-process Wasmtime, in one run.
 
 Starts a private stack with ``soulbox up`` (own NATS on a free port, temp data
-dir), deploys a WASI hello module, then measures:
+dir) and measures, for a hello function in each Wasmtime-tier runtime (a raw
+WASI module, QuickJS source, MicroPython source):
 
-* bare: in-process wasmtime-py, shared Linker + InstancePre, a new Store and
-  WASI context per call (the floor any host can reach from Python);
-* sync: sequential ``POST /v1/functions/hello/invoke`` over one keep-alive
-  connection: p50/p99 latency;
-* throughput: concurrent sync invokes from an asyncio client.
+* in-process: compile and deserialize times of the module (the interpreter's,
+  for source functions) and a warm call (shared InstancePre, new Store per
+  call), plus a bare wasmtime-py call of the WASI module;
+* end to end over HTTP: the first invoke after deploy (compiles), then warm
+  sequential invokes over one keep-alive connection (p50/p99);
+* throughput: concurrent sync invokes of the WASI hello from a lean HTTP/1.1
+  client (so the load generator does not eat the CPU the stack needs).
 """
 
 from __future__ import annotations
@@ -27,6 +30,10 @@ import httpx
 import wasmtime
 
 from soulbox.core.natsserver import free_port
+from soulbox.core.schemas import Limits, Runtime
+from soulbox.runtimes.wasm.engine import WasmEngine
+from soulbox.runtimes.wasm.execute import execute
+from soulbox.runtimes.wasm.guests import define_host_imports, interpreter
 
 HELLO_WAT = """(module
   (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
@@ -37,35 +44,80 @@ HELLO_WAT = """(module
     (i32.store (i32.const 4) (i32.const 16))
     (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))"""
 
+FUNCTIONS = {  # name: (runtime, code, expected stdout)
+    "hello-wasi": (Runtime.WASI, bytes(wasmtime.wat2wasm(HELLO_WAT)), b"hello from wasm\n"),
+    "hello-js": (Runtime.QUICKJS, b"console.log('hello from quickjs')", b"hello from quickjs\n"),
+    "hello-py": (Runtime.MICROPYTHON, b"print('hello from micropython')", b"hello from micropython\n"),
+}
+
 
 def pct(samples: list[float], q: float) -> float:
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def timed(fn, n: int) -> list[float]:  # type: ignore[no-untyped-def]
+    samples = []
+    for _ in range(n):
+        started = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - started) * 1000)
+    return samples
+
+
+def in_process(n: int) -> dict[str, dict[str, float]]:
+    engine = WasmEngine()
+    linker = wasmtime.Linker(engine.engine)
+    linker.define_wasi()
+    define_host_imports(linker)
+    limits = Limits()
+    rows: dict[str, dict[str, float]] = {}
+    for name, (runtime, code, expected) in FUNCTIONS.items():
+        guest = interpreter(runtime)
+        module_bytes = guest.module_bytes if guest else code
+        started = time.perf_counter()
+        module = wasmtime.Module(engine.engine, module_bytes)
+        compile_ms = (time.perf_counter() - started) * 1000
+        serialized = module.serialize()
+        started = time.perf_counter()
+        module = wasmtime.Module.deserialize(engine.engine, serialized)
+        deserialize_ms = (time.perf_counter() - started) * 1000
+        pre = linker.instantiate_pre(module)
+        argv = guest.argv(code.decode(), memory_mb=limits.memory_mb) if guest else [name]
+        entry = guest.entry if guest else "start"
+
+        def call(pre=pre, argv=argv, entry=entry, expected=expected) -> None:  # type: ignore[no-untyped-def]
+            result = execute(engine, pre, argv=argv, entry=entry, input=b"", limits=limits)
+            assert result.stdout == expected, result
+
+        call()
+        rows[name] = {"compile": compile_ms, "deserialize": deserialize_ms, "warm": statistics.median(timed(call, n))}
+    engine.close()
+    rows["hello-wasi"]["bare"] = statistics.median(bare_wasmtime(FUNCTIONS["hello-wasi"][1], n))
+    return rows
+
+
 def bare_wasmtime(module: bytes, n: int) -> list[float]:
+    """wasmtime-py alone: shared Linker + InstancePre, a new Store and WASI context per call."""
     config = wasmtime.Config()
     config.epoch_interruption = True
     engine = wasmtime.Engine(config)
     linker = wasmtime.Linker(engine)
     linker.define_wasi()
     pre = linker.instantiate_pre(wasmtime.Module(engine, module))
-    samples = []
-    for _ in range(n):
-        started = time.perf_counter()
+
+    def call() -> None:
         out: list[bytes] = []
         store = wasmtime.Store(engine)
         store.set_epoch_deadline(1000)
         wasi = wasmtime.WasiConfig()
         wasi.stdout_custom = out.append
         store.set_wasi(wasi)
-        instance = pre.instantiate(store)
-        start = instance.exports(store)["_start"]
+        start = pre.instantiate(store).exports(store)["_start"]
         assert isinstance(start, wasmtime.Func)
         start(store)
-        samples.append((time.perf_counter() - started) * 1000)
-        assert out == [b"hello from wasm\n"]
-    return samples
+
+    return timed(call, n)
 
 
 def start_stack(root: Path, workers: int) -> tuple[subprocess.Popen[bytes], str]:
@@ -98,6 +150,7 @@ def start_stack(root: Path, workers: int) -> tuple[subprocess.Popen[bytes], str]
             raise RuntimeError((root / "up.log").read_text())
         try:
             if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                time.sleep(1.0)  # workers' first heartbeats
                 return process, url
         except httpx.HTTPError:
             pass
@@ -105,74 +158,85 @@ def start_stack(root: Path, workers: int) -> tuple[subprocess.Popen[bytes], str]
     raise TimeoutError("stack did not become ready")
 
 
-def sequential(url: str, n: int) -> list[float]:
-    samples = []
-    with httpx.Client(base_url=url, timeout=30) as client:
-        for _ in range(n):
-            started = time.perf_counter()
-            response = client.post("/v1/functions/hello/invoke")
-            samples.append((time.perf_counter() - started) * 1000)
-            assert response.status_code == 200 and response.content == b"hello from wasm\n", response.text
-    return samples
+def end_to_end(url: str, n: int) -> dict[str, dict[str, float]]:
+    rows: dict[str, dict[str, float]] = {}
+    with httpx.Client(base_url=url, timeout=60) as client:
+        for name, (runtime, code, expected) in FUNCTIONS.items():
+            deployed = client.post(
+                "/v1/functions", data={"name": name, "runtime": runtime.value}, files={"code": (name, code)}
+            )
+            assert deployed.status_code in (200, 201), deployed.text
+
+            def call(name=name, expected=expected) -> None:  # type: ignore[no-untyped-def]
+                response = client.post(f"/v1/functions/{name}/invoke")
+                assert response.status_code == 200 and response.content == expected, response.text
+
+            first = timed(call, 1)[0]
+            timed(call, 50)  # warm-up: connections, caches
+            samples = timed(call, n)
+            rows[name] = {"first": first, "p50": statistics.median(samples), "p99": pct(samples, 0.99)}
+    return rows
 
 
-async def throughput(url: str, total: int, concurrency: int) -> float:
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
-        remaining = total
+async def throughput(url: str, name: str, total: int, concurrency: int) -> float:
+    host, port = url.removeprefix("http://").split(":")
+    request = (f"POST /v1/functions/{name}/invoke HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\n\r\n").encode()
+    remaining = total
 
-        async def one_client() -> None:
-            nonlocal remaining
-            while remaining > 0:
-                remaining -= 1
-                response = await client.post("/v1/functions/hello/invoke")
-                assert response.status_code == 200, response.text
+    async def connection() -> None:
+        nonlocal remaining
+        reader, writer = await asyncio.open_connection(host, int(port))
+        while remaining > 0:
+            remaining -= 1
+            writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200"), head
+            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+            await reader.readexactly(length)
+        writer.close()
 
-        started = time.perf_counter()
-        await asyncio.gather(*(one_client() for _ in range(concurrency)))
-        return total / (time.perf_counter() - started)
+    started = time.perf_counter()
+    await asyncio.gather(*(connection() for _ in range(concurrency)))
+    return total / (time.perf_counter() - started)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("-n", type=int, default=1000, help="sequential invokes")
-    parser.add_argument("--total", type=int, default=3000, help="invokes in the throughput run")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-n", type=int, default=500, help="warm calls per measure")
+    parser.add_argument("--total", type=int, default=5000, help="invokes in the throughput run")
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args()
 
-    module = bytes(wasmtime.wat2wasm(HELLO_WAT))
-    bare = bare_wasmtime(module, max(args.n, 1000))
+    local = in_process(args.n)
     with tempfile.TemporaryDirectory(prefix="soulbox-bench-") as tmp:
-        root = Path(tmp)
-        process, url = start_stack(root, args.workers)
+        process, url = start_stack(Path(tmp), args.workers)
         try:
-            (root / "hello.wasm").write_bytes(module)
-            deployed = httpx.post(
-                f"{url}/v1/functions", data={"name": "hello"}, files={"module": ("hello.wasm", module)}, timeout=30
-            )
-            assert deployed.status_code in (200, 201), deployed.text
-            sequential(url, 200)  # warm-up: compile, caches, connections
-            e2e = sequential(url, args.n)
-            rate = asyncio.run(throughput(url, args.total, args.concurrency))
+            remote = end_to_end(url, args.n)
+            rate = asyncio.run(throughput(url, "hello-wasi", args.total, args.concurrency))
         finally:
             os.killpg(process.pid, signal.SIGTERM)
             process.wait(30)
 
-    bare_p50, e2e_p50 = statistics.median(bare), statistics.median(e2e)
-    print(f"## invoke (hello, WASI) — {time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores\n")
-    print("| measure | p50 ms | p99 ms | rate /s |")
-    print("| --- | ---: | ---: | ---: |")
+    print(f"## Invoke, Wasmtime tier — {time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores\n")
     print(
-        f"| bare wasmtime-py call (InstancePre, new Store) | {bare_p50:.3f} | {pct(bare, 0.99):.3f} "
-        f"| {1000 / statistics.mean(bare):,.0f} (1 core) |"
+        f"bare wasmtime-py call of the WASI hello (InstancePre, new Store): {local['hello-wasi']['bare']:.3f} ms p50\n"
     )
     print(
-        f"| SoulBox HTTP sync invoke, sequential | {e2e_p50:.3f} | {pct(e2e, 0.99):.3f} "
-        f"| {1000 / statistics.mean(e2e):,.0f} |"
+        "| function | compile ms | deserialize ms | warm in-process ms | first HTTP invoke ms "
+        "| warm HTTP p50 ms | warm HTTP p99 ms | overhead p50 ms |"
     )
-    print(f"| SoulBox HTTP sync invoke, {args.concurrency} concurrent, {args.workers} worker(s) | | | {rate:,.0f} |")
-    print(f"\ncontrol-plane overhead over the bare call (p50): {e2e_p50 - bare_p50:.3f} ms")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for name in FUNCTIONS:
+        lo, re_ = local[name], remote[name]
+        print(
+            f"| {name} | {lo['compile']:.1f} | {lo['deserialize']:.2f} | {lo['warm']:.3f} | {re_['first']:.1f} "
+            f"| {re_['p50']:.3f} | {re_['p99']:.3f} | {re_['p50'] - lo['warm']:.3f} |"
+        )
+    print(
+        f"\nthroughput, hello-wasi, {args.concurrency} concurrent connections, {args.workers} worker(s): "
+        f"{rate:,.0f} invocations/s"
+    )
 
 
 if __name__ == "__main__":

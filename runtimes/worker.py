@@ -46,6 +46,7 @@ from soulbox.core.schemas import (
 from soulbox.core.settings import Settings
 from soulbox.core.store import put_nowait, settle
 
+from .artifacts import Artifacts
 from .protocol import RunResult, Runtime
 from .wasm.runtime import WasmRuntime
 
@@ -235,19 +236,16 @@ async def run(settings: Settings) -> None:
     nc = await connect(settings, name=f"soulbox-worker-{settings.worker.id}")
     buckets = await ensure_topology(nc.jetstream(), settings)
 
-    async def fetch_artifact(digest: str) -> bytes:
-        result = await buckets.artifacts.get(digest)
-        if result.data is None:
-            raise LookupError(f"artifact {digest} is empty")
-        return result.data
-
+    artifacts = Artifacts(buckets.artifacts)
     wasm = WasmRuntime(
-        fetch_artifact,
+        artifacts.fetch,
         cache_dir=settings.data_dir / "cache" / "wasm",
         concurrency=settings.worker.capacity,
         module_cache_size=settings.worker.module_cache_size,
         tick_ms=settings.worker.epoch_tick_ms,
+        shared=artifacts,
     )
+    warm_up = asyncio.create_task(wasm.warm_up())  # interpreters compile while the worker serves
     worker = Worker(settings, nc, buckets, {Tier.WASM: wasm})
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -255,6 +253,7 @@ async def run(settings: Settings) -> None:
     try:
         await worker.serve()
     finally:
+        warm_up.cancel()
         await wasm.close()
         await nc.drain()
 

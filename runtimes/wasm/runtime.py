@@ -17,15 +17,18 @@ from pathlib import Path
 
 import wasmtime
 
-from soulbox.core.schemas import FunctionSpec, Tier
+from soulbox.core.logging import get_logger
+from soulbox.core.schemas import FunctionSpec, Runtime, Tier
 
 from ..protocol import RunResult
 from .engine import WasmEngine
 from .execute import execute
-from .guests import define_host_imports, interpreter, source_text
-from .modules import FetchArtifact, ModuleCache
+from .guests import Interpreter, define_host_imports, interpreter, source_text
+from .modules import CompiledStore, FetchArtifact, ModuleCache
 
 SOURCE_CACHE_SIZE = 256
+
+log = get_logger(__name__)
 
 
 class WasmRuntime:
@@ -39,8 +42,10 @@ class WasmRuntime:
         concurrency: int,
         module_cache_size: int = 256,
         tick_ms: int = 10,
+        shared: CompiledStore | None = None,
     ) -> None:
         self._fetch = fetch_artifact
+        self._shared = shared
         self.engine = WasmEngine(tick_ms=tick_ms)
         self._linker = wasmtime.Linker(self.engine.engine)
         self._linker.define_wasi()
@@ -63,9 +68,15 @@ class WasmRuntime:
         try:
             loop = asyncio.get_running_loop()
             pre = await loop.run_in_executor(self._pool, self.modules.load_compiled, digest)
+            if pre is None and self._shared is not None:
+                compiled = await self._shared.get(self.modules.key(digest))
+                if compiled is not None:
+                    pre = await loop.run_in_executor(self._pool, self.modules.adopt, digest, compiled)
             if pre is None:
                 data = await load()
-                pre = await loop.run_in_executor(self._pool, self.modules.compile, digest, data)
+                pre, compiled = await loop.run_in_executor(self._pool, self.modules.compile, digest, data)
+                if self._shared is not None:
+                    await self._shared.put(self.modules.key(digest), compiled)
             future.set_result(pre)
             return pre
         except BaseException as exc:
@@ -110,6 +121,21 @@ class WasmRuntime:
                 self.engine, pre, argv=argv, entry=entry, input=input, limits=spec.limits, oom_markers=oom_markers
             ),
         )
+
+    async def warm_up(self) -> None:
+        """Have every interpreter compiled (or fetched) before the first source function needs it."""
+        for runtime in Runtime:
+            guest = interpreter(runtime)
+            if guest is None:
+                continue
+
+            async def module_bytes(guest: Interpreter = guest) -> bytes:
+                return guest.module_bytes
+
+            try:
+                await self._instance_pre(guest.digest, module_bytes)
+            except Exception as exc:  # it will be compiled on first use instead
+                log.warning("wasm.warm_up_failed", runtime=runtime.value, error=repr(exc))
 
     async def close(self) -> None:
         if self._closed:

@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from soulbox.core.bus import Buckets
 from soulbox.core.errors import InvalidModule
 from soulbox.core.schemas import FunctionSpec, Outcome
+from soulbox.runtimes.artifacts import Artifacts
 from soulbox.runtimes.wasm.runtime import WasmRuntime
 from soulbox.runtimes.wasm.validate import validate_module
 from tests.guests import wasm
@@ -74,3 +76,23 @@ def test_validate_requires_start() -> None:
 
     with pytest.raises(InvalidModule, match="_start"):
         validate_module(wasmtime.wat2wasm('(module (memory (export "memory") 1))'))
+
+
+async def test_a_worker_on_another_node_takes_the_compiled_module_from_the_object_store(
+    tmp_path: Path, buckets: Buckets
+) -> None:
+    artifacts = Artifacts(buckets.artifacts)
+    module = wasm("hello")
+    digest = hashlib.sha256(module).hexdigest()
+    await buckets.artifacts.put(digest, module)
+
+    first = WasmRuntime(artifacts.fetch, cache_dir=tmp_path / "node-a", concurrency=2, shared=artifacts)
+    assert (await first.run(_spec("hello"), b"")).stdout == b"hello from wasm\n"
+    assert first.modules.compiled == 1
+    await first.close()
+
+    second = WasmRuntime(artifacts.fetch, cache_dir=tmp_path / "node-b", concurrency=2, shared=artifacts)
+    assert (await second.run(_spec("hello"), b"")).stdout == b"hello from wasm\n"
+    assert (second.modules.compiled, second.modules.fetched, second.modules.deserialized) == (0, 1, 1)
+    assert await artifacts.get(second.modules.key(digest)) is not None
+    await second.close()
