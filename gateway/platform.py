@@ -95,7 +95,9 @@ class Platform:
                     names.event_subject(event.type.value), encode(event), headers={"Nats-Msg-Id": event.id}
                 )
             ]
-            if not client_id:
+            if not client_id and not wait:
+                # An async caller polls the record at once; a sync caller gets the result
+                # (and the id) in its response, and the worker writes the record.
                 pending.append(await put_nowait(self.js, names.INVOCATIONS_BUCKET, invocation_id, record))
             ack = await self.js.publish(
                 names.invocation_subject(spec.tenant),

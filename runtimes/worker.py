@@ -52,6 +52,8 @@ from .wasm.runtime import WasmRuntime
 
 log = get_logger(__name__)
 
+RUNNING_RECORD_AFTER_S = 0.05
+
 _STATUS_BY_OUTCOME = {
     Outcome.SUCCESS: (Status.COMPLETED, EventType.COMPLETED),
     Outcome.TIMEOUT: (Status.TIMED_OUT, EventType.TIMED_OUT),
@@ -150,14 +152,15 @@ class Worker:
                     started_at=utcnow(),
                     timeout_ms=spec.limits.timeout_ms,
                 )
-                # The guest starts first; its "running" record and "started" event are
-                # written while it runs (the run happens off the event loop).
+                # The guest starts first; its "started" event goes out while it runs (off
+                # the event loop). The "running" record is written only if the run outlasts
+                # RUNNING_RECORD_AFTER_S: a short invocation goes straight to its final record.
                 run = asyncio.ensure_future(self._run(dispatch))
-                pending = [
-                    await self._put_record(record),
-                    await self._event(EventType.STARTED, record, spec.limits.memory_mb),
-                ]
+                pending = [await self._event(EventType.STARTED, record, spec.limits.memory_mb)]
                 log.info("invocation.started", attempt=dispatch.attempt)
+                done, _ = await asyncio.wait({run}, timeout=RUNNING_RECORD_AFTER_S)
+                if not done:
+                    pending.append(await self._put_record(record))
                 final, event_type = _finish(record, await run)
                 if request.reply_to:  # the waiting caller first: it is the critical path
                     await self._nc.publish(request.reply_to, encode(final))
