@@ -16,6 +16,8 @@ from nats.js.kv import KeyValue
 
 from .codec import M, decode, encode
 from .errors import Unavailable
+from .names import event_subject
+from .schemas import LifecycleEvent
 
 
 def kv_subject(bucket: str, key: str) -> str:
@@ -25,6 +27,11 @@ def kv_subject(bucket: str, key: str) -> str:
 async def put_nowait(js: JetStreamContext, bucket: str, key: str, message: M) -> asyncio.Future[PubAck]:
     """Put ``message`` under ``key`` without waiting for the ack; await the future to be sure."""
     return await js.publish_async(kv_subject(bucket, key), encode(message))
+
+
+async def publish_event(js: JetStreamContext, event: LifecycleEvent) -> asyncio.Future[PubAck]:
+    """Publish a lifecycle event (de-duplicated by its id); await the future to be sure."""
+    return await js.publish_async(event_subject(event.type.value), encode(event), headers={"Nats-Msg-Id": event.id})
 
 
 async def get_model(kv: KeyValue, key: str, model: type[M]) -> M | None:

@@ -15,9 +15,8 @@ from soulbox.core.bus import connect, ensure_topology
 from soulbox.core.settings import Settings
 
 from . import functions, invocations, reports
-from .audit import AuditTrail
 from .errors import EXCEPTION_HANDLERS, error_response
-from .middleware import AccessLog
+from .middleware import RequestTrail
 from .openapi import openapi_document
 from .platform import Platform, platform
 from .registry import FunctionRegistry
@@ -75,7 +74,7 @@ def create_app(settings: Settings) -> Starlette:
 
     return Starlette(
         routes=routes(),
-        middleware=[Middleware(AccessLog), Middleware(AuditTrail)],
+        middleware=[Middleware(RequestTrail)],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )

@@ -1,20 +1,35 @@
-"""Per-request logging (one structlog line per request) as pure ASGI middleware."""
+"""Every request leaves two traces: one structlog line, and (for the API) one audit record.
+
+Pure ASGI middleware, so streaming responses pass through untouched. The
+audit record says who, what (method and route template), which resource,
+the result and the source address; it is published without waiting, and its
+acknowledgement is checked in the background.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import structlog
+from nats.js.api import PubAck
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from soulbox.core.logging import get_logger
+from soulbox.core.schemas import AuditRecord
+from soulbox.events import new_record_id, record_api_call
 
 log = get_logger("soulbox.gateway.access")
 
+_UNAUDITED = frozenset({"/healthz", "/readyz", "/openapi.json"})
+_ACK_TIMEOUT_S = 10.0
 
-class AccessLog:
+
+class RequestTrail:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        self._confirming: set[asyncio.Task[None]] = set()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -40,3 +55,43 @@ class AccessLog:
                     client=scope["client"][0] if scope.get("client") else None,
                 )
                 structlog.contextvars.unbind_contextvars("invocation_id")
+                if scope["path"] not in _UNAUDITED:
+                    await self._audit(scope, status)
+
+    async def _audit(self, scope: Scope, status: int) -> None:
+        platform = getattr(scope["app"].state, "platform", None)
+        if platform is None:
+            return
+        record = AuditRecord(
+            id=new_record_id(),
+            kind="api",
+            tenant=platform.settings.tenant,
+            actor=None,
+            action=f"{scope['method']} {_route_template(scope)}",
+            resource=scope["path"],
+            result=str(status),
+            source=scope["client"][0] if scope.get("client") else None,
+        )
+        try:
+            ack = await record_api_call(platform.js, record)
+        except Exception as exc:
+            log.warning("audit.api_call_not_recorded", error=repr(exc))
+            return
+        task = asyncio.create_task(self._confirm(ack))
+        self._confirming.add(task)
+        task.add_done_callback(self._confirming.discard)
+
+    @staticmethod
+    async def _confirm(ack: asyncio.Future[PubAck]) -> None:
+        try:
+            await asyncio.wait_for(ack, _ACK_TIMEOUT_S)
+        except Exception as exc:
+            log.warning("audit.api_call_not_confirmed", error=repr(exc))
+
+
+def _route_template(scope: Scope) -> str:
+    for route in scope["app"].routes:
+        match, _ = route.matches(scope)
+        if match is Match.FULL:
+            return str(getattr(route, "path", scope["path"]))
+    return str(scope["path"])

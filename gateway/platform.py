@@ -27,7 +27,7 @@ from soulbox.core.schemas import (
     Status,
 )
 from soulbox.core.settings import Settings
-from soulbox.core.store import put_nowait, settle
+from soulbox.core.store import publish_event, put_nowait, settle
 
 from .registry import FunctionRegistry
 from .results import ResultWaiter
@@ -90,11 +90,7 @@ class Platform:
                 return Submission(request, duplicate=True)
         result = self.waiter.expect(invocation_id) if wait else None
         try:
-            pending = [
-                await self.js.publish_async(
-                    names.event_subject(event.type.value), encode(event), headers={"Nats-Msg-Id": event.id}
-                )
-            ]
+            pending = [await publish_event(self.js, event)]
             if not client_id and not wait:
                 # An async caller polls the record at once; a sync caller gets the result
                 # (and the id) in its response, and the worker writes the record.

@@ -44,7 +44,7 @@ from soulbox.core.schemas import (
     utcnow,
 )
 from soulbox.core.settings import Settings
-from soulbox.core.store import put_nowait, settle
+from soulbox.core.store import publish_event, put_nowait, settle
 
 from .artifacts import Artifacts
 from .protocol import RunResult, Runtime
@@ -193,9 +193,7 @@ class Worker:
 
     async def _event(self, type_: EventType, record: InvocationRecord, memory_mb: int) -> asyncio.Future[PubAck]:
         event = LifecycleEvent.for_record(type_, record, memory_limit_mb=memory_mb)
-        return await self._js.publish_async(
-            names.event_subject(type_.value), encode(event), headers={"Nats-Msg-Id": event.id}
-        )
+        return await publish_event(self._js, event)
 
 
 def _platform_failure(exc: Exception) -> RunResult:

@@ -44,7 +44,7 @@ from soulbox.core.schemas import (
     utcnow,
 )
 from soulbox.core.settings import Settings
-from soulbox.core.store import get_model, put_nowait, settle
+from soulbox.core.store import get_model, publish_event, put_nowait, settle
 
 from .directory import WorkerDirectory
 from .placement import choose_tier, pick_worker
@@ -209,9 +209,7 @@ class Scheduler:
             attempt=dispatch.attempt,
             at=dispatch.scheduled_at,
         )
-        ack = await self._js.publish_async(
-            names.event_subject(event.type.value), encode(event), headers={"Nats-Msg-Id": event.id}
-        )
+        ack = await publish_event(self._js, event)
         self._announced[request.id] = ack
 
     async def _settle_announcement(self, invocation_id: str) -> None:
@@ -271,9 +269,7 @@ class Scheduler:
         event = LifecycleEvent.for_record(EventType.FAILED, record)
         pending = [
             await put_nowait(self._js, names.INVOCATIONS_BUCKET, request.id, record),
-            await self._js.publish_async(
-                names.event_subject(event.type.value), encode(event), headers={"Nats-Msg-Id": event.id}
-            ),
+            await publish_event(self._js, event),
         ]
         if request.reply_to:
             await self._nc.publish(request.reply_to, encode(record))
