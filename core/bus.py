@@ -144,7 +144,7 @@ async def ensure_topology(js: JetStreamContext, settings: Settings) -> Buckets:
         api.ConsumerConfig(
             durable_name=names.SCHEDULER_CONSUMER,
             ack_policy=api.AckPolicy.EXPLICIT,
-            ack_wait=30.0,
+            ack_wait=10.0,  # a dead scheduler's invocations come back after this; live ones send progress
             max_ack_pending=-1,
             max_deliver=-1,
         ),
