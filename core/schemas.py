@@ -46,6 +46,7 @@ class Tier(StrEnum):
     """A runtime tier: a family of workers that run one kind of code."""
 
     WASM = "wasm"
+    JS = "js"
 
 
 class Runtime(StrEnum):
@@ -54,6 +55,8 @@ class Runtime(StrEnum):
     WASI = "wasi"  # a WASI preview-1 command module (`_start`, stdin -> stdout)
     QUICKJS = "quickjs"  # JavaScript source run by QuickJS-NG compiled to WASI
     MICROPYTHON = "micropython"  # Python source run by MicroPython compiled to WASI
+    BUN = "bun"  # a JS/TS module on Bun: Workers-style `export default { fetch }`, or a script
+    DENO = "deno"  # the same on Deno, with Deno's permissions (nothing unless granted)
 
 
 class Status(StrEnum):
@@ -95,6 +98,21 @@ class Limits(BaseModel):
     max_output_bytes: int = Field(1024 * 1024, ge=0, le=64 * 1024 * 1024)
 
 
+class Permissions(BaseModel):
+    """What a function may reach besides its own code; nothing by default.
+
+    ``net`` lists hosts (``api.example.com``, ``10.0.0.1:8080``), ``read`` and
+    ``write`` paths, ``run`` program names. Enforced by the tiers that can
+    (Deno's permission flags; Wasmtime grants none of these at all).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    net: list[str] = Field(default_factory=list)
+    read: list[str] = Field(default_factory=list)
+    write: list[str] = Field(default_factory=list)
+    run: list[str] = Field(default_factory=list)
+
+
 class FunctionSpec(Message):
     """A deployed function, as stored in the function registry."""
 
@@ -104,6 +122,8 @@ class FunctionSpec(Message):
     artifact: str = Field(description="sha256 of the uploaded module, the object store key")
     artifact_size: int
     limits: Limits = Limits()
+    env: dict[str, str] = Field(default_factory=dict, description="environment bindings given to the code")
+    permissions: Permissions = Permissions()
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
 

@@ -84,6 +84,18 @@ class EventsSettings(BaseModel):
     billing_price_per_gb_s: float = 0.0000166667
 
 
+class JsSettings(BaseModel):
+    enabled: bool = True
+    bun_path: Path | None = Field(None, description="default: PATH, the venv, then .tools/js/node_modules")
+    deno_path: Path | None = Field(None, description="default: PATH, then the venv (PyPI package `deno`)")
+    max_idle: int = Field(64, ge=0, description="warm processes kept over all functions")
+    idle_ttl_s: float = Field(300.0, gt=0)
+    start_timeout_s: float = Field(10.0, gt=0, description="longest boot + module load of a spare process")
+    spare_scripts: bool = Field(True, description="boot the next script-mode process after each invocation")
+    memory_cgroup: bool = Field(True, description="a memory cgroup per process when the host allows one")
+    poll_ms: float = Field(5.0, gt=0, description="RSS watchdog interval")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SOULBOX_", env_nested_delimiter="__", env_file=".env", extra="ignore")
 
@@ -99,3 +111,4 @@ class Settings(BaseSettings):
     scheduler: SchedulerSettings = SchedulerSettings()
     worker: WorkerSettings = WorkerSettings()
     events: EventsSettings = EventsSettings()
+    js: JsSettings = JsSettings()

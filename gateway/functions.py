@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
+from pydantic import TypeAdapter, ValidationError
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from soulbox.core.errors import InvalidRequest, PayloadTooLarge
-from soulbox.core.schemas import NAME_RE, Limits, Runtime
+from soulbox.core.schemas import NAME_RE, FunctionSpec, Limits, Permissions, Runtime
 from soulbox.runtimes.catalog import CATALOG
+from soulbox.runtimes.js.config import ENV_NAME_RE, config_from_spec
 
 from .models import FunctionList, FunctionOut
 from .platform import platform
@@ -31,6 +34,30 @@ def _runtime(value: object) -> Runtime:
     if not isinstance(value, str) or value not in {r.value for r in CATALOG}:
         raise InvalidRequest(f"runtime must be one of {', '.join(sorted(r.value for r in CATALOG))}")
     return Runtime(value)
+
+
+def _json_field(form_value: object, field: str, shape: Any) -> Any:
+    """A JSON-encoded form field validated against ``shape``, or None when absent."""
+    if form_value is None or form_value == "":
+        return None
+    if not isinstance(form_value, str):
+        raise InvalidRequest(f"{field} must be JSON text")
+    try:
+        return TypeAdapter(shape).validate_json(form_value)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or field}: {e['msg']}" for e in exc.errors())
+        raise InvalidRequest(f"invalid {field}: {problems}") from None
+
+
+def _check_bindings(runtime: Runtime, env: dict[str, str], permissions: Permissions) -> None:
+    """Env names and grants are checked at deploy; the JS tier applies its own rules to both."""
+    for key in env:
+        if not ENV_NAME_RE.match(key) or key.startswith("SOULBOX_"):
+            raise InvalidRequest(f"bad env binding name {key!r}")
+    if runtime in (Runtime.BUN, Runtime.DENO):
+        config_from_spec(FunctionSpec.model_construct(runtime=runtime, env=env, permissions=permissions))
+    elif permissions != Permissions():
+        raise InvalidRequest(f"{runtime.value} functions take no permissions: they get no host access at all")
 
 
 def _int_field(form_value: object, field: str) -> int | None:
@@ -68,6 +95,8 @@ async def deploy(request: Request) -> Response:
         memory_mb = _int_field(form.get("memory_mb"), "memory_mb") or defaults.memory_mb
         timeout_ms = _int_field(form.get("timeout_ms"), "timeout_ms") or defaults.timeout_ms
         max_output = _int_field(form.get("max_output_bytes"), "max_output_bytes")
+        env = _json_field(form.get("env"), "env", dict[str, str]) or {}
+        permissions = _json_field(form.get("permissions"), "permissions", Permissions) or Permissions()
     if not 1 <= memory_mb <= defaults.max_memory_mb:
         raise InvalidRequest(f"memory_mb must be between 1 and {defaults.max_memory_mb}")
     if not 1 <= timeout_ms <= defaults.max_timeout_ms:
@@ -79,8 +108,11 @@ async def deploy(request: Request) -> Response:
         timeout_ms=timeout_ms,
         max_output_bytes=defaults.max_output_bytes if max_output is None else max_output,
     )
+    _check_bindings(runtime, env, permissions)
     await asyncio.to_thread(CATALOG[runtime].validate, module)  # compiling is CPU work: off the event loop
-    spec, created = await p.registry.deploy(settings.tenant, name, runtime, module, limits)
+    spec, created = await p.registry.deploy(
+        settings.tenant, name, runtime, module, limits, env=env, permissions=permissions
+    )
     return JSONResponse(FunctionOut.of(spec).model_dump(mode="json"), status_code=201 if created else 200)
 
 

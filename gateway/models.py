@@ -7,7 +7,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, Field
 
-from soulbox.core.schemas import FunctionSpec, InvocationRecord, Limits
+from soulbox.core.schemas import FunctionSpec, InvocationRecord, Limits, Permissions
 
 
 class ErrorBody(BaseModel):
@@ -31,6 +31,8 @@ class FunctionOut(BaseModel):
     runtime: str
     artifact: ArtifactOut
     limits: Limits
+    env: list[str] = Field(description="names of the environment bindings (values are not shown)")
+    permissions: Permissions
     created_at: datetime
     updated_at: datetime
 
@@ -42,6 +44,8 @@ class FunctionOut(BaseModel):
             runtime=spec.runtime.value,
             artifact=ArtifactOut(sha256=spec.artifact, size=spec.artifact_size),
             limits=spec.limits,
+            env=sorted(spec.env),
+            permissions=spec.permissions,
             created_at=spec.created_at,
             updated_at=spec.updated_at,
         )

@@ -16,7 +16,7 @@ from soulbox.core import names
 from soulbox.core.codec import decode, encode
 from soulbox.core.errors import FunctionNotFound, SchemaError
 from soulbox.core.logging import get_logger
-from soulbox.core.schemas import FunctionSpec, Limits, Runtime, utcnow
+from soulbox.core.schemas import FunctionSpec, Limits, Permissions, Runtime, utcnow
 from soulbox.core.store import get_model, scan
 
 log = get_logger(__name__)
@@ -68,7 +68,15 @@ class FunctionRegistry:
         return sorted(specs, key=lambda s: s.name)
 
     async def deploy(
-        self, tenant: str, name: str, runtime: Runtime, module: bytes, limits: Limits
+        self,
+        tenant: str,
+        name: str,
+        runtime: Runtime,
+        module: bytes,
+        limits: Limits,
+        *,
+        env: dict[str, str] | None = None,
+        permissions: Permissions | None = None,
     ) -> tuple[FunctionSpec, bool]:
         """Store the module (content-addressed) and the spec; True if the function is new."""
         digest = hashlib.sha256(module).hexdigest()
@@ -83,6 +91,8 @@ class FunctionRegistry:
             artifact=digest,
             artifact_size=len(module),
             limits=limits,
+            env=env or {},
+            permissions=permissions or Permissions(),
             created_at=previous.created_at if previous else now,
             updated_at=now,
         )

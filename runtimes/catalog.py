@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 
 from soulbox.core.schemas import Runtime, Tier
 
+from .js.source import validate_source
 from .wasm.validate import validate_javascript, validate_micropython, validate_module
 
 
@@ -33,6 +35,18 @@ CATALOG: Mapping[Runtime, RuntimeInfo] = {
     ),
     Runtime.MICROPYTHON: RuntimeInfo(
         Runtime.MICROPYTHON, (Tier.WASM,), validate_micropython, "a Python script run by MicroPython in Wasmtime"
+    ),
+    Runtime.BUN: RuntimeInfo(
+        Runtime.BUN,
+        (Tier.JS,),
+        partial(validate_source, "bun"),
+        "a JS/TS module run by Bun: `export default { fetch(request, env, ctx) }`, or a script (stdin -> stdout)",
+    ),
+    Runtime.DENO: RuntimeInfo(
+        Runtime.DENO,
+        (Tier.JS,),
+        partial(validate_source, "deno"),
+        "a JS/TS module run by Deno, with no fs/net/env/run access unless granted",
     ),
 }
 

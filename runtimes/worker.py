@@ -47,6 +47,7 @@ from soulbox.core.settings import Settings
 from soulbox.core.store import publish_event, put_nowait, settle
 
 from .artifacts import Artifacts
+from .js.factory import create_js_runtimes
 from .protocol import RunResult, Runtime
 from .wasm.runtime import WasmRuntime
 
@@ -164,8 +165,10 @@ class Worker:
                 final, event_type = _finish(record, await run)
                 if request.reply_to:  # the waiting caller first: it is the critical path
                     await self._nc.publish(request.reply_to, encode(final))
-                pending.append(await self._put_record(final))
+                # The event before the record: a finished record without its event is
+                # repaired by the scheduler, but the other way round would be invisible.
                 pending.append(await self._event(event_type, final, spec.limits.memory_mb))
+                pending.append(await self._put_record(final))
                 await settle(pending)
                 await msg.respond(encode(DispatchReply(accepted=True, status=final.status)))
                 log.info(
@@ -247,7 +250,8 @@ async def run(settings: Settings) -> None:
         shared=artifacts,
     )
     warm_up = asyncio.create_task(wasm.warm_up())  # interpreters compile while the worker serves
-    worker = Worker(settings, nc, buckets, {Tier.WASM: wasm})
+    runtimes: dict[Tier, Runtime] = {Tier.WASM: wasm, **create_js_runtimes(settings, artifacts.fetch)}
+    worker = Worker(settings, nc, buckets, runtimes)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, worker.stop)
@@ -255,7 +259,8 @@ async def run(settings: Settings) -> None:
         await worker.serve()
     finally:
         warm_up.cancel()
-        await wasm.close()
+        for runtime in runtimes.values():
+            await runtime.close()
         await nc.drain()
 
 

@@ -52,6 +52,11 @@ from .placement import choose_tier, pick_worker
 log = get_logger(__name__)
 
 MAX_PLATFORM_ATTEMPTS = 5
+TERMINAL_EVENTS = {
+    Status.COMPLETED: EventType.COMPLETED,
+    Status.FAILED: EventType.FAILED,
+    Status.TIMED_OUT: EventType.TIMED_OUT,
+}
 BATCH_LINGER_S = 0.05  # how long a batch fetch may wait for its first message
 PROGRESS_INTERVAL_S = 5.0  # well under the consumer's ack_wait
 
@@ -129,7 +134,7 @@ class Scheduler:
                 existing = await get_model(self._buckets.invocations, request.id, InvocationRecord)
                 if existing is not None and existing.status.terminal:
                     log.info("scheduler.already_finished", status=existing.status.value)
-                    await msg.ack()
+                    await self._confirm_finished(request, existing, msg)
                     return
             try:
                 await self._schedule(request, msg, attempt=delivered)
@@ -169,7 +174,7 @@ class Scheduler:
             if reply is None:  # worker lost mid-invocation, or its answer was: run it again elsewhere
                 existing = await get_model(self._buckets.invocations, request.id, InvocationRecord)
                 if existing is not None and existing.status.terminal:
-                    await msg.ack()
+                    await self._confirm_finished(request, existing, msg)
                     return
                 attempt += 1
                 if attempt > MAX_PLATFORM_ATTEMPTS:
@@ -211,6 +216,19 @@ class Scheduler:
         )
         ack = await publish_event(self._js, event)
         self._announced[request.id] = ack
+
+    async def _confirm_finished(self, request: InvocationRequest, record: InvocationRecord, msg: Msg) -> None:
+        """A finished record whose worker never confirmed: make sure its terminal event exists, then ack.
+
+        The worker may have died (or lost NATS) between writing the record and
+        its event; the event is published again under its own id, so if it was
+        stored already the stream drops the copy and billing counts it once.
+        """
+        event = LifecycleEvent.for_record(
+            TERMINAL_EVENTS[record.status], record, memory_limit_mb=request.function.limits.memory_mb
+        )
+        await settle([await publish_event(self._js, event)])
+        await msg.ack()
 
     async def _settle_announcement(self, invocation_id: str) -> None:
         ack = self._announced.pop(invocation_id, None)

@@ -29,6 +29,7 @@ def execute(
     input: bytes,
     limits: Limits,
     oom_markers: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
 ) -> RunResult:
     stdout = Output(limits.max_output_bytes)
     stderr = Output(limits.max_output_bytes)
@@ -37,6 +38,8 @@ def execute(
     store.set_limits(memory_size=memory_limit, instances=4, tables=4, memories=1, table_elements=100_000)
     wasi = wasmtime.WasiConfig()
     wasi.argv = argv if entry == "start" else argv[:1]
+    if env:
+        wasi.env = list(env.items())  # only the function's own bindings: nothing of the host
     if input:
         # An anonymous in-memory file: no disk, nothing left behind (opened by WASI right here).
         stdin_fd = os.memfd_create("soulbox-stdin", os.MFD_CLOEXEC)

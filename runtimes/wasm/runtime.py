@@ -118,7 +118,14 @@ class WasmRuntime:
         return await loop.run_in_executor(
             self._pool,
             lambda: execute(
-                self.engine, pre, argv=argv, entry=entry, input=input, limits=spec.limits, oom_markers=oom_markers
+                self.engine,
+                pre,
+                argv=argv,
+                entry=entry,
+                input=input,
+                limits=spec.limits,
+                oom_markers=oom_markers,
+                env=spec.env,
             ),
         )
 

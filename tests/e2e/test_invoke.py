@@ -215,3 +215,39 @@ def test_source_syntax_errors_are_400_at_deploy(api: httpx.Client, runtime: str,
 def test_unknown_runtime_is_400(api: httpx.Client) -> None:
     response = api.post("/v1/functions", data={"name": "x", "runtime": "cobol"}, files={"code": ("m", b"x")})
     assert response.status_code == 400 and "runtime must be one of" in response.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("runtime", ["bun", "deno"])
+def test_js_functions_through_the_stack(api: httpx.Client, runtime: str) -> None:
+    source = (
+        "const input = await new Response(Deno.stdin.readable).text();\n"
+        if runtime == "deno"
+        else "const input = await Bun.stdin.text();\n"
+    ) + "console.log(`hi ${input} ${(globalThis.Deno ? Deno.env.get('GREETING') : process.env.GREETING)}`);\n"
+    name = f"js-{runtime}"
+    created = api.post(
+        "/v1/functions",
+        data={"name": name, "runtime": runtime, "env": '{"GREETING": "there"}'},
+        files={"code": ("main.ts", source.encode())},
+    )
+    assert created.status_code in (200, 201), created.text
+    assert created.json()["env"] == ["GREETING"]
+    response = api.post(f"/v1/functions/{name}/invoke", content=b"you")
+    assert response.status_code == 200, response.text
+    assert response.content == b"hi you there\n"
+
+
+def test_bad_env_and_permissions_are_400(api: httpx.Client) -> None:
+    code = ("main.ts", b"console.log(1)\n")
+    bad_env = api.post(
+        "/v1/functions", data={"name": "e", "runtime": "deno", "env": '{"1x": "y"}'}, files={"code": code}
+    )
+    assert bad_env.status_code == 400 and "env" in bad_env.json()["error"]["message"]
+    not_json = api.post("/v1/functions", data={"name": "e", "runtime": "deno", "env": "{"}, files={"code": code})
+    assert not_json.status_code == 400
+    wasm_grant = api.post(
+        "/v1/functions",
+        data={"name": "e", "runtime": "quickjs", "permissions": '{"net": ["example.com"]}'},
+        files={"code": code},
+    )
+    assert wasm_grant.status_code == 400 and "permissions" in wasm_grant.json()["error"]["message"]
