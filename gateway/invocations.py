@@ -8,9 +8,10 @@ import structlog
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from soulbox.core.errors import FunctionFailed, InvocationNotFound, InvocationTimeout, PayloadTooLarge
-from soulbox.core.schemas import InvocationRecord, Status
+from soulbox.core.errors import FunctionFailed, InvocationNotFound, InvocationTimeout, PayloadTooLarge, SchemaError
+from soulbox.core.schemas import InvocationRecord, Runtime, Status
 from soulbox.core.store import get_model
+from soulbox.runtimes.js.http import HttpResponse
 
 from .functions import function_name
 from .models import InvocationAccepted, InvocationOut
@@ -67,7 +68,29 @@ async def invoke(request: Request) -> Response:
             p.waiter.discard(invocation_id)
     if record is None:
         raise InvocationTimeout(invocation_id, spec.limits.timeout_ms)
+    if spec.runtime in HTTP_RUNTIMES and record.status is Status.COMPLETED:
+        return handler_response(record)
     return result_response(record)
+
+
+# Runtimes whose Workers-style handlers answer with an HTTP response envelope.
+HTTP_RUNTIMES = frozenset({Runtime.BUN, Runtime.DENO})
+_HOP_BY_HOP = frozenset({"connection", "content-length", "transfer-encoding", "keep-alive"})
+
+
+def handler_response(record: InvocationRecord) -> Response:
+    """A fetch handler's own status, headers and body; a script's output as it is."""
+    try:
+        answer = HttpResponse.decode(record.stdout)
+    except SchemaError:
+        return result_response(record)  # script mode: stdout is the body
+    response = Response(answer.body, status_code=answer.status)
+    for key, value in answer.headers:
+        if key.lower() not in _HOP_BY_HOP:
+            response.headers.append(key, value)
+    response.headers["X-Invocation-Id"] = record.id
+    response.headers["X-Duration-Ms"] = f"{record.duration_ms or 0:.3f}"
+    return response
 
 
 def result_response(record: InvocationRecord) -> Response:

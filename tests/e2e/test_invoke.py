@@ -251,3 +251,22 @@ def test_bad_env_and_permissions_are_400(api: httpx.Client) -> None:
         files={"code": code},
     )
     assert wasm_grant.status_code == 400 and "permissions" in wasm_grant.json()["error"]["message"]
+
+
+def test_a_workers_style_handler_answers_with_its_own_status_and_headers(api: httpx.Client) -> None:
+    source = (
+        "export default {\n"
+        "  async fetch(request, env) {\n"
+        "    const body = await request.text();\n"
+        "    return new Response(`echo ${body}`, { status: 201, headers: { 'x-made-by': 'deno' } });\n"
+        "  },\n"
+        "};\n"
+    )
+    created = api.post(
+        "/v1/functions", data={"name": "workers", "runtime": "deno"}, files={"code": ("main.ts", source.encode())}
+    )
+    assert created.status_code in (200, 201), created.text
+    response = api.post("/v1/functions/workers/invoke", content=b"ping")
+    assert response.status_code == 201, response.text
+    assert response.content == b"echo ping"
+    assert response.headers["x-made-by"] == "deno" and response.headers["x-invocation-id"]
