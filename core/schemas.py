@@ -47,6 +47,7 @@ class Tier(StrEnum):
 
     WASM = "wasm"
     JS = "js"
+    LINUX = "linux"
 
 
 class Runtime(StrEnum):
@@ -57,6 +58,9 @@ class Runtime(StrEnum):
     MICROPYTHON = "micropython"  # Python source run by MicroPython compiled to WASI
     BUN = "bun"  # a JS/TS module on Bun: Workers-style `export default { fetch }`, or a script
     DENO = "deno"  # the same on Deno, with Deno's permissions (nothing unless granted)
+    PYTHON = "python"  # a Python 3 script in a Linux namespace sandbox
+    SHELL = "shell"  # a bash script in a Linux namespace sandbox
+    NODE = "node"  # a JavaScript file run by node in a Linux namespace sandbox
 
 
 class Status(StrEnum):

@@ -13,7 +13,7 @@ import socket
 import uuid
 from pathlib import Path
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 EMBEDDED_NATS_PORT = 14222  # not 4222: a NATS of somebody else may listen there
@@ -96,6 +96,57 @@ class JsSettings(BaseModel):
     poll_ms: float = Field(5.0, gt=0, description="RSS watchdog interval")
 
 
+# Above every range a distribution hands out by default: /etc/subuid ranges start at
+# 100000, systemd's container range ends at 1879048191, its foreign range starts at 2^31.
+DEFAULT_UID_BASE = 1_950_000_000
+
+
+class LinuxSettings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    bwrap: str = Field("bwrap", description="bubblewrap executable (a path or a name on PATH)")
+    setpriv: str = Field("setpriv", description="util-linux setpriv, drops to the sandbox's host uid")
+    uid_base: int = Field(
+        DEFAULT_UID_BASE,
+        ge=1000,
+        le=4_000_000_000,
+        description="first host uid/gid of the sandboxes; one per concurrent sandbox, owned by nobody on the host",
+    )
+    cgroup_parent: str | None = Field(
+        None,
+        description="cgroup under which sandbox cgroups are made: absolute from the hierarchy's root, "
+        "relative from the worker's own cgroup; default: soulbox-sandboxes (relative)",
+    )
+    cpu_quota: float = Field(1.0, ge=0, description="CPU time per sandbox in cores (0: unlimited)")
+    pids_max: int = Field(256, ge=8, description="tasks (processes + threads) per sandbox")
+    tmpfs_mb: int | None = Field(
+        None, ge=1, description="size cap of /tmp and /work each; default: half the function's memory limit"
+    )
+    runtime_dir: str | None = Field(
+        None,
+        description="where the shared read-only /etc skeleton is made (every directory on the way must be "
+        "traversable by other users); default: /dev/shm, else /run, else the temp directory",
+    )
+    hostname: str = "sandbox"
+    python: str = Field("/usr/bin/python3", description="interpreter of `python` functions (inside the sandbox)")
+    shell: str = Field("/bin/bash", description="interpreter of `shell` functions")
+    node: str = Field("/usr/bin/node", description="interpreter of `node` functions")
+    system_paths: tuple[str, ...] = Field(
+        ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"),
+        description="host paths bound read-only at the same place (symlinks are recreated as symlinks)",
+    )
+    # fmt: off
+    etc_files: tuple[str, ...] = Field(
+        (
+            "ld.so.cache", "ld.so.conf", "ld.so.conf.d", "alternatives", "localtime", "ssl",
+            "ca-certificates", "ca-certificates.conf", "mime.types", "protocols", "services",
+            "python3", "python3.11", "python3.12", "python3.13",
+        ),
+        description="entries of the host's /etc bound read-only when they exist",
+    )
+    # fmt: on
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SOULBOX_", env_nested_delimiter="__", env_file=".env", extra="ignore")
 
@@ -112,3 +163,4 @@ class Settings(BaseSettings):
     worker: WorkerSettings = WorkerSettings()
     events: EventsSettings = EventsSettings()
     js: JsSettings = JsSettings()
+    linux: LinuxSettings = LinuxSettings()

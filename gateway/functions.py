@@ -11,9 +11,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from soulbox.core.errors import InvalidRequest, PayloadTooLarge
-from soulbox.core.schemas import NAME_RE, FunctionSpec, Limits, Permissions, Runtime
+from soulbox.core.schemas import NAME_RE, Limits, Permissions, Runtime
 from soulbox.runtimes.catalog import CATALOG
-from soulbox.runtimes.js.config import ENV_NAME_RE, config_from_spec
+from soulbox.runtimes.js.config import ENV_NAME_RE, FunctionConfig
+from soulbox.runtimes.js.config import Permissions as JsPermissions
 
 from .models import FunctionList, FunctionOut
 from .platform import platform
@@ -55,7 +56,10 @@ def _check_bindings(runtime: Runtime, env: dict[str, str], permissions: Permissi
         if not ENV_NAME_RE.match(key) or key.startswith("SOULBOX_"):
             raise InvalidRequest(f"bad env binding name {key!r}")
     if runtime in (Runtime.BUN, Runtime.DENO):
-        config_from_spec(FunctionSpec.model_construct(runtime=runtime, env=env, permissions=permissions))
+        FunctionConfig(
+            env=env,
+            permissions=JsPermissions(*(tuple(getattr(permissions, k)) for k in ("net", "read", "write", "run"))),
+        )
     elif permissions != Permissions():
         raise InvalidRequest(f"{runtime.value} functions take no permissions: they get no host access at all")
 

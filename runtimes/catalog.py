@@ -13,6 +13,7 @@ from functools import partial
 from soulbox.core.schemas import Runtime, Tier
 
 from .js.source import validate_source
+from .linux.validate import validate_script
 from .wasm.validate import validate_javascript, validate_micropython, validate_module
 
 
@@ -47,6 +48,15 @@ CATALOG: Mapping[Runtime, RuntimeInfo] = {
         (Tier.JS,),
         partial(validate_source, "deno"),
         "a JS/TS module run by Deno, with no fs/net/env/run access unless granted",
+    ),
+    Runtime.PYTHON: RuntimeInfo(
+        Runtime.PYTHON, (Tier.LINUX,), validate_script, "a Python 3 script in a namespace sandbox: stdin in, stdout out"
+    ),
+    Runtime.SHELL: RuntimeInfo(
+        Runtime.SHELL, (Tier.LINUX,), validate_script, "a bash script in a namespace sandbox: stdin in, stdout out"
+    ),
+    Runtime.NODE: RuntimeInfo(
+        Runtime.NODE, (Tier.LINUX,), validate_script, "a JavaScript file run by node in a namespace sandbox"
     ),
 }
 

@@ -48,6 +48,8 @@ from soulbox.core.store import publish_event, put_nowait, settle
 
 from .artifacts import Artifacts
 from .js.factory import create_js_runtimes
+from .linux.errors import SandboxUnavailable
+from .linux.runtime import create_linux_runtime
 from .protocol import RunResult, Runtime
 from .wasm.runtime import WasmRuntime
 
@@ -251,6 +253,10 @@ async def run(settings: Settings) -> None:
     )
     warm_up = asyncio.create_task(wasm.warm_up())  # interpreters compile while the worker serves
     runtimes: dict[Tier, Runtime] = {Tier.WASM: wasm, **create_js_runtimes(settings, artifacts.fetch)}
+    try:
+        runtimes[Tier.LINUX] = create_linux_runtime(settings, artifacts.fetch, settings.linux)
+    except SandboxUnavailable as exc:  # no bwrap, user namespaces or cgroups here: run without the tier
+        log.warning("worker.tier_unavailable", tier=Tier.LINUX.value, reason=exc.message)
     worker = Worker(settings, nc, buckets, runtimes)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

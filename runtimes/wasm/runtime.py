@@ -23,7 +23,7 @@ from soulbox.core.schemas import FunctionSpec, Runtime, Tier
 from ..protocol import RunResult
 from .engine import WasmEngine
 from .execute import execute
-from .guests import Interpreter, define_host_imports, interpreter, source_text
+from .guests import Entry, Interpreter, define_host_imports, interpreter, source_text
 from .modules import CompiledStore, FetchArtifact, ModuleCache
 
 SOURCE_CACHE_SIZE = 256
@@ -69,14 +69,15 @@ class WasmRuntime:
             loop = asyncio.get_running_loop()
             pre = await loop.run_in_executor(self._pool, self.modules.load_compiled, digest)
             if pre is None and self._shared is not None:
-                compiled = await self._shared.get(self.modules.key(digest))
-                if compiled is not None:
-                    pre = await loop.run_in_executor(self._pool, self.modules.adopt, digest, compiled)
+                shared = await self._shared.get(self.modules.key(digest))
+                if shared is not None:
+                    pre = await loop.run_in_executor(self._pool, self.modules.adopt, digest, shared)
             if pre is None:
                 data = await load()
-                pre, compiled = await loop.run_in_executor(self._pool, self.modules.compile, digest, data)
+                fresh, compiled = await loop.run_in_executor(self._pool, self.modules.compile, digest, data)
                 if self._shared is not None:
                     await self._shared.put(self.modules.key(digest), compiled)
+                pre = fresh
             future.set_result(pre)
             return pre
         except BaseException as exc:
@@ -99,6 +100,9 @@ class WasmRuntime:
 
     async def run(self, spec: FunctionSpec, input: bytes) -> RunResult:
         guest = interpreter(spec.runtime)
+        argv: list[str]
+        entry: Entry
+        oom_markers: tuple[str, ...]
         if guest is None:
             pre = await self._instance_pre(spec.artifact, lambda: self._fetch(spec.artifact))
             argv, entry, oom_markers = [spec.name], "start", ()
