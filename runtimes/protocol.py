@@ -58,6 +58,33 @@ class RunResult:
     peak_memory_bytes: int | None = None
     error: InvocationError | None = None
 
+    @classmethod
+    def captured(
+        cls,
+        outcome: Outcome,
+        stdout: Output,
+        stderr: Output,
+        *,
+        exit_code: int | None,
+        duration_ms: float,
+        peak_memory_bytes: int | None = None,
+        error: InvocationError | None = None,
+    ) -> RunResult:
+        """The result of a run whose output was captured in two :class:`Output` buffers."""
+        return cls(
+            outcome=outcome,
+            exit_code=exit_code,
+            stdout=stdout.getvalue(),
+            stderr=stderr.getvalue(),
+            stdout_bytes=stdout.size,
+            stderr_bytes=stderr.size,
+            stdout_truncated=stdout.truncated,
+            stderr_truncated=stderr.truncated,
+            duration_ms=duration_ms,
+            peak_memory_bytes=peak_memory_bytes,
+            error=error,
+        )
+
 
 class Runtime(Protocol):
     tier: Tier

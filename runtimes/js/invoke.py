@@ -43,15 +43,11 @@ def finish(
     error: InvocationError | None = None,
     peak: int | None = None,
 ) -> RunResult:
-    return RunResult(
-        outcome=outcome,
+    return RunResult.captured(
+        outcome,
+        stdout,
+        stderr,
         exit_code=exit_code,
-        stdout=stdout.getvalue(),
-        stderr=stderr.getvalue(),
-        stdout_bytes=stdout.size,
-        stderr_bytes=stderr.size,
-        stdout_truncated=stdout.truncated,
-        stderr_truncated=stderr.truncated,
         duration_ms=(time.perf_counter() - started) * 1000,
         peak_memory_bytes=peak,
         error=error,

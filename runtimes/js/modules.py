@@ -18,6 +18,7 @@ from pathlib import Path
 
 from soulbox.core.errors import InvalidRequest
 
+from ..singleflight import SingleFlight
 from .config import Mode
 from .engines import Engine
 from .source import inspect_file
@@ -38,7 +39,7 @@ class ModuleStore:
         self._dir = directory
         self._dir.mkdir(parents=True, exist_ok=True)
         self._modules: dict[tuple[str, str], Module] = {}
-        self._loading: dict[tuple[str, str], asyncio.Future[Module]] = {}
+        self._loading: SingleFlight[tuple[str, str], Module] = SingleFlight()
         self.fetched = 0
         self.inspected = 0
 
@@ -48,22 +49,9 @@ class ModuleStore:
         module = self._modules.get(key)
         if module is not None:
             return module
-        pending = self._loading.get(key)
-        if pending is not None:  # another invocation is loading the same module
-            return await asyncio.shield(pending)
-        future: asyncio.Future[Module] = asyncio.get_running_loop().create_future()
-        self._loading[key] = future
-        try:
-            module = await self._load(engine, digest)
-            self._modules[key] = module
-            future.set_result(module)
-            return module
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # retrieved: waiters re-raise it, nobody logs "never retrieved"
-            raise
-        finally:
-            del self._loading[key]
+        module = await self._loading.run(key, lambda: self._load(engine, digest))
+        self._modules[key] = module
+        return module
 
     async def _load(self, engine: Engine, digest: str) -> Module:
         path = self._path(digest)

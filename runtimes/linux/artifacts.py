@@ -7,7 +7,6 @@ this directory: the launcher copies the file in from an open descriptor.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import os
 import re
@@ -16,6 +15,7 @@ from pathlib import Path
 
 from soulbox.core.errors import InvalidRequest
 
+from ..singleflight import SingleFlight
 from .errors import SandboxError
 
 FetchArtifact = Callable[[str], Awaitable[bytes]]
@@ -27,7 +27,7 @@ class ArtifactCache:
         self._fetch = fetch
         self._dir = directory
         self._dir.mkdir(parents=True, exist_ok=True)
-        self._loading: dict[str, asyncio.Future[Path]] = {}
+        self._loading: SingleFlight[str, Path] = SingleFlight()
         self.fetched = 0
 
     async def path(self, digest: str) -> Path:
@@ -37,25 +37,15 @@ class ArtifactCache:
         path = self._dir / digest
         if path.exists():
             return path
-        pending = self._loading.get(digest)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        future: asyncio.Future[Path] = asyncio.get_running_loop().create_future()
-        self._loading[digest] = future
-        try:
-            data = await self._fetch(digest)
-            if hashlib.sha256(data).hexdigest() != digest:
-                raise SandboxError(f"artifact {digest} does not match its digest")
-            tmp = path.with_name(f".{digest}.{os.getpid()}.{id(future)}.tmp")
-            tmp.write_bytes(data)
-            tmp.chmod(0o444)
-            os.replace(tmp, path)  # atomic: a concurrent reader never sees half a file
-            self.fetched += 1
-            future.set_result(path)
-            return path
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # retrieved: waiters re-raise it, nobody logs "never retrieved"
-            raise
-        finally:
-            del self._loading[digest]
+        return await self._loading.run(digest, lambda: self._fetch_to(digest, path))
+
+    async def _fetch_to(self, digest: str, path: Path) -> Path:
+        data = await self._fetch(digest)
+        if hashlib.sha256(data).hexdigest() != digest:
+            raise SandboxError(f"artifact {digest} does not match its digest")
+        tmp = path.with_name(f".{digest}.{os.getpid()}.{id(data)}.tmp")
+        tmp.write_bytes(data)
+        tmp.chmod(0o444)
+        os.replace(tmp, path)  # atomic: a concurrent reader never sees half a file
+        self.fetched += 1
+        return path

@@ -107,15 +107,11 @@ def to_run_result(result: SandboxResult, spec: FunctionSpec) -> RunResult:
     else:
         outcome = Outcome.FUNCTION_ERROR
         error = InvocationError(kind="exit", message=_describe_exit(code, result))
-    return RunResult(
-        outcome=outcome,
+    return RunResult.captured(
+        outcome,
+        result.stdout,
+        result.stderr,
         exit_code=code,
-        stdout=result.stdout.getvalue(),
-        stderr=result.stderr.getvalue(),
-        stdout_bytes=result.stdout.size,
-        stderr_bytes=result.stderr.size,
-        stdout_truncated=result.stdout.truncated,
-        stderr_truncated=result.stderr.truncated,
         duration_ms=result.duration_ms,
         peak_memory_bytes=result.peak_memory_bytes,
         error=error,

@@ -111,18 +111,8 @@ def execute(
         error = InvocationError(
             kind="out_of_memory", message=f"memory limit of {limits.memory_mb} MiB reached ({message})"
         )
-    return RunResult(
-        outcome=outcome,
-        exit_code=exit_code,
-        stdout=stdout.getvalue(),
-        stderr=stderr.getvalue(),
-        stdout_bytes=stdout.size,
-        stderr_bytes=stderr.size,
-        stdout_truncated=stdout.truncated,
-        stderr_truncated=stderr.truncated,
-        duration_ms=duration_ms,
-        peak_memory_bytes=peak,
-        error=error,
+    return RunResult.captured(
+        outcome, stdout, stderr, exit_code=exit_code, duration_ms=duration_ms, peak_memory_bytes=peak, error=error
     )
 
 

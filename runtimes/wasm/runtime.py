@@ -21,6 +21,7 @@ from soulbox.core.logging import get_logger
 from soulbox.core.schemas import FunctionSpec, Runtime, Tier
 
 from ..protocol import RunResult
+from ..singleflight import SingleFlight
 from .engine import WasmEngine
 from .execute import execute
 from .guests import Entry, Interpreter, define_host_imports, interpreter, source_text
@@ -52,7 +53,7 @@ class WasmRuntime:
         define_host_imports(self._linker)
         self.modules = ModuleCache(self.engine, self._linker, cache_dir, size=module_cache_size)
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="wasm")
-        self._loading: dict[str, asyncio.Future[wasmtime.InstancePre]] = {}
+        self._loading: SingleFlight[str, wasmtime.InstancePre] = SingleFlight()
         self._sources: OrderedDict[str, str] = OrderedDict()
         self._closed = False
 
@@ -60,32 +61,22 @@ class WasmRuntime:
         pre = self.modules.lookup(digest)
         if pre is not None:
             return pre
-        pending = self._loading.get(digest)
-        if pending is not None:  # another invocation is loading the same module
-            return await asyncio.shield(pending)
-        future: asyncio.Future[wasmtime.InstancePre] = asyncio.get_running_loop().create_future()
-        self._loading[digest] = future
-        try:
-            loop = asyncio.get_running_loop()
-            pre = await loop.run_in_executor(self._pool, self.modules.load_compiled, digest)
-            if pre is None and self._shared is not None:
-                shared = await self._shared.get(self.modules.key(digest))
-                if shared is not None:
-                    pre = await loop.run_in_executor(self._pool, self.modules.adopt, digest, shared)
-            if pre is None:
-                data = await load()
-                fresh, compiled = await loop.run_in_executor(self._pool, self.modules.compile, digest, data)
-                if self._shared is not None:
-                    await self._shared.put(self.modules.key(digest), compiled)
-                pre = fresh
-            future.set_result(pre)
-            return pre
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # retrieved: waiters re-raise it, nobody logs "never retrieved"
-            raise
-        finally:
-            del self._loading[digest]
+        return await self._loading.run(digest, lambda: self._load(digest, load))
+
+    async def _load(self, digest: str, load: Callable[[], Awaitable[bytes]]) -> wasmtime.InstancePre:
+        loop = asyncio.get_running_loop()
+        pre = await loop.run_in_executor(self._pool, self.modules.load_compiled, digest)
+        if pre is None and self._shared is not None:
+            shared = await self._shared.get(self.modules.key(digest))
+            if shared is not None:
+                pre = await loop.run_in_executor(self._pool, self.modules.adopt, digest, shared)
+        if pre is None:
+            data = await load()
+            fresh, compiled = await loop.run_in_executor(self._pool, self.modules.compile, digest, data)
+            if self._shared is not None:
+                await self._shared.put(self.modules.key(digest), compiled)
+            pre = fresh
+        return pre
 
     async def _source(self, digest: str) -> str:
         source = self._sources.get(digest)
