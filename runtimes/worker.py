@@ -165,13 +165,14 @@ class Worker:
                 if not done:
                     pending.append(await self._put_record(record))
                 final, event_type = _finish(record, await run)
-                if request.reply_to:  # the waiting caller first: it is the critical path
-                    await self._nc.publish(request.reply_to, encode(final))
                 # The event before the record: a finished record without its event is
                 # repaired by the scheduler, but the other way round would be invisible.
                 pending.append(await self._event(event_type, final, spec.limits.memory_mb))
                 pending.append(await self._put_record(final))
                 await settle(pending)
+                # Only now the caller: whoever gets the result can read the record at once.
+                if request.reply_to:
+                    await self._nc.publish(request.reply_to, encode(final))
                 await msg.respond(encode(DispatchReply(accepted=True, status=final.status)))
                 log.info(
                     "invocation.finished",

@@ -289,7 +289,7 @@ class Scheduler:
             await put_nowait(self._js, names.INVOCATIONS_BUCKET, request.id, record),
             await publish_event(self._js, event),
         ]
-        if request.reply_to:
-            await self._nc.publish(request.reply_to, encode(record))
         await settle(pending)
+        if request.reply_to:  # after the record is durable: the caller can read it at once
+            await self._nc.publish(request.reply_to, encode(record))
         await msg.ack()
