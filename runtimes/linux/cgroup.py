@@ -52,6 +52,12 @@ class CgroupStats:
         return self.memory_limit_hits > 0 and exit_code == 128 + signal.SIGKILL
 
 
+@dataclass(frozen=True, slots=True)
+class CgroupUsage:
+    cpu_ns: int | None  # CPU time used so far; None: no CPU accounting on this host
+    memory_bytes: int  # memory charged now (RSS, page cache, tmpfs)
+
+
 class SandboxCgroup(Protocol):
     name: str
 
@@ -61,6 +67,14 @@ class SandboxCgroup(Protocol):
     def stats(self) -> CgroupStats: ...
 
     def pids(self) -> list[int]: ...
+
+    def usage(self) -> CgroupUsage: ...
+
+    def freeze(self, frozen: bool) -> None:
+        """Ask the kernel to stop (or restart) every task; it takes effect asynchronously."""
+
+    def frozen(self) -> bool:
+        """Whether every task is stopped now."""
 
     def kill(self) -> None:
         """SIGKILL every process in the cgroup."""

@@ -7,6 +7,7 @@ the peak from ``memory.max_usage_in_bytes``; swap is closed by setting
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ from .cgroup import (
     CgroupLimits,
     CgroupMount,
     CgroupStats,
+    CgroupUsage,
     collect_stale,
     kill_all,
     parent_dir,
@@ -31,7 +33,7 @@ from .errors import SandboxUnavailable
 log = get_logger(__name__)
 
 REQUIRED = ("memory", "pids")
-OPTIONAL = ("cpu",)
+OPTIONAL = ("cpu", "cpuacct", "freezer")
 
 
 @dataclass(slots=True)
@@ -57,9 +59,32 @@ class SandboxCgroupV1:
     def pids(self) -> list[int]:
         return sorted({pid for path in self.dirs.values() for pid in read_pids(path / "cgroup.procs")})
 
+    def usage(self) -> CgroupUsage:
+        cpu = self.dirs.get("cpuacct")
+        return CgroupUsage(
+            cpu_ns=int((cpu / "cpuacct.usage").read_text()) if cpu is not None else None,
+            memory_bytes=int((self.dirs["memory"] / "memory.usage_in_bytes").read_text()),
+        )
+
+    def freeze(self, frozen: bool) -> None:
+        write(self._freezer() / "freezer.state", "FROZEN" if frozen else "THAWED")
+
+    def frozen(self) -> bool:
+        return (self._freezer() / "freezer.state").read_text().strip() == "FROZEN"
+
+    def _freezer(self) -> Path:
+        freezer = self.dirs.get("freezer")
+        if freezer is None:
+            raise SandboxUnavailable("the cgroup v1 freezer controller is not mounted")
+        return freezer
+
     def kill(self) -> None:
         for path in self.dirs.values():
             kill_all(path / "cgroup.procs")
+        freezer = self.dirs.get("freezer")
+        if freezer is not None:  # v1 holds signals of frozen tasks until they thaw
+            with contextlib.suppress(FileNotFoundError):
+                write(freezer / "freezer.state", "THAWED")
 
     def remove(self) -> bool:
         return remove_dirs(tuple(self.dirs.values()))

@@ -24,6 +24,7 @@ from .cgroup import (
     CgroupLimits,
     CgroupMount,
     CgroupStats,
+    CgroupUsage,
     cgroup_dir,
     collect_stale,
     kill_all,
@@ -64,6 +65,19 @@ class SandboxCgroupV2:
 
     def pids(self) -> list[int]:
         return read_pids(self.path / "cgroup.procs")
+
+    def usage(self) -> CgroupUsage:
+        cpu = read_keyed(self.path / "cpu.stat").get("usage_usec")
+        return CgroupUsage(
+            cpu_ns=cpu * 1000 if cpu is not None else None,
+            memory_bytes=int((self.path / "memory.current").read_text()),
+        )
+
+    def freeze(self, frozen: bool) -> None:
+        write(self.path / "cgroup.freeze", "1" if frozen else "0")
+
+    def frozen(self) -> bool:
+        return read_keyed(self.path / "cgroup.events").get("frozen") == 1
 
     def kill(self) -> None:
         kill_file = self.path / "cgroup.kill"

@@ -83,6 +83,27 @@ class RootLayout:
         args += ["--chdir", WORK_DIR, "--remount-ro", "/"]
         return args
 
+    def box_args(
+        self, *, tmpfs_bytes: int, ro_binds: Mapping[str, str], rw_binds: Mapping[str, str], home: str
+    ) -> list[str]:
+        """The arguments for a long-lived sandbox: writable scratch space where programs expect it.
+
+        The root stays a writable tmpfs (``mkdir /data`` works), ``/usr/local``
+        is a tmpfs over the read-only ``/usr`` (so ``pip install`` lands
+        somewhere), and ``/tmp``, ``/var``, the home directory and ``/work`` are
+        size-capped tmpfs. Every byte written is charged to the sandbox's memory
+        cgroup. ``ro_binds``/``rw_binds`` map host paths to sandbox paths.
+        """
+        args = list(self._args)
+        for dir_ in ("/tmp", "/var", "/usr/local", home, WORK_DIR):
+            args += ["--size", str(tmpfs_bytes), "--tmpfs", dir_]
+        for source, dest in ro_binds.items():
+            args += ["--ro-bind", source, dest]
+        for source, dest in rw_binds.items():
+            args += ["--bind", source, dest]
+        args += ["--chdir", home]
+        return args
+
     def close(self) -> None:
         shutil.rmtree(self.skeleton, ignore_errors=True)
 

@@ -35,29 +35,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from soulbox.core.logging import get_logger
 from soulbox.core.settings import LinuxSettings
 
 from ..protocol import Output
+from .box import RUN_DIR, Box, BoxLimits, make_run_dir, remove_run_dir
 from .cgroup import CgroupDriver, CgroupLimits, SandboxCgroup, detect
 from .errors import SandboxError, SandboxSetupFailed
 from .host import become_subreaper, seal_inherited_fds, which
-from .reaper import exited, reap, sweep
+from .reaper import sweep
 from .rootfs import RootLayout
 from .seccomp import build_filter
-from .streams import StatusReader, feed, pump, setup_failure
+from .session import DRAIN_S, Session, open_session
+from .streams import feed, pump
 from .uids import UidPool
 
 log = get_logger(__name__)
 
-SETUP_TIMEOUT_S = 10.0  # bwrap's own setup (namespaces, mounts), before the guest's clock starts
-DRAIN_S = 1.0  # how long the pipes may stay open after the command exits
 REMOVE_TRIES = 12  # cgroup rmdir attempts, backing off from 1 ms (about 4 s in all)
 
 
@@ -84,7 +83,7 @@ class SandboxResult:
 class Launcher:
     """Runs commands in sandboxes, at most ``concurrency`` at once (each with its own host uid)."""
 
-    def __init__(self, settings: LinuxSettings, *, concurrency: int) -> None:
+    def __init__(self, settings: LinuxSettings, *, concurrency: int, box_capacity: int = 0) -> None:
         self.settings = settings
         self.bwrap = which(settings.bwrap)
         self.setpriv = which(settings.setpriv)
@@ -98,6 +97,7 @@ class Launcher:
             self._cgroups.close()
             raise
         self._uids = UidPool(settings.uid_base, concurrency)
+        self._box_uids = UidPool(settings.uid_base + concurrency, box_capacity) if box_capacity else None
         self._leftovers: list[SandboxCgroup] = []
         self._closed = False
 
@@ -134,6 +134,57 @@ class Launcher:
                 await sweep(uid, exclude=-1)  # whatever escaped the cgroup must not outlive the uid's lease
             self._uids.release(uid)
 
+    async def start(
+        self,
+        box_id: str,
+        command: Sequence[str],
+        *,
+        limits: BoxLimits,
+        env: Mapping[str, str],
+        ro_binds: Mapping[str, str],
+        home: str,
+        ready: tuple[bytes, ...],
+        ready_timeout: float,
+    ) -> Box:
+        """Start a long-lived sandbox running ``command``; it is ready once its stdout printed every line of ``ready``.
+
+        Boxes take their host uids from a pool of their own (``box_capacity``
+        uids after the functions' ones), so sandboxes never starve functions.
+        """
+        if self._closed:
+            raise SandboxError("the launcher is closed")
+        if self._box_uids is None:
+            raise SandboxError("this launcher hosts no long-lived sandboxes")
+        uids = self._box_uids
+        uid = await uids.acquire()
+        teardown = contextlib.AsyncExitStack()
+        try:
+            teardown.callback(uids.release, uid)
+            cgroup = self._cgroups.create(
+                f"box-{box_id}", CgroupLimits(limits.memory_bytes, limits.pids_max, limits.cpu_quota)
+            )
+            teardown.push_async_callback(self._remove_box_cgroup, cgroup, uid)
+            run_dir = make_run_dir(self._layout.skeleton.parent, box_id, uid)
+            teardown.callback(remove_run_dir, run_dir)
+            root_args = self._layout.box_args(
+                tmpfs_bytes=limits.disk_bytes, ro_binds=ro_binds, rw_binds={str(run_dir): RUN_DIR}, home=home
+            )
+            session = await teardown.enter_async_context(self._session(command, root_args, uid, cgroup, env, ()))
+            box = Box(box_id, session, run_dir, teardown=teardown)
+        except BaseException:
+            await teardown.aclose()
+            raise
+        try:
+            await box.wait_ready(ready, ready_timeout)
+        except BaseException:
+            await box.close()
+            raise
+        return box
+
+    async def _remove_box_cgroup(self, cgroup: SandboxCgroup, uid: int) -> None:
+        if not await self._remove(cgroup):
+            await sweep(uid, exclude=-1)
+
     async def _run(
         self,
         command: Sequence[str],
@@ -144,119 +195,83 @@ class Launcher:
         env: Mapping[str, str],
         files: Mapping[str, int],
     ) -> SandboxResult:
+        root_args = self._layout.args(tmpfs_bytes=limits.tmpfs_bytes or limits.memory_bytes // 2, files=files)
+        tasks: list[asyncio.Task[None]] = []
+        async with self._session(command, root_args, uid, cgroup, env, files.values()) as session:
+            try:
+                proc = session.proc
+                stdout, stderr = Output(limits.max_output_bytes), Output(limits.max_output_bytes)
+                io = [
+                    asyncio.create_task(pump(proc.stdout, stdout)),
+                    asyncio.create_task(pump(proc.stderr, stderr)),
+                ]
+                tasks += [*io, asyncio.create_task(feed(proc.stdin, stdin))]
+                started = time.perf_counter()
+                # The monitor exits with the command (Process.wait would also wait for every pipe to close).
+                timed_out = not await session.exited(limits.timeout_s)
+                if timed_out:
+                    session.kill()
+                    if not await session.exited(DRAIN_S):
+                        proc.kill()
+                        await session.exited(DRAIN_S)
+                duration_ms = (time.perf_counter() - started) * 1000
+                _, pending = await asyncio.wait(io, timeout=DRAIN_S)
+                if pending:  # something in the sandbox still holds a pipe open
+                    session.kill()
+                    await asyncio.wait(pending, timeout=DRAIN_S)
+                exit_code = await session.status.exit_code()
+                if exit_code is None and not timed_out:
+                    raise SandboxSetupFailed(stderr.getvalue().decode(errors="replace").strip() or "no exit status")
+                stats = cgroup.stats()
+                session.finished = True
+                result = SandboxResult(
+                    exit_code=None if timed_out else exit_code,
+                    timed_out=timed_out,
+                    oom_killed=stats.oom_killed(exit_code),
+                    stdout=stdout,
+                    stderr=stderr,
+                    duration_ms=duration_ms,
+                    peak_memory_bytes=stats.peak_memory_bytes,
+                    pids_limit_hit=stats.pids_limit_hits > 0,
+                )
+            finally:
+                for task in tasks:
+                    task.cancel()
+                if tasks:
+                    await asyncio.gather(*tasks, return_exceptions=True)
+        return result
+
+    def _session(
+        self,
+        command: Sequence[str],
+        root_args: Sequence[str],
+        uid: int,
+        cgroup: SandboxCgroup,
+        env: Mapping[str, str],
+        extra_fds: Iterable[int],
+    ) -> contextlib.AbstractAsyncContextManager[Session]:
+        """bwrap as ``uid`` with ``root_args`` around ``command``, under the seccomp filter, in ``cgroup``."""
         status_r, status_w = os.pipe2(os.O_CLOEXEC)
         block_r, block_w = os.pipe2(os.O_CLOEXEC)
         seccomp_r, seccomp_w = os.pipe2(os.O_CLOEXEC)
         os.write(seccomp_w, self._seccomp)  # about 1 KiB: fits the pipe buffer
         os.close(seccomp_w)
-        root_args = self._layout.args(tmpfs_bytes=limits.tmpfs_bytes or limits.memory_bytes // 2, files=files)
-        child_fds = [status_w, block_r, seccomp_r]
         argv = [
             self.setpriv, f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--",
             self.bwrap, *root_args,
             "--json-status-fd", str(status_w), "--block-fd", str(block_r), "--seccomp", str(seccomp_r),
             "--", *command,
         ]  # fmt: skip
-        status = StatusReader(status_r)
-        proc: asyncio.subprocess.Process | None = None
-        tasks: list[asyncio.Task[None]] = []
-        monitor = pidfd = -1  # pidfds of bwrap's monitor (our child) and of the sandbox's pid 1
-        finished = False
-        try:
-            spawn = asyncio.ensure_future(
-                asyncio.create_subprocess_exec(
-                    *argv,
-                    stdin=asyncio.subprocess.PIPE,
-                    stdout=asyncio.subprocess.PIPE,
-                    stderr=asyncio.subprocess.PIPE,
-                    pass_fds=(*child_fds, *files.values()),
-                    env=dict(env),
-                    cwd="/",
-                    start_new_session=True,
-                )
-            )
-            try:
-                proc = await asyncio.shield(spawn)
-            except asyncio.CancelledError:  # let the (quick) spawn finish: the cleanup below must see what it started
-                proc = await spawn
-                raise
-            try:  # the monitor stays a zombie until asyncio sees it exit, so this pid is still ours
-                monitor = os.pidfd_open(proc.pid)
-            except ProcessLookupError:  # bwrap gave up at once (bad arguments) and is already reaped
-                raise SandboxSetupFailed(await setup_failure(proc, DRAIN_S)) from None
-            for fd in child_fds:
-                os.close(fd)
-            child_fds.clear()
-            status.start()
-            try:
-                async with asyncio.timeout(SETUP_TIMEOUT_S):
-                    pid = await status.child_pid()
-            except TimeoutError:
-                pid = None
-            if pid is None:
-                raise SandboxSetupFailed(await setup_failure(proc, DRAIN_S))
-            pidfd = os.pidfd_open(pid)
-            cgroup.attach(pid)
-            stdout, stderr = Output(limits.max_output_bytes), Output(limits.max_output_bytes)
-            io = [
-                asyncio.create_task(pump(proc.stdout, stdout)),
-                asyncio.create_task(pump(proc.stderr, stderr)),
-            ]
-            tasks += [*io, asyncio.create_task(feed(proc.stdin, stdin))]
-            started = time.perf_counter()
-            os.write(block_w, b"go")  # the guest's clock starts now
-            os.close(block_w)
-            block_w = -1
-            # The monitor exits with the command (Process.wait would also wait for every pipe to close).
-            timed_out = not await exited(monitor, timeout=limits.timeout_s)
-            if timed_out:
-                _kill(pidfd, cgroup)
-                if not await exited(monitor, timeout=DRAIN_S):
-                    proc.kill()
-                    await exited(monitor, timeout=DRAIN_S)
-            duration_ms = (time.perf_counter() - started) * 1000
-            _, pending = await asyncio.wait(io, timeout=DRAIN_S)
-            if pending:  # something in the sandbox still holds a pipe open
-                _kill(pidfd, cgroup)
-                await asyncio.wait(pending, timeout=DRAIN_S)
-            exit_code = await status.exit_code()
-            if exit_code is None and not timed_out:
-                raise SandboxSetupFailed(stderr.getvalue().decode(errors="replace").strip() or "no exit status")
-            stats = cgroup.stats()
-            finished = True
-            return SandboxResult(
-                exit_code=None if timed_out else exit_code,
-                timed_out=timed_out,
-                oom_killed=stats.oom_killed(exit_code),
-                stdout=stdout,
-                stderr=stderr,
-                duration_ms=duration_ms,
-                peak_memory_bytes=stats.peak_memory_bytes,
-                pids_limit_hit=stats.pids_limit_hits > 0,
-            )
-        finally:
-            if not finished:  # cancelled, or failed half-way: maybe not in its cgroup, maybe blocked before exec
-                _kill(pidfd, cgroup)
-                if proc is not None and proc.returncode is None:
-                    proc.kill()
-                killed = await sweep(uid, exclude=proc.pid if proc is not None else -1)
-                if killed:
-                    log.info("linux.swept", uid=uid, killed=killed)
-            for fd in (*child_fds, block_w):  # block_w only now: closing it lets a blocked sandbox go on
-                if fd >= 0:
-                    os.close(fd)
-            for task in tasks:
-                task.cancel()
-            if tasks:
-                await asyncio.gather(*tasks, return_exceptions=True)
-            if proc is not None:
-                await _settle(proc)
-            for fd, reaped in ((pidfd, True), (monitor, False)):
-                if fd >= 0:
-                    if reaped and not await reap(fd, timeout=DRAIN_S):
-                        log.warning("linux.init_not_reaped", cgroup=cgroup.name)
-                    os.close(fd)
-            status.close()
+        return open_session(
+            argv,
+            uid=uid,
+            cgroup=cgroup,
+            env=env,
+            child_fds=[status_w, block_r, seccomp_r],
+            extra_fds=tuple(extra_fds),
+            block_w=block_w,
+            status_r=status_r,
+        )
 
     async def _remove(self, cgroup: SandboxCgroup) -> bool:
         """Kill what is left in the cgroup and delete it, waiting for exiting tasks to leave."""
@@ -280,19 +295,3 @@ class Launcher:
             await self._remove(cgroup)
         self._cgroups.close()
         self._layout.close()
-
-
-async def _settle(proc: asyncio.subprocess.Process) -> None:
-    """Let asyncio collect the monitor; its pipes are closed by now, everything in the sandbox being dead."""
-    try:
-        async with asyncio.timeout(DRAIN_S):
-            await proc.wait()
-    except TimeoutError:
-        log.warning("linux.monitor_not_settled", pid=proc.pid)
-
-
-def _kill(pidfd: int, cgroup: SandboxCgroup) -> None:
-    if pidfd >= 0:
-        with contextlib.suppress(ProcessLookupError):  # pid 1 gone: the kernel empties its namespace
-            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-    cgroup.kill()
