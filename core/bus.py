@@ -80,6 +80,7 @@ class Buckets:
     workers: KeyValue
     billing: KeyValue
     artifacts: ObjectStore
+    sandboxes: KeyValue
 
 
 async def _ensure_stream(js: JetStreamContext, config: api.StreamConfig) -> None:
@@ -172,6 +173,7 @@ async def ensure_topology(js: JetStreamContext, settings: Settings) -> Buckets:
         ),
         billing=await _ensure_kv(js, kv(bucket=names.BILLING_BUCKET, replicas=replicas)),
         artifacts=await _ensure_object_store(js, replicas),
+        sandboxes=await _ensure_kv(js, kv(bucket=names.SANDBOXES_BUCKET, replicas=replicas)),
     )
 
 

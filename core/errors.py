@@ -8,6 +8,7 @@ handler; nothing below the gateway knows about HTTP.
      ├── InvalidRequest          bad input from a caller (code: invalid_request)
      │    ├── InvalidModule      the uploaded module does not compile
      │    └── PayloadTooLarge    a body over the configured limit
+     ├── Unauthenticated         no or a wrong API key (code: unauthenticated)
      ├── NotFound                unknown resource (code: not_found)
      │    ├── FunctionNotFound
      │    └── InvocationNotFound
@@ -42,6 +43,10 @@ class InvalidModule(InvalidRequest):
 
 class PayloadTooLarge(InvalidRequest):
     code = "payload_too_large"
+
+
+class Unauthenticated(SoulboxError):
+    code = "unauthenticated"
 
 
 class NotFound(SoulboxError):

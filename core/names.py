@@ -35,6 +35,7 @@ INVOCATIONS_BUCKET: Final = "sb_invocations"
 WORKERS_BUCKET: Final = "sb_workers"
 BILLING_BUCKET: Final = "sb_billing"
 ARTIFACTS_BUCKET: Final = "sb_artifacts"
+SANDBOXES_BUCKET: Final = "sb_sandboxes"
 
 
 def invocation_subject(tenant: str) -> str:
@@ -81,6 +82,16 @@ WORKER_HEARTBEAT_SUBJECT: Final = "sb.workers.heartbeat"
 def worker_run_subject(worker_id: str) -> str:
     """Core NATS request subject on which a worker accepts dispatches."""
     return f"sb.workers.{worker_id}.run"
+
+
+SANDBOX_CREATE_SUBJECT: Final = "sb.sandboxes.create"
+"""Core NATS request subject on which the schedulers (queue group) place new sandboxes."""
+SANDBOX_CREATE_QUEUE: Final = "schedulers"
+
+
+def worker_sandbox_subject(worker_id: str, action: str = "*") -> str:
+    """Core NATS request subject on which a worker creates (``create``) and steers (``control``) its sandboxes."""
+    return f"sb.workers.{worker_id}.sandboxes.{action}"
 
 
 def function_key(tenant: str, name: str) -> str:

@@ -255,6 +255,8 @@ class WorkerHeartbeat(Message):
     started_at: datetime
     at: datetime = Field(default_factory=utcnow)
     draining: bool = False  # shutting down: send it nothing new
+    sandbox_capacity: int = 0  # long-lived sandboxes it may host
+    sandboxes: int = 0  # long-lived sandboxes it holds now (handed out, pooled or starting)
 
 
 class AuditRecord(Message):

@@ -51,6 +51,9 @@ class GatewaySettings(BaseModel):
     max_body_bytes: int = Field(6 * 1024 * 1024, ge=1024)
     max_module_bytes: int = Field(64 * 1024 * 1024, ge=1024)
     sync_grace_s: float = Field(5.0, ge=0, description="extra wait over a function's timeout")
+    api_keys: list[SecretStr] = Field(
+        default_factory=list, description="keys accepted in X-API-KEY / Authorization: Bearer (none: no check)"
+    )
 
 
 class FunctionDefaults(BaseModel):
@@ -147,6 +150,25 @@ class LinuxSettings(BaseModel):
     # fmt: on
 
 
+class SandboxSettings(BaseModel):
+    """Long-lived sandboxes (the E2B-style API) on the Linux tier."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    capacity: int = Field(16, ge=0, description="sandboxes one worker hosts at most (0: none)")
+    pool_size: int = Field(1, ge=0, description="pre-started sandboxes kept per template")
+    default_timeout_s: int = Field(300, ge=1)
+    max_timeout_s: int = Field(24 * 3600, ge=1)
+    memory_mb: int = Field(512, ge=32)
+    cpu_count: int = Field(1, ge=1)
+    disk_mb: int = Field(1024, ge=16, description="size cap of each writable tmpfs (home, /tmp, /usr/local...)")
+    pids_max: int = Field(1024, ge=16)
+    ready_timeout_s: float = Field(15.0, gt=0, description="longest start of a sandbox's daemons")
+    domain: str = Field(
+        "sandbox.localhost", description="sandbox host names are <port>-<id>.<domain>, served by the gateway"
+    )
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SOULBOX_", env_nested_delimiter="__", env_file=".env", extra="ignore")
 
@@ -164,3 +186,4 @@ class Settings(BaseSettings):
     events: EventsSettings = EventsSettings()
     js: JsSettings = JsSettings()
     linux: LinuxSettings = LinuxSettings()
+    sandboxes: SandboxSettings = SandboxSettings()

@@ -21,6 +21,9 @@ from .openapi import openapi_document
 from .platform import Platform, platform
 from .registry import FunctionRegistry
 from .results import ResultWaiter
+from .sandboxes import api as sandbox_api
+from .sandboxes import e2b
+from .sandboxes.control import SandboxControlPlane
 
 
 async def healthz(request: Request) -> Response:
@@ -51,6 +54,8 @@ def routes() -> list[Route]:
         Route("/v1/invocations/{invocation_id}", invocations.get_invocation, methods=["GET"], name="get_invocation"),
         Route("/v1/usage", reports.get_usage, methods=["GET"]),
         Route("/v1/audit", reports.get_audit, methods=["GET"]),
+        *sandbox_api.routes(),
+        *e2b.routes(),
     ]
 
 
@@ -64,7 +69,8 @@ def create_app(settings: Settings) -> Starlette:
         waiter = ResultWaiter(nc, buckets.invocations)
         await registry.start()
         await waiter.start()
-        app.state.platform = Platform(settings, nc, js, buckets, registry, waiter)
+        sandboxes = SandboxControlPlane(settings, nc, buckets.sandboxes, buckets.workers)
+        app.state.platform = Platform(settings, nc, js, buckets, registry, waiter, sandboxes)
         try:
             yield
         finally:

@@ -22,6 +22,7 @@ log = get_logger(__name__)
 _STATUS: list[tuple[type[errors.SoulboxError], int]] = [
     (errors.PayloadTooLarge, 413),
     (errors.InvalidRequest, 400),
+    (errors.Unauthenticated, 401),
     (errors.NotFound, 404),
     (errors.Conflict, 409),
     (errors.Overloaded, 429),

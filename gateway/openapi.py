@@ -13,6 +13,7 @@ from soulbox.events import UsageReport
 
 from .models import ErrorResponse, FunctionList, FunctionOut, InvocationAccepted, InvocationOut
 from .platform import INVOCATION_ID_RE
+from .sandboxes import api as sandbox_api
 
 _MODELS: list[type[BaseModel]] = [
     ErrorResponse,
@@ -22,6 +23,7 @@ _MODELS: list[type[BaseModel]] = [
     InvocationAccepted,
     UsageReport,
     AuditRecord,
+    *sandbox_api.MODELS,
 ]
 
 
@@ -159,7 +161,7 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
 def openapi_document(
     routes: Sequence[BaseRoute], extra: dict[tuple[str, str], dict[str, Any]] | None = None
 ) -> dict[str, Any]:
-    operations = {**OPERATIONS, **(extra or {})}
+    operations = {**OPERATIONS, **sandbox_api.OPERATIONS, **(extra or {})}
     paths: dict[str, dict[str, Any]] = {}
     for route in routes:
         if not isinstance(route, Route) or not route.include_in_schema:

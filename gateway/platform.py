@@ -31,6 +31,7 @@ from soulbox.core.store import publish_event, put_nowait, settle
 
 from .registry import FunctionRegistry
 from .results import ResultWaiter
+from .sandboxes.control import SandboxControlPlane
 
 INVOCATION_ID_RE = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
 
@@ -55,6 +56,7 @@ class Platform:
     buckets: Buckets
     registry: FunctionRegistry
     waiter: ResultWaiter
+    sandboxes: SandboxControlPlane
 
     async def submit(
         self, spec: FunctionSpec, body: bytes, *, invocation_id: str | None, wait: bool, trace_id: str | None

@@ -49,8 +49,10 @@ from soulbox.core.store import publish_event, put_nowait, settle
 from .artifacts import Artifacts
 from .js.factory import create_js_runtimes
 from .linux.errors import SandboxUnavailable
-from .linux.runtime import create_linux_runtime
+from .linux.runtime import LinuxRuntime, create_linux_runtime
 from .protocol import RunResult, Runtime
+from .sandboxes.host import SandboxHost
+from .sandboxes.templates import Templates
 from .wasm.runtime import WasmRuntime
 
 log = get_logger(__name__)
@@ -64,7 +66,14 @@ _STATUS_BY_OUTCOME = {
 
 
 class Worker:
-    def __init__(self, settings: Settings, nc: NATS, buckets: Buckets, runtimes: dict[Tier, Runtime]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        nc: NATS,
+        buckets: Buckets,
+        runtimes: dict[Tier, Runtime],
+        sandboxes: SandboxHost | None = None,
+    ) -> None:
         self.settings = settings
         self.id = settings.worker.id
         self.capacity = settings.worker.capacity
@@ -72,6 +81,7 @@ class Worker:
         self._js: JetStreamContext = nc.jetstream()
         self._buckets = buckets
         self._runtimes = runtimes
+        self._sandboxes = sandboxes
         self._in_flight = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._started_at = utcnow()
@@ -105,6 +115,8 @@ class Worker:
                 host=socket.gethostname(),
                 started_at=self._started_at,
                 draining=draining,
+                sandbox_capacity=0 if draining or self._sandboxes is None else self.settings.sandboxes.capacity,
+                sandboxes=self._sandboxes.count if self._sandboxes is not None else 0,
             )
         )
         # Liveness goes over core NATS; the bucket keeps the latest for new schedulers and `status`.
@@ -258,7 +270,12 @@ async def run(settings: Settings) -> None:
         runtimes[Tier.LINUX] = create_linux_runtime(settings, artifacts.fetch, settings.linux)
     except SandboxUnavailable as exc:  # no bwrap, user namespaces or cgroups here: run without the tier
         log.warning("worker.tier_unavailable", tier=Tier.LINUX.value, reason=exc.message)
-    worker = Worker(settings, nc, buckets, runtimes)
+    sandboxes: SandboxHost | None = None
+    linux = runtimes.get(Tier.LINUX)
+    if isinstance(linux, LinuxRuntime) and settings.sandboxes.capacity:
+        sandboxes = SandboxHost(settings, nc, buckets.sandboxes, linux.launcher, Templates(settings))
+        await sandboxes.start()
+    worker = Worker(settings, nc, buckets, runtimes, sandboxes)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, worker.stop)
@@ -266,6 +283,8 @@ async def run(settings: Settings) -> None:
         await worker.serve()
     finally:
         warm_up.cancel()
+        if sandboxes is not None:
+            await sandboxes.close()
         for runtime in runtimes.values():
             await runtime.close()
         await nc.drain()

@@ -13,6 +13,7 @@ from soulbox.core.logging import configure_logging
 from soulbox.core.settings import Settings
 
 from .directory import WorkerDirectory
+from .sandboxes import SandboxPlacer
 from .service import Scheduler
 
 
@@ -24,12 +25,15 @@ async def run(settings: Settings) -> None:
     inbox = Inbox(nc)
     await inbox.start()
     scheduler = Scheduler(settings, nc, buckets, directory, inbox)
+    placer = SandboxPlacer(settings, nc, directory)
+    await placer.start()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, scheduler.stop)
     try:
         await scheduler.serve()
     finally:
+        await placer.stop()
         await inbox.stop()
         await directory.stop()
         await nc.drain()

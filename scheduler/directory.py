@@ -102,6 +102,8 @@ class WorkerDirectory:
                 tiers=frozenset(beat.tiers),
                 capacity=beat.capacity,
                 reported_in_flight=beat.in_flight,
+                sandbox_capacity=beat.sandbox_capacity,
+                sandboxes=beat.sandboxes,
             )
             for _, beat in self._seen.values()
         ]

@@ -41,6 +41,8 @@ class WorkerView:
     tiers: frozenset[Tier]
     capacity: int
     reported_in_flight: int
+    sandbox_capacity: int = 0
+    sandboxes: int = 0
 
 
 def pick_worker(
@@ -63,6 +65,21 @@ def pick_worker(
             continue
         load = max(worker.reported_in_flight, dispatched.get(worker.worker_id, 0))
         free = worker.capacity - load
+        if free > best_free or (free == best_free and best is not None and worker.worker_id < best.worker_id):
+            best, best_free = worker, free
+    return best
+
+
+def pick_sandbox_worker(
+    workers: Iterable[WorkerView], placed: Mapping[str, int], *, exclude: frozenset[str] = frozenset()
+) -> WorkerView | None:
+    """The live worker with the most free sandbox slots (``placed``: this scheduler's recent placements)."""
+    best: WorkerView | None = None
+    best_free = 0
+    for worker in workers:
+        if worker.worker_id in exclude:
+            continue
+        free = worker.sandbox_capacity - worker.sandboxes - placed.get(worker.worker_id, 0)
         if free > best_free or (free == best_free and best is not None and worker.worker_id < best.worker_id):
             best, best_free = worker, free
     return best

@@ -42,9 +42,10 @@ class LinuxRuntime:
         cache_dir: Path,
         concurrency: int,
         settings: LinuxSettings | None = None,
+        box_capacity: int = 0,
     ) -> None:
         self.settings = settings or LinuxSettings()
-        self.launcher = Launcher(self.settings, concurrency=concurrency)
+        self.launcher = Launcher(self.settings, concurrency=concurrency, box_capacity=box_capacity)
         self.artifacts = ArtifactCache(fetch_artifact, cache_dir)
         interpreters = {
             str(names.PYTHON): (self.settings.python, "main.py"),
@@ -142,4 +143,5 @@ def create_linux_runtime(
         cache_dir=settings.data_dir / "cache" / "linux",
         concurrency=settings.worker.capacity,
         settings=linux,
+        box_capacity=settings.sandboxes.capacity,
     )

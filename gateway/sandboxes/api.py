@@ -1,0 +1,244 @@
+"""SoulBox's own sandbox API, ``/v1/sandboxes``: the same operations as E2B's, in SoulBox's shapes.
+
+Errors are SoulBox's usual ``{"error": {"code", "message"}}`` (the gateway's
+exception handlers); the data plane of a sandbox is the same for both APIs.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from soulbox.core.errors import InvalidRequest
+from soulbox.core.sandboxes import SandboxMetric, SandboxRecord, SandboxState
+
+from ..platform import platform
+from .auth import authenticate
+from .control import SandboxControlPlane
+
+
+class CreateSandbox(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    template: str = Field("base", min_length=1, max_length=63)
+    timeout_s: int | None = Field(None, ge=1, description="default: sandboxes.default_timeout_s")
+    auto_pause: bool = Field(False, description="pause instead of kill at the timeout")
+    metadata: dict[str, str] = Field(default_factory=dict)
+    env_vars: dict[str, str] = Field(default_factory=dict, description="environment of every process started")
+
+
+class SetTimeout(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    timeout_s: int = Field(ge=1, description="seconds from now")
+
+
+class SandboxOut(BaseModel):
+    sandbox_id: str
+    template: str
+    state: SandboxState
+    started_at: datetime
+    end_at: datetime
+    metadata: dict[str, str]
+    cpu_count: int
+    memory_mb: int
+    disk_mb: int
+    envd_version: str
+    access_token: str | None = Field(None, description="for the data plane's X-Access-Token; on create only")
+
+    @classmethod
+    def of(cls, record: SandboxRecord, *, with_token: bool = False) -> SandboxOut:
+        return cls(
+            sandbox_id=record.sandbox_id,
+            template=record.template,
+            state=record.state,
+            started_at=record.started_at,
+            end_at=record.end_at,
+            metadata=record.metadata,
+            cpu_count=record.cpu_count,
+            memory_mb=record.memory_mb,
+            disk_mb=record.disk_mb,
+            envd_version=record.envd_version,
+            access_token=record.access_token if with_token else None,
+        )
+
+
+class SandboxList(BaseModel):
+    sandboxes: list[SandboxOut]
+
+
+class MetricsOut(BaseModel):
+    metrics: list[SandboxMetric]
+
+
+async def _json(request: Request, model: type[BaseModel]) -> BaseModel:
+    raw = await request.body()
+    try:
+        return model.model_validate_json(raw or b"{}")
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "body"
+        raise InvalidRequest(f"{where}: {first['msg']}") from None
+
+
+def _ctx(request: Request) -> tuple[SandboxControlPlane, str]:
+    authenticate(request)
+    p = platform(request)
+    return p.sandboxes, p.settings.tenant
+
+
+def _out(model: BaseModel, status: int = 200) -> JSONResponse:
+    return JSONResponse(model.model_dump(mode="json", exclude_none=True), status_code=status)
+
+
+async def create(request: Request) -> Response:
+    plane, tenant = _ctx(request)
+    body = await _json(request, CreateSandbox)
+    assert isinstance(body, CreateSandbox)
+    record = await plane.create(
+        tenant,
+        body.template,
+        timeout_s=body.timeout_s,
+        metadata=body.metadata,
+        env_vars=body.env_vars,
+        auto_pause=body.auto_pause,
+    )
+    return _out(SandboxOut.of(record, with_token=True), 201)
+
+
+async def list_sandboxes(request: Request) -> Response:
+    plane, tenant = _ctx(request)
+    raw_state = request.query_params.get("state")
+    try:
+        state = SandboxState(raw_state) if raw_state else None
+    except ValueError:
+        raise InvalidRequest(f"state must be running or paused, got {raw_state!r}") from None
+    records = await plane.list(tenant, state=state)
+    return _out(SandboxList(sandboxes=[SandboxOut.of(r) for r in records]))
+
+
+async def get(request: Request) -> Response:
+    plane, tenant = _ctx(request)
+    return _out(SandboxOut.of(await plane.get(tenant, request.path_params["sandbox_id"])))
+
+
+async def kill(request: Request) -> Response:
+    plane, tenant = _ctx(request)
+    await plane.control(tenant, request.path_params["sandbox_id"], "kill")
+    return Response(status_code=204)
+
+
+async def set_timeout(request: Request) -> Response:
+    plane, tenant = _ctx(request)
+    body = await _json(request, SetTimeout)
+    assert isinstance(body, SetTimeout)
+    reply = await plane.control(tenant, request.path_params["sandbox_id"], "set_timeout", timeout_s=body.timeout_s)
+    assert reply.record is not None
+    return _out(SandboxOut.of(reply.record))
+
+
+async def pause(request: Request) -> Response:
+    plane, tenant = _ctx(request)
+    reply = await plane.control(tenant, request.path_params["sandbox_id"], "pause")
+    assert reply.record is not None
+    return _out(SandboxOut.of(reply.record))
+
+
+async def resume(request: Request) -> Response:
+    plane, tenant = _ctx(request)
+    reply = await plane.control(tenant, request.path_params["sandbox_id"], "resume")
+    assert reply.record is not None
+    return _out(SandboxOut.of(reply.record))
+
+
+async def metrics(request: Request) -> Response:
+    plane, tenant = _ctx(request)
+    return _out(MetricsOut(metrics=await plane.metrics(tenant, request.path_params["sandbox_id"])))
+
+
+def routes() -> list[Route]:
+    one = "/v1/sandboxes/{sandbox_id}"
+    return [
+        Route("/v1/sandboxes", create, methods=["POST"]),
+        Route("/v1/sandboxes", list_sandboxes, methods=["GET"]),
+        Route(one, get, methods=["GET"]),
+        Route(one, kill, methods=["DELETE"]),
+        Route(f"{one}/timeout", set_timeout, methods=["POST"]),
+        Route(f"{one}/pause", pause, methods=["POST"]),
+        Route(f"{one}/resume", resume, methods=["POST"]),
+        Route(f"{one}/metrics", metrics, methods=["GET"]),
+    ]
+
+
+def _ref(model: type[BaseModel]) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{model.__name__}"}
+
+
+def _json_body(model: type[BaseModel], description: str) -> dict[str, object]:
+    return {"description": description, "content": {"application/json": {"schema": _ref(model)}}}
+
+
+_ERROR = {"$ref": "#/components/schemas/ErrorResponse"}
+_ID = {"name": "sandbox_id", "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+def _error(description: str) -> dict[str, object]:
+    return {"description": description, "content": {"application/json": {"schema": _ERROR}}}
+
+
+MODELS: list[type[BaseModel]] = [CreateSandbox, SetTimeout, SandboxOut, SandboxList, MetricsOut]
+OPERATIONS: dict[tuple[str, str], dict[str, object]] = {
+    ("/v1/sandboxes", "post"): {
+        "summary": "Create a sandbox from a template (taken from the warm pool when one is ready)",
+        "requestBody": {"content": {"application/json": {"schema": _ref(CreateSandbox)}}},
+        "responses": {
+            "201": _json_body(SandboxOut, "created; access_token is shown only here"),
+            "400": _error("bad parameters"),
+            "404": _error("no such template"),
+            "429": _error("no worker has room"),
+        },
+    },
+    ("/v1/sandboxes", "get"): {
+        "summary": "List the tenant's sandboxes",
+        "parameters": [{"name": "state", "in": "query", "schema": {"enum": ["running", "paused"]}}],
+        "responses": {"200": _json_body(SandboxList, "sandboxes")},
+    },
+    ("/v1/sandboxes/{sandbox_id}", "get"): {
+        "summary": "Get a sandbox",
+        "parameters": [_ID],
+        "responses": {"200": _json_body(SandboxOut, "the sandbox"), "404": _error("no such sandbox")},
+    },
+    ("/v1/sandboxes/{sandbox_id}", "delete"): {
+        "summary": "Kill a sandbox",
+        "parameters": [_ID],
+        "responses": {"204": {"description": "killed"}, "404": _error("no such sandbox")},
+    },
+    ("/v1/sandboxes/{sandbox_id}/timeout", "post"): {
+        "summary": "Set the sandbox's timeout, counted from now",
+        "parameters": [_ID],
+        "requestBody": {"content": {"application/json": {"schema": _ref(SetTimeout)}}},
+        "responses": {"200": _json_body(SandboxOut, "the sandbox"), "404": _error("no such sandbox")},
+    },
+    ("/v1/sandboxes/{sandbox_id}/pause", "post"): {
+        "summary": "Pause (freeze) every process of the sandbox, keeping its memory",
+        "parameters": [_ID],
+        "responses": {
+            "200": _json_body(SandboxOut, "paused"),
+            "404": _error("no such sandbox"),
+            "409": _error("already paused"),
+        },
+    },
+    ("/v1/sandboxes/{sandbox_id}/resume", "post"): {
+        "summary": "Resume a paused sandbox",
+        "parameters": [_ID],
+        "responses": {"200": _json_body(SandboxOut, "running"), "404": _error("no such sandbox")},
+    },
+    ("/v1/sandboxes/{sandbox_id}/metrics", "get"): {
+        "summary": "CPU, memory and disk samples of the sandbox (every 5 s, the last hour)",
+        "parameters": [_ID],
+        "responses": {"200": _json_body(MetricsOut, "samples"), "404": _error("no such sandbox")},
+    },
+}

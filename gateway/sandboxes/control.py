@@ -1,0 +1,204 @@
+"""The gateway's side of the sandbox control plane: records from KV, requests over NATS.
+
+Creation goes to the schedulers (placement), every other change to the worker
+that hosts the sandbox; reads come from the sandboxes bucket. A record whose
+worker no longer heartbeats is stale (the worker died with its sandboxes): it
+is treated as gone and removed.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Mapping
+
+from nats.aio.client import Client as NATS
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js.errors import KeyNotFoundError, NoKeysError
+from nats.js.kv import KeyValue
+
+from soulbox.core import names
+from soulbox.core.codec import decode, encode
+from soulbox.core.errors import (
+    Conflict,
+    InvalidRequest,
+    NotFound,
+    Overloaded,
+    SchemaError,
+    SoulboxError,
+    Unavailable,
+)
+from soulbox.core.logging import get_logger
+from soulbox.core.sandboxes import (
+    ControlOp,
+    SandboxControl,
+    SandboxCreate,
+    SandboxMetric,
+    SandboxRecord,
+    SandboxReply,
+    SandboxState,
+    checked_sandbox_id,
+)
+from soulbox.core.schemas import WorkerHeartbeat, utcnow
+from soulbox.core.settings import Settings
+
+log = get_logger(__name__)
+
+CONTROL_TIMEOUT_S = 10.0
+_ERRORS: dict[str, type[SoulboxError]] = {
+    "not_found": NotFound,
+    "sandbox_not_found": NotFound,
+    "template_not_found": NotFound,
+    "overloaded": Overloaded,
+    "conflict": Conflict,
+    "sandbox_paused": Conflict,
+    "invalid_request": InvalidRequest,
+}
+
+
+class SandboxNotFound(NotFound):
+    code = "sandbox_not_found"
+
+    def __init__(self, sandbox_id: str) -> None:
+        super().__init__(f"sandbox {sandbox_id!r} does not exist")
+        self.sandbox_id = sandbox_id
+
+
+def new_sandbox_id() -> str:
+    return secrets.token_hex(10)
+
+
+class SandboxControlPlane:
+    def __init__(self, settings: Settings, nc: NATS, sandboxes: KeyValue, workers: KeyValue) -> None:
+        self.settings = settings
+        self._nc = nc
+        self._sandboxes = sandboxes
+        self._workers = workers
+
+    async def create(
+        self,
+        tenant: str,
+        template: str,
+        *,
+        timeout_s: int | None,
+        metadata: Mapping[str, str],
+        env_vars: Mapping[str, str],
+        auto_pause: bool = False,
+    ) -> SandboxRecord:
+        request = SandboxCreate(
+            sandbox_id=new_sandbox_id(),
+            tenant=tenant,
+            template=template,
+            timeout_s=self._timeout(timeout_s),
+            auto_pause=auto_pause,
+            metadata=dict(metadata),
+            env_vars=dict(env_vars),
+        )
+        wait = self.settings.sandboxes.ready_timeout_s * 2 + 10
+        reply = await self._request(names.SANDBOX_CREATE_SUBJECT, encode(request), wait, "no scheduler answered")
+        assert reply.record is not None
+        return reply.record
+
+    async def get(self, tenant: str, sandbox_id: str) -> SandboxRecord:
+        checked_sandbox_id(sandbox_id)
+        try:
+            entry = await self._sandboxes.get(sandbox_id)
+        except KeyNotFoundError:
+            raise SandboxNotFound(sandbox_id) from None
+        if entry.value is None:
+            raise SandboxNotFound(sandbox_id)
+        record = decode(SandboxRecord, entry.value)
+        if record.tenant != tenant:
+            raise SandboxNotFound(sandbox_id)  # another tenant's: invisible, not forbidden
+        if not await self._worker_alive(record.worker_id):
+            await self._forget(record)
+            raise SandboxNotFound(sandbox_id)
+        return record
+
+    async def list(self, tenant: str, *, state: SandboxState | None = None) -> list[SandboxRecord]:
+        try:
+            keys = await self._sandboxes.keys()
+        except NoKeysError:
+            return []
+        live: dict[str, bool] = {}
+        out = []
+        for key in keys:
+            try:
+                entry = await self._sandboxes.get(key)
+            except KeyNotFoundError:
+                continue
+            if entry.value is None:
+                continue
+            try:
+                record = decode(SandboxRecord, entry.value)
+            except SchemaError:
+                continue
+            if record.tenant != tenant or (state is not None and record.state != state):
+                continue
+            if record.worker_id not in live:
+                live[record.worker_id] = await self._worker_alive(record.worker_id)
+            if not live[record.worker_id]:
+                await self._forget(record)
+                continue
+            out.append(record)
+        out.sort(key=lambda r: (r.started_at, r.sandbox_id))
+        return out
+
+    async def control(
+        self, tenant: str, sandbox_id: str, op: ControlOp, *, timeout_s: int | None = None
+    ) -> SandboxReply:
+        record = await self.get(tenant, sandbox_id)
+        request = SandboxControl(
+            sandbox_id=sandbox_id, op=op, timeout_s=self._timeout(timeout_s) if timeout_s is not None else None
+        )
+        subject = names.worker_sandbox_subject(record.worker_id, "control")
+        try:
+            return await self._request(subject, encode(request), CONTROL_TIMEOUT_S, "the sandbox's worker is gone")
+        except Unavailable:
+            if not await self._worker_alive(record.worker_id):
+                await self._forget(record)
+                raise SandboxNotFound(sandbox_id) from None
+            raise
+
+    async def metrics(self, tenant: str, sandbox_id: str) -> list[SandboxMetric]:
+        return (await self.control(tenant, sandbox_id, "metrics")).metrics
+
+    def _timeout(self, timeout_s: int | None) -> int:
+        limits = self.settings.sandboxes
+        if timeout_s is None:
+            return limits.default_timeout_s
+        if not 0 < timeout_s <= limits.max_timeout_s:
+            raise InvalidRequest(f"timeout must be between 1 and {limits.max_timeout_s} seconds, got {timeout_s}")
+        return timeout_s
+
+    async def _request(self, subject: str, data: bytes, timeout: float, unavailable: str) -> SandboxReply:
+        try:
+            msg = await self._nc.request(subject, data, timeout=timeout)
+        except (NoRespondersError, NatsTimeoutError):
+            raise Unavailable(unavailable) from None
+        reply = decode(SandboxReply, msg.data)
+        if reply.error_code is not None:
+            kind = _ERRORS.get(reply.error_code, SoulboxError)
+            raise kind(reply.error_message or reply.error_code, code=reply.error_code)
+        return reply
+
+    async def _worker_alive(self, worker_id: str) -> bool:
+        try:
+            entry = await self._workers.get(worker_id)
+        except KeyNotFoundError:
+            return False
+        if entry.value is None:
+            return False
+        try:
+            beat = decode(WorkerHeartbeat, entry.value)
+        except SchemaError:
+            return False
+        silent = (utcnow() - beat.at).total_seconds()
+        return not beat.draining and silent < self.settings.worker.heartbeat_ttl_s
+
+    async def _forget(self, record: SandboxRecord) -> None:
+        log.info("sandbox.stale_record_removed", sandbox=record.sandbox_id, worker=record.worker_id)
+        try:
+            await self._sandboxes.delete(record.sandbox_id)
+        except Exception as exc:  # another gateway removed it first, or NATS is away: harmless either way
+            log.debug("sandbox.stale_record_not_removed", error=repr(exc))

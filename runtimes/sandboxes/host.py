@@ -1,0 +1,339 @@
+"""The sandboxes one worker hosts: a warm pool per template, lifecycle, timeouts and records.
+
+Requests arrive over core NATS on the worker's own subjects
+(:func:`~soulbox.core.names.worker_sandbox_subject`): ``create`` from a
+scheduler that placed the sandbox here, ``control`` from the gateway (kill,
+pause, resume, set_timeout, metrics). The :class:`SandboxRecord` of every hosted
+sandbox is kept current in the sandboxes bucket, where the gateway reads it;
+it is deleted when the sandbox ends. A sandbox is handed out from the pool:
+started ahead of demand, then given its user's env vars and access token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import time
+from collections import deque
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js.kv import KeyValue
+
+from soulbox.core import names
+from soulbox.core.codec import decode, encode
+from soulbox.core.errors import Conflict, InvalidRequest, NotFound, Overloaded, SoulboxError
+from soulbox.core.logging import get_logger
+from soulbox.core.sandboxes import (
+    SandboxControl,
+    SandboxCreate,
+    SandboxMetric,
+    SandboxRecord,
+    SandboxReply,
+    SandboxState,
+)
+from soulbox.core.schemas import utcnow
+from soulbox.core.settings import Settings
+
+from ..linux.box import Box, BoxLimits
+from ..linux.sandbox import Launcher
+from .envd import EnvdClient
+from .templates import HOME, Template, Templates
+
+log = get_logger(__name__)
+
+MIB = 1024 * 1024
+ENVD_VERSION = "0.4.0"  # the envd API level SoulBox's daemon speaks (the SDK checks for >= 0.1.0)
+METRICS_INTERVAL_S = 5.0
+METRICS_KEPT = 720  # one hour of 5 s samples
+
+
+@dataclass(eq=False)
+class Hosted:
+    box: Box
+    record: SandboxRecord
+    envd: EnvdClient
+    deadline: asyncio.TimerHandle | None = None
+    samples: deque[SandboxMetric] = field(default_factory=lambda: deque(maxlen=METRICS_KEPT))
+    last_cpu: tuple[float, int] | None = None  # (monotonic time, cpu ns) of the last sample
+
+
+class SandboxHost:
+    def __init__(self, settings: Settings, nc: NATS, kv: KeyValue, launcher: Launcher, templates: Templates) -> None:
+        self.settings = settings.sandboxes
+        self.worker_id = settings.worker.id
+        self._nc = nc
+        self._kv = kv
+        self._launcher = launcher
+        self._templates = templates
+        self._hosted: dict[str, Hosted] = {}
+        self._pool: dict[str, list[Box]] = {}
+        self._starting = 0
+        self._subs: list[Subscription] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
+
+    @property
+    def count(self) -> int:
+        """Sandboxes held now: handed out, pooled and being started."""
+        return len(self._hosted) + sum(len(p) for p in self._pool.values()) + self._starting
+
+    @property
+    def in_use(self) -> int:
+        return len(self._hosted)
+
+    def get(self, sandbox_id: str) -> Hosted | None:
+        return self._hosted.get(sandbox_id)
+
+    async def start(self) -> None:
+        for action, cb in (("create", self._on_create), ("control", self._on_control)):
+            self._subs.append(await self._nc.subscribe(names.worker_sandbox_subject(self.worker_id, action), cb=cb))
+        self._spawn(self._sample_forever())
+        if self.settings.pool_size:
+            self._spawn(self._fill("base"))
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for sub in self._subs:
+            await sub.unsubscribe()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for sandbox_id in list(self._hosted):
+            await self._end(sandbox_id, "worker stopping")
+        for pool in self._pool.values():
+            for box in pool:
+                await box.close()
+        self._pool.clear()
+
+    # Requests --------------------------------------------------------------------------------
+
+    async def _on_create(self, msg: Msg) -> None:
+        try:
+            record = await self.create(decode(SandboxCreate, msg.data))
+            reply = SandboxReply(record=record)
+        except SoulboxError as exc:
+            reply = SandboxReply(error_code=exc.code, error_message=exc.message)
+        except Exception as exc:
+            log.exception("sandbox.create_failed")
+            reply = SandboxReply(error_code="sandbox_error", error_message=f"the sandbox could not start: {exc}")
+        await msg.respond(encode(reply))
+
+    async def _on_control(self, msg: Msg) -> None:
+        try:
+            reply = await self.control(decode(SandboxControl, msg.data))
+        except SoulboxError as exc:
+            reply = SandboxReply(error_code=exc.code, error_message=exc.message)
+        await msg.respond(encode(reply))
+
+    async def create(self, request: SandboxCreate) -> SandboxRecord:
+        if self._closed:
+            raise Overloaded("this worker is stopping")
+        if request.sandbox_id in self._hosted:
+            return self._hosted[request.sandbox_id].record  # a retried create: the same sandbox
+        template = await self._templates.get(request.template)
+        pool = self._pool.get(template.name, [])
+        box = pool.pop() if pool else None
+        if box is None:
+            if self.count >= self.settings.capacity:
+                raise Overloaded(f"worker {self.worker_id} hosts {self.settings.capacity} sandboxes already")
+            box = await self._start_box(template)
+        envd = EnvdClient(box.socket)
+        token = secrets.token_urlsafe(24)
+        try:
+            await envd.init(request.env_vars, token)
+        except BaseException:
+            await envd.aclose()
+            await box.close()
+            raise
+        now = utcnow()
+        record = SandboxRecord(
+            sandbox_id=request.sandbox_id,
+            tenant=request.tenant,
+            template=template.name,
+            worker_id=self.worker_id,
+            state=SandboxState.RUNNING,
+            started_at=now,
+            end_at=now + timedelta(seconds=request.timeout_s),
+            auto_pause=request.auto_pause,
+            metadata=request.metadata,
+            cpu_count=self.settings.cpu_count,
+            memory_mb=self.settings.memory_mb,
+            disk_mb=self.settings.disk_mb,
+            envd_version=ENVD_VERSION,
+            access_token=token,
+        )
+        hosted = Hosted(box, record, envd)
+        self._hosted[request.sandbox_id] = hosted
+        self._arm(hosted, request.timeout_s)
+        await self._save(record)
+        self._spawn(self._watch(request.sandbox_id, box))
+        if self.settings.pool_size:
+            self._spawn(self._fill(template.name))
+        log.info("sandbox.created", sandbox=request.sandbox_id, template=template.name, tenant=request.tenant)
+        return record
+
+    async def control(self, request: SandboxControl) -> SandboxReply:
+        hosted = self._hosted.get(request.sandbox_id)
+        if hosted is None:
+            raise NotFound(f"sandbox {request.sandbox_id!r} is not running", code="sandbox_not_found")
+        record = hosted.record
+        if request.op == "kill":
+            await self._end(request.sandbox_id, "killed")
+            return SandboxReply(record=record)
+        if request.op == "metrics":
+            return SandboxReply(record=record, metrics=[*hosted.samples, self._sample(hosted)])
+        if request.op == "pause":
+            if record.state == SandboxState.PAUSED:
+                raise Conflict(f"sandbox {request.sandbox_id!r} is already paused", code="sandbox_paused")
+            await self._pause(hosted)
+        elif request.op == "resume":
+            if record.state == SandboxState.RUNNING:
+                if request.timeout_s:
+                    self._arm(hosted, request.timeout_s)
+                    await self._update(hosted, end_at=utcnow() + timedelta(seconds=request.timeout_s))
+                return SandboxReply(record=hosted.record)
+            hosted.box.thaw()
+            remaining = request.timeout_s or int(record.remaining_s or self.settings.default_timeout_s)
+            self._arm(hosted, remaining)
+            await self._update(
+                hosted, state=SandboxState.RUNNING, end_at=utcnow() + timedelta(seconds=remaining), remaining_s=None
+            )
+            log.info("sandbox.resumed", sandbox=request.sandbox_id)
+        elif request.op == "set_timeout":
+            if request.timeout_s is None:
+                raise InvalidRequest("set_timeout needs timeout_s")
+            if record.state == SandboxState.PAUSED:
+                await self._update(hosted, remaining_s=float(request.timeout_s))
+            else:
+                self._arm(hosted, request.timeout_s)
+                await self._update(hosted, end_at=utcnow() + timedelta(seconds=request.timeout_s))
+        return SandboxReply(record=hosted.record)
+
+    # Lifecycle -------------------------------------------------------------------------------
+
+    async def _start_box(self, template: Template) -> Box:
+        self._starting += 1
+        try:
+            limits = BoxLimits(
+                memory_bytes=self.settings.memory_mb * MIB,
+                cpu_quota=float(self.settings.cpu_count),
+                pids_max=self.settings.pids_max,
+                disk_bytes=self.settings.disk_mb * MIB,
+            )
+            return await self._launcher.start(
+                secrets.token_hex(8),
+                template.command,
+                limits=limits,
+                env=template.env,
+                ro_binds=template.ro_binds,
+                home=HOME,
+                ready=template.ready,
+                ready_timeout=self.settings.ready_timeout_s,
+            )
+        finally:
+            self._starting -= 1
+
+    async def _fill(self, name: str) -> None:
+        """Top the template's pool up to ``pool_size`` within the capacity."""
+        template = await self._templates.get(name)
+        pool = self._pool.setdefault(name, [])
+        while not self._closed and len(pool) < self.settings.pool_size and self.count < self.settings.capacity:
+            try:
+                pool.append(await self._start_box(template))
+            except SoulboxError as exc:
+                log.warning("sandbox.pool_start_failed", template=name, error=exc.message)
+                return
+
+    def _arm(self, hosted: Hosted, timeout_s: float) -> None:
+        if hosted.deadline is not None:
+            hosted.deadline.cancel()
+        sandbox_id = hosted.record.sandbox_id
+        hosted.deadline = asyncio.get_running_loop().call_later(
+            timeout_s, lambda: self._spawn(self._expire(sandbox_id))
+        )
+
+    async def _expire(self, sandbox_id: str) -> None:
+        hosted = self._hosted.get(sandbox_id)
+        if hosted is None:
+            return
+        if hosted.record.auto_pause and hosted.record.state == SandboxState.RUNNING:
+            await self._pause(hosted)
+        else:
+            await self._end(sandbox_id, "timeout")
+
+    async def _pause(self, hosted: Hosted) -> None:
+        if hosted.deadline is not None:
+            hosted.deadline.cancel()
+            hosted.deadline = None
+        await hosted.box.freeze()
+        remaining = max(1.0, (hosted.record.end_at - utcnow()).total_seconds())
+        await self._update(hosted, state=SandboxState.PAUSED, remaining_s=remaining)
+        log.info("sandbox.paused", sandbox=hosted.record.sandbox_id)
+
+    async def _watch(self, sandbox_id: str, box: Box) -> None:
+        await box.ended()
+        hosted = self._hosted.get(sandbox_id)
+        if hosted is not None and hosted.box is box:
+            await self._end(sandbox_id, "exited")
+
+    async def _end(self, sandbox_id: str, reason: str) -> None:
+        hosted = self._hosted.pop(sandbox_id, None)
+        if hosted is None:
+            return
+        if hosted.deadline is not None:
+            hosted.deadline.cancel()
+        await hosted.envd.aclose()
+        await hosted.box.close()
+        with contextlib.suppress(Exception):  # NATS away: the record dies with this worker's liveness
+            await self._kv.delete(sandbox_id)
+        log.info("sandbox.ended", sandbox=sandbox_id, reason=reason)
+
+    async def _update(self, hosted: Hosted, **changes: object) -> None:
+        hosted.record = hosted.record.model_copy(update=changes)
+        await self._save(hosted.record)
+
+    async def _save(self, record: SandboxRecord) -> None:
+        await self._kv.put(record.sandbox_id, encode(record))
+
+    # Metrics ---------------------------------------------------------------------------------
+
+    def _sample(self, hosted: Hosted) -> SandboxMetric:
+        usage = hosted.box.usage()
+        now = time.monotonic()
+        pct = 0.0
+        if usage.cpu_ns is not None:
+            if hosted.last_cpu is not None and now > hosted.last_cpu[0]:
+                used_s = (usage.cpu_ns - hosted.last_cpu[1]) / 1e9
+                pct = max(0.0, 100.0 * used_s / (now - hosted.last_cpu[0]) / hosted.record.cpu_count)
+            hosted.last_cpu = (now, usage.cpu_ns)
+        disk_total = hosted.record.disk_mb * MIB
+        return SandboxMetric(
+            cpu_count=hosted.record.cpu_count,
+            cpu_used_pct=round(pct, 2),
+            mem_used=usage.memory_bytes,
+            mem_total=hosted.record.memory_mb * MIB,
+            disk_used=hosted.box.disk_used(HOME),
+            disk_total=disk_total,
+        )
+
+    async def _sample_forever(self) -> None:
+        while True:
+            await asyncio.sleep(METRICS_INTERVAL_S)
+            for hosted in list(self._hosted.values()):
+                if hosted.record.state == SandboxState.RUNNING and hosted.box.alive:
+                    with contextlib.suppress(OSError):
+                        hosted.samples.append(self._sample(hosted))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)

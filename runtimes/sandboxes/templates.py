@@ -1,0 +1,94 @@
+"""Sandbox templates: what a sandbox runs and sees besides the shared root.
+
+``base`` is a box with the in-sandbox daemon (envd) only; ``code-interpreter-v1``
+(the name the ``e2b-code-interpreter`` SDK asks for) adds the code-interpreter
+server on port 49999 and a Python environment with numpy, pandas and
+matplotlib, built once per worker host (:mod:`soulbox.runtimes.linux.pyenv`)
+and bound read-only. SoulBox's in-sandbox programs are stdlib-only packages
+bound read-only under ``/opt/soulbox`` and run by the system ``python3``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import shlex
+from dataclasses import dataclass, field
+
+from soulbox.core.errors import NotFound, Unavailable
+from soulbox.core.settings import Settings
+
+from ..linux.box import RUN_DIR, SOCKET_NAME
+from ..linux.pyenv import DATA_SCIENCE_PACKAGES, ensure_python_env
+
+GUEST_ROOT = "/opt/soulbox"
+HOME = "/home/user"
+ENVD_READY = b"envd ready"
+INTERPRETER_READY = b"interpreter ready"
+INTERPRETER_PORT = 49999
+BASE_ENV = {
+    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "HOME": HOME,
+    "USER": "user",
+    "LANG": "C.UTF-8",
+    "TERM": "xterm-256color",
+    "PYTHONPATH": GUEST_ROOT,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Template:
+    name: str
+    command: list[str]  # the box's pid-1 command (envd, plus the template's servers)
+    ready: tuple[bytes, ...]  # every marker the command prints once serving
+    ro_binds: dict[str, str] = field(default_factory=dict)  # host path -> sandbox path
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def _package_dir(name: str) -> str:
+    """Where a guest package's sources are, found without importing it into the worker."""
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise Unavailable(f"the guest package {name} is not installed")
+    return str(spec.submodule_search_locations[0])
+
+
+class Templates:
+    """The templates this worker can start; environments are built on first use."""
+
+    NAMES = ("base", "code-interpreter-v1")
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._python = settings.linux.python
+        self._built: dict[str, Template] = {}
+        self._lock = asyncio.Lock()
+
+    async def get(self, name: str) -> Template:
+        if name not in self.NAMES:
+            raise NotFound(
+                f"template {name!r} does not exist (known: {', '.join(self.NAMES)})", code="template_not_found"
+            )
+        async with self._lock:
+            if name not in self._built:
+                self._built[name] = await self._build(name)
+            return self._built[name]
+
+    async def _build(self, name: str) -> Template:
+        binds = {_package_dir("soulbox.runtimes.linux.envd"): f"{GUEST_ROOT}/envd"}
+        envd_cmd = [self._python, "-m", "envd", "--socket", f"{RUN_DIR}/{SOCKET_NAME}"]
+        if name == "base":
+            return Template(name, envd_cmd, (ENVD_READY,), binds, dict(BASE_ENV))
+        env_dir = await ensure_python_env(
+            self._settings.data_dir / "templates" / "pyenv", DATA_SCIENCE_PACKAGES, python=self._python
+        )
+        binds[_package_dir("soulbox.runtimes.linux.interpreter")] = f"{GUEST_ROOT}/interpreter"
+        binds[str(env_dir)] = str(env_dir)
+        server = [
+            self._python, "-m", "interpreter", "--port", str(INTERPRETER_PORT),
+            "--python", str(env_dir / "bin" / "python"), "--cwd", HOME,
+        ]  # fmt: skip
+        # One pid-1 command: the server in the background, then envd in the shell's place (it reaps both).
+        script = f"{shlex.join(server)} & exec {shlex.join(envd_cmd)}"
+        env = dict(BASE_ENV, PATH=f"{env_dir / 'bin'}:{BASE_ENV['PATH']}", VIRTUAL_ENV=str(env_dir))
+        return Template(name, ["/bin/sh", "-c", script], (ENVD_READY, INTERPRETER_READY), binds, env)
