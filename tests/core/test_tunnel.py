@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import os
 import signal
 import subprocess
@@ -166,8 +167,8 @@ async def test_long_stream_arrives_incrementally(client: TunnelClient, server_nc
         arrivals = [(time.monotonic() - started, chunk) async for chunk in stream]
     assert [chunk for _, chunk in arrivals] == [f"tick {i}\n".encode() for i in range(10)]
     assert arrivals[0][0] < 0.5
-    assert arrivals[-1][0] > 2.5  # the ticks came as they were made, spaced by the idle pings' period
-    gaps = [b[0] - a[0] for a, b in zip(arrivals, arrivals[1:], strict=False)]
+    assert arrivals[-1][0] > 2.5  # each tick arrived when it was made, not all at the end
+    gaps = [b[0] - a[0] for a, b in itertools.pairwise(arrivals)]
     assert min(gaps) > 0.15
 
 
@@ -254,7 +255,11 @@ async def test_handler_errors_become_error_frames(client: TunnelClient, server_n
         raise KeyError("bug")
 
     async with serve(server_nc, failing) as server:
-        for path, code in [("/refused", "sandbox_unreachable"), ("/ours", "sandbox_paused"), ("/bug", "upstream_error")]:
+        for path, code in [
+            ("/refused", "sandbox_unreachable"),
+            ("/ours", "sandbox_paused"),
+            ("/bug", "upstream_error"),
+        ]:
             with pytest.raises(TunnelRemoteError) as info:
                 await client.open(SUBJECT, head(path), b"")
             assert info.value.code == code
