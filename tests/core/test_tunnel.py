@@ -7,7 +7,6 @@ import hashlib
 import itertools
 import os
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -327,25 +326,27 @@ asyncio.run(main())
 
 
 async def test_killed_server_is_detected_within_the_idle_timeout(client: TunnelClient, settings: Settings) -> None:
-    proc = subprocess.Popen(
-        [sys.executable, "-c", KILLABLE_SERVER, settings.nats.urls[0], SUBJECT], stdout=subprocess.PIPE
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", KILLABLE_SERVER, settings.nats.urls[0], SUBJECT, stdout=asyncio.subprocess.PIPE
     )
     try:
         assert proc.stdout is not None
-        assert await asyncio.to_thread(proc.stdout.readline) == b"ready\n"
+        assert await proc.stdout.readline() == b"ready\n"
         stream = await client.open(SUBJECT, head(method="GET"), b"")
         received = 0
+        killed_at = 0.0
         with pytest.raises(TunnelPeerLost):
             async for chunk in stream:
                 received += len(chunk)
-                if received >= 5000 and proc.poll() is None:
+                if received >= 5000 and not killed_at:
                     proc.send_signal(signal.SIGKILL)
                     killed_at = time.monotonic()
-        assert time.monotonic() - killed_at < FAST.idle_timeout_s
+        assert killed_at and time.monotonic() - killed_at < FAST.idle_timeout_s
         assert client.open_streams == 0
     finally:
-        proc.kill()
-        proc.wait()
+        if proc.returncode is None:
+            proc.kill()
+        await proc.wait()
 
 
 async def test_vanished_client_is_detected_by_the_server(settings: Settings, server_nc: NATS) -> None:
