@@ -23,7 +23,7 @@ from starlette.types import Scope
 from soulbox.core import names
 from soulbox.core.bus import connect
 from soulbox.core.errors import NotFound, TunnelError
-from soulbox.core.natsserver import free_port
+from soulbox.core.natsserver import free_port, wait_for_port
 from soulbox.core.settings import Settings
 from soulbox.core.tunnel import TunnelClient, TunnelRequest, TunnelResponse, TunnelServer, TunnelSettings
 from soulbox.gateway.errors import EXCEPTION_HANDLERS
@@ -33,6 +33,10 @@ pytestmark = pytest.mark.timeout(60)
 
 SUBJECT = names.worker_tunnel_subject("w1")
 FAST = TunnelSettings(ping_interval_s=0.2, idle_timeout_s=1.5, open_timeout_s=2.0)
+
+
+async def wait_for_port_async(port: int) -> None:
+    await asyncio.to_thread(wait_for_port, "127.0.0.1", port, 10.0)
 
 
 class Worker:
@@ -130,8 +134,7 @@ async def base_url(nc: NATS) -> AsyncIterator[str]:
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
     serving = asyncio.create_task(server.serve())
-    while not server.started:
-        await asyncio.sleep(0.01)
+    await wait_for_port_async(port)
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
@@ -188,10 +191,9 @@ async def test_streamed_response_arrives_incrementally(worker: Worker, base_url:
 
 
 async def test_client_disconnect_cancels_the_upstream(worker: Worker, base_url: str) -> None:
-    async with httpx.AsyncClient(base_url=base_url) as http:
-        async with http.stream("GET", "/sandboxes/sb1/forever") as response:
-            async for _ in response.aiter_raw():
-                break
+    async with httpx.AsyncClient(base_url=base_url) as http, http.stream("GET", "/sandboxes/sb1/forever") as response:
+        async for _ in response.aiter_raw():
+            break
     await asyncio.wait_for(worker.cancelled.wait(), 3)
 
 
