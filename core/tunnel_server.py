@@ -41,6 +41,9 @@ log = get_logger(__name__)
 
 K = TunnelFrameKind
 SUB_PENDING_BYTES = 256 * 1024 * 1024
+# A request that came whole is accepted by its response head when the handler answers
+# within this long (one frame fewer per small request), else by an explicit accept.
+ACCEPT_DELAY_S = 0.02
 
 
 @dataclass(slots=True)
@@ -63,7 +66,7 @@ class _ServerStream:
         self.body = Inbound(window, self._grant)
         self.request = TunnelRequest.of(head, self.body)
         self.task: asyncio.Task[None] | None = None
-        self.responded = False
+        self.accept_timer: asyncio.TimerHandle | None = None
 
     async def _grant(self, frames: int) -> None:
         await self.link.send(K.CREDIT, credit=frames)
@@ -84,7 +87,13 @@ class _ServerStream:
         elif frame.kind is not K.PING:
             raise TunnelProtocolError(f"unexpected {frame.kind} frame from the tunnel client")
 
+    def cancel_accept(self) -> None:
+        if self.accept_timer is not None:
+            self.accept_timer.cancel()
+            self.accept_timer = None
+
     def cancel(self, exc: TunnelError) -> None:
+        self.cancel_accept()
         self.body.fail(exc)
         self.credit.fail(exc)
         if self.task is not None:
@@ -108,6 +117,7 @@ class TunnelServer:
         self._streams: dict[str, _ServerStream] = {}
         self._sub: Subscription | None = None
         self._ticker: asyncio.Task[None] | None = None
+        self._accepting: set[asyncio.Task[None]] = set()
         self.stats = TunnelServerStats()
 
     @property
@@ -185,12 +195,24 @@ class TunnelServer:
         stream.credit.grant(frame.credit)  # the response body's initial window
         self._streams[frame.sid] = stream
         self.stats.opened += 1
-        # The accept: the request body's credit (none needed when it came whole with the open).
-        await link.send(K.CREDIT, credit=0 if frame.fin else self.settings.window)
         stream.body.push(frame.data, counted=False)
         if frame.fin:
             stream.body.finish()
+            stream.accept_timer = asyncio.get_running_loop().call_later(ACCEPT_DELAY_S, self._accept_late, stream)
+        else:
+            await link.send(K.CREDIT, credit=self.settings.window)  # the accept, with the body's credit
         stream.task = asyncio.create_task(self._serve(stream), name=f"tunnel-stream-{frame.sid}")
+
+    def _accept_late(self, stream: _ServerStream) -> None:
+        stream.accept_timer = None
+        if stream.link.sid in self._streams:
+            task = asyncio.create_task(self._send_accept(stream))
+            self._accepting.add(task)
+            task.add_done_callback(self._accepting.discard)
+
+    async def _send_accept(self, stream: _ServerStream) -> None:
+        with contextlib.suppress(TunnelError):
+            await stream.link.send(K.CREDIT, credit=0)
 
     async def _refuse(self, sid: str, reply: str, code: str, message: str) -> None:
         frame = TunnelFrame(sid=sid, kind=K.ERROR, seq=0, fault=TunnelFault(code=code, message=message))
@@ -215,6 +237,7 @@ class TunnelServer:
             with contextlib.suppress(TunnelError):
                 await stream.link.send(K.ERROR, fault=fault)
         finally:
+            stream.cancel_accept()
             self.stats.credit_waits += stream.credit.waits
             self._streams.pop(stream.link.sid, None)
             # Runs the handler's generator's finally now, even when it waits at a yield
@@ -226,6 +249,7 @@ class TunnelServer:
                         await aclose()
 
     async def _respond(self, stream: _ServerStream, response: TunnelResponse, body: AsyncIterator[bytes]) -> None:
+        stream.cancel_accept()  # the head accepts
         head = TunnelResponseHead(status=response.status, headers=response.headers)
         whole = response.body
         if isinstance(whole, bytes | bytearray | memoryview) and len(whole) <= self.settings.chunk_for(self._nc):

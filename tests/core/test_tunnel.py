@@ -27,6 +27,7 @@ from soulbox.core.errors import (
     TunnelPeerLost,
     TunnelProtocolError,
     TunnelRemoteError,
+    TunnelTimeout,
     TunnelUnreachable,
 )
 from soulbox.core.schemas import TunnelFault, TunnelFrame, TunnelFrameKind, TunnelResponseHead
@@ -77,6 +78,14 @@ async def client(nc: NATS) -> AsyncIterator[TunnelClient]:
         yield tunnel
 
 
+async def settled(server: TunnelServer) -> None:
+    """Wait until the server has finished its streams (a loaded machine may lag a bit)."""
+    for _ in range(200):
+        if server.open_streams == 0:
+            return
+        await asyncio.sleep(0.01)
+
+
 def serve(server_nc: NATS, handler: Handler, settings: TunnelSettings = FAST) -> TunnelServer:
     return TunnelServer(server_nc, SUBJECT, handler, settings=settings)
 
@@ -92,7 +101,7 @@ async def test_echo_small_and_streamed_bodies(client: TunnelClient, server_nc: N
         stream = await client.open(SUBJECT, head(), pieces(body, 70_000))
         assert await stream.read() == body
         assert client.open_streams == 0
-        await asyncio.sleep(0.05)
+        await settled(server)
         assert server.open_streams == 0 and server.stats.completed == 2
 
 
@@ -147,7 +156,7 @@ async def test_slow_reader_makes_the_server_wait_for_credit(client: TunnelClient
             await asyncio.sleep(0.01)
         assert b"".join(received) == body
         assert stream.body.max_buffered <= settings.window
-        await asyncio.sleep(0.05)
+        await settled(s)
         assert s.stats.credit_waits > 0 and s.stats.protocol_errors == 0 and s.stats.completed == 1
 
 
@@ -182,7 +191,7 @@ async def test_50_concurrent_streams(client: TunnelClient, server_nc: NATS) -> N
 
         results = await asyncio.gather(*(one(i) for i in range(50)))
         assert results == bodies
-        await asyncio.sleep(0.05)
+        await settled(server)
         assert server.stats.completed == 50 and server.open_streams == 0
 
 
@@ -208,7 +217,7 @@ async def test_client_cancel_runs_the_handlers_finally(client: TunnelClient, ser
         await asyncio.wait_for(closed.wait(), 2)
         with pytest.raises(TunnelClosed):
             await stream.body.__anext__()
-        await asyncio.sleep(0.05)
+        await settled(server)
         assert server.open_streams == 0 and server.stats.cancelled == 1
 
 
@@ -277,6 +286,27 @@ async def test_no_server_fails_fast(client: TunnelClient) -> None:
     assert info.value.code == "sandbox_unreachable"
     with pytest.raises(TunnelUnreachable):  # also with a streamed body
         await client.open(names.worker_tunnel_subject("nobody"), head(), pieces(b"x" * 200_000, 1000))
+    assert client.open_streams == 0
+
+
+async def test_a_slow_handler_is_accepted_before_it_answers(client: TunnelClient, server_nc: NATS) -> None:
+    async def slow(request: TunnelRequest) -> TunnelResponse:
+        await asyncio.sleep(0.6)
+        return TunnelResponse(200, body=await request.body.read())
+
+    async with serve(server_nc, slow):
+        for body in (b"whole", pieces(b"streamed" * 10_000, 7000)):
+            stream = await client.open(SUBJECT, head(), body, timeout=0.2)
+            assert (await stream.read()).startswith((b"whole", b"streamed"))
+
+
+async def test_a_silent_subscriber_times_out(client: TunnelClient, server_nc: NATS) -> None:
+    await server_nc.subscribe(SUBJECT)  # listens, never answers
+    await server_nc.flush()
+    started = time.monotonic()
+    with pytest.raises(TunnelTimeout):
+        await client.open(SUBJECT, head(), b"x", timeout=0.3)
+    assert time.monotonic() - started < 1.0
     assert client.open_streams == 0
 
 
