@@ -17,7 +17,14 @@ handler; nothing below the gateway knows about HTTP.
      ├── InvocationTimeout       the invocation did not finish in time
      ├── FunctionFailed          the function ran and failed (trap, exit, OOM)
      ├── Unavailable             a dependency (NATS) is not reachable
-     └── SchemaError             a wire message that cannot be decoded
+     ├── SchemaError             a wire message that cannot be decoded
+     └── TunnelError             an HTTP stream over NATS failed (code: tunnel_error)
+          ├── TunnelUnreachable  no tunnel server listens on the subject (sandbox_unreachable)
+          ├── TunnelTimeout      the tunnel server did not answer the open in time
+          ├── TunnelPeerLost     the other side went silent or away mid-stream
+          ├── TunnelProtocolError  a lost frame (sequence gap), credit overrun or bad frame
+          ├── TunnelRemoteError  the server's handler failed; ``code`` is the handler's
+          └── TunnelClosed       the stream was closed or cancelled on purpose
 """
 
 from __future__ import annotations
@@ -104,3 +111,34 @@ class Unavailable(SoulboxError):
 
 class SchemaError(SoulboxError):
     code = "schema_error"
+
+
+class TunnelError(SoulboxError):
+    code = "tunnel_error"
+
+
+class TunnelUnreachable(TunnelError):
+    code = "sandbox_unreachable"
+
+
+class TunnelTimeout(TunnelError):
+    code = "tunnel_timeout"
+
+
+class TunnelPeerLost(TunnelError):
+    code = "tunnel_peer_lost"
+
+
+class TunnelProtocolError(TunnelError):
+    code = "tunnel_protocol_error"
+
+
+class TunnelRemoteError(TunnelError):
+    """The tunnel server reported a failure; ``code`` is the one it sent."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message, code=code)
+
+
+class TunnelClosed(TunnelError):
+    code = "tunnel_closed"

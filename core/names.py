@@ -94,6 +94,14 @@ def worker_sandbox_subject(worker_id: str, action: str = "*") -> str:
     return f"sb.workers.{worker_id}.sandboxes.{action}"
 
 
+def worker_tunnel_subject(worker_id: str) -> str:
+    """Core NATS subject of a worker's HTTP tunnel server (every client->server frame).
+
+    Outside ``sb.workers.`` so that bulk stream data never reaches a ``sb.workers.>`` listener.
+    """
+    return f"sb.tunnel.{worker_id}"
+
+
 def function_key(tenant: str, name: str) -> str:
     return f"{tenant}.{name}"
 

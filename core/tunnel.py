@@ -1,0 +1,45 @@
+"""A streaming HTTP tunnel over core NATS: the gateway's only path to a sandbox's worker.
+
+A ``TunnelClient`` (gateway) opens a stream to a ``TunnelServer`` (worker) on
+the worker's subject (``names.worker_tunnel_subject``); the request body
+streams up and the response streams down as msgpack ``TunnelFrame``s, under
+credit windows in both directions (core NATS drops what a slow subscriber
+cannot take, so nothing is ever sent without credit), with per-direction
+sequence numbers (a lost frame fails the stream, it never shortens a body),
+pings while idle and an idle timeout (a killed worker or gateway is noticed
+and the other side cleans up), and cancellation in both directions.
+
+    client = TunnelClient(nc, settings=TunnelSettings())
+    await client.start()
+    stream = await client.open(subject, TunnelRequestHead(method="GET", path="/x"), body)
+    stream.status, stream.headers
+    async for chunk in stream: ...
+    await stream.aclose()
+
+    async def handler(request: TunnelRequest) -> TunnelResponse: ...
+    async with TunnelServer(nc, subject, handler): ...
+
+Errors (``soulbox.core.errors``): ``TunnelError`` and its subclasses.
+"""
+
+from __future__ import annotations
+
+from .schemas import TunnelRequestHead, TunnelResponseHead
+from .tunnel_client import TunnelClient, TunnelStream
+from .tunnel_flow import Body, Handler, Inbound, TunnelRequest, TunnelResponse, TunnelSettings
+from .tunnel_server import TunnelServer, TunnelServerStats
+
+__all__ = [
+    "Body",
+    "Handler",
+    "Inbound",
+    "TunnelClient",
+    "TunnelRequest",
+    "TunnelRequestHead",
+    "TunnelResponse",
+    "TunnelResponseHead",
+    "TunnelServer",
+    "TunnelServerStats",
+    "TunnelSettings",
+    "TunnelStream",
+]
