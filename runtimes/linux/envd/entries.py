@@ -12,6 +12,8 @@ import stat
 from .connect import ConnectError, Message
 
 METADATA_PREFIX = "user.e2b."
+# Uploads land in a hidden temporary file with this suffix first; watchers leave such files out.
+UPLOAD_SUFFIX = ".soulbox-upload"
 
 
 def resolve_path(path: str, home: str) -> str:

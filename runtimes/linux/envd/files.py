@@ -11,7 +11,7 @@ import tempfile
 import zlib
 from collections.abc import AsyncIterator
 
-from .entries import METADATA_PREFIX, resolve_path, write_info
+from .entries import METADATA_PREFIX, UPLOAD_SUFFIX, resolve_path, write_info
 from .http import HttpError, Request, Response
 from .multipart import MultipartError, MultipartParser, PartData, PartEnd, PartStart, boundary_of, disposition_params
 from .state import State
@@ -38,7 +38,7 @@ class _Upload:
         _make_parents(parent, user)
         if os.path.isdir(path):
             raise HttpError(400, f"{path} is a directory")
-        fd, self.temp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".upload", dir=parent)
+        fd, self.temp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=UPLOAD_SUFFIX, dir=parent)
         self.file = os.fdopen(fd, "wb")
 
     def write(self, data: bytes) -> None:

@@ -9,6 +9,8 @@ import os
 import struct
 from collections.abc import Callable
 
+from .entries import UPLOAD_SUFFIX
+
 IN_MODIFY = 0x002
 IN_ATTRIB = 0x004
 IN_MOVED_FROM = 0x040
@@ -98,7 +100,7 @@ class DirWatcher:
                     self.dirs.pop(wd, None)
                 continue
             directory = self.dirs.get(wd)
-            if directory is None:
+            if directory is None or name.endswith(UPLOAD_SUFFIX.encode()):
                 continue
             path = os.path.join(directory, os.fsdecode(name)) if name else directory
             if self.recursive and mask & IN_ISDIR and mask & (IN_CREATE | IN_MOVED_TO):
