@@ -1,9 +1,15 @@
-"""The `filesystem.Filesystem` Connect service: stat, list, mkdir, move, remove, and directory watching."""
+"""The `filesystem.Filesystem` Connect service: stat, list, mkdir, move, remove, and directory watching.
+
+envd stays single-threaded (PTY children are forked with a preexec hook, which threads would make
+unsafe), so local filesystem calls run inline on the event loop.
+"""
+# ruff: noqa: ASYNC240
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import os
 import shutil
 import stat
@@ -34,9 +40,9 @@ def _fs_type(path: str) -> str:
         with open("/proc/self/mounts") as f:
             for line in f:
                 parts = line.split()
-                if len(parts) >= 3 and (path == parts[1] or path.startswith(parts[1].rstrip("/") + "/")):
-                    if len(parts[1]) >= len(best):
-                        best, kind = parts[1], parts[2]
+                inside = len(parts) >= 3 and (path == parts[1] or path.startswith(parts[1].rstrip("/") + "/"))
+                if inside and len(parts[1]) >= len(best):
+                    best, kind = parts[1], parts[2]
     except OSError:
         return ""
     return kind.split(".")[0]
@@ -55,10 +61,8 @@ class Watch:
     def _sink(self, kind: str, name: str) -> None:
         event: Message = {"name": name, "type": kind}
         if self.include_entry and kind != "EVENT_TYPE_REMOVE" and kind != "EVENT_TYPE_RENAME":
-            try:
+            with contextlib.suppress(OSError):
                 event["entry"] = entry_info(os.path.join(self.path, name))
-            except OSError:
-                pass
         self.events.append(event)
         self.ready.set()
 

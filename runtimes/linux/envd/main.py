@@ -114,13 +114,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-async def serve(args: argparse.Namespace) -> None:
+def load_envs(path: str | None) -> dict[str, str]:
+    """The --env-file: a JSON object of default environment variables."""
+    if not path:
+        return {}
+    with open(path) as f:
+        loaded = json.load(f)
+    if not isinstance(loaded, dict):
+        raise SystemExit(f"envd: {path} must hold a JSON object")
+    return {str(k): str(v) for k, v in loaded.items()}
+
+
+async def serve(args: argparse.Namespace, envs: dict[str, str]) -> None:
     """Listen, announce readiness, run until SIGTERM/SIGINT."""
-    envs: dict[str, str] = {}
-    if args.env_file:
-        with open(args.env_file) as f:
-            loaded = json.load(f)
-        envs = {str(k): str(v) for k, v in loaded.items()}
     state = State(args.user, _home(args.home), os.environ.get("SOULBOX_ENVD_ACCESS_TOKEN") or None, envs)
     app = App(state)
     loop = asyncio.get_running_loop()
@@ -158,4 +164,4 @@ def main(argv: list[str] | None = None) -> None:
     """Run envd."""
     args = parse_args(argv)
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(args))
+        asyncio.run(serve(args, load_envs(args.env_file)))

@@ -63,6 +63,11 @@ def set_winsize(fd: int, rows: int, cols: int) -> None:
     fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
 
 
+def _resolve(future: asyncio.Future[bool]) -> None:
+    if not future.done():
+        future.set_result(True)
+
+
 def _exit_of(status: int) -> Exit:
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
@@ -121,7 +126,7 @@ class Process:
     async def _wait_readable(self, fd: int, timeout: float | None) -> bool:
         loop = asyncio.get_running_loop()
         ready = loop.create_future()
-        loop.add_reader(fd, lambda: ready.done() or ready.set_result(True))
+        loop.add_reader(fd, _resolve, ready)
         exited = asyncio.create_task(self._exited.wait())
         try:
             done, _ = await asyncio.wait({ready, exited}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
@@ -204,8 +209,8 @@ class Process:
             try:
                 written = os.write(fd, view)
             except BlockingIOError:
-                ready = loop.create_future()
-                loop.add_writer(fd, lambda: ready.done() or ready.set_result(True))
+                ready: asyncio.Future[bool] = loop.create_future()
+                loop.add_writer(fd, _resolve, ready)
                 try:
                     await ready
                 finally:
@@ -242,60 +247,59 @@ class ProcessTable:
 
     def __init__(self) -> None:
         self.processes: dict[int, Process] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def spawn(self, config: Config, user: User) -> Process:
         """Start a process; raises OSError when it cannot be executed."""
-        extra: dict[str, object] = {}
-        if os.geteuid() == 0 and user.uid != 0:
-            extra = {"user": user.uid, "group": user.gid, "extra_groups": user.groups}
-        stdin_r = stdin_w = master = None
-        outputs: list[tuple[int, str]] = []
+        switch = os.geteuid() == 0 and user.uid != 0
+        opened: list[int] = []  # every descriptor to close should the spawn fail
+        child_ends: list[int] = []  # the child's ends, closed in envd once it runs
         try:
+            stdin_w = master = None
             if config.pty_size is not None:
                 master, slave = pty.openpty()
+                opened += [master, slave]
+                child_ends.append(slave)
                 rows, cols = config.pty_size
                 set_winsize(master, rows or 24, cols or 80)
-                try:
-                    popen = subprocess.Popen(
-                        [config.cmd, *config.args], stdin=slave, stdout=slave, stderr=slave, cwd=config.cwd,
-                        env=config.env, start_new_session=True, preexec_fn=_set_controlling_tty, **extra,  # type: ignore[call-overload]
-                    )
-                finally:
-                    os.close(slave)
-                os.set_blocking(master, False)
+                stdio = (slave, slave, slave)
                 outputs = [(master, "pty")]
             else:
                 out_r, out_w = os.pipe2(os.O_CLOEXEC)
                 err_r, err_w = os.pipe2(os.O_CLOEXEC)
-                outputs = [(out_r, "stdout"), (err_r, "stderr")]
+                opened += [out_r, out_w, err_r, err_w]
+                child_ends += [out_w, err_w]
+                stdin_r: int = subprocess.DEVNULL
                 if config.stdin:
                     stdin_r, stdin_w = os.pipe2(os.O_CLOEXEC)
-                try:
-                    popen = subprocess.Popen(
-                        [config.cmd, *config.args], stdin=stdin_r if stdin_r is not None else subprocess.DEVNULL,
-                        stdout=out_w, stderr=err_w, cwd=config.cwd, env=config.env, start_new_session=True, **extra,
-                    )
-                finally:
-                    for fd in (out_w, err_w, stdin_r):
-                        if fd is not None:
-                            os.close(fd)
-                for fd, _ in outputs:
-                    os.set_blocking(fd, False)
-                if stdin_w is not None:
-                    os.set_blocking(stdin_w, False)
+                    opened += [stdin_r, stdin_w]
+                    child_ends.append(stdin_r)
+                stdio = (stdin_r, out_w, err_w)
+                outputs = [(out_r, "stdout"), (err_r, "stderr")]
+            popen = subprocess.Popen(
+                [config.cmd, *config.args], stdin=stdio[0], stdout=stdio[1], stderr=stdio[2], cwd=config.cwd,
+                env=config.env, start_new_session=True,
+                preexec_fn=_set_controlling_tty if master is not None else None,
+                user=user.uid if switch else None, group=user.gid if switch else None,
+                extra_groups=user.groups if switch else None,
+            )
         except BaseException:
-            for fd, _ in outputs:
+            for fd in opened:
                 with contextlib.suppress(OSError):
                     os.close(fd)
-            for maybe in (stdin_w, master):
-                if maybe is not None and maybe not in [fd for fd, _ in outputs]:
-                    with contextlib.suppress(OSError):
-                        os.close(maybe)
             raise
+        for fd in child_ends:
+            os.close(fd)
+        for fd, _ in outputs:
+            os.set_blocking(fd, False)
+        if stdin_w is not None:
+            os.set_blocking(stdin_w, False)
         process = Process(popen, config, master, stdin_w)
         self.processes[process.pid] = process
         process.start(outputs)
-        asyncio.get_running_loop().create_task(self._forget(process))
+        task = asyncio.get_running_loop().create_task(self._forget(process))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
         return process
 
     async def _forget(self, process: Process) -> None:
