@@ -75,31 +75,44 @@ def _now() -> str:
     return datetime.datetime.now(datetime.UTC).isoformat()
 
 
+# What the results (MIME bundles: plots, tables) of one execution may add up to.
+MAX_RESULT_BYTES = 128 * 1024 * 1024
+
+
 class _Translator:
-    """Kernel messages → SDK messages, with the output cap applied."""
+    """Kernel messages → SDK messages, with the output caps applied.
+
+    stdout and stderr share one budget, results another, so that a flood of prints does
+    not swallow the cell's result.
+    """
 
     def __init__(self, emit: Emit, max_bytes: int) -> None:
         self._emit = emit
-        self._left = max_bytes
-        self._max = max_bytes
+        self._max_output = max_bytes
+        self._output_left = max_bytes
+        self._results_left = MAX_RESULT_BYTES
         self._truncated = False
         self.timed_out: float | None = None
         self.errored = False
 
-    def _spend(self, size: int) -> bool:
+    def _notice(self, text: str) -> None:
+        self._emit({"type": "stderr", "text": text, "timestamp": _now()})
+
+    def _spend_output(self, size: int) -> bool:
         if self._truncated:
             return False
-        if size > self._left:
+        if size > self._output_left:
             self._truncated = True
-            self._emit(
-                {
-                    "type": "stderr",
-                    "text": f"[output truncated: this execution exceeded {self._max} bytes of output]\n",
-                    "timestamp": _now(),
-                }
-            )
+            self._notice(f"[output truncated: this execution exceeded {self._max_output} bytes of output]\n")
             return False
-        self._left -= size
+        self._output_left -= size
+        return True
+
+    def _spend_result(self, size: int) -> bool:
+        if size > self._results_left:
+            self._notice(f"[result dropped: this execution's results exceeded {MAX_RESULT_BYTES} bytes]\n")
+            return False
+        self._results_left -= size
         return True
 
     def __call__(self, msg: Message) -> None:
@@ -108,12 +121,12 @@ class _Translator:
             self._emit({"type": "number_of_executions", "execution_count": int(msg.get("n", 0))})
         elif kind == "stream":
             text = str(msg.get("text", ""))
-            if self._spend(len(text)):
+            if self._spend_output(len(text)):
                 name = "stderr" if msg.get("name") == "stderr" else "stdout"
                 self._emit({"type": name, "text": text, "timestamp": _now()})
         elif kind == "result":
             data = msg.get("data")
-            if isinstance(data, dict) and self._spend(sum(len(str(v)) for v in data.values())):
+            if isinstance(data, dict) and self._spend_result(sum(len(str(v)) for v in data.values())):
                 self._emit(result_message(data, bool(msg.get("main"))))
         elif kind == "error":
             self.error(str(msg.get("name", "Error")), str(msg.get("value", "")), str(msg.get("traceback", "")))

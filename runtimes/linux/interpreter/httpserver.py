@@ -80,22 +80,21 @@ class HTTPServer:
 
     def __init__(self, handler: Handler) -> None:
         self._handler = handler
-        self._connections: set[asyncio.Task[None]] = set()
 
     async def serve(self, host: str, port: int) -> asyncio.Server:
         return await asyncio.start_server(self._accept, host, port, limit=MAX_HEADER_BYTES)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._connections.add(task)
         try:
             while await self._one(reader, writer):
                 pass
         except (ConnectionError, asyncio.IncompleteReadError, TimeoutError):
             pass
+        except asyncio.CancelledError:
+            # The server is shutting down. Not re-raised: asyncio's start_server callback
+            # would log a cancelled handler task as an error.
+            pass
         finally:
-            self._connections.discard(task)
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
