@@ -10,6 +10,8 @@
 'use strict';
 
 const fs = require('fs');
+const path = require('path');
+const { createRequire } = require('module');
 const readline = require('readline');
 const util = require('util');
 const vm = require('vm');
@@ -65,13 +67,15 @@ for (const name of ['stdout', 'stderr']) {
 
 const userConsole = new Console({ stdout: streamTo('stdout'), stderr: streamTo('stderr'), colorMode: false });
 
+// `require` resolves from the context's working directory (its node_modules), not from here.
+const cellModule = { exports: {} };
 const sandbox = {
   console: userConsole,
   process,
-  require,
-  module,
-  exports: module.exports,
-  __filename: '[cell]',
+  require: createRequire(path.join(process.cwd(), '[cell]')),
+  module: cellModule,
+  exports: cellModule.exports,
+  __filename: path.join(process.cwd(), '[cell]'),
   __dirname: process.cwd(),
 };
 for (const name of [
@@ -142,6 +146,18 @@ process.on('SIGINT', () => {
 process.on('uncaughtException', (err) => sendStream('stderr', `Uncaught ${errorMessage(err).traceback}\n`));
 process.on('unhandledRejection', (err) => sendStream('stderr', `Unhandled rejection: ${errorMessage(err).traceback}\n`));
 
+// import() in a cell uses node's own loader where this node has it (v20.10+).
+const dynamicImport = vm.constants?.USE_MAIN_CONTEXT_DEFAULT_LOADER
+  ? { importModuleDynamically: vm.constants.USE_MAIN_CONTEXT_DEFAULT_LOADER }
+  : {};
+
+// Node's default warning printer goes to fd 2 and would announce that loader as
+// experimental in every cell that imports; other warnings still reach the cell's stderr.
+process.removeAllListeners('warning');
+process.on('warning', (warning) => {
+  if (warning.name !== 'ExperimentalWarning') sendStream('stderr', `${warning.name}: ${warning.message}\n`);
+});
+
 let count = 0;
 
 async function run(code, env) {
@@ -155,7 +171,7 @@ async function run(code, env) {
   try {
     if (code.trim() === '') return;
     const { source, mode } = transform(code);
-    const script = new vm.Script(source, { filename: `<cell-${count}>` });
+    const script = new vm.Script(source, { filename: `<cell-${count}>`, ...dynamicImport });
     let value = script.runInContext(context, { breakOnSigint: true, displayErrors: false });
     if (mode === 'async') {
       const interrupted = new Promise((_, reject) => {

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import builtins
+import codecs
 import inspect
 import io
 import json
@@ -27,6 +29,7 @@ import signal
 import sys
 import threading
 import traceback
+from collections.abc import Callable
 from types import CodeType, FrameType, TracebackType
 from typing import Any
 
@@ -50,6 +53,25 @@ class Channel:
                 view = view[os.write(self._fd, view) :]
 
 
+class _BinaryOut(io.RawIOBase):
+    """`sys.stdout.buffer`: bytes decoded as UTF-8 into the text stream."""
+
+    def __init__(self, text: OutStream) -> None:
+        self._text = text
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b: Any) -> int:
+        data = bytes(b)
+        self._text.write(self._decoder.decode(data))
+        return len(data)
+
+    def flush(self) -> None:
+        self._text.flush()
+
+
 class OutStream(io.TextIOBase):
     """`sys.stdout` / `sys.stderr`: line-buffered text sent as stream messages."""
 
@@ -58,7 +80,8 @@ class OutStream(io.TextIOBase):
         self._name = name
         self._fd = fd
         self._buf: list[str] = []
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
+        self._binary = _BinaryOut(self)
 
     @property
     def encoding(self) -> str:  # type: ignore[override]  # read-only in io.TextIOBase
@@ -67,6 +90,10 @@ class OutStream(io.TextIOBase):
     @property
     def errors(self) -> str:  # type: ignore[override]
         return "replace"
+
+    @property
+    def buffer(self) -> _BinaryOut:
+        return self._binary
 
     def fileno(self) -> int:
         # subprocesses given sys.stdout write to the real fd, which the server captures
@@ -201,6 +228,32 @@ class Kernel:
         self.channel.send({"t": "error", "name": type(exc).__name__, "value": str(exc), "traceback": text})
 
 
+class _MatplotlibHook:
+    """`__import__` that points matplotlib at the kernel's backend once it is imported."""
+
+    def __init__(self, real_import: Callable[..., Any], backend: str) -> None:
+        self._import = real_import
+        self._backend = backend
+        self._done = False
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        module = self._import(*args, **kwargs)
+        if not self._done and "matplotlib" in sys.modules:
+            matplotlib = sys.modules["matplotlib"]
+            # not from within matplotlib's (or pyplot's) own imports: use() needs them whole
+            ready = not any(
+                getattr(getattr(sys.modules.get(name), "__spec__", None), "_initializing", False)
+                for name in ("matplotlib", "matplotlib.pyplot")
+            )
+            if ready and hasattr(matplotlib, "use"):
+                self._done = True
+                try:
+                    matplotlib.use(self._backend)
+                except Exception as exc:  # an odd matplotlib: figures still publish at cell end
+                    sys.stderr.write(f"[interpreter] matplotlib backend not set: {exc}\n")
+        return module
+
+
 def _ends_with_semicolon(code: str, node: ast.stmt) -> bool:
     """IPython's rule: a trailing `;` on the last line silences the result."""
     if node.end_lineno is None or node.end_col_offset is None:
@@ -234,7 +287,10 @@ def main() -> None:
     sys.stdin = open(0, encoding="utf-8", closefd=False)  # noqa: SIM115
     sys.stdout = OutStream(channel, "stdout", 1)
     sys.stderr = OutStream(channel, "stderr", 2)
-    os.environ["MPLBACKEND"] = f"module://{__package__}.mplbackend"
+    # Agg for every process (subprocesses cannot import this package); the kernel itself
+    # switches to its publishing backend as soon as matplotlib is imported.
+    os.environ["MPLBACKEND"] = "Agg"
+    builtins.__import__ = _MatplotlibHook(builtins.__import__, f"module://{__package__}.mplbackend")
     kernel = Kernel(channel)
     richdisplay.set_publisher(kernel.publish)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from e2b import TimeoutException
 from e2b_code_interpreter import Sandbox
@@ -51,3 +53,15 @@ def test_env_vars_and_timeout(sbx: Sandbox) -> None:
     with pytest.raises(TimeoutException):
         sbx.run_code("while (true) {}", context=context, timeout=1.5)
     assert sbx.run_code("survivor", context=context, timeout=30).text == "here"
+
+
+def test_require_from_the_context_cwd_and_dynamic_import(sbx: Sandbox, tmp_path: Path) -> None:
+    module = tmp_path / "node_modules" / "soulbox-local"
+    module.mkdir(parents=True)
+    (module / "index.js").write_text("module.exports = { answer: () => 42 };\n")
+    context = sbx.create_code_context(language="javascript", cwd=str(tmp_path))
+    assert sbx.run_code("require('soulbox-local').answer()", context=context).text == "42"
+    imported = sbx.run_code("const os = await import('node:os'); typeof os.platform", context=context)
+    assert imported.error is None, imported.error
+    assert imported.text == "function"
+    assert imported.logs.stderr == []

@@ -84,6 +84,21 @@ def test_matplotlib_figures_come_back_as_png(sbx: Sandbox) -> None:
     assert [(r.is_main_result, bool(r.png)) for r in main.results] == [(True, True)]
 
 
+def test_each_show_is_its_own_figure_and_subprocesses_still_plot(sbx: Sandbox) -> None:
+    code = (
+        "import matplotlib.pyplot as plt, subprocess, sys\n"
+        "for i in range(3):\n"
+        "    plt.plot([0, i])\n"
+        "    plt.show()\n"
+        "child = 'import matplotlib.pyplot as plt; plt.plot([1]); plt.show(); print(plt.get_backend())'\n"
+        "subprocess.run([sys.executable, '-c', child], check=True, capture_output=True, text=True).stdout"
+    )
+    execution = sbx.run_code(code)
+    assert execution.error is None, execution.error
+    assert len([r for r in execution.results if r.png]) == 3
+    assert execution.text == "Agg\\n"  # the repr of "Agg\n", quotes stripped
+
+
 def test_pandas_dataframe_has_html_and_text(sbx: Sandbox) -> None:
     execution = sbx.run_code("import pandas as pd\npd.DataFrame({'name': ['ada', 'bob'], 'age': [36, 41]})")
     assert execution.error is None, execution.error
@@ -149,6 +164,12 @@ def test_env_vars_apply_to_one_execution(sbx: Sandbox) -> None:
     )
     assert sbx.run_code(code, envs={"SOULBOX_X": "yes"}).text == "('yes', b'yes\\n')"
     assert sbx.run_code(code).text == "(None, b'\\n')"
+
+
+def test_binary_stdout(sbx: Sandbox) -> None:
+    execution = sbx.run_code("import sys\nsys.stdout.buffer.write('é\\n'.encode())\nsys.stdout.flush()")
+    assert execution.error is None, execution.error
+    assert execution.logs.stdout == ["é\n"]
 
 
 def test_output_is_capped(sbx: Sandbox) -> None:
