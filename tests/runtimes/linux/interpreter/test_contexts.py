@@ -1,0 +1,116 @@
+"""Contexts, timeouts, dead kernels and HTTP errors, through the official SDK."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+
+import httpx
+import pytest
+from e2b import NotFoundException, SandboxException, TimeoutException
+from e2b_code_interpreter import Sandbox
+from e2b_code_interpreter.models import Execution, parse_output
+
+from .conftest import Server
+
+
+def _post_execute(server: Server, body: dict[str, object]) -> tuple[Execution, list[dict[str, object]]]:
+    """POST /execute with httpx; the stream is parsed by the SDK's own parser."""
+    execution = Execution()
+    raw: list[dict[str, object]] = []
+    with httpx.Client(timeout=60) as client, client.stream("POST", f"{server.url}/execute", json=body) as response:
+        assert response.status_code == 200
+        assert response.headers["transfer-encoding"] == "chunked"
+        for line in response.iter_lines():
+            raw.append(json.loads(line))
+            parse_output(execution, line)
+    return execution, raw
+
+
+def test_contexts_create_list_restart_remove(sbx: Sandbox) -> None:
+    context = sbx.create_code_context(language="python")
+    assert context.id in {c.id for c in sbx.list_code_contexts()}
+    sbx.run_code("state = 1", context=context)
+    assert sbx.run_code("state", context=context).text == "1"
+    sbx.restart_code_context(context)
+    restarted = sbx.run_code("state", context=context)
+    assert restarted.error is not None and restarted.error.name == "NameError"
+    assert restarted.execution_count == 1  # a new kernel counts from 1
+    sbx.remove_code_context(context.id)
+    assert context.id not in {c.id for c in sbx.list_code_contexts()}
+    with pytest.raises(NotFoundException):
+        sbx.run_code("1", context=context)
+    with pytest.raises(NotFoundException):
+        sbx.restart_code_context(context)
+
+
+def test_stream_ends_with_end_of_execution(server: Server) -> None:
+    execution, raw = _post_execute(server, {"code": "print('hi')\n6 * 7", "language": "python"})
+    assert [m["type"] for m in raw] == ["number_of_executions", "stdout", "result", "end_of_execution"]
+    assert execution.text == "42" and execution.logs.stdout == ["hi\n"]
+
+
+def test_sdk_timeout_interrupts_and_the_context_survives(sbx: Sandbox) -> None:
+    context = sbx.create_code_context()
+    sbx.run_code("kept = 'yes'", context=context)
+    with pytest.raises(TimeoutException):
+        sbx.run_code("while True:\n    pass", context=context, timeout=1.5)
+    # The SDK closed the connection; the server interrupted the loop, so this does not queue
+    # behind it forever and the kernel's state is intact.
+    assert sbx.run_code("kept", context=context, timeout=30).text == "yes"
+
+
+def test_server_side_timeout_reports_keyboard_interrupt(server: Server, sbx: Sandbox) -> None:
+    context = sbx.create_code_context()
+    code = "n = 5\nimport time\nwhile True:\n    time.sleep(0.05)"
+    execution, _ = _post_execute(server, {"code": code, "context_id": context.id, "timeout": 1})
+    assert execution.error is not None
+    assert execution.error.name == "KeyboardInterrupt"
+    assert execution.error.value == "execution timed out after 1 s"
+    assert "line 4" in execution.error.traceback
+    assert sbx.run_code("n", context=context).text == "5"
+
+
+def test_kernel_ignoring_the_interrupt_is_killed(server: Server, sbx: Sandbox) -> None:
+    context = sbx.create_code_context()
+    code = "import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True:\n    time.sleep(0.05)"
+    execution, _ = _post_execute(server, {"code": code, "context_id": context.id, "timeout": 0.5})
+    assert execution.error is not None and execution.error.name == "TimeoutError"
+    fresh = sbx.run_code("'fresh kernel'", context=context)
+    assert fresh.text == "fresh kernel"
+
+
+def test_a_dead_kernel_is_reported_then_restarted(sbx: Sandbox) -> None:
+    context = sbx.create_code_context()
+    sbx.run_code("lost = 1", context=context)
+    died = sbx.run_code("import os\nprint('bye', flush=True)\nos._exit(3)", context=context)
+    assert died.logs.stdout == ["bye\n"]
+    assert died.error is not None and died.error.name == "UnexpectedEndOfExecution"
+    assert "status 3" in died.error.value
+    after = sbx.run_code("lost", context=context)
+    assert after.error is not None and after.error.name == "NameError"
+
+
+def test_one_execution_at_a_time_per_context(sbx: Sandbox) -> None:
+    context = sbx.create_code_context()
+    code = "import time\nt0 = time.time()\ntime.sleep(0.7)\n(t0, time.time())"
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        runs = list(pool.map(lambda _: sbx.run_code(code, context=context), range(2)))
+    spans = sorted(tuple(float(x) for x in (r.text or "").strip("()").split(", ")) for r in runs)
+    assert spans[0][1] <= spans[1][0]  # the second started after the first ended
+
+
+def test_errors_the_sdk_understands(server: Server, sbx: Sandbox) -> None:
+    with pytest.raises(NotFoundException):
+        sbx.remove_code_context("no-such-context")
+    with pytest.raises(SandboxException, match="400"):
+        sbx.create_code_context(language="cobol")
+    with pytest.raises(SandboxException, match="400"):
+        sbx.create_code_context(cwd="/no/such/dir")
+    response = httpx.post(f"{server.url}/execute", json={"code": "1", "context_id": "x", "language": "python"})
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "bad_request"
+    response = httpx.post(f"{server.url}/execute", content=b"{not json")
+    assert response.status_code == 400
+    assert httpx.get(f"{server.url}/health").json() == "OK"
+    assert httpx.get(f"{server.url}/nope").status_code == 404
