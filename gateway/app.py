@@ -13,6 +13,7 @@ from starlette.routing import Route
 
 from soulbox.core.bus import connect, ensure_topology
 from soulbox.core.settings import Settings
+from soulbox.core.tunnel import TunnelClient
 
 from . import functions, invocations, reports
 from .errors import EXCEPTION_HANDLERS, error_response
@@ -24,6 +25,7 @@ from .results import ResultWaiter
 from .sandboxes import api as sandbox_api
 from .sandboxes import e2b
 from .sandboxes.control import SandboxControlPlane
+from .sandboxes.dataplane import SandboxRouter
 
 
 async def healthz(request: Request) -> Response:
@@ -70,17 +72,20 @@ def create_app(settings: Settings) -> Starlette:
         await registry.start()
         await waiter.start()
         sandboxes = SandboxControlPlane(settings, nc, buckets.sandboxes, buckets.workers)
-        app.state.platform = Platform(settings, nc, js, buckets, registry, waiter, sandboxes)
+        tunnel = TunnelClient(nc)
+        await tunnel.start()
+        app.state.platform = Platform(settings, nc, js, buckets, registry, waiter, sandboxes, tunnel)
         try:
             yield
         finally:
+            await tunnel.close()
             await waiter.stop()
             await registry.stop()
             await nc.drain()
 
     return Starlette(
         routes=routes(),
-        middleware=[Middleware(RequestTrail)],
+        middleware=[Middleware(SandboxRouter, domain=settings.sandboxes.domain), Middleware(RequestTrail)],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )

@@ -28,6 +28,7 @@ from soulbox.core.schemas import (
 )
 from soulbox.core.settings import Settings
 from soulbox.core.store import publish_event, put_nowait, settle
+from soulbox.core.tunnel import TunnelClient
 
 from .registry import FunctionRegistry
 from .results import ResultWaiter
@@ -57,6 +58,7 @@ class Platform:
     registry: FunctionRegistry
     waiter: ResultWaiter
     sandboxes: SandboxControlPlane
+    tunnel: TunnelClient
 
     async def submit(
         self, spec: FunctionSpec, body: bytes, *, invocation_id: str | None, wait: bool, trace_id: str | None

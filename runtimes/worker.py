@@ -45,12 +45,14 @@ from soulbox.core.schemas import (
 )
 from soulbox.core.settings import Settings
 from soulbox.core.store import publish_event, put_nowait, settle
+from soulbox.core.tunnel import TunnelServer
 
 from .artifacts import Artifacts
 from .js.factory import create_js_runtimes
 from .linux.errors import SandboxUnavailable
 from .linux.runtime import LinuxRuntime, create_linux_runtime
 from .protocol import RunResult, Runtime
+from .sandboxes.dataplane import SandboxDataPlane
 from .sandboxes.host import SandboxHost
 from .sandboxes.templates import Templates
 from .wasm.runtime import WasmRuntime
@@ -271,10 +273,13 @@ async def run(settings: Settings) -> None:
     except SandboxUnavailable as exc:  # no bwrap, user namespaces or cgroups here: run without the tier
         log.warning("worker.tier_unavailable", tier=Tier.LINUX.value, reason=exc.message)
     sandboxes: SandboxHost | None = None
+    tunnel: TunnelServer | None = None
     linux = runtimes.get(Tier.LINUX)
     if isinstance(linux, LinuxRuntime) and settings.sandboxes.capacity:
         sandboxes = SandboxHost(settings, nc, buckets.sandboxes, linux.launcher, Templates(settings))
         await sandboxes.start()
+        tunnel = TunnelServer(nc, names.worker_tunnel_subject(settings.worker.id), SandboxDataPlane(sandboxes).handle)
+        await tunnel.start()
     worker = Worker(settings, nc, buckets, runtimes, sandboxes)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -283,6 +288,8 @@ async def run(settings: Settings) -> None:
         await worker.serve()
     finally:
         warm_up.cancel()
+        if tunnel is not None:
+            await tunnel.close()
         if sandboxes is not None:
             await sandboxes.close()
         for runtime in runtimes.values():

@@ -75,7 +75,7 @@ class Stack:
             self.spawn(f"events-{kind}", "soulbox.events", kind)
         self.wait_ready()
 
-    def wait_ready(self, timeout: float = 30.0) -> None:
+    def wait_ready(self, timeout: float = 90.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for name, process in self.processes.items():

@@ -116,7 +116,7 @@ async def list_sandboxes(request: Request) -> Response:
         state = SandboxState(raw_state) if raw_state else None
     except ValueError:
         raise InvalidRequest(f"state must be running or paused, got {raw_state!r}") from None
-    records = await plane.list(tenant, state=state)
+    records = await plane.list_records(tenant, state=state)
     return _out(SandboxList(sandboxes=[SandboxOut.of(r) for r in records]))
 
 

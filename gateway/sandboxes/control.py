@@ -100,6 +100,13 @@ class SandboxControlPlane:
         return reply.record
 
     async def get(self, tenant: str, sandbox_id: str) -> SandboxRecord:
+        record = await self.locate(sandbox_id)
+        if record.tenant != tenant:
+            raise SandboxNotFound(sandbox_id)  # another tenant's: invisible, not forbidden
+        return record
+
+    async def locate(self, sandbox_id: str) -> SandboxRecord:
+        """The live record of ``sandbox_id``, whoever owns it (the data plane authenticates by token)."""
         checked_sandbox_id(sandbox_id)
         try:
             entry = await self._sandboxes.get(sandbox_id)
@@ -108,14 +115,12 @@ class SandboxControlPlane:
         if entry.value is None:
             raise SandboxNotFound(sandbox_id)
         record = decode(SandboxRecord, entry.value)
-        if record.tenant != tenant:
-            raise SandboxNotFound(sandbox_id)  # another tenant's: invisible, not forbidden
         if not await self._worker_alive(record.worker_id):
             await self._forget(record)
             raise SandboxNotFound(sandbox_id)
         return record
 
-    async def list(self, tenant: str, *, state: SandboxState | None = None) -> list[SandboxRecord]:
+    async def list_records(self, tenant: str, *, state: SandboxState | None = None) -> list[SandboxRecord]:
         try:
             keys = await self._sandboxes.keys()
         except NoKeysError:

@@ -182,7 +182,7 @@ async def list_sandboxes(request: Request) -> Response:
     template = query.get("template")
     records = [
         r
-        for r in await _plane(request).list(_tenant(request))
+        for r in await _plane(request).list_records(_tenant(request))
         if (states is None or r.state in states)
         and all(r.metadata.get(k) == v for k, v in wanted.items())
         and (not template or r.template == template)

@@ -42,6 +42,7 @@ from soulbox.core.schemas import utcnow
 from soulbox.core.settings import Settings
 
 from ..linux.box import Box, BoxLimits
+from ..linux.envd.main import VERSION as ENVD_VERSION
 from ..linux.sandbox import Launcher
 from .envd import EnvdClient
 from .templates import HOME, Template, Templates
@@ -49,7 +50,6 @@ from .templates import HOME, Template, Templates
 log = get_logger(__name__)
 
 MIB = 1024 * 1024
-ENVD_VERSION = "0.4.0"  # the envd API level SoulBox's daemon speaks (the SDK checks for >= 0.1.0)
 METRICS_INTERVAL_S = 5.0
 METRICS_KEPT = 720  # one hour of 5 s samples
 

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from e2b import CommandExitException, NotFoundException, Sandbox, SandboxQuery
+from e2b import CommandExitException, NotFoundException, PtySize, Sandbox, SandboxQuery
 from e2b.exceptions import AuthenticationException, SandboxException
 
 from tests.stack import Stack
@@ -127,11 +127,12 @@ def test_watch_dir_sees_a_new_file(sbx: Sandbox) -> None:
 
 def test_pty_runs_an_interactive_shell(sbx: Sandbox) -> None:
     chunks: list[bytes] = []
-    terminal = sbx.pty.create(size=__import__("e2b").PtySize(rows=24, cols=80), on_data=chunks.append)
-    sbx.pty.resize(terminal.pid, __import__("e2b").PtySize(rows=40, cols=100))
-    sbx.pty.send_stdin(terminal.pid, b"stty size; exit\n")
-    terminal.wait()
-    assert b"40 100" in b"".join(chunks)
+    terminal = sbx.pty.create(size=PtySize(rows=24, cols=80))
+    sbx.pty.resize(terminal.pid, PtySize(rows=40, cols=100))
+    sbx.pty.send_stdin(terminal.pid, b"stty size; tty; exit\n")
+    terminal.wait(on_pty=chunks.append)
+    output = b"".join(chunks)
+    assert b"40 100" in output and b"/dev/pts/" in output
 
 
 def test_lifecycle_info_list_timeout_metrics_pause_kill(sdk_env: Stack) -> None:
