@@ -57,6 +57,7 @@ class SandboxRecord(Message):
     disk_mb: int
     envd_version: str
     access_token: str  # what envd wants in X-Access-Token; returned only to the creator / connector
+    traffic_token: str = ""  # what guarded ports (the code interpreter) accept in E2B-Traffic-Access-Token
 
 
 class SandboxCreate(Message):

@@ -164,6 +164,11 @@ class SandboxSettings(BaseModel):
     disk_mb: int = Field(1024, ge=16, description="size cap of each writable tmpfs (home, /tmp, /usr/local...)")
     pids_max: int = Field(1024, ge=16)
     ready_timeout_s: float = Field(15.0, gt=0, description="longest start of a sandbox's daemons")
+    templates_dir: Path | None = Field(
+        None,
+        description="where template environments are built (bound read-only into sandboxes, so every directory "
+        "on the way must be traversable by other users); default: <data_dir>/templates",
+    )
     domain: str = Field(
         "sandbox.localhost", description="sandbox host names are <port>-<id>.<domain>, served by the gateway"
     )

@@ -46,6 +46,8 @@ class Stack:
                 "SOULBOX_WORKER__HEARTBEAT_INTERVAL_S": "0.2",
                 "SOULBOX_WORKER__HEARTBEAT_TTL_S": "1.0",
                 "SOULBOX_LOG_LEVEL": "info",
+                # Kept between runs (the data-science env takes a while to build); reachable by sandbox uids.
+                "SOULBOX_SANDBOXES__TEMPLATES_DIR": "/var/tmp/soulbox-test-templates",
             }
         )
         env.update(self.extra_env)

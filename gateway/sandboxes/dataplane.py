@@ -9,7 +9,9 @@ else goes on to the API. A sandbox that does not exist (or whose worker is
 gone) answers 502, which the SDKs read as "not running".
 
 envd checks the access token on its own port; the code interpreter's port
-is checked here (it runs code); other ports are public, as on E2B.
+(it runs code) wants the access token or the sandbox's traffic token
+(E2B's ``E2B-Traffic-Access-Token``, which the code-interpreter SDK sends);
+other ports are public, as on E2B.
 """
 
 from __future__ import annotations
@@ -98,7 +100,7 @@ class SandboxRouter:
         if record is None:
             await e2b_error(502, "sandbox_not_found", f"sandbox {sandbox_id!r} is not running")(scope, receive, send)
             return 502
-        if port in GUARDED_PORTS and not _has_token(scope, record.access_token):
+        if port in GUARDED_PORTS and not _has_token(scope, record):
             await e2b_error(401, "unauthenticated", "invalid or missing access token")(scope, receive, send)
             return 401
         status: int | None = None
@@ -139,8 +141,13 @@ class SandboxRouter:
         return record
 
 
-def _has_token(scope: Scope, token: str) -> bool:
+def _has_token(scope: Scope, record: SandboxRecord) -> bool:
+    wanted = {
+        b"x-access-token": record.access_token.encode(),
+        b"e2b-traffic-access-token": record.traffic_token.encode(),
+    }
     for key, value in scope["headers"]:
-        if key.lower() == b"x-access-token":
-            return hmac.compare_digest(value, token.encode())
+        token = wanted.get(key.lower())
+        if token and hmac.compare_digest(value, token):
+            return True
     return False

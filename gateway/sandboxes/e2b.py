@@ -112,6 +112,7 @@ def created(record: SandboxRecord, domain: str) -> dict[str, Any]:
         "clientID": CLIENT_ID,
         "envdVersion": record.envd_version,
         "envdAccessToken": record.access_token,
+        "trafficAccessToken": record.traffic_token,
         "domain": domain,
     }
 

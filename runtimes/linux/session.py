@@ -109,8 +109,11 @@ async def open_session(
             pid = None
         if pid is None:
             raise SandboxSetupFailed(await setup_failure(proc, DRAIN_S))
-        pidfd = os.pidfd_open(pid)
-        cgroup.attach(pid)
+        try:
+            pidfd = os.pidfd_open(pid)
+            cgroup.attach(pid)
+        except ProcessLookupError:  # bwrap's setup failed after the fork (a bind source it cannot reach...)
+            raise SandboxSetupFailed(await setup_failure(proc, DRAIN_S)) from None
         session = Session(proc, pid, pidfd, monitor, cgroup, uid, status)
         os.write(block_w, b"go")  # the guest's clock starts now
         os.close(block_w)

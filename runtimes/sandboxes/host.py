@@ -170,6 +170,7 @@ class SandboxHost:
             disk_mb=self.settings.disk_mb,
             envd_version=ENVD_VERSION,
             access_token=token,
+            traffic_token=secrets.token_urlsafe(24),
         )
         hosted = Hosted(box, record, envd)
         self._hosted[request.sandbox_id] = hosted

@@ -13,7 +13,9 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import shlex
+import stat
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from soulbox.core.errors import NotFound, Unavailable
 from soulbox.core.settings import Settings
@@ -79,9 +81,10 @@ class Templates:
         envd_cmd = [self._python, "-m", "envd", "--socket", f"{RUN_DIR}/{SOCKET_NAME}"]
         if name == "base":
             return Template(name, envd_cmd, (ENVD_READY,), binds, dict(BASE_ENV))
-        env_dir = await ensure_python_env(
-            self._settings.data_dir / "templates" / "pyenv", DATA_SCIENCE_PACKAGES, python=self._python
-        )
+        root = self._settings.sandboxes.templates_dir or self._settings.data_dir / "templates"
+        root = root.resolve()
+        _check_traversable(root)
+        env_dir = await ensure_python_env(root / "pyenv", DATA_SCIENCE_PACKAGES, python=self._python)
         binds[_package_dir("soulbox.runtimes.linux.interpreter")] = f"{GUEST_ROOT}/interpreter"
         binds[str(env_dir)] = str(env_dir)
         server = [
@@ -92,3 +95,14 @@ class Templates:
         script = f"{shlex.join(server)} & exec {shlex.join(envd_cmd)}"
         env = dict(BASE_ENV, PATH=f"{env_dir / 'bin'}:{BASE_ENV['PATH']}", VIRTUAL_ENV=str(env_dir))
         return Template(name, ["/bin/sh", "-c", script], (ENVD_READY, INTERPRETER_READY), binds, env)
+
+
+def _check_traversable(path: Path) -> None:
+    """Sandboxes run as unprivileged uids: bubblewrap can bind only what they can reach."""
+    path.mkdir(parents=True, exist_ok=True)
+    for part in (path, *path.parents):
+        if not part.stat().st_mode & stat.S_IXOTH:
+            raise Unavailable(
+                f"{part} is not traversable by other users, so sandboxes cannot see the templates under {path}; "
+                "set sandboxes.templates_dir (SOULBOX_SANDBOXES__TEMPLATES_DIR) to a path they can reach"
+            )
