@@ -41,6 +41,9 @@ class TunnelSettings(BaseModel):
     ping_interval_s: float = Field(5.0, gt=0, description="a side that sent nothing for this long pings")
     idle_timeout_s: float = Field(20.0, gt=0, description="a stream that received nothing for this long fails")
     max_streams: int = Field(4096, ge=1, description="concurrent streams a server accepts")
+    unreachable_grace_s: float = Field(
+        0.2, ge=0, description="how long an open retries 'no responders' (a subscription NATS does not show yet)"
+    )
 
     @model_validator(mode="after")
     def _idle_after_ping(self) -> TunnelSettings:
