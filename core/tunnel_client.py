@@ -120,7 +120,9 @@ class TunnelStream:
             if frame.kind is K.CREDIT:
                 self.credit.grant(frame.credit)
             elif frame.kind is K.HEAD:
-                self._head = frame.response or TunnelResponseHead(status=502)
+                if frame.response is None or self._head is not None:
+                    raise TunnelProtocolError("a head frame needs a response head, once")
+                self._head = frame.response
                 self._headed.set()
                 self.body.push(frame.data, counted=False)
                 if frame.fin:

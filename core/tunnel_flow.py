@@ -167,6 +167,8 @@ class Inbound:
         return self._fin
 
     def push(self, data: bytes, *, counted: bool = True) -> None:
+        if self._fin:
+            raise TunnelProtocolError("data after the end of the body")
         if counted:
             self._received += 1
             if self._received > self._granted:

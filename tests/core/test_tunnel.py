@@ -278,6 +278,25 @@ async def test_handler_errors_become_error_frames(client: TunnelClient, server_n
         assert server.stats.failed == 4
 
 
+async def test_a_full_server_refuses_new_streams(client: TunnelClient, server_nc: NATS) -> None:
+    release = asyncio.Event()
+
+    async def held(request: TunnelRequest) -> TunnelResponse:
+        async def body() -> AsyncIterator[bytes]:
+            await release.wait()
+            yield b"done"
+
+        return TunnelResponse(200, body=body())
+
+    async with serve(server_nc, held, FAST.model_copy(update={"max_streams": 2})) as server:
+        streams = [await client.open(SUBJECT, head(), b"") for _ in range(2)]
+        with pytest.raises(TunnelRemoteError) as info:
+            await client.open(SUBJECT, head(), b"")
+        assert info.value.code == "overloaded" and server.stats.refused == 1
+        release.set()
+        assert [await stream.read() for stream in streams] == [b"done", b"done"]
+
+
 async def test_no_server_fails_fast(client: TunnelClient) -> None:
     started = time.monotonic()
     with pytest.raises(TunnelUnreachable) as info:
