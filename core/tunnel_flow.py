@@ -23,7 +23,14 @@ from nats.aio.client import Client as NATS
 from pydantic import BaseModel, Field, model_validator
 
 from .codec import encode
-from .errors import SoulboxError, TunnelClosed, TunnelError, TunnelProtocolError, TunnelRemoteError
+from .errors import (
+    SoulboxError,
+    TunnelClosed,
+    TunnelError,
+    TunnelPeerLost,
+    TunnelProtocolError,
+    TunnelRemoteError,
+)
 from .schemas import TunnelFault, TunnelFrame, TunnelFrameKind, TunnelRequestHead, TunnelResponseHead
 
 # Room for the frame's envelope (sid, seq, kind, ...) and NATS headers under max_payload.
@@ -278,6 +285,9 @@ class Link:
 
 
 def remote_error(fault: TunnelFault | None) -> TunnelError:
+    """The client-side error for the server's error frame."""
+    if fault is not None and fault.code == UNKNOWN_STREAM:
+        return TunnelPeerLost(f"the tunnel server lost the stream (restarted?): {fault.message}")
     if fault is None:
         return TunnelRemoteError("upstream_error", "the tunnel server failed the stream")
     return TunnelRemoteError(fault.code, fault.message)

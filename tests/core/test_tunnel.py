@@ -425,6 +425,30 @@ async def test_vanished_client_is_detected_by_the_server(settings: Settings, ser
         await doomed.close()
 
 
+async def test_a_restarted_server_fails_the_stream_at_the_next_ping(
+    client: TunnelClient, server_nc: NATS, settings: Settings
+) -> None:
+    async def silent(request: TunnelRequest) -> TunnelResponse:
+        async def body() -> AsyncIterator[bytes]:
+            await asyncio.sleep(3600)
+            yield b""
+
+        return TunnelResponse(200, body=body())
+
+    async with serve(server_nc, silent):
+        stream = await client.open(SUBJECT, head(method="GET"), b"")
+        # The worker came back under the same id: its new server has never heard of the stream.
+        restarted_nc = await connect(settings, name="restarted-worker")
+        try:
+            async with serve(restarted_nc, silent):
+                started = time.monotonic()
+                with pytest.raises(TunnelPeerLost, match="lost the stream"):
+                    await stream.read()
+                assert time.monotonic() - started < FAST.idle_timeout_s
+        finally:
+            await restarted_nc.close()
+
+
 async def test_server_close_fails_open_streams(client: TunnelClient, server_nc: NATS) -> None:
     async def forever(request: TunnelRequest) -> TunnelResponse:
         async def output() -> AsyncIterator[bytes]:
