@@ -19,6 +19,19 @@ and the other side cleans up), and cancellation in both directions.
     async def handler(request: TunnelRequest) -> TunnelResponse: ...
     async with TunnelServer(nc, subject, handler): ...
 
+The protocol (``schemas.TunnelFrame``; ``seq`` counts each direction's frames from 0):
+
+    client -> server subject          server -> <client inbox>.<sid>
+    open(head, credit=W[, data, fin])
+                                      credit(W)   the accept (for a whole small request:
+                                                  the head within 20 ms accepts instead)
+    data ... end  (each data frame spends one credit the server granted)
+                                      head(status, headers[, data, fin])
+                                      data ... end  (spending the client's credit)
+    credit(n) as the body is read     credit(n) as the request body is read
+    ping when quiet                   ping when quiet
+    cancel (client gone)              error(fault) (handler failed, stream lost, shutdown)
+
 Errors (``soulbox.core.errors``): ``TunnelError`` and its subclasses.
 """
 

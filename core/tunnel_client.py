@@ -39,6 +39,7 @@ K = TunnelFrameKind
 NO_RESPONDERS = "503"
 # Frames are consumed at once by the callback, so this only bounds a burst.
 SUB_PENDING_BYTES = 256 * 1024 * 1024
+UNREACHABLE_RETRY_S = 0.05
 
 
 class TunnelStream:
@@ -48,7 +49,7 @@ class TunnelStream:
     incomplete); ``aclose()`` cancels the stream on the server.
     """
 
-    def __init__(self, client: TunnelClient, link: Link, *, window: int, chunk: int) -> None:
+    def __init__(self, client: TunnelClient, link: Link, window: int, chunk: int) -> None:
         self._client = client
         self.link = link
         self._chunk = chunk
@@ -119,7 +120,9 @@ class TunnelStream:
             if frame.kind is K.CREDIT:
                 self.credit.grant(frame.credit)
             elif frame.kind is K.HEAD:
-                self._head = frame.response or TunnelResponseHead(status=502)
+                if frame.response is None or self._head is not None:
+                    raise TunnelProtocolError("a head frame needs a response head, once")
+                self._head = frame.response
                 self._headed.set()
                 self.body.push(frame.data, counted=False)
                 if frame.fin:
@@ -261,18 +264,35 @@ class TunnelClient:
         if self._sub is None:
             raise TunnelClosed("the tunnel client is not started")
         s = self.settings
-        sid = uuid.uuid4().hex
-        link = Link(self._nc, sid, subject, reply=f"{self._prefix}.{sid}")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (s.open_timeout_s if timeout is None else timeout)
+        retry_until = loop.time() + s.unreachable_grace_s
         chunk = s.chunk_for(self._nc)
-        stream = TunnelStream(self, link, window=s.window, chunk=chunk)
-        self._streams[sid] = stream
         # A body that fits one frame rides on the open: one frame for a small request.
         inline = bytes(body) if isinstance(body, bytes | bytearray | memoryview) and len(body) <= chunk else None
+        while True:
+            sid = uuid.uuid4().hex
+            stream = TunnelStream(self, Link(self._nc, sid, subject, reply=f"{self._prefix}.{sid}"), s.window, chunk)
+            self._streams[sid] = stream
+            try:
+                await stream.link.send(
+                    K.OPEN, request=head, credit=s.window, data=inline or b"", fin=inline is not None
+                )
+                await stream.wait_accepted(max(0.0, deadline - loop.time()))
+                break
+            except TunnelUnreachable:
+                # NATS makes a new subscription visible to publishers with a short delay
+                # (more so across a cluster): "no responders" right after a worker started
+                # is retried for a moment. The body is untouched until the server accepts.
+                if loop.time() + UNREACHABLE_RETRY_S > min(retry_until, deadline):
+                    raise
+                await asyncio.sleep(UNREACHABLE_RETRY_S)
+            except BaseException:
+                await stream.aclose()
+                raise
         try:
-            await link.send(K.OPEN, request=head, credit=s.window, data=inline or b"", fin=inline is not None)
             if inline is None:
                 stream.start_upload(body)
-            await stream.wait_accepted(s.open_timeout_s if timeout is None else timeout)
             await stream.wait_head()
         except BaseException:
             await stream.aclose()

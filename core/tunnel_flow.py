@@ -23,7 +23,14 @@ from nats.aio.client import Client as NATS
 from pydantic import BaseModel, Field, model_validator
 
 from .codec import encode
-from .errors import SoulboxError, TunnelClosed, TunnelError, TunnelProtocolError, TunnelRemoteError
+from .errors import (
+    SoulboxError,
+    TunnelClosed,
+    TunnelError,
+    TunnelPeerLost,
+    TunnelProtocolError,
+    TunnelRemoteError,
+)
 from .schemas import TunnelFault, TunnelFrame, TunnelFrameKind, TunnelRequestHead, TunnelResponseHead
 
 # Room for the frame's envelope (sid, seq, kind, ...) and NATS headers under max_payload.
@@ -41,6 +48,9 @@ class TunnelSettings(BaseModel):
     ping_interval_s: float = Field(5.0, gt=0, description="a side that sent nothing for this long pings")
     idle_timeout_s: float = Field(20.0, gt=0, description="a stream that received nothing for this long fails")
     max_streams: int = Field(4096, ge=1, description="concurrent streams a server accepts")
+    unreachable_grace_s: float = Field(
+        0.2, ge=0, description="how long an open retries 'no responders' (a subscription NATS does not show yet)"
+    )
 
     @model_validator(mode="after")
     def _idle_after_ping(self) -> TunnelSettings:
@@ -164,6 +174,8 @@ class Inbound:
         return self._fin
 
     def push(self, data: bytes, *, counted: bool = True) -> None:
+        if self._fin:
+            raise TunnelProtocolError("data after the end of the body")
         if counted:
             self._received += 1
             if self._received > self._granted:
@@ -273,6 +285,9 @@ class Link:
 
 
 def remote_error(fault: TunnelFault | None) -> TunnelError:
+    """The client-side error for the server's error frame."""
+    if fault is not None and fault.code == UNKNOWN_STREAM:
+        return TunnelPeerLost(f"the tunnel server lost the stream (restarted?): {fault.message}")
     if fault is None:
         return TunnelRemoteError("upstream_error", "the tunnel server failed the stream")
     return TunnelRemoteError(fault.code, fault.message)

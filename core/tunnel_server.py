@@ -144,7 +144,7 @@ class TunnelServer:
         for stream in streams:
             await self._fail(stream, TunnelClosed("the tunnel server is shutting down"))
         tasks = [s.task for s in streams if s.task is not None]
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, *self._accepting, return_exceptions=True)
 
     async def __aenter__(self) -> TunnelServer:
         await self.start()
@@ -200,7 +200,11 @@ class TunnelServer:
             stream.body.finish()
             stream.accept_timer = asyncio.get_running_loop().call_later(ACCEPT_DELAY_S, self._accept_late, stream)
         else:
-            await link.send(K.CREDIT, credit=self.settings.window)  # the accept, with the body's credit
+            try:
+                await link.send(K.CREDIT, credit=self.settings.window)  # the accept, with the body's credit
+            except TunnelError:
+                del self._streams[frame.sid]
+                return
         stream.task = asyncio.create_task(self._serve(stream), name=f"tunnel-stream-{frame.sid}")
 
     def _accept_late(self, stream: _ServerStream) -> None:

@@ -58,7 +58,7 @@ def tunnel_error_response(exc: SoulboxError) -> JSONResponse:
     """The JSON error for a failed tunnel (or a failed resolve)."""
     if isinstance(exc, TunnelTimeout):
         status = 504
-    elif isinstance(exc, TunnelClosed):
+    elif isinstance(exc, TunnelClosed) or exc.code == "overloaded":
         status = 503
     elif isinstance(exc, TunnelError):
         status = 502  # the worker or the sandbox behind it failed us

@@ -278,6 +278,25 @@ async def test_handler_errors_become_error_frames(client: TunnelClient, server_n
         assert server.stats.failed == 4
 
 
+async def test_a_full_server_refuses_new_streams(client: TunnelClient, server_nc: NATS) -> None:
+    release = asyncio.Event()
+
+    async def held(request: TunnelRequest) -> TunnelResponse:
+        async def body() -> AsyncIterator[bytes]:
+            await release.wait()
+            yield b"done"
+
+        return TunnelResponse(200, body=body())
+
+    async with serve(server_nc, held, FAST.model_copy(update={"max_streams": 2})) as server:
+        streams = [await client.open(SUBJECT, head(), b"") for _ in range(2)]
+        with pytest.raises(TunnelRemoteError) as info:
+            await client.open(SUBJECT, head(), b"")
+        assert info.value.code == "overloaded" and server.stats.refused == 1
+        release.set()
+        assert [await stream.read() for stream in streams] == [b"done", b"done"]
+
+
 async def test_no_server_fails_fast(client: TunnelClient) -> None:
     started = time.monotonic()
     with pytest.raises(TunnelUnreachable) as info:
@@ -404,6 +423,30 @@ async def test_vanished_client_is_detected_by_the_server(settings: Settings, ser
         assert time.monotonic() - gone_at <= FAST.idle_timeout_s + 1
         assert server.open_streams == 0
         await doomed.close()
+
+
+async def test_a_restarted_server_fails_the_stream_at_the_next_ping(
+    client: TunnelClient, server_nc: NATS, settings: Settings
+) -> None:
+    async def silent(request: TunnelRequest) -> TunnelResponse:
+        async def body() -> AsyncIterator[bytes]:
+            await asyncio.sleep(3600)
+            yield b""
+
+        return TunnelResponse(200, body=body())
+
+    async with serve(server_nc, silent):
+        stream = await client.open(SUBJECT, head(method="GET"), b"")
+        # The worker came back under the same id: its new server has never heard of the stream.
+        restarted_nc = await connect(settings, name="restarted-worker")
+        try:
+            async with serve(restarted_nc, silent):
+                started = time.monotonic()
+                with pytest.raises(TunnelPeerLost, match="lost the stream"):
+                    await stream.read()
+                assert time.monotonic() - started < FAST.idle_timeout_s
+        finally:
+            await restarted_nc.close()
 
 
 async def test_server_close_fails_open_streams(client: TunnelClient, server_nc: NATS) -> None:

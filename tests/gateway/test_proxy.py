@@ -75,6 +75,12 @@ class Worker:
             return TunnelResponse(200, [("content-type", "text/plain")], self._ticks())
         if path == "/forever":
             return TunnelResponse(200, [], self._forever())
+        if path == "/stuck":
+            try:
+                await asyncio.sleep(3600)  # e.g. a sandbox that never answers
+            except asyncio.CancelledError:
+                self.cancelled.set()
+                raise
         if path == "/broken":
             return TunnelResponse(200, [], self._broken())
         raise TunnelError("sandbox sb1 is not running", code="sandbox_not_running")
@@ -194,6 +200,13 @@ async def test_client_disconnect_cancels_the_upstream(worker: Worker, base_url: 
     async with httpx.AsyncClient(base_url=base_url) as http, http.stream("GET", "/sandboxes/sb1/forever") as response:
         async for _ in response.aiter_raw():
             break
+    await asyncio.wait_for(worker.cancelled.wait(), 3)
+
+
+async def test_client_gone_before_the_response_cancels_the_upstream(worker: Worker, base_url: str) -> None:
+    async with httpx.AsyncClient(base_url=base_url, timeout=0.5) as http:
+        with pytest.raises(httpx.ReadTimeout):
+            await http.get("/sandboxes/sb1/stuck")
     await asyncio.wait_for(worker.cancelled.wait(), 3)
 
 
