@@ -115,6 +115,9 @@ class LinuxSettings(BaseModel):
         le=4_000_000_000,
         description="first host uid/gid of the sandboxes; one per concurrent sandbox, owned by nobody on the host",
     )
+    uid_block: int = Field(
+        4096, ge=16, description="uids each worker claims (the workers of one host take consecutive blocks)"
+    )
     cgroup_parent: str | None = Field(
         None,
         description="cgroup under which sandbox cgroups are made: absolute from the hierarchy's root, "

@@ -46,14 +46,16 @@ from soulbox.core.settings import LinuxSettings
 from ..protocol import Output
 from .box import RUN_DIR, Box, BoxLimits, make_run_dir, remove_run_dir
 from .cgroup import CgroupDriver, CgroupLimits, SandboxCgroup, detect
-from .errors import SandboxError, SandboxSetupFailed
+from .errors import SandboxError, SandboxSetupFailed, SandboxUnavailable
 from .host import become_subreaper, seal_inherited_fds, which
 from .reaper import sweep
 from .rootfs import RootLayout
 from .seccomp import build_filter
 from .session import DRAIN_S, Session, open_session
 from .streams import feed, pump
-from .uids import UidPool
+from .uids import UidBlock, UidPool
+
+UID_LOCKS = "soulbox-uids"  # beside the rootfs skeletons: one lock file per uid block
 
 log = get_logger(__name__)
 
@@ -96,8 +98,17 @@ class Launcher:
         except BaseException:
             self._cgroups.close()
             raise
-        self._uids = UidPool(settings.uid_base, concurrency)
-        self._box_uids = UidPool(settings.uid_base + concurrency, box_capacity) if box_capacity else None
+        if concurrency + box_capacity > settings.uid_block:
+            raise SandboxUnavailable(f"{concurrency + box_capacity} sandboxes need more than uid_block uids")
+        try:
+            self._uid_block = UidBlock(settings.uid_base, settings.uid_block, self._layout.skeleton.parent / UID_LOCKS)
+        except BaseException:
+            self._layout.close()
+            self._cgroups.close()
+            raise
+        start = self._uid_block.start
+        self._uids = UidPool(start, concurrency)
+        self._box_uids = UidPool(start + concurrency, box_capacity) if box_capacity else None
         self._leftovers: list[SandboxCgroup] = []
         self._closed = False
 
@@ -295,3 +306,4 @@ class Launcher:
             await self._remove(cgroup)
         self._cgroups.close()
         self._layout.close()
+        self._uid_block.close()

@@ -10,7 +10,12 @@ The pool's size is the tier's concurrency: ``acquire`` waits for a free uid
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
 from collections import deque
+from pathlib import Path
+
+from .errors import SandboxUnavailable
 
 
 class UidPool:
@@ -35,3 +40,34 @@ class UidPool:
     @property
     def in_use(self) -> int:
         return self.size - len(self._free)
+
+
+class UidBlock:
+    """A range of host uids held by this process alone among the workers of this host.
+
+    Workers on one host share ``uid_base`` and the block size; each claims the
+    first free block by taking an exclusive ``flock`` on that block's lock file
+    (held until :meth:`close` or the process's death, which releases it), so
+    two workers never run sandboxes as the same uid — the uid is what kills and
+    sweeps go by.
+    """
+
+    def __init__(self, base: int, size: int, lock_dir: Path, *, max_blocks: int = 256) -> None:
+        lock_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for index in range(max_blocks):
+            fd = os.open(lock_dir / f"uids-{base}-{index}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            self.start = base + index * size
+            self.size = size
+            self._fd = fd
+            return
+        raise SandboxUnavailable(f"all {max_blocks} uid blocks from {base} are held by other workers")
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1

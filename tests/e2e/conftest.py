@@ -7,10 +7,12 @@ import pytest
 
 from tests.stack import Stack
 
+API_KEY = "sb_test_key_0123456789"
+
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    s = Stack(tmp_path_factory.mktemp("stack"), workers=2)
+    s = Stack(tmp_path_factory.mktemp("stack"), workers=2, env={"SOULBOX_GATEWAY__API_KEYS": f'["{API_KEY}"]'})
     s.start()
     try:
         yield s
@@ -30,3 +32,13 @@ def deploy(api: httpx.Client, name: str, module: bytes, **limits: int) -> httpx.
         data={"name": name, **{k: str(v) for k, v in limits.items()}},
         files={"module": (f"{name}.wasm", module, "application/wasm")},
     )
+
+
+@pytest.fixture
+def e2b_env(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> Stack:
+    """The official E2B SDKs pointed at the stack through their own settings."""
+    monkeypatch.setenv("E2B_API_URL", stack.url)
+    monkeypatch.setenv("E2B_SANDBOX_URL", stack.url)
+    monkeypatch.setenv("E2B_API_KEY", API_KEY)
+    monkeypatch.setenv("E2B_DOMAIN", "sandbox.localhost")
+    return stack

@@ -8,27 +8,18 @@ from collections.abc import Iterator
 import pytest
 from e2b_code_interpreter import Sandbox
 
+from tests.e2e.conftest import API_KEY
 from tests.stack import Stack
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def ci_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    stack = Stack(tmp_path_factory.mktemp("ci"), workers=1, env={"SOULBOX_SANDBOXES__POOL_SIZE": "0"})
-    stack.start()
-    try:
-        yield stack
-    finally:
-        stack.stop()
-
-
-@pytest.fixture(scope="module")
-def sbx(ci_stack: Stack) -> Iterator[Sandbox]:
+def sbx(stack: Stack) -> Iterator[Sandbox]:
     mp = pytest.MonkeyPatch()
-    mp.setenv("E2B_API_URL", ci_stack.url)
-    mp.setenv("E2B_SANDBOX_URL", ci_stack.url)
-    mp.setenv("E2B_API_KEY", "sb_unchecked")
+    mp.setenv("E2B_API_URL", stack.url)
+    mp.setenv("E2B_SANDBOX_URL", stack.url)
+    mp.setenv("E2B_API_KEY", API_KEY)
     sandbox = Sandbox.create(timeout=300, request_timeout=300)  # the first one builds the data-science env
     try:
         yield sandbox

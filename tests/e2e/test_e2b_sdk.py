@@ -17,35 +17,11 @@ from e2b.exceptions import AuthenticationException, SandboxException
 
 from tests.stack import Stack
 
-API_KEY = "sb_test_key_0123456789"
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def e2b_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    stack = Stack(
-        tmp_path_factory.mktemp("e2b"),
-        workers=1,
-        env={"SOULBOX_GATEWAY__API_KEYS": f'["{API_KEY}"]', "SOULBOX_SANDBOXES__POOL_SIZE": "1"},
-    )
-    stack.start()
-    try:
-        yield stack
-    finally:
-        stack.stop()
-
-
 @pytest.fixture
-def sdk_env(e2b_stack: Stack, monkeypatch: pytest.MonkeyPatch) -> Stack:
-    monkeypatch.setenv("E2B_API_URL", e2b_stack.url)
-    monkeypatch.setenv("E2B_SANDBOX_URL", e2b_stack.url)
-    monkeypatch.setenv("E2B_API_KEY", API_KEY)
-    monkeypatch.setenv("E2B_DOMAIN", "sandbox.localhost")
-    return e2b_stack
-
-
-@pytest.fixture
-def sbx(sdk_env: Stack) -> Iterator[Sandbox]:
+def sbx(e2b_env: Stack) -> Iterator[Sandbox]:
     sandbox = Sandbox.create(timeout=120, envs={"GREETING": "hello"}, metadata={"suite": "e2b"})
     try:
         yield sandbox
@@ -135,7 +111,7 @@ def test_pty_runs_an_interactive_shell(sbx: Sandbox) -> None:
     assert b"40 100" in output and b"/dev/pts/" in output
 
 
-def test_lifecycle_info_list_timeout_metrics_pause_kill(sdk_env: Stack) -> None:
+def test_lifecycle_info_list_timeout_metrics_pause_kill(e2b_env: Stack) -> None:
     sandbox = Sandbox.create(timeout=60, metadata={"owner": "lifecycle"})
     try:
         info = sandbox.get_info()
@@ -157,7 +133,7 @@ def test_lifecycle_info_list_timeout_metrics_pause_kill(sdk_env: Stack) -> None:
         Sandbox.get_info(sandbox.sandbox_id)
 
 
-def test_a_sandbox_dies_at_its_timeout(sdk_env: Stack) -> None:
+def test_a_sandbox_dies_at_its_timeout(e2b_env: Stack) -> None:
     sandbox = Sandbox.create(timeout=1)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and sandbox.is_running():
@@ -165,21 +141,21 @@ def test_a_sandbox_dies_at_its_timeout(sdk_env: Stack) -> None:
     assert not sandbox.is_running()
 
 
-def test_a_server_inside_is_reachable_on_its_port_url(sbx: Sandbox, sdk_env: Stack) -> None:
+def test_a_server_inside_is_reachable_on_its_port_url(sbx: Sandbox, e2b_env: Stack) -> None:
     sbx.files.write("/home/user/site/index.html", "<h1>inside</h1>")
     sbx.commands.run("cd /home/user/site && python3 -m http.server 8000", background=True)
     host = sbx.get_host(8000)
     assert host == f"8000-{sbx.sandbox_id}.sandbox.localhost"
     deadline = time.monotonic() + 10
     while True:
-        response = httpx.get(f"{sdk_env.url}/index.html", headers={"Host": host}, timeout=5)
+        response = httpx.get(f"{e2b_env.url}/index.html", headers={"Host": host}, timeout=5)
         if response.status_code == 200 or time.monotonic() > deadline:
             break
         time.sleep(0.2)
     assert response.status_code == 200 and response.text == "<h1>inside</h1>"
 
 
-def test_a_wrong_api_key_is_refused(sdk_env: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_wrong_api_key_is_refused(e2b_env: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("E2B_API_KEY", "sb_wrong")
     with pytest.raises((AuthenticationException, SandboxException)):
         Sandbox.create()

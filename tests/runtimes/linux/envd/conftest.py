@@ -39,7 +39,10 @@ class Envd:
             headers["X-Access-Token"] = token
         config = ConnectionConfig(sandbox_url=self.url, extra_sandbox_headers=headers)
         return Sandbox(
-            sandbox_id="test", sandbox_domain=None, envd_version=ENVD_VERSION, envd_access_token=token,
+            sandbox_id="test",
+            sandbox_domain=None,
+            envd_version=ENVD_VERSION,
+            envd_access_token=token,
             connection_config=config,
         )
 
@@ -59,7 +62,10 @@ def start_envd(tmp: Path, *args: str, env: dict[str, str] | None = None) -> subp
         link.symlink_to(Path(envd_package.__file__).parent)
     full_env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(pythonpath), **(env or {})}
     process = subprocess.Popen(
-        [SYSTEM_PYTHON, "-m", "envd", *args], stdout=subprocess.PIPE, env=full_env, cwd=tmp,
+        [SYSTEM_PYTHON, "-m", "envd", *args],
+        stdout=subprocess.PIPE,
+        env=full_env,
+        cwd=tmp,
     )
     assert process.stdout is not None
     line = process.stdout.readline()
@@ -86,8 +92,15 @@ def envd(tmp_path: Path) -> Iterator[Envd]:
     env_file.write_text(json.dumps({"SOULBOX_DEFAULT": "from-env-file"}))
     port = free_port()
     process = start_envd(
-        tmp_path, "--port", str(port), "--host", "127.0.0.1", "--env-file", str(env_file),
-        "--home", str(home),
+        tmp_path,
+        "--port",
+        str(port),
+        "--host",
+        "127.0.0.1",
+        "--env-file",
+        str(env_file),
+        "--home",
+        str(home),
     )
     try:
         yield Envd(f"http://127.0.0.1:{port}", home, process)

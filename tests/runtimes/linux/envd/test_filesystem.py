@@ -27,7 +27,11 @@ def test_write_read_and_info(sandbox: Sandbox, envd: Envd) -> None:
     assert sandbox.files.read(info.path, format="bytes") == bytearray(b"hello")
     entry = sandbox.files.get_info(info.path)
     assert (entry.name, entry.type, entry.size, entry.mode, entry.permissions) == (
-        "a.txt", FileType.FILE, 5, 0o644, "-rw-r--r--"
+        "a.txt",
+        FileType.FILE,
+        5,
+        0o644,
+        "-rw-r--r--",
     )
     assert abs(entry.modified_time.timestamp() - os.stat(info.path).st_mtime) < 1
     assert sandbox.files.exists(info.path)

@@ -24,7 +24,13 @@ def secured(tmp_path: Path) -> Iterator[Envd]:
     """envd that requires an access token."""
     port = free_port()
     process = start_envd(
-        tmp_path, "--port", str(port), "--host", "127.0.0.1", "--home", str(tmp_path / "home"),
+        tmp_path,
+        "--port",
+        str(port),
+        "--host",
+        "127.0.0.1",
+        "--home",
+        str(tmp_path / "home"),
         env={"SOULBOX_ENVD_ACCESS_TOKEN": TOKEN},
     )
     try:

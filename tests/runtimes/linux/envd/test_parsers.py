@@ -94,17 +94,32 @@ texts = st.text(st.characters(blacklist_categories=("Cs",)), max_size=20)
 
 @settings(max_examples=150, deadline=None)
 @given(
-    cmd=texts.filter(bool), args=st.lists(texts, max_size=4), envs=st.dictionaries(texts, texts, max_size=3),
-    cwd=st.none() | texts, rows=st.integers(0, 2**16 - 1), cols=st.integers(0, 2**16 - 1),
-    stdin=st.booleans(), tag=st.none() | texts, data=st.binary(max_size=64),
+    cmd=texts.filter(bool),
+    args=st.lists(texts, max_size=4),
+    envs=st.dictionaries(texts, texts, max_size=3),
+    cwd=st.none() | texts,
+    rows=st.integers(0, 2**16 - 1),
+    cols=st.integers(0, 2**16 - 1),
+    stdin=st.booleans(),
+    tag=st.none() | texts,
+    data=st.binary(max_size=64),
 )
 def test_requests_from_the_generated_classes_parse(
-    cmd: str, args: list[str], envs: dict[str, str], cwd: str | None, rows: int, cols: int, stdin: bool,
-    tag: str | None, data: bytes,
+    cmd: str,
+    args: list[str],
+    envs: dict[str, str],
+    cwd: str | None,
+    rows: int,
+    cols: int,
+    stdin: bool,
+    tag: str | None,
+    data: bytes,
 ) -> None:
     request = process_pb.StartRequest(
         process=process_pb.ProcessConfig(cmd=cmd, args=args, envs=envs, cwd=cwd),
-        pty=process_pb.PTY(size=process_pb.PTY.Size(rows=rows, cols=cols)), stdin=stdin, tag=tag,
+        pty=process_pb.PTY(size=process_pb.PTY.Size(rows=rows, cols=cols)),
+        stdin=stdin,
+        tag=tag,
     )
     message = json.loads(request.to_json())
     spec = obj(message, "process")
@@ -122,12 +137,22 @@ def test_requests_from_the_generated_classes_parse(
 
 @settings(max_examples=150, deadline=None)
 @given(
-    kind=st.sampled_from(["stdout", "stderr", "pty"]), data=st.binary(max_size=64),
-    code=st.integers(-(2**31), 2**31 - 1), exited=st.booleans(), status=texts, error=st.none() | texts,
+    kind=st.sampled_from(["stdout", "stderr", "pty"]),
+    data=st.binary(max_size=64),
+    code=st.integers(-(2**31), 2**31 - 1),
+    exited=st.booleans(),
+    status=texts,
+    error=st.none() | texts,
     ns=st.integers(0, 4_000_000_000 * 10**9),
 )
 def test_responses_decode_with_the_generated_classes(
-    kind: str, data: bytes, code: int, exited: bool, status: str, error: str | None, ns: int,
+    kind: str,
+    data: bytes,
+    code: int,
+    exited: bool,
+    status: str,
+    error: str | None,
+    ns: int,
 ) -> None:
     out = process_pb.StartResponse.from_json(json.dumps(_output(Output(kind, data))))
     assert out.event is not None

@@ -103,9 +103,7 @@ def test_list_reports_cmd_args_envs_and_cwd(sandbox: Sandbox) -> None:
 
 
 def test_reconnect_to_a_running_process_keeps_receiving(sandbox: Sandbox) -> None:
-    handle = sandbox.commands.run(
-        "for i in 1 2 3 4 5 6; do echo line$i; sleep 0.3; done", background=True, timeout=0
-    )
+    handle = sandbox.commands.run("for i in 1 2 3 4 5 6; do echo line$i; sleep 0.3; done", background=True, timeout=0)
     for stdout, _, _ in handle:
         assert stdout == "line1\n"
         break
@@ -141,9 +139,7 @@ def test_command_timeout_kills_the_process(sandbox: Sandbox) -> None:
 def test_envd_reaps_its_children(sandbox: Sandbox, envd: Envd) -> None:
     for _ in range(5):
         sandbox.commands.run("true")
-    children = [
-        pid for pid in os.listdir("/proc") if pid.isdigit() and _ppid(int(pid)) == envd.process.pid
-    ]
+    children = [pid for pid in os.listdir("/proc") if pid.isdigit() and _ppid(int(pid)) == envd.process.pid]
     assert children == []
 
 

@@ -159,8 +159,7 @@ def test_exception_gives_name_value_traceback(sbx: Sandbox) -> None:
 
 def test_env_vars_apply_to_one_execution(sbx: Sandbox) -> None:
     code = (
-        "import os, subprocess\n"
-        "(os.environ.get('SOULBOX_X'), subprocess.check_output('echo $SOULBOX_X', shell=True))"
+        "import os, subprocess\n(os.environ.get('SOULBOX_X'), subprocess.check_output('echo $SOULBOX_X', shell=True))"
     )
     assert sbx.run_code(code, envs={"SOULBOX_X": "yes"}).text == "('yes', b'yes\\n')"
     assert sbx.run_code(code).text == "(None, b'\\n')"
