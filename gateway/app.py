@@ -9,7 +9,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from soulbox.core.bus import connect, ensure_topology
 from soulbox.core.settings import Settings
@@ -43,7 +43,7 @@ async def openapi(request: Request) -> Response:
     return JSONResponse(openapi_document(request.app.routes))
 
 
-def routes() -> list[Route]:
+def routes() -> list[BaseRoute]:
     return [
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),

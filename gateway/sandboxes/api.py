@@ -11,7 +11,7 @@ from datetime import datetime
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route, WebSocketRoute
 
 from soulbox.core.errors import InvalidRequest
 from soulbox.core.sandboxes import SandboxMetric, SandboxRecord, SandboxState
@@ -19,6 +19,7 @@ from soulbox.core.sandboxes import SandboxMetric, SandboxRecord, SandboxState
 from ..platform import platform
 from .auth import authenticate
 from .control import SandboxControlPlane
+from .terminal import terminal
 
 
 class CreateSandbox(BaseModel):
@@ -159,7 +160,7 @@ async def metrics(request: Request) -> Response:
     return _out(MetricsOut(metrics=await plane.metrics(tenant, request.path_params["sandbox_id"])))
 
 
-def routes() -> list[Route]:
+def routes() -> list[BaseRoute]:
     one = "/v1/sandboxes/{sandbox_id}"
     return [
         Route("/v1/sandboxes", create, methods=["POST"]),
@@ -170,6 +171,7 @@ def routes() -> list[Route]:
         Route(f"{one}/pause", pause, methods=["POST"]),
         Route(f"{one}/resume", resume, methods=["POST"]),
         Route(f"{one}/metrics", metrics, methods=["GET"]),
+        WebSocketRoute(f"{one}/pty", terminal),
     ]
 
 

@@ -12,17 +12,23 @@ import hmac
 from starlette.requests import Request
 
 from soulbox.core.errors import Unauthenticated
+from soulbox.core.settings import Settings
 
 from ..platform import platform
 
 
 def authenticate(request: Request) -> None:
-    keys = platform(request).settings.gateway.api_keys
+    check_key(platform(request).settings, request.headers.get("x-api-key"), request.headers.get("authorization"))
+
+
+def check_key(settings: Settings, api_key: str | None, authorization: str | None) -> None:
+    """Accept ``api_key`` (or a Bearer ``authorization``) if it is one of the configured keys."""
+    keys = settings.gateway.api_keys
     if not keys:
         return
-    given = request.headers.get("x-api-key")
+    given = api_key
     if given is None:
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        scheme, _, token = (authorization or "").partition(" ")
         given = token.strip() if scheme.lower() == "bearer" else None
     if given is None:
         raise Unauthenticated("an API key is required (X-API-KEY header)")

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
+import websockets
 
 from tests.e2e.conftest import API_KEY
 from tests.stack import Stack
@@ -111,3 +114,31 @@ def test_unknown_sandboxes_on_the_data_plane(stack: Stack) -> None:
     assert by_host.status_code == 502
     # An ordinary host is the API, not a sandbox.
     assert httpx.get(f"{stack.url}/healthz", timeout=10).json() == {"status": "ok"}
+
+
+async def test_a_pty_terminal_over_websocket(stack: Stack, client: httpx.Client) -> None:
+    sid = client.post("/v1/sandboxes", json={"timeout_s": 60}).json()["sandbox_id"]
+    url = f"ws://127.0.0.1:{stack.gateway_port}/v1/sandboxes/{sid}/pty?cols=100&rows=30&api_key={API_KEY}"
+    try:
+        async with websockets.connect(url) as ws:
+            await ws.send(b"stty size; tty\n")
+            assert "30 100" in await read_until(ws, "30 100")
+            await ws.send(json.dumps({"type": "resize", "cols": 120, "rows": 40}))
+            await ws.send(b"stty size; exit 7\n")
+            seen = await read_until(ws, '"type": "exit"')
+            assert "40 120" in seen and "/dev/pts/" in seen
+            assert json.loads(seen[seen.rindex("{") :]) == {"type": "exit", "exit_code": 7}
+        with pytest.raises(websockets.InvalidStatus):  # refused before the upgrade: no key
+            async with websockets.connect(url.replace(API_KEY, "wrong")):
+                pass
+    finally:
+        client.delete(f"/v1/sandboxes/{sid}")
+
+
+async def read_until(ws: websockets.ClientConnection, marker: str, timeout: float = 10.0) -> str:
+    seen = ""
+    async with asyncio.timeout(timeout):
+        while marker not in seen:
+            frame = await ws.recv()
+            seen += frame.decode(errors="replace") if isinstance(frame, bytes) else frame
+    return seen
