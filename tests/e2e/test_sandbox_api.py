@@ -116,8 +116,9 @@ def test_unknown_sandboxes_on_the_data_plane(stack: Stack) -> None:
     assert httpx.get(f"{stack.url}/healthz", timeout=10).json() == {"status": "ok"}
 
 
-async def test_a_pty_terminal_over_websocket(stack: Stack, client: httpx.Client) -> None:
-    sid = client.post("/v1/sandboxes", json={"timeout_s": 60}).json()["sandbox_id"]
+async def test_a_pty_terminal_over_websocket(stack: Stack) -> None:
+    client = httpx.AsyncClient(base_url=stack.url, headers={"X-API-KEY": API_KEY}, timeout=60)
+    sid = (await client.post("/v1/sandboxes", json={"timeout_s": 60})).json()["sandbox_id"]
     url = f"ws://127.0.0.1:{stack.gateway_port}/v1/sandboxes/{sid}/pty?cols=100&rows=30&api_key={API_KEY}"
     try:
         async with websockets.connect(url) as ws:
@@ -132,7 +133,8 @@ async def test_a_pty_terminal_over_websocket(stack: Stack, client: httpx.Client)
             async with websockets.connect(url.replace(API_KEY, "wrong")):
                 pass
     finally:
-        client.delete(f"/v1/sandboxes/{sid}")
+        await client.delete(f"/v1/sandboxes/{sid}")
+        await client.aclose()
 
 
 async def read_until(ws: websockets.ClientConnection, marker: str, timeout: float = 10.0) -> str:
