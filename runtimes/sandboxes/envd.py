@@ -20,8 +20,10 @@ class EnvdClient:
     """Requests to envd; responses are streamed (process output can flow for hours)."""
 
     def __init__(self, socket: Path) -> None:
+        # One connection per request (a unix connect costs microseconds): a request cut short
+        # mid-body can never leave bytes behind for the next one on a kept-alive connection.
         self._http = httpx.AsyncClient(
-            transport=httpx.AsyncHTTPTransport(uds=str(socket)),
+            transport=httpx.AsyncHTTPTransport(uds=str(socket), limits=httpx.Limits(max_keepalive_connections=0)),
             base_url="http://envd",
             timeout=httpx.Timeout(None, connect=CONNECT_TIMEOUT_S),
         )
