@@ -80,6 +80,9 @@ class Buckets:
     workers: KeyValue
     billing: KeyValue
     artifacts: ObjectStore
+    triggers: KeyValue
+    cron: KeyValue
+    concurrency: KeyValue
 
 
 async def _ensure_stream(js: JetStreamContext, config: api.StreamConfig) -> None:
@@ -110,7 +113,21 @@ async def ensure_topology(js: JetStreamContext, settings: Settings) -> Buckets:
             duplicate_window=DEDUPE_WINDOW_S,
             num_replicas=replicas,
             discard=api.DiscardPolicy.NEW,
-            max_msgs=1_000_000,
+            max_msgs=settings.queue.max_msgs,
+            max_bytes=settings.queue.max_bytes,
+        ),
+    )
+    await _ensure_stream(
+        js,
+        api.StreamConfig(
+            name=names.DEAD_LETTERS_STREAM,
+            subjects=[names.DEAD_LETTERS_SUBJECTS],
+            retention=api.RetentionPolicy.LIMITS,
+            storage=api.StorageType.FILE,
+            duplicate_window=DEDUPE_WINDOW_S,
+            max_msgs_per_subject=1,
+            max_age=14 * 24 * 3600.0,
+            num_replicas=replicas,
         ),
     )
     await _ensure_stream(
@@ -172,6 +189,9 @@ async def ensure_topology(js: JetStreamContext, settings: Settings) -> Buckets:
         ),
         billing=await _ensure_kv(js, kv(bucket=names.BILLING_BUCKET, replicas=replicas)),
         artifacts=await _ensure_object_store(js, replicas),
+        triggers=await _ensure_kv(js, kv(bucket=names.TRIGGERS_BUCKET, history=1, replicas=replicas)),
+        cron=await _ensure_kv(js, kv(bucket=names.CRON_BUCKET, history=1, replicas=replicas)),
+        concurrency=await _ensure_kv(js, kv(bucket=names.CONCURRENCY_BUCKET, history=1, replicas=replicas)),
     )
 
 

@@ -25,6 +25,10 @@ AUDIT_STREAM: Final = "SB_AUDIT"
 """Append-only audit log (API calls and lifecycle events)."""
 AUDIT_SUBJECTS: Final = "sb.audit.>"
 
+DEAD_LETTERS_STREAM: Final = "SB_DEAD_LETTERS"
+"""Asynchronous invocations that failed on their last attempt, one subject per invocation."""
+DEAD_LETTERS_SUBJECTS: Final = "sb.deadletters.>"
+
 # Durable consumers ----------------------------------------------------------
 SCHEDULER_CONSUMER: Final = "scheduler"
 EVENT_CONSUMERS: Final = ("billing", "audit", "metrics")
@@ -35,6 +39,11 @@ INVOCATIONS_BUCKET: Final = "sb_invocations"
 WORKERS_BUCKET: Final = "sb_workers"
 BILLING_BUCKET: Final = "sb_billing"
 ARTIFACTS_BUCKET: Final = "sb_artifacts"
+TRIGGERS_BUCKET: Final = "sb_triggers"
+CRON_BUCKET: Final = "sb_cron"
+"""Per cron trigger, the last claimed tick (compare-and-set: one firing per tick)."""
+CONCURRENCY_BUCKET: Final = "sb_concurrency"
+"""Per function with a concurrency limit, the leases of its running invocations."""
 
 
 def invocation_subject(tenant: str) -> str:
@@ -89,3 +98,23 @@ def function_key(tenant: str, name: str) -> str:
 
 def billing_key(tenant: str, function: str, invocation_id: str) -> str:
     return f"{tenant}.{function}.{invocation_id}"
+
+
+def trigger_key(tenant: str, trigger_id: str) -> str:
+    return f"{tenant}.{trigger_id}"
+
+
+def dead_letter_subject(tenant: str, invocation_id: str) -> str:
+    return f"sb.deadletters.{tenant}.{invocation_id}"
+
+
+def dead_letters_filter(tenant: str) -> str:
+    return f"sb.deadletters.{tenant}.*"
+
+
+def triggers_queue_group(tenant: str, trigger_id: str) -> str:
+    """Queue group of the trigger services for one NATS trigger: each message reaches one replica.
+
+    One group per trigger, so two triggers on the same subject both fire.
+    """
+    return f"soulbox-triggers-{tenant}-{trigger_id}"

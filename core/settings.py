@@ -53,6 +53,20 @@ class GatewaySettings(BaseModel):
     sync_grace_s: float = Field(5.0, ge=0, description="extra wait over a function's timeout")
 
 
+class QueueSettings(BaseModel):
+    """Bounds of the invocation stream; past them the gateway answers 429."""
+
+    max_msgs: int = Field(1_000_000, ge=1)
+    max_bytes: int = Field(-1, ge=-1, description="-1: unbounded")
+    retry_after_s: float = Field(1.0, gt=0, description="Retry-After of a 429 when the queue is full")
+
+
+class TriggerSettings(BaseModel):
+    cron_horizon_s: float = Field(
+        1.0, gt=0, description="how often the cron loop looks again at the triggers (and the clock)"
+    )
+
+
 class FunctionDefaults(BaseModel):
     memory_mb: int = 64
     timeout_ms: int = 10_000
@@ -164,3 +178,5 @@ class Settings(BaseSettings):
     events: EventsSettings = EventsSettings()
     js: JsSettings = JsSettings()
     linux: LinuxSettings = LinuxSettings()
+    queue: QueueSettings = QueueSettings()
+    triggers: TriggerSettings = TriggerSettings()

@@ -13,8 +13,9 @@ from starlette.routing import Route
 
 from soulbox.core.bus import connect, ensure_topology
 from soulbox.core.settings import Settings
+from soulbox.triggers.catalog import TriggerCatalog
 
-from . import functions, invocations, reports
+from . import functions, hooks, invocations, reports, triggers
 from .errors import EXCEPTION_HANDLERS, error_response
 from .middleware import RequestTrail
 from .openapi import openapi_document
@@ -51,7 +52,17 @@ def routes() -> list[Route]:
         Route("/v1/invocations/{invocation_id}", invocations.get_invocation, methods=["GET"], name="get_invocation"),
         Route("/v1/usage", reports.get_usage, methods=["GET"]),
         Route("/v1/audit", reports.get_audit, methods=["GET"]),
+        Route("/v1/triggers", triggers.create_trigger, methods=["POST"]),
+        Route("/v1/triggers", triggers.list_triggers, methods=["GET"]),
+        Route("/v1/triggers/{trigger_id}", triggers.get_trigger, methods=["GET"]),
+        Route("/v1/triggers/{trigger_id}", triggers.replace_trigger, methods=["PUT"]),
+        Route("/v1/triggers/{trigger_id}", triggers.delete_trigger, methods=["DELETE"]),
+        Route("/v1/hooks/{trigger_id}", hooks.webhook, methods=["POST"]),
+        Route("/run/{path:path}", hooks.route, methods=list(ROUTE_METHODS), include_in_schema=False),
     ]
+
+
+ROUTE_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
 
 
 def create_app(settings: Settings) -> Starlette:
@@ -62,12 +73,16 @@ def create_app(settings: Settings) -> Starlette:
         buckets = await ensure_topology(js, settings)
         registry = FunctionRegistry(buckets.functions, buckets.artifacts)
         waiter = ResultWaiter(nc, buckets.invocations)
+        trigger_catalog = TriggerCatalog(buckets.triggers)
         await registry.start()
         await waiter.start()
+        await trigger_catalog.start()
         app.state.platform = Platform(settings, nc, js, buckets, registry, waiter)
+        app.state.triggers = trigger_catalog
         try:
             yield
         finally:
+            await trigger_catalog.stop()
             await waiter.stop()
             await registry.stop()
             await nc.drain()

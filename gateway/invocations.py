@@ -9,13 +9,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from soulbox.core.errors import FunctionFailed, InvocationNotFound, InvocationTimeout, PayloadTooLarge, SchemaError
-from soulbox.core.schemas import InvocationRecord, Runtime, Status
+from soulbox.core.schemas import FunctionSpec, InvocationRecord, Runtime, Status
 from soulbox.core.store import get_model
 from soulbox.runtimes.js.http import HttpResponse
 
 from .functions import function_name
 from .models import InvocationAccepted, InvocationOut
-from .platform import INVOCATION_ID_RE, platform
+from .platform import INVOCATION_ID_RE, Platform, Submission, platform
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -53,10 +53,20 @@ async def invoke(request: Request) -> Response:
     invocation_id = submission.request.id
     structlog.contextvars.bind_contextvars(invocation_id=invocation_id)
     if not wait:
-        url = str(request.url_for("get_invocation", invocation_id=invocation_id).path)
-        accepted = InvocationAccepted(id=invocation_id, status=Status.ACCEPTED.value, url=url)
-        return JSONResponse(accepted.model_dump(), status_code=202, headers={"Location": url})
+        return accepted_response(request, invocation_id)
+    return await finished_response(p, spec, submission)
 
+
+def accepted_response(request: Request, invocation_id: str) -> Response:
+    """202 with the invocation's id and where to poll it."""
+    url = str(request.url_for("get_invocation", invocation_id=invocation_id).path)
+    accepted = InvocationAccepted(id=invocation_id, status=Status.ACCEPTED.value, url=url)
+    return JSONResponse(accepted.model_dump(), status_code=202, headers={"Location": url})
+
+
+async def finished_response(p: Platform, spec: FunctionSpec, submission: Submission) -> Response:
+    """Wait for a synchronous submission's record and answer with the function's result."""
+    invocation_id = submission.request.id
     timeout = spec.limits.timeout_ms / 1000 + p.settings.gateway.sync_grace_s
     record: InvocationRecord | None = None
     if submission.result is None:  # a repeated id: follow the first submission's record

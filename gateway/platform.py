@@ -57,7 +57,14 @@ class Platform:
     waiter: ResultWaiter
 
     async def submit(
-        self, spec: FunctionSpec, body: bytes, *, invocation_id: str | None, wait: bool, trace_id: str | None
+        self,
+        spec: FunctionSpec,
+        body: bytes,
+        *,
+        invocation_id: str | None,
+        wait: bool,
+        trace_id: str | None,
+        trigger: str | None = None,
     ) -> Submission:
         """Record the invocation as accepted and put it on the invocation stream."""
         client_id = invocation_id is not None
@@ -72,6 +79,7 @@ class Platform:
             input=body,
             reply_to=self.waiter.reply_subject(invocation_id) if wait else None,
             trace_id=trace_id,
+            trigger=trigger,
         )
         record = InvocationRecord(
             id=invocation_id,
@@ -104,7 +112,7 @@ class Platform:
         except BadRequestError as exc:
             self.waiter.discard(invocation_id)
             if exc.err_code in (10077, 10047, 10048):  # stream message/byte/storage limits
-                raise Overloaded("the invocation queue is full", retry_after=1.0) from exc
+                raise Overloaded("the invocation queue is full", retry_after=self.settings.queue.retry_after_s) from exc
             raise Unavailable(f"could not enqueue the invocation: {exc}") from exc
         except Unavailable:
             self.waiter.discard(invocation_id)
