@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 from .errors import InvalidRequest
 
@@ -337,10 +337,23 @@ class HttpRouteConfig(BaseModel):
     path: str = Field(description="under /run, e.g. /orders/{id}", pattern=r"^(/[A-Za-z0-9._~{}-]+)+/?$|^/$")
 
 
+_SUBJECT_TOKEN = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
 class NatsTriggerConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
-    # Not under sb. or $ (SoulBox's own and the server's subjects); wildcards allowed.
-    subject: str = Field(pattern=r"^(?!sb\.|\$|_INBOX\.)[A-Za-z0-9_-]+(\.([A-Za-z0-9_-]+|\*))*(\.>)?$")
+    subject: str = Field(max_length=255, description="a subject or wildcard, not under sb., $ or _INBOX.")
+
+    @field_validator("subject")
+    @classmethod
+    def _user_subject(cls, value: str) -> str:
+        tokens = value.split(".")
+        literal = [t for i, t in enumerate(tokens) if t != "*" and not (t == ">" and i == len(tokens) - 1)]
+        if not all(_SUBJECT_TOKEN.match(t) for t in literal) or not literal:
+            raise ValueError("a subject is dot-separated tokens of [A-Za-z0-9_-], `*`, and `>` last")
+        if tokens[0] in ("sb", "_INBOX") or tokens[0].startswith("$") or tokens[0] in ("*", ">"):
+            raise ValueError("sb.*, $*, _INBOX.* and subjects starting with a wildcard are reserved")
+        return value
 
 
 class CronConfig(BaseModel):

@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+
+import httpx
+import nats
+import pytest
+import pytest_asyncio
+from nats.aio.client import Client as NATS
+
+from tests.e2e.conftest import deploy
+from tests.guests import wasm
+from tests.stack import Stack
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A whole stack with two trigger services, so that every test also checks they do not double-fire."""
+    s = Stack(tmp_path_factory.mktemp("stack"), workers=1, triggers=2)
+    s.start()
+    try:
+        with httpx.Client(base_url=s.url, timeout=30) as api:
+            for name in ("echo", "slow", "trap"):
+                assert deploy(api, name, wasm(name), timeout_ms=5000).status_code in (200, 201)
+        yield s
+    finally:
+        s.stop()
+
+
+@pytest_asyncio.fixture
+async def api(stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=stack.url, timeout=30) as client:
+        yield client
+
+
+@pytest_asyncio.fixture
+async def client(stack: Stack) -> AsyncIterator[NATS]:
+    nc = await nats.connect(stack.nats.url)
+    try:
+        yield nc
+    finally:
+        await nc.close()
