@@ -170,6 +170,7 @@ class Dispatch(Message):
     tier: Tier
     attempt: int = 1
     scheduled_at: datetime = Field(default_factory=utcnow)
+    final: bool = Field(True, description="no retry follows a failure of this attempt")
 
 
 class DispatchReply(Message):

@@ -16,7 +16,7 @@ from soulbox.core import names
 from soulbox.core.codec import decode, encode
 from soulbox.core.errors import FunctionNotFound, SchemaError
 from soulbox.core.logging import get_logger
-from soulbox.core.schemas import FunctionSpec, Limits, Permissions, Runtime, utcnow
+from soulbox.core.schemas import FunctionSpec, Limits, Permissions, RetryPolicy, Runtime, utcnow
 from soulbox.core.store import get_model, scan
 
 log = get_logger(__name__)
@@ -77,6 +77,8 @@ class FunctionRegistry:
         *,
         env: dict[str, str] | None = None,
         permissions: Permissions | None = None,
+        retry: RetryPolicy | None = None,
+        max_concurrency: int | None = None,
     ) -> tuple[FunctionSpec, bool]:
         """Store the module (content-addressed) and the spec; True if the function is new."""
         digest = hashlib.sha256(module).hexdigest()
@@ -93,6 +95,8 @@ class FunctionRegistry:
             limits=limits,
             env=env or {},
             permissions=permissions or Permissions(),
+            retry=retry,
+            max_concurrency=max_concurrency,
             created_at=previous.created_at if previous else now,
             updated_at=now,
         )

@@ -46,6 +46,7 @@ from soulbox.core.schemas import (
 from soulbox.core.settings import Settings
 from soulbox.core.store import get_model, publish_event, put_nowait, settle
 
+from . import retries
 from .directory import WorkerDirectory
 from .placement import choose_tier, pick_worker
 
@@ -130,16 +131,19 @@ class Scheduler:
         with structlog.contextvars.bound_contextvars(
             invocation_id=request.id, function=request.function.name, tenant=request.tenant
         ):
+            attempt = delivered
             if delivered > 1:
                 existing = await get_model(self._buckets.invocations, request.id, InvocationRecord)
                 if existing is not None and existing.status.terminal:
                     log.info("scheduler.already_finished", status=existing.status.value)
                     await self._confirm_finished(request, existing, msg)
                     return
+                if existing is not None and existing.status is Status.RETRYING:
+                    attempt = max(delivered, existing.attempt + 1)
             try:
-                await self._schedule(request, msg, attempt=delivered)
+                await self._schedule(request, msg, attempt=attempt)
             except SoulboxError as exc:
-                await self._fail(request, msg, attempt=delivered, message=exc.message)
+                await self._fail(request, msg, attempt=attempt, message=exc.message)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # NATS trouble mid-dispatch: hand it back for a retry soon
@@ -163,12 +167,12 @@ class Scheduler:
                 log.warning("scheduler.no_worker", tier=tier.value)
                 await msg.nak(delay=1.0)
                 return
-            dispatch = Dispatch(request=request, tier=tier, attempt=attempt)
+            dispatch = Dispatch(request=request, tier=tier, attempt=attempt, final=retries.is_final(request, attempt))
             reply = await self._dispatch(worker, dispatch, msg, announce=not announced)
             announced = True
             if reply is not None and reply.accepted:
                 await self._settle_announcement(request.id)
-                await msg.ack()
+                await self._after(request, msg, attempt, reply.status)
                 return
             excluded.add(worker)
             if reply is None:  # worker lost mid-invocation, or its answer was: run it again elsewhere
@@ -184,6 +188,18 @@ class Scheduler:
             if len(excluded) >= len(self._directory.live()):
                 excluded.clear()
                 await asyncio.sleep(0.05)
+
+    async def _after(self, request: InvocationRequest, msg: Msg, attempt: int, status: Status | None) -> None:
+        """An attempt ended: retry it later, dead-letter it, or be done with it."""
+        if status is Status.RETRYING:
+            delay = retries.backoff_s(request, attempt)
+            log.info("scheduler.retry", attempt=attempt, delay_s=round(delay, 3))
+            await msg.nak(delay=delay)  # JetStream redelivers it after the backoff, to any scheduler
+            return
+        if status in (Status.FAILED, Status.TIMED_OUT) and request.reply_to is None:
+            record = await get_model(self._buckets.invocations, request.id, InvocationRecord)
+            await retries.dead_letter(self._js, request, record, attempt=attempt)
+        await msg.ack()
 
     async def _await_worker(self, tier: Tier, excluded: frozenset[str], msg: Msg) -> str | None:
         loop = asyncio.get_running_loop()
@@ -228,6 +244,8 @@ class Scheduler:
             TERMINAL_EVENTS[record.status], record, memory_limit_mb=request.function.limits.memory_mb
         )
         await settle([await publish_event(self._js, event)])
+        if record.status in (Status.FAILED, Status.TIMED_OUT) and request.reply_to is None:
+            await retries.dead_letter(self._js, request, record, attempt=record.attempt)
         await msg.ack()
 
     async def _settle_announcement(self, invocation_id: str) -> None:
@@ -292,4 +310,6 @@ class Scheduler:
         await settle(pending)
         if request.reply_to:  # after the record is durable: the caller can read it at once
             await self._nc.publish(request.reply_to, encode(record))
+        else:
+            await retries.dead_letter(self._js, request, record, attempt=attempt)
         await msg.ack()

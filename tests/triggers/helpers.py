@@ -10,9 +10,10 @@ import httpx
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.js import api
 
 from soulbox.core.codec import decode
-from soulbox.core.schemas import InvocationRequest
+from soulbox.core.schemas import InvocationRequest, LifecycleEvent
 
 
 async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 15.0) -> Any:
@@ -56,3 +57,32 @@ class Published:
 
     def of(self, trigger: str) -> list[InvocationRequest]:
         return [r for r in self.requests if r.trigger == trigger]
+
+
+async def events_of(nc: NATS, invocation_id: str) -> list[LifecycleEvent]:
+    """Every lifecycle event of one invocation stored so far, in stream order."""
+    js = nc.jetstream()
+    config = api.ConsumerConfig(ack_policy=api.AckPolicy.NONE, deliver_policy=api.DeliverPolicy.ALL)
+    sub = await js.pull_subscribe("sb.events.>", stream="SB_EVENTS", config=config)
+    found: list[LifecycleEvent] = []
+    try:
+        pending = (await sub.consumer_info()).num_pending or 0
+        while pending > 0:
+            msgs = await sub.fetch(min(pending, 512), timeout=5)
+            for msg in msgs:
+                event = decode(LifecycleEvent, msg.data)
+                if event.invocation_id == invocation_id:
+                    found.append(event)
+            pending = (msgs[-1].metadata.num_pending or 0) if msgs else 0
+    finally:
+        await sub.unsubscribe()
+    return found
+
+
+async def deploy(api_: httpx.AsyncClient, name: str, module: bytes, **fields: str) -> dict[str, Any]:
+    r = await api_.post(
+        "/v1/functions", data={"name": name, **fields}, files={"module": (f"{name}.wasm", module, "application/wasm")}
+    )
+    assert r.status_code in (200, 201), r.text
+    body: dict[str, Any] = r.json()
+    return body
