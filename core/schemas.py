@@ -402,3 +402,13 @@ class DeadLetter(Message):
     outcome: Outcome | None = None
     error: InvocationError | None = None
     at: datetime = Field(default_factory=utcnow)
+
+
+class ConcurrencyLeases(Message):
+    """The running invocations of a function with a concurrency limit: invocation id -> lease expiry.
+
+    Kept in the concurrency bucket and changed only by compare-and-set, so
+    every scheduler sees one count; a lease of a scheduler that died expires.
+    """
+
+    leases: dict[str, datetime] = Field(default_factory=dict)

@@ -47,6 +47,7 @@ from soulbox.core.settings import Settings
 from soulbox.core.store import get_model, publish_event, put_nowait, settle
 
 from . import retries
+from .concurrency import ConcurrencyGate
 from .directory import WorkerDirectory
 from .placement import choose_tier, pick_worker
 
@@ -77,6 +78,7 @@ class Scheduler:
         self._tasks: set[asyncio.Task[None]] = set()
         self._announced: dict[str, asyncio.Future[PubAck]] = {}  # acks of `scheduled` events, by invocation
         self._stopping = asyncio.Event()
+        self._gate = ConcurrencyGate(buckets.concurrency, grace_s=settings.scheduler.dispatch_grace_s)
 
     def stop(self) -> None:
         self._stopping.set()
@@ -156,6 +158,14 @@ class Scheduler:
                     unsettled.cancel()  # the event was sent; only its ack is no longer awaited
 
     async def _schedule(self, request: InvocationRequest, msg: Msg, *, attempt: int) -> None:
+        leased = await self._gate.hold(request, msg)
+        try:
+            await self._place(request, msg, attempt=attempt)
+        finally:
+            if leased:
+                await asyncio.shield(self._gate.release(request))
+
+    async def _place(self, request: InvocationRequest, msg: Msg, *, attempt: int) -> None:
         tiers = {tier for worker in self._directory.live() for tier in worker.tiers}
         tier = choose_tier(request.function, tiers)
         excluded: set[str] = set()

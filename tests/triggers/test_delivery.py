@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections import Counter
 
 import httpx
 from nats.aio.client import Client as NATS
 
+from soulbox.core.codec import decode
+from soulbox.core.schemas import ConcurrencyLeases
 from tests.guests import wasm
-from tests.triggers.helpers import deploy, events_of, eventually
+from tests.stack import Stack
+from tests.triggers.helpers import deploy, events_of, eventually, finished
 
 
 async def dead_letters(api: httpx.AsyncClient) -> dict[str, dict[str, object]]:
@@ -66,3 +70,26 @@ async def test_sync_callers_get_the_first_failure_and_no_dead_letter(api: httpx.
 
 async def _letter(api: httpx.AsyncClient, invocation_id: str) -> dict[str, object] | None:
     return (await dead_letters(api)).get(invocation_id)
+
+
+async def test_concurrency_limit_held_across_two_schedulers(api: httpx.AsyncClient, client: NATS, stack: Stack) -> None:
+    if "scheduler-2" not in stack.processes:
+        stack.spawn("scheduler-2", "soulbox.scheduler")
+    await deploy(api, "limited", wasm("slow"), max_concurrency="2", timeout_ms="5000")
+    accepted = await asyncio.gather(*(api.post("/v1/functions/limited/invoke?async=1") for _ in range(10)))
+    ids = [r.json()["id"] for r in accepted]
+    for invocation_id in ids:
+        record = await finished(api, invocation_id, timeout=60)
+        assert record["status"] == "completed"
+    spans = []
+    for invocation_id in ids:
+        events = {e.type.value: e.at for e in await events_of(client, invocation_id)}
+        spans.append((events["invocation.started"], events["invocation.completed"]))
+    edges = sorted([(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans])
+    running = peak = 0
+    for _, step in edges:
+        running += step
+        peak = max(peak, running)
+    assert peak == 2, spans  # the limit was reached and never passed (the worker could run more)
+    leases = await client.jetstream().key_value("sb_concurrency")
+    assert not decode(ConcurrencyLeases, (await leases.get("default.limited")).value or b"").leases
