@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.errors import BadRequestError, KeyWrongLastSequenceError
+from nats.js.errors import APIError, KeyWrongLastSequenceError
 from starlette.requests import Request
 
 from soulbox.core import names
@@ -33,6 +33,7 @@ from .registry import FunctionRegistry
 from .results import ResultWaiter
 
 INVOCATION_ID_RE = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
+QUEUE_FULL_CODES = frozenset({10077, 10047, 10048})  # JetStream: stream message / byte / storage limits
 
 
 def new_invocation_id() -> str:
@@ -109,9 +110,9 @@ class Platform:
                 headers={"Nats-Msg-Id": invocation_id},
             )
             await settle(pending)
-        except BadRequestError as exc:
+        except APIError as exc:  # nats-py reports the full stream as a 503 ServiceUnavailableError
             self.waiter.discard(invocation_id)
-            if exc.err_code in (10077, 10047, 10048):  # stream message/byte/storage limits
+            if exc.err_code in QUEUE_FULL_CODES:
                 raise Overloaded("the invocation queue is full", retry_after=self.settings.queue.retry_after_s) from exc
             raise Unavailable(f"could not enqueue the invocation: {exc}") from exc
         except Unavailable:

@@ -13,11 +13,12 @@ import time
 
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from nats.js.errors import APIError
 
 from soulbox.core import names
 from soulbox.core.bus import Buckets
 from soulbox.core.codec import encode
-from soulbox.core.errors import FunctionNotFound
+from soulbox.core.errors import FunctionNotFound, Overloaded, Unavailable
 from soulbox.core.inbox import Inbox
 from soulbox.core.schemas import (
     EventType,
@@ -28,6 +29,8 @@ from soulbox.core.schemas import (
     Status,
 )
 from soulbox.core.store import get_model, publish_event, put_nowait, settle
+
+QUEUE_FULL_CODES = frozenset({10077, 10047, 10048})  # JetStream: stream message / byte / storage limits
 
 
 def new_invocation_id() -> str:
@@ -77,6 +80,11 @@ class Submitter:
                 names.invocation_subject(spec.tenant), encode(request), headers={"Nats-Msg-Id": invocation_id}
             )
             await settle(pending)
+        except APIError as exc:
+            self._inbox.discard(invocation_id)
+            if exc.err_code in QUEUE_FULL_CODES:
+                raise Overloaded("the invocation queue is full") from exc
+            raise Unavailable(f"could not enqueue the invocation: {exc}") from exc
         except BaseException:
             self._inbox.discard(invocation_id)
             raise
