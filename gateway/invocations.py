@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 
 import structlog
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from soulbox.core.errors import FunctionFailed, InvocationNotFound, InvocationTimeout, PayloadTooLarge, SchemaError
+from soulbox.core.errors import (
+    FunctionFailed,
+    InvalidRequest,
+    InvocationNotFound,
+    InvocationTimeout,
+    PayloadTooLarge,
+    SchemaError,
+)
 from soulbox.core.schemas import FunctionSpec, InvocationRecord, Runtime, Status
 from soulbox.core.store import get_model
 from soulbox.runtimes.js.http import HttpResponse
@@ -43,18 +51,38 @@ async def invoke(request: Request) -> Response:
     spec = await p.registry.get(p.settings.tenant, function_name(request))
     body = await read_body(request, p.settings.gateway.max_body_bytes)
     wait = not _wants_async(request)
+    invocation_id = request.headers.get("x-invocation-id")
+    key = request.headers.get("idempotency-key")
+    if invocation_id is None and key is not None:
+        invocation_id = idempotent_id(spec, key)
     submission = await p.submit(
         spec,
         body,
-        invocation_id=request.headers.get("x-invocation-id"),
+        invocation_id=invocation_id,
         wait=wait,
         trace_id=request.headers.get("x-trace-id"),
     )
     invocation_id = submission.request.id
     structlog.contextvars.bind_contextvars(invocation_id=invocation_id)
     if not wait:
-        return accepted_response(request, invocation_id)
-    return await finished_response(p, spec, submission)
+        response = accepted_response(request, invocation_id)
+    else:
+        response = await finished_response(p, spec, submission)
+    if submission.duplicate:
+        response.headers["Idempotent-Replayed"] = "true"
+    return response
+
+
+def idempotent_id(spec: FunctionSpec, key: str) -> str:
+    """The invocation id an ``Idempotency-Key`` stands for: repeats map to the first invocation.
+
+    Per tenant and function, for as long as the first invocation's record is
+    kept (``invocation_ttl_s``), like a repeated ``X-Invocation-Id``.
+    """
+    if not 1 <= len(key) <= 255:
+        raise InvalidRequest("Idempotency-Key must be 1-255 characters")
+    digest = hashlib.sha256(f"{spec.tenant}\n{spec.name}\n{key}".encode()).hexdigest()
+    return f"ik{digest[:46]}"
 
 
 def accepted_response(request: Request, invocation_id: str) -> Response:

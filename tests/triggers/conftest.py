@@ -13,7 +13,7 @@ from tests.guests import wasm
 from tests.stack import Stack
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """A whole stack with two trigger services, so that every test also checks they do not double-fire."""
     s = Stack(tmp_path_factory.mktemp("stack"), workers=1, triggers=2)
