@@ -155,6 +155,29 @@ async def ensure_topology(js: JetStreamContext, settings: Settings) -> Buckets:
             num_replicas=replicas,
         ),
     )
+    await _ensure_stream(
+        js,
+        api.StreamConfig(
+            name=names.CALLBACKS_STREAM,
+            subjects=[names.CALLBACKS_SUBJECTS],
+            retention=api.RetentionPolicy.WORK_QUEUE,
+            storage=api.StorageType.FILE,
+            duplicate_window=DEDUPE_WINDOW_S,
+            max_age=24 * 3600.0,
+            num_replicas=replicas,
+        ),
+    )
+    await _ensure_consumer(
+        js,
+        names.CALLBACKS_STREAM,
+        api.ConsumerConfig(
+            durable_name=names.CALLBACKS_CONSUMER,
+            ack_policy=api.AckPolicy.EXPLICIT,
+            ack_wait=60.0,
+            max_ack_pending=10_000,
+            max_deliver=-1,  # the deliverer gives up itself, after settings.triggers.callback_attempts
+        ),
+    )
     await _ensure_consumer(
         js,
         names.INVOCATIONS_STREAM,

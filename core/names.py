@@ -29,9 +29,14 @@ DEAD_LETTERS_STREAM: Final = "SB_DEAD_LETTERS"
 """Asynchronous invocations that failed on their last attempt, one subject per invocation."""
 DEAD_LETTERS_SUBJECTS: Final = "sb.deadletters.>"
 
+CALLBACKS_STREAM: Final = "SB_CALLBACKS"
+"""Work queue of completion callbacks to deliver (de-duplicated by invocation id)."""
+CALLBACKS_SUBJECTS: Final = "sb.callbacks.>"
+
 # Durable consumers ----------------------------------------------------------
 SCHEDULER_CONSUMER: Final = "scheduler"
 EVENT_CONSUMERS: Final = ("billing", "audit", "metrics")
+CALLBACKS_CONSUMER: Final = "callbacks"
 
 # Key-value buckets and object store ----------------------------------------------
 FUNCTIONS_BUCKET: Final = "sb_functions"
@@ -118,3 +123,7 @@ def triggers_queue_group(tenant: str, trigger_id: str) -> str:
     One group per trigger, so two triggers on the same subject both fire.
     """
     return f"soulbox-triggers-{tenant}-{trigger_id}"
+
+
+def callback_subject(tenant: str) -> str:
+    return f"sb.callbacks.{tenant}"

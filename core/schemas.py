@@ -161,6 +161,7 @@ class InvocationRequest(Message):
     accepted_at: datetime = Field(default_factory=utcnow)
     trace_id: str | None = None
     trigger: str | None = Field(None, description="id of the trigger that caused it, if any")
+    callback_url: str | None = Field(None, description="POSTed the finished record (asynchronous invocations)")
 
 
 class Dispatch(Message):
@@ -412,3 +413,11 @@ class ConcurrencyLeases(Message):
     """
 
     leases: dict[str, datetime] = Field(default_factory=dict)
+
+
+class Callback(Message):
+    """A finished invocation whose record is to be POSTed to ``url`` (retried until delivered or given up)."""
+
+    invocation_id: str
+    tenant: Name
+    url: str

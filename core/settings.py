@@ -65,6 +65,10 @@ class TriggerSettings(BaseModel):
     cron_horizon_s: float = Field(
         1.0, gt=0, description="how often the cron loop looks again at the triggers (and the clock)"
     )
+    callback_attempts: int = Field(8, ge=1, description="deliveries of a completion callback before giving up")
+    callback_base_delay_s: float = Field(1.0, ge=0, description="first retry delay of a callback; doubles")
+    callback_max_delay_s: float = Field(300.0, ge=0)
+    callback_timeout_s: float = Field(10.0, gt=0)
 
 
 class FunctionDefaults(BaseModel):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from urllib.parse import urlsplit
 
 import structlog
 from starlette.requests import Request
@@ -61,6 +62,7 @@ async def invoke(request: Request) -> Response:
         invocation_id=invocation_id,
         wait=wait,
         trace_id=request.headers.get("x-trace-id"),
+        callback_url=_callback_url(request, wait=wait),
     )
     invocation_id = submission.request.id
     structlog.contextvars.bind_contextvars(invocation_id=invocation_id)
@@ -71,6 +73,19 @@ async def invoke(request: Request) -> Response:
     if submission.duplicate:
         response.headers["Idempotent-Replayed"] = "true"
     return response
+
+
+def _callback_url(request: Request, *, wait: bool) -> str | None:
+    """``X-Callback-Url``: where the finished record is POSTed; asynchronous invocations only."""
+    url = request.headers.get("x-callback-url")
+    if url is None:
+        return None
+    if wait:
+        raise InvalidRequest("X-Callback-Url needs an asynchronous invocation (?async=1)")
+    parsed = urlsplit(url)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname or len(url) > 2048:
+        raise InvalidRequest("X-Callback-Url must be an absolute http(s) URL of at most 2048 characters")
+    return url
 
 
 def idempotent_id(spec: FunctionSpec, key: str) -> str:

@@ -66,6 +66,7 @@ class Platform:
         wait: bool,
         trace_id: str | None,
         trigger: str | None = None,
+        callback_url: str | None = None,
     ) -> Submission:
         """Record the invocation as accepted and put it on the invocation stream."""
         client_id = invocation_id is not None
@@ -81,6 +82,7 @@ class Platform:
             reply_to=self.waiter.reply_subject(invocation_id) if wait else None,
             trace_id=trace_id,
             trigger=trigger,
+            callback_url=callback_url,
         )
         record = InvocationRecord(
             id=invocation_id,

@@ -47,6 +47,7 @@ from soulbox.core.settings import Settings
 from soulbox.core.store import get_model, publish_event, put_nowait, settle
 
 from . import retries
+from .callbacks import queue_callback
 from .concurrency import ConcurrencyGate
 from .directory import WorkerDirectory
 from .placement import choose_tier, pick_worker
@@ -209,6 +210,7 @@ class Scheduler:
         if status in (Status.FAILED, Status.TIMED_OUT) and request.reply_to is None:
             record = await get_model(self._buckets.invocations, request.id, InvocationRecord)
             await retries.dead_letter(self._js, request, record, attempt=attempt)
+        await queue_callback(self._js, request)
         await msg.ack()
 
     async def _await_worker(self, tier: Tier, excluded: frozenset[str], msg: Msg) -> str | None:
@@ -256,6 +258,7 @@ class Scheduler:
         await settle([await publish_event(self._js, event)])
         if record.status in (Status.FAILED, Status.TIMED_OUT) and request.reply_to is None:
             await retries.dead_letter(self._js, request, record, attempt=record.attempt)
+        await queue_callback(self._js, request)
         await msg.ack()
 
     async def _settle_announcement(self, invocation_id: str) -> None:
@@ -322,4 +325,5 @@ class Scheduler:
             await self._nc.publish(request.reply_to, encode(record))
         else:
             await retries.dead_letter(self._js, request, record, attempt=attempt)
+        await queue_callback(self._js, request)
         await msg.ack()

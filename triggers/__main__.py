@@ -12,6 +12,7 @@ from soulbox.core.inbox import Inbox
 from soulbox.core.logging import configure_logging
 from soulbox.core.settings import Settings
 
+from .callbacks import CallbackDeliverer
 from .catalog import TriggerCatalog
 from .service import TriggerService
 from .submit import Submitter
@@ -30,7 +31,7 @@ async def run(settings: Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, service.stop)
     try:
-        await service.serve()
+        await service.serve(callbacks=CallbackDeliverer(js, buckets.invocations, settings.triggers))
     finally:
         await inbox.stop()
         await catalog.stop()

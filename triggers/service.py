@@ -34,6 +34,7 @@ from soulbox.core.schemas import CronState, InvocationRecord, MissedRuns, Status
 from soulbox.core.settings import Settings
 
 from . import cron
+from .callbacks import CallbackDeliverer
 from .catalog import TriggerCatalog
 from .submit import Submitter
 
@@ -89,8 +90,9 @@ class TriggerService:
         self._stopping.set()
         self._changed.set()
 
-    async def serve(self) -> None:
+    async def serve(self, *, callbacks: CallbackDeliverer | None = None) -> None:
         self._catalog.on_change(self._changed.set)
+        delivering = asyncio.create_task(callbacks.serve(self._stopping)) if callbacks else None
         log.info("triggers.ready")
         while not self._stopping.is_set():
             self._changed.clear()
@@ -103,6 +105,8 @@ class TriggerService:
                 await sub.unsubscribe()
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=10)
+        if delivering is not None:
+            await delivering
 
     # NATS subjects ---------------------------------------------------------------
 

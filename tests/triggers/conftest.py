@@ -16,7 +16,12 @@ from tests.stack import Stack
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """A whole stack with two trigger services, so that every test also checks they do not double-fire."""
-    s = Stack(tmp_path_factory.mktemp("stack"), workers=1, triggers=2)
+    s = Stack(
+        tmp_path_factory.mktemp("stack"),
+        workers=1,
+        triggers=2,
+        env={"SOULBOX_TRIGGERS__CALLBACK_BASE_DELAY_S": "0.2", "SOULBOX_TRIGGERS__CALLBACK_ATTEMPTS": "3"},
+    )
     s.start()
     try:
         with httpx.Client(base_url=s.url, timeout=30) as api:
