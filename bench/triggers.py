@@ -125,8 +125,8 @@ async def start_latency(nc: nats.NATS, function: str, fire, n: int) -> list[floa
 async def main(total: int, n: int, concurrency: int) -> None:
     root = Path(tempfile.mkdtemp(prefix="soulbox-bench-triggers-"))
     stack = Stack(root, workers=1, triggers=1)
-    await asyncio.to_thread(stack.start)  # its readiness probe runs its own event loop
     try:
+        await asyncio.to_thread(stack.start)  # its readiness probe runs its own event loop
         limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
         async with httpx.AsyncClient(base_url=stack.url, timeout=60, limits=limits) as api:
             nc = await nats.connect(stack.nats.url)

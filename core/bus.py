@@ -83,6 +83,8 @@ class Buckets:
     triggers: KeyValue
     cron: KeyValue
     concurrency: KeyValue
+    versions: KeyValue
+    aliases: KeyValue
 
 
 async def _ensure_stream(js: JetStreamContext, config: api.StreamConfig) -> None:
@@ -215,6 +217,8 @@ async def ensure_topology(js: JetStreamContext, settings: Settings) -> Buckets:
         triggers=await _ensure_kv(js, kv(bucket=names.TRIGGERS_BUCKET, history=1, replicas=replicas)),
         cron=await _ensure_kv(js, kv(bucket=names.CRON_BUCKET, history=1, replicas=replicas)),
         concurrency=await _ensure_kv(js, kv(bucket=names.CONCURRENCY_BUCKET, history=1, replicas=replicas)),
+        versions=await _ensure_kv(js, kv(bucket=names.VERSIONS_BUCKET, history=1, replicas=replicas)),
+        aliases=await _ensure_kv(js, kv(bucket=names.ALIASES_BUCKET, history=1, replicas=replicas)),
     )
 
 

@@ -44,6 +44,9 @@ INVOCATIONS_BUCKET: Final = "sb_invocations"
 WORKERS_BUCKET: Final = "sb_workers"
 BILLING_BUCKET: Final = "sb_billing"
 ARTIFACTS_BUCKET: Final = "sb_artifacts"
+VERSIONS_BUCKET: Final = "sb_function_versions"
+"""Every deployed version of every function, by content hash; written once, never changed."""
+ALIASES_BUCKET: Final = "sb_aliases"
 TRIGGERS_BUCKET: Final = "sb_triggers"
 CRON_BUCKET: Final = "sb_cron"
 """Per cron trigger, the last claimed tick (compare-and-set: one firing per tick)."""
@@ -127,3 +130,11 @@ def triggers_queue_group(tenant: str, trigger_id: str) -> str:
 
 def callback_subject(tenant: str) -> str:
     return f"sb.callbacks.{tenant}"
+
+
+def version_key(tenant: str, function: str, version: str) -> str:
+    return f"{tenant}.{function}.{version}"
+
+
+def alias_key(tenant: str, function: str, alias: str) -> str:
+    return f"{tenant}.{function}.{alias}"

@@ -146,6 +146,7 @@ class FunctionSpec(Message):
     permissions: Permissions = Permissions()
     retry: RetryPolicy | None = Field(None, description="retries of failed asynchronous invocations")
     max_concurrency: int | None = Field(None, ge=1, description="invocations running at once, over all schedulers")
+    version: str | None = Field(None, description="content hash of everything that defines a run (immutable)")
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
 
@@ -421,3 +422,20 @@ class Callback(Message):
     invocation_id: str
     tenant: Name
     url: str
+
+
+class AliasTarget(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    version: str = Field(pattern=r"^[0-9a-f]{12}$")
+    weight: int = Field(1, ge=1, le=1000)
+
+
+class FunctionAlias(Message):
+    """A name for one or more versions of a function, with a traffic split; ``previous`` is what a rollback restores."""
+
+    tenant: Name
+    function: Name
+    name: Name
+    targets: list[AliasTarget] = Field(min_length=1, max_length=10)
+    previous: list[AliasTarget] | None = None
+    updated_at: datetime = Field(default_factory=utcnow)

@@ -15,7 +15,7 @@ from soulbox.core.bus import connect, ensure_topology
 from soulbox.core.settings import Settings
 from soulbox.triggers.catalog import TriggerCatalog
 
-from . import deadletters, functions, hooks, invocations, reports, triggers
+from . import aliases, deadletters, functions, hooks, invocations, reports, triggers
 from .errors import EXCEPTION_HANDLERS, error_response
 from .middleware import RequestTrail
 from .openapi import openapi_document
@@ -58,6 +58,11 @@ def routes() -> list[Route]:
         Route("/v1/triggers/{trigger_id}", triggers.replace_trigger, methods=["PUT"]),
         Route("/v1/triggers/{trigger_id}", triggers.delete_trigger, methods=["DELETE"]),
         Route("/v1/hooks/{trigger_id}", hooks.webhook, methods=["POST"]),
+        Route("/v1/functions/{name}/versions", aliases.list_versions, methods=["GET"]),
+        Route("/v1/functions/{name}/aliases", aliases.list_aliases, methods=["GET"]),
+        Route("/v1/functions/{name}/aliases/{alias}", aliases.put_alias, methods=["PUT"]),
+        Route("/v1/functions/{name}/aliases/{alias}", aliases.delete_alias, methods=["DELETE"]),
+        Route("/v1/functions/{name}/aliases/{alias}/rollback", aliases.rollback_alias, methods=["POST"]),
         Route("/v1/dead-letters", deadletters.list_dead_letters, methods=["GET"]),
         Route("/v1/dead-letters/{invocation_id}/replay", deadletters.replay_dead_letter, methods=["POST"]),
         Route("/run/{path:path}", hooks.route, methods=list(ROUTE_METHODS), include_in_schema=False),
@@ -73,7 +78,7 @@ def create_app(settings: Settings) -> Starlette:
         nc = await connect(settings, name="soulbox-gateway")
         js = nc.jetstream()
         buckets = await ensure_topology(js, settings)
-        registry = FunctionRegistry(buckets.functions, buckets.artifacts)
+        registry = FunctionRegistry(buckets.functions, buckets.artifacts, buckets.versions)
         waiter = ResultWaiter(nc, buckets.invocations)
         trigger_catalog = TriggerCatalog(buckets.triggers)
         await registry.start()

@@ -25,6 +25,7 @@ from soulbox.runtimes.js.http import HttpResponse
 from .functions import function_name
 from .models import InvocationAccepted, InvocationOut
 from .platform import INVOCATION_ID_RE, Platform, Submission, platform
+from .versions import resolve
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -49,7 +50,7 @@ def _wants_async(request: Request) -> bool:
 async def invoke(request: Request) -> Response:
     """Run a function: the body is its stdin; sync returns its stdout, async a 202 with the id."""
     p = platform(request)
-    spec = await p.registry.get(p.settings.tenant, function_name(request))
+    spec = await resolve(p, request, function_name(request))
     body = await read_body(request, p.settings.gateway.max_body_bytes)
     wait = not _wants_async(request)
     invocation_id = request.headers.get("x-invocation-id")

@@ -35,6 +35,7 @@ class FunctionOut(BaseModel):
     permissions: Permissions
     retry: RetryPolicy | None = None
     max_concurrency: int | None = None
+    version: str | None = Field(None, description="content hash of this deploy; invoke it with ?version=")
     created_at: datetime
     updated_at: datetime
 
@@ -50,6 +51,7 @@ class FunctionOut(BaseModel):
             permissions=spec.permissions,
             retry=spec.retry,
             max_concurrency=spec.max_concurrency,
+            version=spec.version,
             created_at=spec.created_at,
             updated_at=spec.updated_at,
         )
