@@ -8,6 +8,11 @@ its heartbeat stops or its key is deleted — or does not answer, the
 invocation is dispatched again elsewhere; if this scheduler dies, JetStream
 redelivers the unacked message to another scheduler, which first checks the
 record so a finished invocation is never run twice.
+
+A failed asynchronous attempt is retried after a backoff (the message is
+nak'ed with a delay, see ``retries``), a last failure is dead-lettered, a
+function's concurrency limit is held by leases in KV (``concurrency``), and a
+finished invocation with a callback URL gets its callback queued.
 """
 
 from __future__ import annotations
