@@ -41,11 +41,6 @@ from tests.stack import Stack
 SECRET = "bench-secret-0123456789"
 
 
-class BenchStack(Stack):
-    def wait_ready(self, timeout: float = 120.0) -> None:  # a loaded box starts slowly
-        super().wait_ready(timeout)
-
-
 def pct(samples: list[float], q: float) -> float:
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -129,7 +124,7 @@ async def start_latency(nc: nats.NATS, function: str, fire, n: int) -> list[floa
 
 async def main(total: int, n: int, concurrency: int) -> None:
     root = Path(tempfile.mkdtemp(prefix="soulbox-bench-triggers-"))
-    stack = BenchStack(root, workers=1, triggers=1)
+    stack = Stack(root, workers=1, triggers=1)
     try:
         await asyncio.to_thread(stack.start)  # its readiness probe runs its own event loop
         limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)

@@ -80,7 +80,7 @@ class Stack:
             self.spawn(f"triggers-{i}", "soulbox.triggers")
         self.wait_ready()
 
-    def wait_ready(self, timeout: float = 30.0) -> None:
+    def wait_ready(self, timeout: float = 90.0) -> None:  # a shared, loaded box starts slowly
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for name, process in self.processes.items():

@@ -23,6 +23,8 @@ from tests.triggers.helpers import Published
 
 @pytest.mark.parametrize("missed", [MissedRuns.RUN_ONCE, MissedRuns.SKIP])
 async def test_after_downtime(nc: NATS, buckets: Buckets, settings: Settings, missed: MissedRuns) -> None:
+    if utcnow().second >= 57:  # keep the run clear of a minute boundary (its tick would fire too)
+        await asyncio.sleep(61 - utcnow().second)
     fn = FunctionSpec(tenant="default", name="echo", artifact="0" * 64, artifact_size=1)
     await buckets.functions.put(names.function_key("default", "echo"), encode(fn))
     now = utcnow()

@@ -93,7 +93,8 @@ async def test_cron_fires_once_per_tick_with_two_services(api: httpx.AsyncClient
         ids = Counter(r.id for r in fired)
         assert all(n == 1 for n in ids.values()), ids  # no tick published twice, not even to be deduplicated
         ticks = sorted(datetime.fromisoformat(json.loads(r.input)["tick"]) for r in fired)
-        assert all(b - a == timedelta(seconds=1) for a, b in itertools.pairwise(ticks)), ticks
+        # Whole, distinct seconds; a tick may be skipped if the box stalls past it, never doubled.
+        assert all(b > a and (b - a) % timedelta(seconds=1) == timedelta(0) for a, b in itertools.pairwise(ticks))
         assert ticks[0].utcoffset() in (timedelta(hours=-5), timedelta(hours=-4))  # read in the trigger's zone
         record = await finished(api, fired[0].id)
         assert record["status"] == "completed" and json.loads(record["stdout"]["data"])["trigger"] == "every-second"
