@@ -5,7 +5,8 @@ the leases of its running invocations. A scheduler takes a lease by
 compare-and-set before dispatching and gives it back when the attempt ends;
 a lease expires after the invocation's deadline (plus grace), so one left by
 a dead scheduler frees itself. Invocations over the limit wait, unacked,
-in this scheduler (progress keeps JetStream from redelivering them).
+in this scheduler (progress keeps JetStream from redelivering them); only
+the first of them polls the bucket, the rest wait their turn in memory.
 """
 
 from __future__ import annotations
@@ -30,19 +31,31 @@ class ConcurrencyGate:
     def __init__(self, kv: KeyValue, *, grace_s: float) -> None:
         self._kv = kv
         self._grace_s = grace_s
+        self._turns: dict[str, asyncio.Lock] = {}
 
     async def hold(self, request: InvocationRequest, msg: Msg) -> bool:
         """Wait for a lease (True), or return False at once when the function has no limit."""
         limit = request.function.max_concurrency
         if limit is None:
             return False
-        loop = asyncio.get_running_loop()
-        last_progress = loop.time()
-        while not await self._try(request, limit):
-            if loop.time() - last_progress > PROGRESS_S:
-                await msg.in_progress()
-                last_progress = loop.time()
-            await asyncio.sleep(POLL_S * (0.5 + random.random()))
+        # One waiter per function polls the bucket; the others queue behind it here, in order.
+        turn = self._turns.setdefault(names.function_key(request.tenant, request.function.name), asyncio.Lock())
+        while True:
+            try:
+                await asyncio.wait_for(turn.acquire(), PROGRESS_S)
+                break
+            except TimeoutError:
+                await msg.in_progress()  # still wanted: JetStream must not redeliver it meanwhile
+        try:
+            loop = asyncio.get_running_loop()
+            last_progress = loop.time()
+            while not await self._try(request, limit):
+                if loop.time() - last_progress > PROGRESS_S:
+                    await msg.in_progress()
+                    last_progress = loop.time()
+                await asyncio.sleep(POLL_S * (0.5 + random.random()))
+        finally:
+            turn.release()
         return True
 
     async def _try(self, request: InvocationRequest, limit: int) -> bool:
