@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import secrets
 import time
@@ -115,6 +116,9 @@ class Platform:
         except APIError as exc:  # nats-py reports the full stream as a 503 ServiceUnavailableError
             self.waiter.discard(invocation_id)
             if exc.err_code in QUEUE_FULL_CODES:
+                # Refused for sure: free the id, so a retry with it (or its Idempotency-Key) runs.
+                with contextlib.suppress(Exception):
+                    await self.buckets.invocations.delete(invocation_id)
                 raise Overloaded("the invocation queue is full", retry_after=self.settings.queue.retry_after_s) from exc
             raise Unavailable(f"could not enqueue the invocation: {exc}") from exc
         except Unavailable:

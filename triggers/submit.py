@@ -8,6 +8,7 @@ invocation stream, de-duplicated by invocation id.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import time
 
@@ -83,6 +84,8 @@ class Submitter:
         except APIError as exc:
             self._inbox.discard(invocation_id)
             if exc.err_code in QUEUE_FULL_CODES:
+                with contextlib.suppress(Exception):  # refused for sure: no record of a run that never was
+                    await self._buckets.invocations.delete(invocation_id)
                 raise Overloaded("the invocation queue is full") from exc
             raise Unavailable(f"could not enqueue the invocation: {exc}") from exc
         except BaseException:

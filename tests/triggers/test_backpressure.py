@@ -41,8 +41,13 @@ def test_full_queue_is_429_with_retry_after(small_queue: Stack) -> None:
         assert full.status_code == 429, full.text
         assert full.headers["retry-after"] == "2"
         assert full.json()["error"]["code"] == "overloaded"
+        keyed = api.post("/v1/functions/echo/invoke?async=1", content=b"k", headers={"Idempotency-Key": "retry-me"})
+        assert keyed.status_code == 429
 
         small_queue.spawn("scheduler", "soulbox.scheduler")  # drains it
         for r in accepted:
             wait_for(lambda r=r: api.get(r.json()["url"]).json()["status"] == "completed", timeout=30)
         assert api.post("/v1/functions/echo/invoke", content=b"room again").content == b"room again"
+        # The refused call left nothing behind: its retry with the same key runs (it is no repeat).
+        again = api.post("/v1/functions/echo/invoke", content=b"k", headers={"Idempotency-Key": "retry-me"})
+        assert again.status_code == 200 and again.content == b"k" and "idempotent-replayed" not in again.headers
