@@ -22,8 +22,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         triggers=2,
         env={"SOULBOX_TRIGGERS__CALLBACK_BASE_DELAY_S": "0.2", "SOULBOX_TRIGGERS__CALLBACK_ATTEMPTS": "3"},
     )
-    s.start()
     try:
+        s.start()  # inside the try: a stack that never gets ready is stopped too
         with httpx.Client(base_url=s.url, timeout=30) as api:
             for name in ("echo", "slow", "trap"):
                 assert deploy(api, name, wasm(name), timeout_ms=5000).status_code in (200, 201)

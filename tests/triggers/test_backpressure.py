@@ -22,8 +22,8 @@ def small_queue(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         triggers=0,
         env={"SOULBOX_QUEUE__MAX_MSGS": "3", "SOULBOX_QUEUE__RETRY_AFTER_S": "2"},
     )
-    s.start()
     try:
+        s.start()  # inside the try: a stack that never gets ready is stopped too
         yield s
     finally:
         s.stop()
