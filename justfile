@@ -31,9 +31,9 @@ test *ARGS:
 lint:
     {{bin}}/ruff check .
     tree="$(mktemp -d)"; trap 'rm -rf "$tree"' EXIT; mkdir "$tree/soulbox"; \
-    for d in core gateway scheduler runtimes events cli; do ln -s "$PWD/$d" "$tree/soulbox/$d"; done; \
+    for d in core gateway scheduler runtimes events cli triggers; do ln -s "$PWD/$d" "$tree/soulbox/$d"; done; \
     cd "$tree" && MYPYPATH="$tree" {{bin}}/mypy --config-file "{{justfile_directory()}}/pyproject.toml" \
-        -p soulbox.core -p soulbox.gateway -p soulbox.scheduler -p soulbox.runtimes -p soulbox.events -p soulbox.cli
+        -p soulbox.core -p soulbox.gateway -p soulbox.scheduler -p soulbox.runtimes -p soulbox.events -p soulbox.cli -p soulbox.triggers
 
 # format the code and apply ruff's safe fixes
 fmt:

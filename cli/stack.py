@@ -16,7 +16,7 @@ pin what the supervisor decided:
     PYTHONUNBUFFERED=1                 log lines reach the log files at once
 
 Components start in this order and stop in the reverse one: NATS, the event
-consumers, the workers, the scheduler, the gateway. Stopping thus goes from
+consumers, the workers, the scheduler, the trigger service, the gateway. Stopping thus goes from
 the front door inwards — no new requests, no new dispatches, workers finish,
 consumers drain the last events — and NATS goes last.
 """
@@ -197,5 +197,7 @@ def make_plan(
         for n, wid in enumerate(ids, start=1)
     ]
     components.append(ChildSpec("scheduler", (python, "-m", "soulbox.scheduler"), env))
+    # Like the gateway, the trigger service makes work: it stops before the scheduler.
+    components.append(ChildSpec("triggers", (python, "-m", "soulbox.triggers"), env))
     components.append(ChildSpec("gateway", (python, "-m", "soulbox.gateway"), env))
     return Plan(settings, nats, tuple(components), ids, endpoints(settings))

@@ -81,6 +81,11 @@ class Buckets:
     billing: KeyValue
     artifacts: ObjectStore
     sandboxes: KeyValue
+    triggers: KeyValue
+    cron: KeyValue
+    concurrency: KeyValue
+    versions: KeyValue
+    aliases: KeyValue
 
 
 async def _ensure_stream(js: JetStreamContext, config: api.StreamConfig) -> None:
@@ -111,7 +116,21 @@ async def ensure_topology(js: JetStreamContext, settings: Settings) -> Buckets:
             duplicate_window=DEDUPE_WINDOW_S,
             num_replicas=replicas,
             discard=api.DiscardPolicy.NEW,
-            max_msgs=1_000_000,
+            max_msgs=settings.queue.max_msgs,
+            max_bytes=settings.queue.max_bytes,
+        ),
+    )
+    await _ensure_stream(
+        js,
+        api.StreamConfig(
+            name=names.DEAD_LETTERS_STREAM,
+            subjects=[names.DEAD_LETTERS_SUBJECTS],
+            retention=api.RetentionPolicy.LIMITS,
+            storage=api.StorageType.FILE,
+            duplicate_window=DEDUPE_WINDOW_S,
+            max_msgs_per_subject=1,
+            max_age=14 * 24 * 3600.0,
+            num_replicas=replicas,
         ),
     )
     await _ensure_stream(
@@ -137,6 +156,29 @@ async def ensure_topology(js: JetStreamContext, settings: Settings) -> Buckets:
             deny_delete=True,
             deny_purge=True,
             num_replicas=replicas,
+        ),
+    )
+    await _ensure_stream(
+        js,
+        api.StreamConfig(
+            name=names.CALLBACKS_STREAM,
+            subjects=[names.CALLBACKS_SUBJECTS],
+            retention=api.RetentionPolicy.WORK_QUEUE,
+            storage=api.StorageType.FILE,
+            duplicate_window=DEDUPE_WINDOW_S,
+            max_age=24 * 3600.0,
+            num_replicas=replicas,
+        ),
+    )
+    await _ensure_consumer(
+        js,
+        names.CALLBACKS_STREAM,
+        api.ConsumerConfig(
+            durable_name=names.CALLBACKS_CONSUMER,
+            ack_policy=api.AckPolicy.EXPLICIT,
+            ack_wait=60.0,
+            max_ack_pending=10_000,
+            max_deliver=-1,  # the deliverer gives up itself, after settings.triggers.callback_attempts
         ),
     )
     await _ensure_consumer(
@@ -174,6 +216,11 @@ async def ensure_topology(js: JetStreamContext, settings: Settings) -> Buckets:
         billing=await _ensure_kv(js, kv(bucket=names.BILLING_BUCKET, replicas=replicas)),
         artifacts=await _ensure_object_store(js, replicas),
         sandboxes=await _ensure_kv(js, kv(bucket=names.SANDBOXES_BUCKET, replicas=replicas)),
+        triggers=await _ensure_kv(js, kv(bucket=names.TRIGGERS_BUCKET, history=1, replicas=replicas)),
+        cron=await _ensure_kv(js, kv(bucket=names.CRON_BUCKET, history=1, replicas=replicas)),
+        concurrency=await _ensure_kv(js, kv(bucket=names.CONCURRENCY_BUCKET, history=1, replicas=replicas)),
+        versions=await _ensure_kv(js, kv(bucket=names.VERSIONS_BUCKET, history=1, replicas=replicas)),
+        aliases=await _ensure_kv(js, kv(bucket=names.ALIASES_BUCKET, history=1, replicas=replicas)),
     )
 
 

@@ -25,9 +25,18 @@ AUDIT_STREAM: Final = "SB_AUDIT"
 """Append-only audit log (API calls and lifecycle events)."""
 AUDIT_SUBJECTS: Final = "sb.audit.>"
 
+DEAD_LETTERS_STREAM: Final = "SB_DEAD_LETTERS"
+"""Asynchronous invocations that failed on their last attempt, one subject per invocation."""
+DEAD_LETTERS_SUBJECTS: Final = "sb.deadletters.>"
+
+CALLBACKS_STREAM: Final = "SB_CALLBACKS"
+"""Work queue of completion callbacks to deliver (de-duplicated by invocation id)."""
+CALLBACKS_SUBJECTS: Final = "sb.callbacks.>"
+
 # Durable consumers ----------------------------------------------------------
 SCHEDULER_CONSUMER: Final = "scheduler"
 EVENT_CONSUMERS: Final = ("billing", "audit", "metrics")
+CALLBACKS_CONSUMER: Final = "callbacks"
 
 # Key-value buckets and object store ----------------------------------------------
 FUNCTIONS_BUCKET: Final = "sb_functions"
@@ -36,6 +45,14 @@ WORKERS_BUCKET: Final = "sb_workers"
 BILLING_BUCKET: Final = "sb_billing"
 ARTIFACTS_BUCKET: Final = "sb_artifacts"
 SANDBOXES_BUCKET: Final = "sb_sandboxes"
+VERSIONS_BUCKET: Final = "sb_function_versions"
+"""Every deployed version of every function, by content hash; written once, never changed."""
+ALIASES_BUCKET: Final = "sb_aliases"
+TRIGGERS_BUCKET: Final = "sb_triggers"
+CRON_BUCKET: Final = "sb_cron"
+"""Per cron trigger, the last claimed tick (compare-and-set: one firing per tick)."""
+CONCURRENCY_BUCKET: Final = "sb_concurrency"
+"""Per function with a concurrency limit, the leases of its running invocations."""
 
 
 def invocation_subject(tenant: str) -> str:
@@ -108,3 +125,35 @@ def function_key(tenant: str, name: str) -> str:
 
 def billing_key(tenant: str, function: str, invocation_id: str) -> str:
     return f"{tenant}.{function}.{invocation_id}"
+
+
+def trigger_key(tenant: str, trigger_id: str) -> str:
+    return f"{tenant}.{trigger_id}"
+
+
+def dead_letter_subject(tenant: str, invocation_id: str) -> str:
+    return f"sb.deadletters.{tenant}.{invocation_id}"
+
+
+def dead_letters_filter(tenant: str) -> str:
+    return f"sb.deadletters.{tenant}.*"
+
+
+def triggers_queue_group(tenant: str, trigger_id: str) -> str:
+    """Queue group of the trigger services for one NATS trigger: each message reaches one replica.
+
+    One group per trigger, so two triggers on the same subject both fire.
+    """
+    return f"soulbox-triggers-{tenant}-{trigger_id}"
+
+
+def callback_subject(tenant: str) -> str:
+    return f"sb.callbacks.{tenant}"
+
+
+def version_key(tenant: str, function: str, version: str) -> str:
+    return f"{tenant}.{function}.{version}"
+
+
+def alias_key(tenant: str, function: str, alias: str) -> str:
+    return f"{tenant}.{function}.{alias}"

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 from .errors import InvalidRequest
 
@@ -70,6 +70,7 @@ class Status(StrEnum):
     COMPLETED = "completed"
     FAILED = "failed"
     TIMED_OUT = "timed_out"
+    RETRYING = "retrying"  # an attempt failed; the next one is due after a backoff
 
     @property
     def terminal(self) -> bool:
@@ -93,6 +94,7 @@ class EventType(StrEnum):
     COMPLETED = "invocation.completed"
     FAILED = "invocation.failed"
     TIMED_OUT = "invocation.timed_out"
+    RETRYING = "invocation.retrying"  # per attempt: this attempt failed, another follows
 
 
 class Limits(BaseModel):
@@ -117,6 +119,20 @@ class Permissions(BaseModel):
     run: list[str] = Field(default_factory=list)
 
 
+class RetryPolicy(BaseModel):
+    """How a failed asynchronous invocation is tried again: exponential backoff with jitter."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    max_attempts: int = Field(3, ge=1, le=100, description="attempts in all, the first included")
+    base_delay_ms: int = Field(200, ge=0, le=3_600_000)
+    max_delay_ms: int = Field(30_000, ge=0, le=24 * 3_600_000)
+
+    def delay_s(self, attempt: int, jitter: float) -> float:
+        """The wait after failed ``attempt`` (1-based); ``jitter`` in [0, 1) scales it into its upper half."""
+        delay = min(self.max_delay_ms, self.base_delay_ms * 2 ** min(attempt - 1, 40))
+        return float(delay) * (0.5 + 0.5 * jitter) / 1000
+
+
 class FunctionSpec(Message):
     """A deployed function, as stored in the function registry."""
 
@@ -128,6 +144,9 @@ class FunctionSpec(Message):
     limits: Limits = Limits()
     env: dict[str, str] = Field(default_factory=dict, description="environment bindings given to the code")
     permissions: Permissions = Permissions()
+    retry: RetryPolicy | None = Field(None, description="retries of failed asynchronous invocations")
+    max_concurrency: int | None = Field(None, ge=1, description="invocations running at once, over all schedulers")
+    version: str | None = Field(None, description="content hash of everything that defines a run (immutable)")
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
 
@@ -142,6 +161,8 @@ class InvocationRequest(Message):
     reply_to: str | None = Field(None, description="core NATS subject awaiting the record")
     accepted_at: datetime = Field(default_factory=utcnow)
     trace_id: str | None = None
+    trigger: str | None = Field(None, description="id of the trigger that caused it, if any")
+    callback_url: str | None = Field(None, description="POSTed the finished record (asynchronous invocations)")
 
 
 class Dispatch(Message):
@@ -151,6 +172,7 @@ class Dispatch(Message):
     tier: Tier
     attempt: int = 1
     scheduled_at: datetime = Field(default_factory=utcnow)
+    final: bool = Field(True, description="no retry follows a failure of this attempt")
 
 
 class DispatchReply(Message):
@@ -224,7 +246,7 @@ class LifecycleEvent(Message):
         cls, type_: EventType, record: InvocationRecord, *, memory_limit_mb: int | None = None
     ) -> LifecycleEvent:
         suffix = type_.value.split(".", 1)[1]
-        if type_ in (EventType.SCHEDULED, EventType.STARTED):
+        if type_ in (EventType.SCHEDULED, EventType.STARTED, EventType.RETRYING):
             suffix = f"{suffix}.{record.attempt}"
         return cls(
             id=f"{record.id}.{suffix}",
@@ -334,3 +356,136 @@ class TunnelFrame(Message):
     request: TunnelRequestHead | None = None
     response: TunnelResponseHead | None = None
     fault: TunnelFault | None = None
+
+
+class TriggerKind(StrEnum):
+    WEBHOOK = "webhook"  # POST /v1/hooks/{id}, signed
+    HTTP = "http"  # a method + path under /run
+    NATS = "nats"  # a message on a NATS subject
+    CRON = "cron"  # a schedule
+
+
+class SignatureScheme(StrEnum):
+    HMAC = "hmac"  # X-Soulbox-Timestamp + X-Soulbox-Signature: hex HMAC-SHA256 of "<timestamp>.<body>"
+    GITHUB = "github"  # X-Hub-Signature-256: sha256=<hex HMAC-SHA256 of the body>
+    STRIPE = "stripe"  # Stripe-Signature: t=<timestamp>,v1=<hex HMAC-SHA256 of "<t>.<body>">
+
+
+class MissedRuns(StrEnum):
+    SKIP = "skip"  # ticks passed while no trigger service ran are dropped
+    RUN_ONCE = "run_once"  # one run for the latest missed tick, then on schedule
+
+
+class WebhookConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    scheme: SignatureScheme = SignatureScheme.HMAC
+    secret: str = Field(min_length=16, max_length=256)
+    tolerance_s: int = Field(300, ge=1, le=86_400, description="oldest accepted timestamp (hmac, stripe)")
+    sync: bool = Field(False, description="answer with the function's output instead of 202")
+
+
+class HttpRouteConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    method: str = Field("GET", pattern=r"^(GET|POST|PUT|PATCH|DELETE|HEAD|OPTIONS)$")
+    path: str = Field(description="under /run, e.g. /orders/{id}", pattern=r"^(/[A-Za-z0-9._~{}-]+)+/?$|^/$")
+
+
+_SUBJECT_TOKEN = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+class NatsTriggerConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    subject: str = Field(max_length=255, description="a subject or wildcard, not under sb., $ or _INBOX.")
+
+    @field_validator("subject")
+    @classmethod
+    def _user_subject(cls, value: str) -> str:
+        tokens = value.split(".")
+        literal = [t for i, t in enumerate(tokens) if t != "*" and not (t == ">" and i == len(tokens) - 1)]
+        if not all(_SUBJECT_TOKEN.match(t) for t in literal) or not literal:
+            raise ValueError("a subject is dot-separated tokens of [A-Za-z0-9_-], `*`, and `>` last")
+        if tokens[0] in ("sb", "_INBOX") or tokens[0].startswith("$") or tokens[0] in ("*", ">"):
+            raise ValueError("sb.*, $*, _INBOX.* and subjects starting with a wildcard are reserved")
+        return value
+
+
+class CronConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    expression: str = Field(description="5 fields, or 6 with seconds last", max_length=200)
+    timezone: str = Field("UTC", description="IANA time zone the expression is read in")
+    missed: MissedRuns = MissedRuns.SKIP
+
+
+class TriggerSpec(Message):
+    """A trigger: what causes its function to be invoked, stored in the triggers bucket."""
+
+    tenant: Name
+    id: Name
+    function: Name
+    kind: TriggerKind
+    enabled: bool = True
+    webhook: WebhookConfig | None = None
+    http: HttpRouteConfig | None = None
+    nats: NatsTriggerConfig | None = None
+    cron: CronConfig | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+    @model_validator(mode="after")
+    def _config_of_kind(self) -> TriggerSpec:
+        given = {kind for kind in TriggerKind if getattr(self, kind.value) is not None}
+        if given != {self.kind}:
+            raise ValueError(f"a {self.kind.value} trigger takes exactly the `{self.kind.value}` configuration")
+        return self
+
+
+class CronState(Message):
+    """The last tick of a cron trigger that was claimed; advanced by compare-and-set."""
+
+    tick: datetime
+
+
+class DeadLetter(Message):
+    """An asynchronous invocation that failed on its last attempt."""
+
+    request: InvocationRequest
+    attempts: int
+    status: Status
+    outcome: Outcome | None = None
+    error: InvocationError | None = None
+    at: datetime = Field(default_factory=utcnow)
+
+
+class ConcurrencyLeases(Message):
+    """The running invocations of a function with a concurrency limit: invocation id -> lease expiry.
+
+    Kept in the concurrency bucket and changed only by compare-and-set, so
+    every scheduler sees one count; a lease of a scheduler that died expires.
+    """
+
+    leases: dict[str, datetime] = Field(default_factory=dict)
+
+
+class Callback(Message):
+    """A finished invocation whose record is to be POSTed to ``url`` (retried until delivered or given up)."""
+
+    invocation_id: str
+    tenant: Name
+    url: str
+
+
+class AliasTarget(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    version: str = Field(pattern=r"^[0-9a-f]{12}$")
+    weight: int = Field(1, ge=1, le=1000)
+
+
+class FunctionAlias(Message):
+    """A name for one or more versions of a function, with a traffic split; ``previous`` is what a rollback restores."""
+
+    tenant: Name
+    function: Name
+    name: Name
+    targets: list[AliasTarget] = Field(min_length=1, max_length=10)
+    previous: list[AliasTarget] | None = None
+    updated_at: datetime = Field(default_factory=utcnow)

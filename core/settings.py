@@ -56,6 +56,24 @@ class GatewaySettings(BaseModel):
     )
 
 
+class QueueSettings(BaseModel):
+    """Bounds of the invocation stream; past them the gateway answers 429."""
+
+    max_msgs: int = Field(1_000_000, ge=1)
+    max_bytes: int = Field(-1, ge=-1, description="-1: unbounded")
+    retry_after_s: float = Field(1.0, gt=0, description="Retry-After of a 429 when the queue is full")
+
+
+class TriggerSettings(BaseModel):
+    cron_horizon_s: float = Field(
+        1.0, gt=0, description="how often the cron loop looks again at the triggers (and the clock)"
+    )
+    callback_attempts: int = Field(8, ge=1, description="deliveries of a completion callback before giving up")
+    callback_base_delay_s: float = Field(1.0, ge=0, description="first retry delay of a callback; doubles")
+    callback_max_delay_s: float = Field(300.0, ge=0)
+    callback_timeout_s: float = Field(10.0, gt=0)
+
+
 class FunctionDefaults(BaseModel):
     memory_mb: int = 64
     timeout_ms: int = 10_000
@@ -195,3 +213,5 @@ class Settings(BaseSettings):
     js: JsSettings = JsSettings()
     linux: LinuxSettings = LinuxSettings()
     sandboxes: SandboxSettings = SandboxSettings()
+    queue: QueueSettings = QueueSettings()
+    triggers: TriggerSettings = TriggerSettings()

@@ -14,8 +14,9 @@ from starlette.routing import BaseRoute, Route
 from soulbox.core.bus import connect, ensure_topology
 from soulbox.core.settings import Settings
 from soulbox.core.tunnel import TunnelClient
+from soulbox.triggers.catalog import TriggerCatalog
 
-from . import functions, invocations, reports
+from . import aliases, deadletters, functions, hooks, invocations, reports, triggers
 from .errors import EXCEPTION_HANDLERS, error_response
 from .middleware import RequestTrail
 from .openapi import openapi_document
@@ -56,9 +57,26 @@ def routes() -> list[BaseRoute]:
         Route("/v1/invocations/{invocation_id}", invocations.get_invocation, methods=["GET"], name="get_invocation"),
         Route("/v1/usage", reports.get_usage, methods=["GET"]),
         Route("/v1/audit", reports.get_audit, methods=["GET"]),
+        Route("/v1/triggers", triggers.create_trigger, methods=["POST"]),
+        Route("/v1/triggers", triggers.list_triggers, methods=["GET"]),
+        Route("/v1/triggers/{trigger_id}", triggers.get_trigger, methods=["GET"]),
+        Route("/v1/triggers/{trigger_id}", triggers.replace_trigger, methods=["PUT"]),
+        Route("/v1/triggers/{trigger_id}", triggers.delete_trigger, methods=["DELETE"]),
+        Route("/v1/hooks/{trigger_id}", hooks.webhook, methods=["POST"]),
+        Route("/v1/functions/{name}/versions", aliases.list_versions, methods=["GET"]),
+        Route("/v1/functions/{name}/aliases", aliases.list_aliases, methods=["GET"]),
+        Route("/v1/functions/{name}/aliases/{alias}", aliases.put_alias, methods=["PUT"]),
+        Route("/v1/functions/{name}/aliases/{alias}", aliases.delete_alias, methods=["DELETE"]),
+        Route("/v1/functions/{name}/aliases/{alias}/rollback", aliases.rollback_alias, methods=["POST"]),
+        Route("/v1/dead-letters", deadletters.list_dead_letters, methods=["GET"]),
+        Route("/v1/dead-letters/{invocation_id}/replay", deadletters.replay_dead_letter, methods=["POST"]),
+        Route("/run/{path:path}", hooks.route, methods=list(ROUTE_METHODS), include_in_schema=False),
         *sandbox_api.routes(),
         *e2b.routes(),
     ]
+
+
+ROUTE_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
 
 
 def create_app(settings: Settings) -> Starlette:
@@ -67,17 +85,21 @@ def create_app(settings: Settings) -> Starlette:
         nc = await connect(settings, name="soulbox-gateway")
         js = nc.jetstream()
         buckets = await ensure_topology(js, settings)
-        registry = FunctionRegistry(buckets.functions, buckets.artifacts)
+        registry = FunctionRegistry(buckets.functions, buckets.artifacts, buckets.versions)
         waiter = ResultWaiter(nc, buckets.invocations)
+        trigger_catalog = TriggerCatalog(buckets.triggers)
         await registry.start()
         await waiter.start()
         sandboxes = SandboxControlPlane(settings, nc, buckets.sandboxes, buckets.workers)
         tunnel = TunnelClient(nc)
         await tunnel.start()
+        await trigger_catalog.start()
         app.state.platform = Platform(settings, nc, js, buckets, registry, waiter, sandboxes, tunnel)
+        app.state.triggers = trigger_catalog
         try:
             yield
         finally:
+            await trigger_catalog.stop()
             await tunnel.close()
             await waiter.stop()
             await registry.stop()

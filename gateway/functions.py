@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from soulbox.core.errors import InvalidRequest, PayloadTooLarge
-from soulbox.core.schemas import NAME_RE, Limits, Permissions, Runtime
+from soulbox.core.schemas import NAME_RE, Limits, Permissions, RetryPolicy, Runtime
 from soulbox.runtimes.catalog import CATALOG
 from soulbox.runtimes.js.config import ENV_NAME_RE, FunctionConfig
 from soulbox.runtimes.js.config import Permissions as JsPermissions
@@ -101,10 +101,14 @@ async def deploy(request: Request) -> Response:
         max_output = _int_field(form.get("max_output_bytes"), "max_output_bytes")
         env = _json_field(form.get("env"), "env", dict[str, str]) or {}
         permissions = _json_field(form.get("permissions"), "permissions", Permissions) or Permissions()
+        retry = _json_field(form.get("retry"), "retry", RetryPolicy)
+        max_concurrency = _int_field(form.get("max_concurrency"), "max_concurrency")
     if not 1 <= memory_mb <= defaults.max_memory_mb:
         raise InvalidRequest(f"memory_mb must be between 1 and {defaults.max_memory_mb}")
     if not 1 <= timeout_ms <= defaults.max_timeout_ms:
         raise InvalidRequest(f"timeout_ms must be between 1 and {defaults.max_timeout_ms}")
+    if max_concurrency is not None and max_concurrency < 1:
+        raise InvalidRequest("max_concurrency must be at least 1")
     if max_output is not None and not 0 <= max_output <= 64 * 1024 * 1024:
         raise InvalidRequest("max_output_bytes must be between 0 and 67108864")
     limits = Limits(
@@ -115,7 +119,15 @@ async def deploy(request: Request) -> Response:
     _check_bindings(runtime, env, permissions)
     await asyncio.to_thread(CATALOG[runtime].validate, module)  # compiling is CPU work: off the event loop
     spec, created = await p.registry.deploy(
-        settings.tenant, name, runtime, module, limits, env=env, permissions=permissions
+        settings.tenant,
+        name,
+        runtime,
+        module,
+        limits,
+        env=env,
+        permissions=permissions,
+        retry=retry,
+        max_concurrency=max_concurrency,
     )
     return JSONResponse(FunctionOut.of(spec).model_dump(mode="json"), status_code=201 if created else 200)
 

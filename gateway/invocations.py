@@ -3,19 +3,29 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+from urllib.parse import urlsplit
 
 import structlog
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from soulbox.core.errors import FunctionFailed, InvocationNotFound, InvocationTimeout, PayloadTooLarge, SchemaError
-from soulbox.core.schemas import InvocationRecord, Runtime, Status
+from soulbox.core.errors import (
+    FunctionFailed,
+    InvalidRequest,
+    InvocationNotFound,
+    InvocationTimeout,
+    PayloadTooLarge,
+    SchemaError,
+)
+from soulbox.core.schemas import FunctionSpec, InvocationRecord, Runtime, Status
 from soulbox.core.store import get_model
 from soulbox.runtimes.js.http import HttpResponse
 
 from .functions import function_name
 from .models import InvocationAccepted, InvocationOut
-from .platform import INVOCATION_ID_RE, platform
+from .platform import INVOCATION_ID_RE, Platform, Submission, platform
+from .versions import resolve
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -40,23 +50,67 @@ def _wants_async(request: Request) -> bool:
 async def invoke(request: Request) -> Response:
     """Run a function: the body is its stdin; sync returns its stdout, async a 202 with the id."""
     p = platform(request)
-    spec = await p.registry.get(p.settings.tenant, function_name(request))
+    spec = await resolve(p, request, function_name(request))
     body = await read_body(request, p.settings.gateway.max_body_bytes)
     wait = not _wants_async(request)
+    invocation_id = request.headers.get("x-invocation-id")
+    key = request.headers.get("idempotency-key")
+    if invocation_id is None and key is not None:
+        invocation_id = idempotent_id(spec, key)
     submission = await p.submit(
         spec,
         body,
-        invocation_id=request.headers.get("x-invocation-id"),
+        invocation_id=invocation_id,
         wait=wait,
         trace_id=request.headers.get("x-trace-id"),
+        callback_url=_callback_url(request, wait=wait),
     )
     invocation_id = submission.request.id
     structlog.contextvars.bind_contextvars(invocation_id=invocation_id)
     if not wait:
-        url = str(request.url_for("get_invocation", invocation_id=invocation_id).path)
-        accepted = InvocationAccepted(id=invocation_id, status=Status.ACCEPTED.value, url=url)
-        return JSONResponse(accepted.model_dump(), status_code=202, headers={"Location": url})
+        response = accepted_response(request, invocation_id)
+    else:
+        response = await finished_response(p, spec, submission)
+    if submission.duplicate:
+        response.headers["Idempotent-Replayed"] = "true"
+    return response
 
+
+def _callback_url(request: Request, *, wait: bool) -> str | None:
+    """``X-Callback-Url``: where the finished record is POSTed; asynchronous invocations only."""
+    url = request.headers.get("x-callback-url")
+    if url is None:
+        return None
+    if wait:
+        raise InvalidRequest("X-Callback-Url needs an asynchronous invocation (?async=1)")
+    parsed = urlsplit(url)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname or len(url) > 2048:
+        raise InvalidRequest("X-Callback-Url must be an absolute http(s) URL of at most 2048 characters")
+    return url
+
+
+def idempotent_id(spec: FunctionSpec, key: str) -> str:
+    """The invocation id an ``Idempotency-Key`` stands for: repeats map to the first invocation.
+
+    Per tenant and function, for as long as the first invocation's record is
+    kept (``invocation_ttl_s``), like a repeated ``X-Invocation-Id``.
+    """
+    if not 1 <= len(key) <= 255:
+        raise InvalidRequest("Idempotency-Key must be 1-255 characters")
+    digest = hashlib.sha256(f"{spec.tenant}\n{spec.name}\n{key}".encode()).hexdigest()
+    return f"ik{digest[:46]}"
+
+
+def accepted_response(request: Request, invocation_id: str) -> Response:
+    """202 with the invocation's id and where to poll it."""
+    url = str(request.url_for("get_invocation", invocation_id=invocation_id).path)
+    accepted = InvocationAccepted(id=invocation_id, status=Status.ACCEPTED.value, url=url)
+    return JSONResponse(accepted.model_dump(), status_code=202, headers={"Location": url})
+
+
+async def finished_response(p: Platform, spec: FunctionSpec, submission: Submission) -> Response:
+    """Wait for a synchronous submission's record and answer with the function's result."""
+    invocation_id = submission.request.id
     timeout = spec.limits.timeout_ms / 1000 + p.settings.gateway.sync_grace_s
     record: InvocationRecord | None = None
     if submission.result is None:  # a repeated id: follow the first submission's record

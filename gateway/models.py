@@ -7,7 +7,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, Field
 
-from soulbox.core.schemas import FunctionSpec, InvocationRecord, Limits, Permissions
+from soulbox.core.schemas import FunctionSpec, InvocationRecord, Limits, Permissions, RetryPolicy
 
 
 class ErrorBody(BaseModel):
@@ -33,6 +33,9 @@ class FunctionOut(BaseModel):
     limits: Limits
     env: list[str] = Field(description="names of the environment bindings (values are not shown)")
     permissions: Permissions
+    retry: RetryPolicy | None = None
+    max_concurrency: int | None = None
+    version: str | None = Field(None, description="content hash of this deploy; invoke it with ?version=")
     created_at: datetime
     updated_at: datetime
 
@@ -46,6 +49,9 @@ class FunctionOut(BaseModel):
             limits=spec.limits,
             env=sorted(spec.env),
             permissions=spec.permissions,
+            retry=spec.retry,
+            max_concurrency=spec.max_concurrency,
+            version=spec.version,
             created_at=spec.created_at,
             updated_at=spec.updated_at,
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import secrets
 import time
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.errors import BadRequestError, KeyWrongLastSequenceError
+from nats.js.errors import APIError, KeyWrongLastSequenceError
 from starlette.requests import Request
 
 from soulbox.core import names
@@ -35,6 +36,7 @@ from .results import ResultWaiter
 from .sandboxes.control import SandboxControlPlane
 
 INVOCATION_ID_RE = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
+QUEUE_FULL_CODES = frozenset({10077, 10047, 10048})  # JetStream: stream message / byte / storage limits
 
 
 def new_invocation_id() -> str:
@@ -61,7 +63,15 @@ class Platform:
     tunnel: TunnelClient
 
     async def submit(
-        self, spec: FunctionSpec, body: bytes, *, invocation_id: str | None, wait: bool, trace_id: str | None
+        self,
+        spec: FunctionSpec,
+        body: bytes,
+        *,
+        invocation_id: str | None,
+        wait: bool,
+        trace_id: str | None,
+        trigger: str | None = None,
+        callback_url: str | None = None,
     ) -> Submission:
         """Record the invocation as accepted and put it on the invocation stream."""
         client_id = invocation_id is not None
@@ -76,6 +86,8 @@ class Platform:
             input=body,
             reply_to=self.waiter.reply_subject(invocation_id) if wait else None,
             trace_id=trace_id,
+            trigger=trigger,
+            callback_url=callback_url,
         )
         record = InvocationRecord(
             id=invocation_id,
@@ -105,10 +117,13 @@ class Platform:
                 headers={"Nats-Msg-Id": invocation_id},
             )
             await settle(pending)
-        except BadRequestError as exc:
+        except APIError as exc:  # nats-py reports the full stream as a 503 ServiceUnavailableError
             self.waiter.discard(invocation_id)
-            if exc.err_code in (10077, 10047, 10048):  # stream message/byte/storage limits
-                raise Overloaded("the invocation queue is full", retry_after=1.0) from exc
+            if exc.err_code in QUEUE_FULL_CODES:
+                # Refused for sure: free the id, so a retry with it (or its Idempotency-Key) runs.
+                with contextlib.suppress(Exception):
+                    await self.buckets.invocations.delete(invocation_id)
+                raise Overloaded("the invocation queue is full", retry_after=self.settings.queue.retry_after_s) from exc
             raise Unavailable(f"could not enqueue the invocation: {exc}") from exc
         except Unavailable:
             self.waiter.discard(invocation_id)

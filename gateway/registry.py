@@ -16,16 +16,19 @@ from soulbox.core import names
 from soulbox.core.codec import decode, encode
 from soulbox.core.errors import FunctionNotFound, SchemaError
 from soulbox.core.logging import get_logger
-from soulbox.core.schemas import FunctionSpec, Limits, Permissions, Runtime, utcnow
+from soulbox.core.schemas import FunctionSpec, Limits, Permissions, RetryPolicy, Runtime, utcnow
 from soulbox.core.store import get_model, scan
+
+from .versions import remember_version, version_of
 
 log = get_logger(__name__)
 
 
 class FunctionRegistry:
-    def __init__(self, kv: KeyValue, artifacts: ObjectStore) -> None:
+    def __init__(self, kv: KeyValue, artifacts: ObjectStore, versions: KeyValue | None = None) -> None:
         self._kv = kv
         self._artifacts = artifacts
+        self._versions = versions
         self._cache: dict[str, FunctionSpec] = {}
         self._watch: asyncio.Task[None] | None = None
 
@@ -77,6 +80,8 @@ class FunctionRegistry:
         *,
         env: dict[str, str] | None = None,
         permissions: Permissions | None = None,
+        retry: RetryPolicy | None = None,
+        max_concurrency: int | None = None,
     ) -> tuple[FunctionSpec, bool]:
         """Store the module (content-addressed) and the spec; True if the function is new."""
         digest = hashlib.sha256(module).hexdigest()
@@ -93,9 +98,14 @@ class FunctionRegistry:
             limits=limits,
             env=env or {},
             permissions=permissions or Permissions(),
+            retry=retry,
+            max_concurrency=max_concurrency,
             created_at=previous.created_at if previous else now,
             updated_at=now,
         )
+        spec = spec.model_copy(update={"version": version_of(spec)})
+        if self._versions is not None:
+            await remember_version(self._versions, spec)
         await self._kv.put(key, encode(spec))
         self._cache[key] = spec
         return spec, previous is None

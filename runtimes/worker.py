@@ -179,6 +179,10 @@ class Worker:
                 if not done:
                     pending.append(await self._put_record(record))
                 final, event_type = _finish(record, await run)
+                if not dispatch.final and final.status in (Status.FAILED, Status.TIMED_OUT):
+                    # The scheduler tries again: this attempt's end is not the invocation's.
+                    final = final.model_copy(update={"status": Status.RETRYING})
+                    event_type = EventType.RETRYING
                 # The event before the record: a finished record without its event is
                 # repaired by the scheduler, but the other way round would be invisible.
                 pending.append(await self._event(event_type, final, spec.limits.memory_mb))

@@ -8,6 +8,11 @@ its heartbeat stops or its key is deleted — or does not answer, the
 invocation is dispatched again elsewhere; if this scheduler dies, JetStream
 redelivers the unacked message to another scheduler, which first checks the
 record so a finished invocation is never run twice.
+
+A failed asynchronous attempt is retried after a backoff (the message is
+nak'ed with a delay, see ``retries``), a last failure is dead-lettered, a
+function's concurrency limit is held by leases in KV (``concurrency``), and a
+finished invocation with a callback URL gets its callback queued.
 """
 
 from __future__ import annotations
@@ -46,6 +51,9 @@ from soulbox.core.schemas import (
 from soulbox.core.settings import Settings
 from soulbox.core.store import get_model, publish_event, put_nowait, settle
 
+from . import retries
+from .callbacks import queue_callback
+from .concurrency import ConcurrencyGate
 from .directory import WorkerDirectory
 from .placement import choose_tier, pick_worker
 
@@ -76,6 +84,7 @@ class Scheduler:
         self._tasks: set[asyncio.Task[None]] = set()
         self._announced: dict[str, asyncio.Future[PubAck]] = {}  # acks of `scheduled` events, by invocation
         self._stopping = asyncio.Event()
+        self._gate = ConcurrencyGate(buckets.concurrency, grace_s=settings.scheduler.dispatch_grace_s)
 
     def stop(self) -> None:
         self._stopping.set()
@@ -130,16 +139,19 @@ class Scheduler:
         with structlog.contextvars.bound_contextvars(
             invocation_id=request.id, function=request.function.name, tenant=request.tenant
         ):
+            attempt = delivered
             if delivered > 1:
                 existing = await get_model(self._buckets.invocations, request.id, InvocationRecord)
                 if existing is not None and existing.status.terminal:
                     log.info("scheduler.already_finished", status=existing.status.value)
                     await self._confirm_finished(request, existing, msg)
                     return
+                if existing is not None and existing.status is Status.RETRYING:
+                    attempt = max(delivered, existing.attempt + 1)
             try:
-                await self._schedule(request, msg, attempt=delivered)
+                await self._schedule(request, msg, attempt=attempt)
             except SoulboxError as exc:
-                await self._fail(request, msg, attempt=delivered, message=exc.message)
+                await self._fail(request, msg, attempt=attempt, message=exc.message)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # NATS trouble mid-dispatch: hand it back for a retry soon
@@ -152,6 +164,14 @@ class Scheduler:
                     unsettled.cancel()  # the event was sent; only its ack is no longer awaited
 
     async def _schedule(self, request: InvocationRequest, msg: Msg, *, attempt: int) -> None:
+        leased = await self._gate.hold(request, msg)
+        try:
+            await self._place(request, msg, attempt=attempt)
+        finally:
+            if leased:
+                await asyncio.shield(self._gate.release(request))
+
+    async def _place(self, request: InvocationRequest, msg: Msg, *, attempt: int) -> None:
         tiers = {tier for worker in self._directory.live() for tier in worker.tiers}
         tier = choose_tier(request.function, tiers)
         excluded: set[str] = set()
@@ -163,12 +183,12 @@ class Scheduler:
                 log.warning("scheduler.no_worker", tier=tier.value)
                 await msg.nak(delay=1.0)
                 return
-            dispatch = Dispatch(request=request, tier=tier, attempt=attempt)
+            dispatch = Dispatch(request=request, tier=tier, attempt=attempt, final=retries.is_final(request, attempt))
             reply = await self._dispatch(worker, dispatch, msg, announce=not announced)
             announced = True
             if reply is not None and reply.accepted:
                 await self._settle_announcement(request.id)
-                await msg.ack()
+                await self._after(request, msg, attempt, reply.status)
                 return
             excluded.add(worker)
             if reply is None:  # worker lost mid-invocation, or its answer was: run it again elsewhere
@@ -184,6 +204,19 @@ class Scheduler:
             if len(excluded) >= len(self._directory.live()):
                 excluded.clear()
                 await asyncio.sleep(0.05)
+
+    async def _after(self, request: InvocationRequest, msg: Msg, attempt: int, status: Status | None) -> None:
+        """An attempt ended: retry it later, dead-letter it, or be done with it."""
+        if status is Status.RETRYING:
+            delay = retries.backoff_s(request, attempt)
+            log.info("scheduler.retry", attempt=attempt, delay_s=round(delay, 3))
+            await msg.nak(delay=delay)  # JetStream redelivers it after the backoff, to any scheduler
+            return
+        if status in (Status.FAILED, Status.TIMED_OUT) and request.reply_to is None:
+            record = await get_model(self._buckets.invocations, request.id, InvocationRecord)
+            await retries.dead_letter(self._js, request, record, attempt=attempt)
+        await queue_callback(self._js, request)
+        await msg.ack()
 
     async def _await_worker(self, tier: Tier, excluded: frozenset[str], msg: Msg) -> str | None:
         loop = asyncio.get_running_loop()
@@ -228,6 +261,9 @@ class Scheduler:
             TERMINAL_EVENTS[record.status], record, memory_limit_mb=request.function.limits.memory_mb
         )
         await settle([await publish_event(self._js, event)])
+        if record.status in (Status.FAILED, Status.TIMED_OUT) and request.reply_to is None:
+            await retries.dead_letter(self._js, request, record, attempt=record.attempt)
+        await queue_callback(self._js, request)
         await msg.ack()
 
     async def _settle_announcement(self, invocation_id: str) -> None:
@@ -292,4 +328,7 @@ class Scheduler:
         await settle(pending)
         if request.reply_to:  # after the record is durable: the caller can read it at once
             await self._nc.publish(request.reply_to, encode(record))
+        else:
+            await retries.dead_letter(self._js, request, record, attempt=attempt)
+        await queue_callback(self._js, request)
         await msg.ack()

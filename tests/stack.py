@@ -18,12 +18,15 @@ NATS_CONFIG = Path(__file__).resolve().parents[1] / "infra" / "nats.conf"
 
 
 class Stack:
-    def __init__(self, root: Path, *, workers: int = 1, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, root: Path, *, workers: int = 1, triggers: int = 1, env: dict[str, str] | None = None
+    ) -> None:
         self.root = root
         self.nats = NatsServer(root / "nats", log_file=root / "nats.log", config=NATS_CONFIG)
         self.gateway_port = free_port()
         self.metrics_port = free_port()
         self.workers = workers
+        self.triggers = triggers
         self.extra_env = env or {}
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
 
@@ -75,9 +78,11 @@ class Stack:
             self.start_worker(f"worker-{i}")
         for kind in ("billing", "audit", "metrics"):
             self.spawn(f"events-{kind}", "soulbox.events", kind)
+        for i in range(self.triggers):
+            self.spawn(f"triggers-{i}", "soulbox.triggers")
         self.wait_ready()
 
-    def wait_ready(self, timeout: float = 90.0) -> None:
+    def wait_ready(self, timeout: float = 90.0) -> None:  # a shared, loaded box starts slowly
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for name, process in self.processes.items():

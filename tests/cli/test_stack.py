@@ -46,9 +46,11 @@ def test_components_start_in_order_with_the_settings_they_need(tmp_path: Path, m
         "worker-1",
         "worker-2",
         "scheduler",
+        "triggers",
         "gateway",
     ]
     argv = {c.name: c.argv for c in plan.components}
+    assert argv["triggers"] == ("/py", "-m", "soulbox.triggers")
     assert argv["gateway"] == ("/py", "-m", "soulbox.gateway")
     assert argv["scheduler"] == ("/py", "-m", "soulbox.scheduler")
     assert argv["worker-2"] == ("/py", "-m", "soulbox.runtimes.worker")

@@ -140,6 +140,7 @@ def test_up_status_restart_and_down(up: Up) -> None:
         "worker-1",
         "worker-2",
         "scheduler",
+        "triggers",
         "gateway",
     ]
     assert state.urls.gateway == f"http://127.0.0.1:{up.port}"
@@ -169,8 +170,8 @@ def test_up_status_restart_and_down(up: Up) -> None:
     assert not any(pid_alive(pid) for pid in everything.values())
     assert read_state(up.data_dir) is None
     order = stopped_order(up.output())
-    assert order[0] == "gateway" and order[1] == "scheduler" and order[-1] == "nats"
-    assert set(order[2:4]) == {"worker-1", "worker-2"} and set(order[4:7]) == {"billing", "audit", "metrics"}
+    assert order[:3] == ["gateway", "triggers", "scheduler"] and order[-1] == "nats"
+    assert set(order[3:5]) == {"worker-1", "worker-2"} and set(order[5:8]) == {"billing", "audit", "metrics"}
     assert up.cli("status").returncode == 1
 
 

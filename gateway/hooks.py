@@ -1,0 +1,84 @@
+"""Requests that invoke functions through triggers: signed webhooks and HTTP routes.
+
+``POST /v1/hooks/{trigger_id}``: the signature is checked against the raw
+body first (401 ``signature_missing`` / ``signature_invalid`` /
+``signature_stale`` otherwise); then the body is the function's input and the
+answer is a 202 with the invocation id, or the result when the trigger is
+``sync``.
+
+``<METHOD> /run/<path>``: the HTTP trigger whose method and path template
+match; always synchronous. Fetch-handler runtimes (Bun, Deno) get the whole
+request (method, URL with the query, headers, body); the others the body.
+"""
+
+from __future__ import annotations
+
+import time
+
+import structlog
+from starlette.requests import Request
+from starlette.responses import Response
+
+from soulbox.core import names
+from soulbox.core.errors import NotFound
+from soulbox.core.schemas import TriggerKind, TriggerSpec
+from soulbox.runtimes.js.http import HttpRequest
+from soulbox.triggers.signatures import SignatureError, verify
+
+from .errors import error_response
+from .invocations import HTTP_RUNTIMES, accepted_response, finished_response, read_body
+from .platform import platform
+from .triggers import TriggerNotFound, catalog, trigger_id
+
+_DROPPED_HEADERS = frozenset({"host", "content-length", "connection", "transfer-encoding"})
+
+
+class RouteNotFound(NotFound):
+    code = "route_not_found"
+
+
+async def webhook(request: Request) -> Response:
+    p = platform(request)
+    tid = trigger_id(request)
+    trigger = catalog(request).get(names.trigger_key(p.settings.tenant, tid))
+    if trigger is None or trigger.kind is not TriggerKind.WEBHOOK or trigger.webhook is None or not trigger.enabled:
+        raise TriggerNotFound(tid)
+    body = await read_body(request, p.settings.gateway.max_body_bytes)
+    try:
+        verify(trigger.webhook, request.headers, body, now=time.time())
+    except SignatureError as exc:
+        # 401 here, not in the shared error table: only this endpoint authenticates by signature.
+        return error_response(401, exc.code, exc.message)
+    return await _invoke(request, trigger, body, wait=trigger.webhook.sync)
+
+
+async def route(request: Request) -> Response:
+    p = platform(request)
+    path = "/" + request.path_params["path"]
+    found = catalog(request).route(p.settings.tenant, request.method, path)
+    if found is None:
+        raise RouteNotFound(f"no HTTP trigger for {request.method} /run{path}")
+    trigger, _ = found
+    body = await read_body(request, p.settings.gateway.max_body_bytes)
+    spec = await p.registry.get(p.settings.tenant, trigger.function)
+    if spec.runtime in HTTP_RUNTIMES:
+        headers = tuple((k, v) for k, v in request.headers.items() if k not in _DROPPED_HEADERS)
+        body = HttpRequest(method=request.method, url=str(request.url), headers=headers, body=body).encode()
+    return await _invoke(request, trigger, body, wait=True)
+
+
+async def _invoke(request: Request, trigger: TriggerSpec, body: bytes, *, wait: bool) -> Response:
+    p = platform(request)
+    spec = await p.registry.get(p.settings.tenant, trigger.function)
+    submission = await p.submit(
+        spec,
+        body,
+        invocation_id=None,
+        wait=wait,
+        trace_id=request.headers.get("x-trace-id"),
+        trigger=trigger.id,
+    )
+    structlog.contextvars.bind_contextvars(invocation_id=submission.request.id, trigger=trigger.id)
+    if not wait:
+        return accepted_response(request, submission.request.id)
+    return await finished_response(p, spec, submission)
