@@ -8,6 +8,8 @@ last envelope (flag 0x02) carries `{}` or `{"error": {...}}`. Unary errors are a
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import json
 import struct
@@ -100,6 +102,31 @@ class EnvelopeReader:
         return len(self._buf)
 
 
+def get_field(message: Message, name: str) -> object:
+    """A field by its proto name or its JSON (lowerCamel) name."""
+    if name in message:
+        return message[name]
+    head, *rest = name.split("_")
+    return message.get(head + "".join(part.title() for part in rest))
+
+
+def obj(message: Message, name: str) -> Message:
+    """A message-typed field, `{}` when absent."""
+    value = get_field(message, name)
+    return value if isinstance(value, dict) else {}
+
+
+def b64(value: object) -> bytes:
+    """A bytes field (standard or URL-safe base64, padding optional)."""
+    if not isinstance(value, str):
+        return b""
+    text = value.replace("-", "+").replace("_", "/")
+    try:
+        return base64.b64decode(text + "=" * (-len(text) % 4))
+    except binascii.Error:
+        raise ConnectError("invalid_argument", "malformed base64 bytes field") from None
+
+
 def _decode(payload: bytes) -> Message:
     try:
         value = json.loads(payload) if payload else {}
@@ -188,15 +215,14 @@ class Router:
         await response.send(200, _encode(result), "application/json")
 
     async def _client_stream(self, method: Method, request: Request, response: Response, call: Call) -> None:
-        await response.start(200, [("Content-Type", "application/connect+json")])
+        # Nothing is sent before the request stream ended: a client that sees the response begin may stop
+        # sending its body (the SDK's HTTP/1.1 client then ends it early).
         try:
             result = await _with_deadline(method.fn(_messages(request), call), call.timeout)
+            body = envelope(_encode(result)) + envelope(b"{}", END_STREAM)
         except ConnectError as e:
-            await response.write(envelope(_encode({"error": e.to_json()}), END_STREAM))
-        else:
-            await response.write(envelope(_encode(result)))
-            await response.write(envelope(b"{}", END_STREAM))
-        await response.finish()
+            body = envelope(_encode({"error": e.to_json()}), END_STREAM)
+        await response.send(200, body, "application/connect+json")
 
     async def _server_stream(self, method: Method, request: Request, response: Response, call: Call) -> None:
         try:

@@ -16,9 +16,8 @@ import stat
 import uuid
 from collections.abc import AsyncIterator
 
-from .connect import Call, ConnectError, Message, Method, Router
+from .connect import Call, ConnectError, Message, Method, Router, get_field
 from .entries import entry_info, os_error, resolve_path
-from .process_service import field
 from .state import State
 from .watch import DirWatcher
 
@@ -28,7 +27,7 @@ NETWORK_FILESYSTEMS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "fuse", "9p"}
 
 
 def _str(message: Message, name: str) -> str:
-    value = field(message, name)
+    value = get_field(message, name)
     if not isinstance(value, str) or not value:
         raise ConnectError("invalid_argument", f"{name} is required")
     return value
@@ -143,7 +142,7 @@ class FilesystemService:
     async def list_dir(self, message: Message, call: Call) -> Message:
         """Entries under a directory, `depth` levels deep (1: direct children)."""
         path = self._path(message, call)
-        depth = field(message, "depth")
+        depth = get_field(message, "depth")
         levels = int(depth) if isinstance(depth, (int, str)) and str(depth).isdigit() and int(depth) > 0 else 1
         try:
             if not stat.S_ISDIR(os.stat(path).st_mode):
@@ -189,10 +188,10 @@ class FilesystemService:
                 raise ConnectError("invalid_argument", f"{path} is not a directory")
         except OSError as e:
             raise os_error(e, path) from None
-        if not field(message, "allow_network_mounts") and _fs_type(path) in NETWORK_FILESYSTEMS:
+        if not get_field(message, "allow_network_mounts") and _fs_type(path) in NETWORK_FILESYSTEMS:
             raise ConnectError("failed_precondition", f"{path} is on a network filesystem")
         try:
-            return Watch(path, bool(field(message, "recursive")), bool(field(message, "include_entry")), maxlen)
+            return Watch(path, bool(get_field(message, "recursive")), bool(get_field(message, "include_entry")), maxlen)
         except OSError as e:
             raise os_error(e, path) from None
 

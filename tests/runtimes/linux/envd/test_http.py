@@ -176,3 +176,16 @@ def test_port_proxy_reaches_a_server_in_the_sandbox(envd: Envd, sandbox: Sandbox
     closed = httpx.get(envd.url + "/", headers={"E2b-Sandbox-Port": str(free_port())})
     assert closed.status_code == 502
     assert closed.json()["code"] == 502
+
+
+def test_stream_keepalives_follow_the_requested_interval(envd: Envd) -> None:
+    reply = httpx.post(
+        envd.url + "/process.Process/Start",
+        content=_envelope({"process": {"cmd": "/bin/sh", "args": ["-c", "sleep 2.2; echo late"]}}),
+        headers={"Content-Type": "application/connect+json", "Keepalive-Ping-Interval": "1"},
+        timeout=30,
+    )
+    kinds = [next(iter(f[1]["event"])) for f in _envelopes(reply.content)[:-1]]  # type: ignore[call-overload]
+    assert kinds[0] == "start"
+    assert kinds.count("keepalive") >= 2
+    assert kinds[-2:] == ["data", "end"]

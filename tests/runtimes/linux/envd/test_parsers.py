@@ -14,11 +14,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from protobuf import Oneof
 
-from soulbox.runtimes.linux.envd.connect import END_STREAM, EnvelopeReader, envelope
+from soulbox.runtimes.linux.envd.connect import END_STREAM, EnvelopeReader, b64, envelope, get_field, obj
 from soulbox.runtimes.linux.envd.entries import timestamp
 from soulbox.runtimes.linux.envd.http import encode_chunk, read_chunked
 from soulbox.runtimes.linux.envd.multipart import MultipartParser, PartData, PartEnd, PartStart, disposition_params
-from soulbox.runtimes.linux.envd.process_service import _end, _output, b64, field, obj
+from soulbox.runtimes.linux.envd.process_service import _end, _output
 from soulbox.runtimes.linux.envd.processes import Exit, Output
 
 
@@ -111,8 +111,8 @@ def test_requests_from_the_generated_classes_parse(
     assert (spec["cmd"], spec.get("args", []), spec.get("envs", {}), spec.get("cwd")) == (cmd, args, envs, cwd)
     size = obj(obj(message, "pty"), "size")
     assert (size.get("rows", 0), size.get("cols", 0)) == (rows, cols)
-    assert bool(field(message, "stdin")) == stdin
-    assert field(message, "tag") == tag
+    assert bool(get_field(message, "stdin")) == stdin
+    assert get_field(message, "tag") == tag
     send = process_pb.SendInputRequest(
         process=process_pb.ProcessSelector(selector=Oneof("pid", 7)),
         input=process_pb.ProcessInput(input=Oneof("stdin", data)),

@@ -153,3 +153,11 @@ def _ppid(pid: int) -> int:
             return int(f.read().split(")")[-1].split()[1])
     except (FileNotFoundError, ProcessLookupError):
         return -1
+
+
+def test_large_output_is_streamed_with_backpressure(sandbox: Sandbox, envd: Envd) -> None:
+    result = sandbox.commands.run("head -c 8000000 /dev/zero | tr '\\0' a; echo", timeout=120)
+    assert len(result.stdout) == 8_000_001
+    with open(f"/proc/{envd.process.pid}/status") as f:
+        peak_kib = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+    assert peak_kib < 80 * 1024
