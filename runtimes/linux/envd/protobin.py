@@ -283,7 +283,10 @@ def decode(type_name: str, data: bytes) -> Message:
             value = decode(target, payload)
         elif kind == "timestamp":
             stamp = decode("google.protobuf.Timestamp", payload)
-            value = format_timestamp(int(stamp.get("seconds", "0")), stamp.get("nanos", 0))
+            try:
+                value = format_timestamp(int(stamp.get("seconds", "0")), stamp.get("nanos", 0) % 1_000_000_000)
+            except (OverflowError, ValueError):
+                raise ProtoError("timestamp out of range") from None
         elif wire == LEN:  # packed repeated scalars
             values, inner = [], 0
             while inner < len(payload):

@@ -222,3 +222,13 @@ def test_binary_codec_matches_the_generated_classes(data: st.DataObject) -> None
         canonical = json.loads(message.to_json())
         assert protobin.decode(type_name, message.to_binary()) == canonical
         assert cls.from_binary(protobin.encode(type_name, canonical)) == message
+
+
+@settings(max_examples=300, deadline=None)
+@given(type_name=st.sampled_from(sorted(protobin.SCHEMAS)), data=st.binary(max_size=200))
+def test_binary_decoder_rejects_garbage_cleanly(type_name: str, data: bytes) -> None:
+    try:
+        message = protobin.decode(type_name, data)
+    except protobin.ProtoError:
+        return
+    assert isinstance(message, dict)
