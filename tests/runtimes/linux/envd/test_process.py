@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from e2b import CommandExitException, NotFoundException, Sandbox
+from e2b import CommandExitException, InvalidArgumentException, NotFoundException, Sandbox, SandboxException
 
 from .conftest import Envd, free_port, start_envd, stop
 
@@ -182,3 +182,14 @@ def test_as_pid_1_envd_reaps_orphans(tmp_path: Path) -> None:
     finally:
         process.kill()  # unshare ignores SIGTERM while it waits; --kill-child takes envd down with it
         stop(process)
+
+
+def test_bad_requests_map_to_the_sdk_exceptions(sandbox: Sandbox, envd: Envd) -> None:
+    with pytest.raises(InvalidArgumentException):
+        sandbox.commands.run("true", cwd=str(envd.home / "missing"))
+    handle = sandbox.commands.run("sleep 30", background=True)  # stdin not requested
+    with pytest.raises(SandboxException):
+        handle.send_stdin("ignored")
+    handle.kill()
+    with pytest.raises(NotFoundException):
+        sandbox.commands.send_stdin(999_999, "x")
