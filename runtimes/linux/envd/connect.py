@@ -1,21 +1,26 @@
-"""The Connect protocol (JSON codec) over our HTTP/1.1 server: unary, server- and client-streaming.
+"""The Connect protocol over our HTTP/1.1 server: unary, server- and client-streaming, JSON or binary proto.
 
 Streams are enveloped: a 5-byte header (flags, big-endian length) before each message; the
 last envelope (flag 0x02) carries `{}` or `{"error": {...}}`. Unary errors are a JSON body
-`{"code": "not_found", "message": ...}` with the matching HTTP status.
+`{"code": "not_found", "message": ...}` with the matching HTTP status. The e2b SDK speaks JSON; binary
+messages are converted to the same JSON shape (protobin.py), so handlers see one form.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import json
 import struct
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from .http import BodyError, Request, Response
+from .protobin import ProtoError, decode, encode
 
 Message = dict[str, Any]
 MAX_MESSAGE = 16 * 1024 * 1024
@@ -66,6 +71,8 @@ class Method:
     kind: str  # "unary" | "server" | "client"
     fn: Any
     keepalive_message: Message | None = None
+    input_type: str = ""  # the proto type names, set by Router.add
+    output_type: str = ""
 
 
 def envelope(payload: bytes, flags: int = 0) -> bytes:
@@ -100,29 +107,95 @@ class EnvelopeReader:
         return len(self._buf)
 
 
-def _decode(payload: bytes) -> Message:
+def get_field(message: Message, name: str) -> object:
+    """A field by its proto name or its JSON (lowerCamel) name."""
+    if name in message:
+        return message[name]
+    head, *rest = name.split("_")
+    return message.get(head + "".join(part.title() for part in rest))
+
+
+def obj(message: Message, name: str) -> Message:
+    """A message-typed field, `{}` when absent."""
+    value = get_field(message, name)
+    return value if isinstance(value, dict) else {}
+
+
+def b64(value: object) -> bytes:
+    """A bytes field (standard or URL-safe base64, padding optional)."""
+    if not isinstance(value, str):
+        return b""
+    text = value.replace("-", "+").replace("_", "/")
     try:
-        value = json.loads(payload) if payload else {}
-    except ValueError as e:
-        raise ConnectError("invalid_argument", f"malformed JSON message: {e}") from None
-    if not isinstance(value, dict):
-        raise ConnectError("invalid_argument", "message is not a JSON object")
-    return value
+        return base64.b64decode(text + "=" * (-len(text) % 4))
+    except binascii.Error:
+        raise ConnectError("invalid_argument", "malformed base64 bytes field") from None
+
+
+@dataclass(frozen=True)
+class Codec:
+    """How messages are serialized: "json" or "proto"."""
+
+    name: str
+
+    def decode(self, type_name: str, payload: bytes) -> Message:
+        """A request message in its JSON shape."""
+        if self.name == "proto":
+            try:
+                return decode(type_name, payload)
+            except (ProtoError, UnicodeDecodeError) as e:
+                raise ConnectError("invalid_argument", f"malformed protobuf message: {e}") from None
+        try:
+            value = json.loads(payload) if payload else {}
+        except ValueError as e:
+            raise ConnectError("invalid_argument", f"malformed JSON message: {e}") from None
+        if not isinstance(value, dict):
+            raise ConnectError("invalid_argument", "message is not a JSON object")
+        return value
+
+    def encode(self, type_name: str, message: Message) -> bytes:
+        """A response message on the wire."""
+        if self.name == "proto":
+            return encode(type_name, message)
+        return _encode(message)
+
+
+CODECS = {"json": Codec("json"), "proto": Codec("proto")}
 
 
 def _encode(message: Message) -> bytes:
     return json.dumps(message, separators=(",", ":")).encode()
 
 
-async def _messages(request: Request) -> AsyncIterator[Message]:
+def _gunzip(payload: bytes) -> bytes:
+    inflater = zlib.decompressobj(wbits=31)
+    try:
+        data = inflater.decompress(payload, MAX_MESSAGE + 1)
+    except zlib.error as e:
+        raise ConnectError("invalid_argument", f"malformed gzip message: {e}") from None
+    if len(data) > MAX_MESSAGE or inflater.unconsumed_tail:
+        raise ConnectError("resource_exhausted", "message too large")
+    return data
+
+
+def _check_encoding(encoding: str) -> None:
+    if encoding not in ("", "identity", "gzip"):
+        raise ConnectError("unimplemented", f"unsupported compression {encoding!r}")
+
+
+async def _messages(request: Request, codec: Codec, type_name: str) -> AsyncIterator[Message]:
     decoder = EnvelopeReader()
+    encoding = request.headers.get("connect-content-encoding", "").lower()
+    _check_encoding(encoding)
     async for piece in request.stream():
         for flags, payload in decoder.feed(piece):
-            if flags & COMPRESSED:
-                raise ConnectError("unimplemented", "compressed messages are not supported")
             if flags & END_STREAM:
                 return
-            yield _decode(payload)
+            if flags & COMPRESSED:
+                if encoding != "gzip":
+                    raise ConnectError("invalid_argument", "a compressed message without connect-content-encoding")
+                payload = _gunzip(payload)
+            yield codec.decode(type_name, payload)
     if decoder.pending:
         raise ConnectError("invalid_argument", "truncated message envelope")
 
@@ -150,7 +223,9 @@ class Router:
         self.methods: dict[str, Method] = {}
 
     def add(self, service: str, name: str, method: Method) -> None:
-        """Register one method of a service."""
+        """Register one method of a service (its messages are `<package>.<Name>Request`/`Response`)."""
+        package = service.split(".")[0]
+        method.input_type, method.output_type = f"{package}.{name}Request", f"{package}.{name}Response"
         self.methods[f"/{service}/{name}"] = method
 
     async def handle(self, request: Request, response: Response) -> bool:
@@ -163,54 +238,61 @@ class Router:
         if request.method != "POST":
             await response.send(405, b"", headers=[("Allow", "POST")])
             return True
+        prefix = "application/" if method.kind == "unary" else "application/connect+"
+        codec = CODECS.get(content_type.removeprefix(prefix)) if content_type.startswith(prefix) else None
+        if codec is None:
+            accept = f"{prefix}json, {prefix}proto"
+            await response.send(415, b"", headers=[("Accept-Post", accept)])
+            return True
         if method.kind == "unary":
-            if content_type != "application/json":
-                await response.send(415, b"", headers=[("Accept-Post", "application/json")])
-                return True
-            await self._unary(method, request, response, call)
+            await self._unary(method, codec, request, response, call)
+        elif method.kind == "server":
+            await self._server_stream(method, codec, request, response, call)
         else:
-            if content_type != "application/connect+json":
-                await response.send(415, b"", headers=[("Accept-Post", "application/connect+json")])
-                return True
-            if method.kind == "server":
-                await self._server_stream(method, request, response, call)
-            else:
-                await self._client_stream(method, request, response, call)
+            await self._client_stream(method, codec, request, response, call)
         return True
 
-    async def _unary(self, method: Method, request: Request, response: Response, call: Call) -> None:
+    async def _unary(self, method: Method, codec: Codec, request: Request, response: Response, call: Call) -> None:
         try:
-            message = _decode(await request.read(MAX_MESSAGE))
+            encoding = request.headers.get("content-encoding", "").lower()
+            _check_encoding(encoding)
+            payload = await request.read(MAX_MESSAGE)
+            message = codec.decode(method.input_type, _gunzip(payload) if encoding == "gzip" else payload)
             result = await _with_deadline(method.fn(message, call), call.timeout)
         except ConnectError as e:
             await response.send(HTTP_STATUS.get(e.code, 500), _encode(e.to_json()), "application/json")
             return
-        await response.send(200, _encode(result), "application/json")
+        await response.send(200, codec.encode(method.output_type, result), f"application/{codec.name}")
 
-    async def _client_stream(self, method: Method, request: Request, response: Response, call: Call) -> None:
-        await response.start(200, [("Content-Type", "application/connect+json")])
+    async def _client_stream(
+        self, method: Method, codec: Codec, request: Request, response: Response, call: Call
+    ) -> None:
+        # Nothing is sent before the request stream ended: a client that sees the response begin may stop
+        # sending its body (the SDK's HTTP/1.1 client then ends it early).
         try:
-            result = await _with_deadline(method.fn(_messages(request), call), call.timeout)
+            messages = _messages(request, codec, method.input_type)
+            result = await _with_deadline(method.fn(messages, call), call.timeout)
+            body = envelope(codec.encode(method.output_type, result)) + envelope(b"{}", END_STREAM)
         except ConnectError as e:
-            await response.write(envelope(_encode({"error": e.to_json()}), END_STREAM))
-        else:
-            await response.write(envelope(_encode(result)))
-            await response.write(envelope(b"{}", END_STREAM))
-        await response.finish()
+            body = envelope(_encode({"error": e.to_json()}), END_STREAM)
+        await response.send(200, body, f"application/connect+{codec.name}")
 
-    async def _server_stream(self, method: Method, request: Request, response: Response, call: Call) -> None:
+    async def _server_stream(
+        self, method: Method, codec: Codec, request: Request, response: Response, call: Call
+    ) -> None:
+        content_type = [("Content-Type", f"application/connect+{codec.name}")]
         try:
-            first = [m async for m in _messages(request)]
+            first = [m async for m in _messages(request, codec, method.input_type)]
             if len(first) != 1:
                 raise ConnectError("invalid_argument", "a server stream takes exactly one request message")
         except ConnectError as e:
-            await response.start(200, [("Content-Type", "application/connect+json")])
+            await response.start(200, content_type)
             await response.write(envelope(_encode({"error": e.to_json()}), END_STREAM))
             await response.finish()
             return
         except BodyError:
             raise
-        await response.start(200, [("Content-Type", "application/connect+json")])
+        await response.start(200, content_type)
         queue: asyncio.Queue[Message | ConnectError | None] = asyncio.Queue(maxsize=8)
 
         async def pump() -> None:
@@ -247,7 +329,7 @@ class Router:
                 if getter not in done:
                     getter.cancel()
                     if method.keepalive_message is not None and (deadline is None or loop.time() < deadline):
-                        await response.write(envelope(_encode(method.keepalive_message)))
+                        await response.write(envelope(codec.encode(method.output_type, method.keepalive_message)))
                     continue
                 item = getter.result()
                 if item is None:
@@ -255,7 +337,7 @@ class Router:
                 if isinstance(item, ConnectError):
                     end = {"error": item.to_json()}
                     break
-                await response.write(envelope(_encode(item)))
+                await response.write(envelope(codec.encode(method.output_type, item)))
             await response.write(envelope(_encode(end), END_STREAM))
             await response.finish()
         finally:

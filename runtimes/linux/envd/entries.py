@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
 import errno
 import grp
 import os
@@ -10,6 +9,7 @@ import pwd
 import stat
 
 from .connect import ConnectError, Message
+from .protobin import format_timestamp
 
 METADATA_PREFIX = "user.e2b."
 # Uploads land in a hidden temporary file with this suffix first; watchers leave such files out.
@@ -43,12 +43,8 @@ def _name(lookup: object, ident: int) -> str:
 
 
 def timestamp(seconds_ns: int) -> str:
-    """An RFC 3339 UTC timestamp as proto3 JSON writes google.protobuf.Timestamp."""
-    seconds, nanos = divmod(seconds_ns, 1_000_000_000)
-    text = datetime.datetime.fromtimestamp(seconds, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S")
-    if nanos:
-        text += "." + f"{nanos:09d}".rstrip("0")
-    return text + "Z"
+    """An mtime in nanoseconds as proto3 JSON writes google.protobuf.Timestamp."""
+    return format_timestamp(*divmod(seconds_ns, 1_000_000_000))
 
 
 def read_metadata(path: str) -> dict[str, str]:

@@ -145,16 +145,15 @@ class FilesEndpoint:
                     await response.write(compressor.compress(chunk))
                 await response.write(compressor.flush())
             else:
-                await response.start(200, headers, st.st_size if stat.S_ISREG(st.st_mode) else None)
+                # Zero-sized regular files may still have content (/proc): stream those chunked.
+                length = st.st_size if stat.S_ISREG(st.st_mode) and st.st_size else None
+                await response.start(200, headers, length)
                 sent = 0
-                while chunk := f.read(READ_SIZE):
-                    # A file growing under us must not break the announced length.
-                    if response.chunked is False and sent + len(chunk) > st.st_size:
-                        chunk = chunk[: st.st_size - sent]
+                while chunk := f.read(READ_SIZE if length is None else min(READ_SIZE, length - sent)):
                     await response.write(chunk)
                     sent += len(chunk)
-                    if not response.chunked and sent >= st.st_size:
-                        break
+                if length is not None and sent < length:
+                    return  # the file shrank under us: unfinished, so the connection is closed
             await response.finish()
 
     def _metadata(self, request: Request) -> dict[str, str]:

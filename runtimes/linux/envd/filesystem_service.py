@@ -16,19 +16,19 @@ import stat
 import uuid
 from collections.abc import AsyncIterator
 
-from .connect import Call, ConnectError, Message, Method, Router
+from .connect import Call, ConnectError, Message, Method, Router, get_field
 from .entries import entry_info, os_error, resolve_path
-from .process_service import field
 from .state import State
 from .watch import DirWatcher
 
 SERVICE = "filesystem.Filesystem"
-MAX_POLLED_EVENTS = 10_000
+# Events kept for a reader that is slow (stream) or has not polled yet; the oldest are dropped beyond.
+MAX_PENDING_EVENTS = 10_000
 NETWORK_FILESYSTEMS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "fuse", "9p"}
 
 
 def _str(message: Message, name: str) -> str:
-    value = field(message, name)
+    value = get_field(message, name)
     if not isinstance(value, str) or not value:
         raise ConnectError("invalid_argument", f"{name} is required")
     return value
@@ -51,10 +51,10 @@ def _fs_type(path: str) -> str:
 class Watch:
     """A watcher and the events it saw: streamed to a WatchDir call, or kept for GetWatcherEvents."""
 
-    def __init__(self, path: str, recursive: bool, include_entry: bool, maxlen: int | None) -> None:
+    def __init__(self, path: str, recursive: bool, include_entry: bool) -> None:
         self.path = path
         self.include_entry = include_entry
-        self.events: collections.deque[Message] = collections.deque(maxlen=maxlen)
+        self.events: collections.deque[Message] = collections.deque(maxlen=MAX_PENDING_EVENTS)
         self.ready = asyncio.Event()
         self.watcher = DirWatcher(path, recursive, self._sink)
 
@@ -143,7 +143,7 @@ class FilesystemService:
     async def list_dir(self, message: Message, call: Call) -> Message:
         """Entries under a directory, `depth` levels deep (1: direct children)."""
         path = self._path(message, call)
-        depth = field(message, "depth")
+        depth = get_field(message, "depth")
         levels = int(depth) if isinstance(depth, (int, str)) and str(depth).isdigit() and int(depth) > 0 else 1
         try:
             if not stat.S_ISDIR(os.stat(path).st_mode):
@@ -182,23 +182,23 @@ class FilesystemService:
             raise os_error(e, path) from None
         return {}
 
-    def _watch(self, message: Message, call: Call, maxlen: int | None) -> Watch:
+    def _watch(self, message: Message, call: Call) -> Watch:
         path = self._path(message, call)
         try:
             if not stat.S_ISDIR(os.stat(path).st_mode):
                 raise ConnectError("invalid_argument", f"{path} is not a directory")
         except OSError as e:
             raise os_error(e, path) from None
-        if not field(message, "allow_network_mounts") and _fs_type(path) in NETWORK_FILESYSTEMS:
+        if not get_field(message, "allow_network_mounts") and _fs_type(path) in NETWORK_FILESYSTEMS:
             raise ConnectError("failed_precondition", f"{path} is on a network filesystem")
         try:
-            return Watch(path, bool(field(message, "recursive")), bool(field(message, "include_entry")), maxlen)
+            return Watch(path, bool(get_field(message, "recursive")), bool(get_field(message, "include_entry")))
         except OSError as e:
             raise os_error(e, path) from None
 
     async def watch_dir(self, message: Message, call: Call) -> AsyncIterator[Message]:
         """Stream filesystem events under a directory."""
-        watch = self._watch(message, call, None)
+        watch = self._watch(message, call)
         try:
             yield {"start": {}}
             while True:
@@ -210,7 +210,7 @@ class FilesystemService:
 
     async def create_watcher(self, message: Message, call: Call) -> Message:
         """Start a watcher whose events are polled with GetWatcherEvents."""
-        watch = self._watch(message, call, MAX_POLLED_EVENTS)
+        watch = self._watch(message, call)
         watcher_id = str(uuid.uuid4())
         self.watchers[watcher_id] = watch
         return {"watcherId": watcher_id}

@@ -16,6 +16,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 MAX_HEAD = 64 * 1024
 MAX_CHUNK_LINE = 4096
 READ_SIZE = 64 * 1024
+LINGER_SECONDS = 1.0
+LINGER_BYTES = 4 * 1024 * 1024
 
 REASONS = {
     100: "Continue", 200: "OK", 204: "No Content", 400: "Bad Request", 401: "Unauthorized",
@@ -248,6 +250,8 @@ async def _read_head(reader: asyncio.StreamReader) -> bytes | None:
         return None
     except asyncio.LimitOverrunError:
         raise HttpError(431, "request head too large") from None
+    if len(head) > MAX_HEAD:
+        raise HttpError(431, "request head too large")
     return head
 
 
@@ -270,6 +274,24 @@ def _parse_head(head: bytes) -> tuple[str, str, str, dict[str, str]]:
         value = value.strip()
         headers[key] = f"{headers[key]}, {value}" if key in headers else value
     return method, target, version, headers
+
+
+async def _linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Half-close, then drop what the client still sends for a moment: closing a socket with unread
+    input makes the kernel send RST, which can destroy the response the client has not read yet."""
+    with contextlib.suppress(Exception):
+        if writer.can_write_eof() and not writer.is_closing():
+            writer.write_eof()
+        deadline = asyncio.get_running_loop().time() + LINGER_SECONDS
+        discarded = 0
+        while discarded < LINGER_BYTES:
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                return
+            data = await asyncio.wait_for(reader.read(READ_SIZE), left)
+            if not data:
+                return
+            discarded += len(data)
 
 
 async def serve_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, handler: Handler) -> None:
@@ -313,6 +335,7 @@ async def serve_connection(reader: asyncio.StreamReader, writer: asyncio.StreamW
     except (ConnectionError, asyncio.IncompleteReadError, BodyError):
         return
     finally:
+        await _linger(reader, writer)
         writer.close()
         with contextlib.suppress(Exception):
             await writer.wait_closed()

@@ -4,42 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import os
 import signal
 from collections.abc import AsyncIterator
 
-from .connect import Call, ConnectError, Message, Method, Router
+from .connect import Call, ConnectError, Message, Method, Router, b64, get_field, obj
+from .entries import resolve_path
 from .processes import Config, Exit, InputError, Output, Process
 from .state import State
 
 SERVICE = "process.Process"
 SIGNALS = {"SIGNAL_SIGTERM": signal.SIGTERM, "SIGNAL_SIGKILL": signal.SIGKILL, 15: signal.SIGTERM, 9: signal.SIGKILL}
-
-
-def field(message: Message, name: str) -> object:
-    """A field by its proto name or its JSON (lowerCamel) name."""
-    if name in message:
-        return message[name]
-    head, *rest = name.split("_")
-    return message.get(head + "".join(part.title() for part in rest))
-
-
-def obj(message: Message, name: str) -> Message:
-    """A message-typed field, `{}` when absent."""
-    value = field(message, name)
-    return value if isinstance(value, dict) else {}
-
-
-def b64(value: object) -> bytes:
-    """A bytes field (standard or URL-safe base64, padding optional)."""
-    if not isinstance(value, str):
-        return b""
-    text = value.replace("-", "+").replace("_", "/")
-    try:
-        return base64.b64decode(text + "=" * (-len(text) % 4))
-    except binascii.Error:
-        raise ConnectError("invalid_argument", "malformed base64 bytes field") from None
 
 
 def _event(payload: Message) -> Message:
@@ -102,18 +77,19 @@ class ProcessService:
         args = [str(a) for a in spec.get("args") or []]
         envs = {str(k): str(v) for k, v in (spec.get("envs") or {}).items()}
         user = self.state.user_for(call.headers)
-        cwd = spec.get("cwd") or user.home
-        if not isinstance(cwd, str) or not os.path.isdir(cwd):  # noqa: ASYNC240 - a stat, inline like all fs calls
+        requested = spec.get("cwd")
+        cwd = resolve_path(requested, user.home) if isinstance(requested, str) and requested else user.home
+        if not os.path.isdir(cwd):  # noqa: ASYNC240 - a stat, inline like all fs calls
             raise ConnectError("invalid_argument", f"cwd {cwd!r} is not a directory")
-        pty_spec = field(message, "pty")
+        pty_spec = get_field(message, "pty")
         pty_size = None
         if isinstance(pty_spec, dict):
             size = obj(pty_spec, "size")
             pty_size = (int(size.get("rows") or 24), int(size.get("cols") or 80))
-        tag = field(message, "tag")
+        tag = get_field(message, "tag")
         config = Config(
             cmd, args, envs, spec.get("cwd") if isinstance(spec.get("cwd"), str) else None,
-            tag if isinstance(tag, str) else None, pty_size, bool(field(message, "stdin")),
+            tag if isinstance(tag, str) else None, pty_size, bool(get_field(message, "stdin")),
             self.state.environment(user, {**envs, "PWD": cwd}),
         )
         try:
@@ -194,9 +170,9 @@ class ProcessService:
     async def send_signal(self, message: Message, call: Call) -> Message:
         """SIGTERM or SIGKILL a process's group."""
         process = self._select(message)
-        sig = SIGNALS.get(field(message, "signal"))
+        sig = SIGNALS.get(get_field(message, "signal"))
         if sig is None:
-            raise ConnectError("invalid_argument", f"unsupported signal {field(message, 'signal')!r}")
+            raise ConnectError("invalid_argument", f"unsupported signal {get_field(message, 'signal')!r}")
         process.signal(sig)
         return {}
 

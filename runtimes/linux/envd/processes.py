@@ -95,6 +95,7 @@ class Process:
         self._pumps: list[asyncio.Task[None]] = []
         self._finisher: asyncio.Task[None] | None = None
         self._kill_timer: asyncio.TimerHandle | None = None
+        self._closing = False
 
     def start(self, outputs: list[tuple[int, str]]) -> None:
         """Begin reading the output descriptors."""
@@ -104,7 +105,8 @@ class Process:
     def subscribe(self) -> asyncio.Queue[Output | Exit]:
         """A queue receiving every later output and then the exit."""
         queue: asyncio.Queue[Output | Exit] = asyncio.Queue(maxsize=QUEUE_DEPTH)
-        if self.exit is not None and self.ended.is_set():
+        if self._closing:  # all output was delivered; only the exit is left
+            assert self.exit is not None
             queue.put_nowait(self.exit)
         else:
             self.subscribers.append(queue)
@@ -178,6 +180,7 @@ class Process:
                 os.close(self.stdin)
             self.stdin = None
         assert self.exit is not None
+        self._closing = True
         await self._publish(self.exit)
         self.subscribers.clear()
         self.ended.set()

@@ -53,7 +53,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_envd(tmp: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+def start_envd(
+    tmp: Path, *args: str, env: dict[str, str] | None = None, wrapper: tuple[str, ...] = ()
+) -> subprocess.Popen[bytes]:
     """Start envd and wait for its ready line."""
     pythonpath = tmp / "pythonpath"
     pythonpath.mkdir(exist_ok=True)
@@ -62,7 +64,7 @@ def start_envd(tmp: Path, *args: str, env: dict[str, str] | None = None) -> subp
         link.symlink_to(Path(envd_package.__file__).parent)
     full_env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(pythonpath), **(env or {})}
     process = subprocess.Popen(
-        [SYSTEM_PYTHON, "-m", "envd", *args],
+        [*wrapper, SYSTEM_PYTHON, "-m", "envd", *args],
         stdout=subprocess.PIPE,
         env=full_env,
         cwd=tmp,

@@ -13,6 +13,9 @@ from pathlib import Path
 import httpx
 import pytest
 from e2b import AuthenticationException, Sandbox
+from e2b.envd.filesystem import filesystem_connect, filesystem_pb
+from e2b.envd.process import process_connect, process_pb
+from protobuf import Oneof
 
 from .conftest import Envd, free_port, start_envd, stop
 
@@ -121,9 +124,11 @@ def test_unix_socket_and_raw_connect_framing(tmp_path: Path) -> None:
             assert base64.b64decode("".join(data)) == b"hi"  # type: ignore[arg-type]
             assert frames[-2][1]["event"]["end"]["exitCode"] == 2  # type: ignore[index]
             assert frames[-1] == (2, {})
+            plain = client.post("/process.Process/List", content=b"{}", headers={"Content-Type": "text/plain"})
+            assert plain.status_code == 415
             proto = {"Content-Type": "application/proto"}
-            not_json = client.post("/process.Process/List", content=b"\x00", headers=proto)
-            assert not_json.status_code == 415
+            garbage = client.post("/process.Process/List", content=b"\x0f", headers=proto)
+            assert (garbage.status_code, garbage.json()["code"]) == (400, "invalid_argument")
     finally:
         stop(process)
 
@@ -182,3 +187,32 @@ def test_port_proxy_reaches_a_server_in_the_sandbox(envd: Envd, sandbox: Sandbox
     closed = httpx.get(envd.url + "/", headers={"E2b-Sandbox-Port": str(free_port())})
     assert closed.status_code == 502
     assert closed.json()["code"] == 502
+
+
+def test_stream_keepalives_follow_the_requested_interval(envd: Envd) -> None:
+    reply = httpx.post(
+        envd.url + "/process.Process/Start",
+        content=_envelope({"process": {"cmd": "/bin/sh", "args": ["-c", "sleep 2.2; echo late"]}}),
+        headers={"Content-Type": "application/connect+json", "Keepalive-Ping-Interval": "1"},
+        timeout=30,
+    )
+    kinds = [next(iter(f[1]["event"])) for f in _envelopes(reply.content)[:-1]]  # type: ignore[call-overload]
+    assert kinds[0] == "start"
+    assert kinds.count("keepalive") >= 2
+    assert kinds[-2:] == ["data", "end"]
+
+
+def test_binary_protobuf_clients_are_served(envd: Envd) -> None:
+    """connectrpc's default codec is binary proto (and gzip): the generated stubs work with it too."""
+    (envd.home / "bin.txt").write_text("proto")
+    files = filesystem_connect.FilesystemClientSync(envd.url)
+    entry = files.stat(filesystem_pb.StatRequest(path=str(envd.home / "bin.txt"))).entry
+    assert entry is not None
+    assert (entry.name, entry.type, entry.size) == ("bin.txt", filesystem_pb.FileType.FILE, 5)
+    processes = process_connect.ProcessClientSync(envd.url)
+    config = process_pb.ProcessConfig(cmd="/bin/sh", args=["-c", "echo $X; exit 4"], envs={"X": "bin"})
+    start = process_pb.StartRequest(process=config)
+    events = [e.event.event for e in processes.start(start) if e.event is not None and e.event.event is not None]
+    assert events[0].field == "start"
+    assert Oneof("stdout", b"bin\n") in [e.value.output for e in events if e.field == "data"]
+    assert (events[-1].field, events[-1].value.exit_code) == ("end", 4)

@@ -6,19 +6,22 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+from typing import Any
 
 import httpx
 from e2b.envd.filesystem import filesystem_pb
 from e2b.envd.process import process_pb
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from protobuf import Oneof
+from protobuf import Message, Oneof
+from protobuf.wkt.google.protobuf.descriptor_pb import FieldDescriptorProto
 
-from soulbox.runtimes.linux.envd.connect import END_STREAM, EnvelopeReader, envelope
+from soulbox.runtimes.linux.envd import protobin
+from soulbox.runtimes.linux.envd.connect import END_STREAM, EnvelopeReader, b64, envelope, get_field, obj
 from soulbox.runtimes.linux.envd.entries import timestamp
 from soulbox.runtimes.linux.envd.http import encode_chunk, read_chunked
 from soulbox.runtimes.linux.envd.multipart import MultipartParser, PartData, PartEnd, PartStart, disposition_params
-from soulbox.runtimes.linux.envd.process_service import _end, _output, b64, field, obj
+from soulbox.runtimes.linux.envd.process_service import _end, _output
 from soulbox.runtimes.linux.envd.processes import Exit, Output
 
 
@@ -126,8 +129,8 @@ def test_requests_from_the_generated_classes_parse(
     assert (spec["cmd"], spec.get("args", []), spec.get("envs", {}), spec.get("cwd")) == (cmd, args, envs, cwd)
     size = obj(obj(message, "pty"), "size")
     assert (size.get("rows", 0), size.get("cols", 0)) == (rows, cols)
-    assert bool(field(message, "stdin")) == stdin
-    assert field(message, "tag") == tag
+    assert bool(get_field(message, "stdin")) == stdin
+    assert get_field(message, "tag") == tag
     send = process_pb.SendInputRequest(
         process=process_pb.ProcessSelector(selector=Oneof("pid", 7)),
         input=process_pb.ProcessInput(input=Oneof("stdin", data)),
@@ -166,3 +169,94 @@ def test_responses_decode_with_the_generated_classes(
     assert entry.modified_time is not None
     assert (entry.modified_time.seconds, entry.modified_time.nanos) == divmod(ns, 10**9)
     assert base64.b64decode(base64.b64encode(data)) == data
+
+
+def _message_classes() -> dict[str, type[Message]]:
+    found: dict[str, type[Message]] = {}
+
+    def walk(cls: type[Message]) -> None:
+        found[cls.desc().type_name] = cls
+        for value in vars(cls).values():
+            if isinstance(value, type) and issubclass(value, Message):
+                walk(value)
+
+    for module in (process_pb, filesystem_pb):
+        for value in vars(module).values():
+            if isinstance(value, type) and issubclass(value, Message) and value.__module__ == module.__name__:
+                walk(value)
+    return found
+
+
+CLASSES = _message_classes()
+ENUM_NAMES = {f".{name}": list(values) for name, values in protobin.ENUMS.items()}
+T = FieldDescriptorProto.Type
+
+
+def _value(field_desc: Any) -> st.SearchStrategy[Any]:
+    kind, type_name = field_desc.proto.type, field_desc.proto.type_name
+    if kind == T.MESSAGE and type_name.endswith("Entry"):
+        return st.dictionaries(texts, texts, max_size=3)
+    if kind == T.MESSAGE and type_name == ".google.protobuf.Timestamp":
+        return st.builds(
+            lambda s, n: protobin.format_timestamp(s, n),
+            st.integers(-62_135_596_800, 253_402_300_799),
+            st.integers(0, 999_999_999),
+        )
+    scalar = {
+        T.STRING: texts,
+        T.BOOL: st.booleans(),
+        T.UINT32: st.integers(0, 2**32 - 1),
+        T.SINT32: st.integers(-(2**31), 2**31 - 1),
+        T.BYTES: st.binary(max_size=40).map(lambda b: base64.b64encode(b).decode()),
+        T.INT64: st.integers(-(2**63), 2**63 - 1).map(str),
+    }
+    if kind in scalar:
+        value = scalar[kind]
+    elif kind == T.ENUM:
+        value = st.sampled_from(ENUM_NAMES[type_name])
+    else:
+        value = _json_message(CLASSES[type_name.lstrip(".")])
+    if field_desc.proto.label == FieldDescriptorProto.Label.REPEATED:
+        return st.lists(value, max_size=3)
+    return value
+
+
+def _member(field_desc: Any) -> st.SearchStrategy[tuple[str, Any]]:
+    return _value(field_desc).map(lambda v: (field_desc.json_name, v))
+
+
+def _json_message(cls: type[Message]) -> st.SearchStrategy[dict[str, Any]]:
+    desc = cls.desc()
+    in_oneof = {f.number for group in desc.oneofs for f in group.fields}
+    optional = {f.json_name: st.none() | _value(f) for f in desc.fields if f.number not in in_oneof}
+    groups = [st.none() | st.sampled_from(list(group.fields)).flatmap(_member) for group in desc.oneofs]
+
+    def build(plain: dict[str, Any], chosen: list[tuple[str, Any] | None]) -> dict[str, Any]:
+        out = {k: v for k, v in plain.items() if v is not None}
+        out.update(dict(c for c in chosen if c is not None))
+        return out
+
+    return st.builds(build, st.fixed_dictionaries(optional), st.tuples(*groups).map(list))
+
+
+@settings(max_examples=25, deadline=None)
+@given(data=st.data())
+def test_binary_codec_matches_the_generated_classes(data: st.DataObject) -> None:
+    for type_name in sorted(protobin.SCHEMAS):
+        if type_name not in CLASSES:
+            continue
+        cls = CLASSES[type_name]
+        message = cls.from_json(json.dumps(data.draw(_json_message(cls), label=type_name)))
+        canonical = json.loads(message.to_json())
+        assert protobin.decode(type_name, message.to_binary()) == canonical
+        assert cls.from_binary(protobin.encode(type_name, canonical)) == message
+
+
+@settings(max_examples=300, deadline=None)
+@given(type_name=st.sampled_from(sorted(protobin.SCHEMAS)), data=st.binary(max_size=200))
+def test_binary_decoder_rejects_garbage_cleanly(type_name: str, data: bytes) -> None:
+    try:
+        message = protobin.decode(type_name, data)
+    except protobin.ProtoError:
+        return
+    assert isinstance(message, dict)

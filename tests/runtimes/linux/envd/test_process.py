@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import shutil
 import time
+from pathlib import Path
 
 import pytest
-from e2b import CommandExitException, NotFoundException, Sandbox
+from e2b import CommandExitException, InvalidArgumentException, NotFoundException, Sandbox, SandboxException
 
-from .conftest import Envd
+from .conftest import Envd, free_port, start_envd, stop
 
 
 def test_run_collects_stdout_stderr_and_exit_code(sandbox: Sandbox) -> None:
@@ -149,3 +151,41 @@ def _ppid(pid: int) -> int:
             return int(f.read().split(")")[-1].split()[1])
     except (FileNotFoundError, ProcessLookupError):
         return -1
+
+
+def test_large_output_is_streamed_with_backpressure(sandbox: Sandbox, envd: Envd) -> None:
+    result = sandbox.commands.run("head -c 8000000 /dev/zero | tr '\\0' a; echo", timeout=120)
+    assert len(result.stdout) == 8_000_001
+    with open(f"/proc/{envd.process.pid}/status") as f:
+        peak_kib = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+    assert peak_kib < 80 * 1024
+
+
+def test_as_pid_1_envd_reaps_orphans(tmp_path: Path) -> None:
+    if shutil.which("unshare") is None or os.geteuid() != 0:
+        pytest.skip("needs unshare and root for a pid namespace")
+    port = free_port()
+    wrapper = ("unshare", "--pid", "--fork", "--kill-child", "--mount-proc")
+    process = start_envd(tmp_path, "--port", str(port), "--home", str(tmp_path / "home"), wrapper=wrapper)
+    try:
+        sandbox = Envd(f"http://127.0.0.1:{port}", tmp_path / "home", process).sandbox()
+        assert sandbox.commands.run("echo $PPID").stdout == "1\n"
+        for _ in range(3):
+            sandbox.commands.run("(sleep 0.2 &); true")  # the sleeps are orphaned to envd
+        time.sleep(1)
+        states = sandbox.commands.run("ps -e -o stat=,comm=").stdout.splitlines()
+        assert not [line for line in states if line.strip().startswith("Z")], states
+    finally:
+        process.kill()  # unshare ignores SIGTERM while it waits; --kill-child takes envd down with it
+        stop(process)
+
+
+def test_bad_requests_map_to_the_sdk_exceptions(sandbox: Sandbox, envd: Envd) -> None:
+    with pytest.raises(InvalidArgumentException):
+        sandbox.commands.run("true", cwd=str(envd.home / "missing"))
+    handle = sandbox.commands.run("sleep 30", background=True)  # stdin not requested
+    with pytest.raises(SandboxException):
+        handle.send_stdin("ignored")
+    handle.kill()
+    with pytest.raises(NotFoundException):
+        sandbox.commands.send_stdin(999_999, "x")
