@@ -38,8 +38,16 @@ _RESULT_FIELDS = {
     "e2b/chart": "chart",
 }
 
-LANGUAGES = ("python", "javascript")
-_ALIASES = {"": "python", "python3": "python", "py": "python", "js": "javascript", "node": "javascript"}
+LANGUAGES = ("python", "javascript", "bash")
+_ALIASES = {
+    "": "python",
+    "python3": "python",
+    "py": "python",
+    "js": "javascript",
+    "node": "javascript",
+    "sh": "bash",
+    "shell": "bash",
+}
 
 
 def normalize_language(language: str | None) -> str:
@@ -68,6 +76,8 @@ class Config:
     def argv(self, language: str) -> list[str]:
         if language == "javascript":
             return node_argv(self.node, self.package_dir)
+        if language == "bash":  # a small Python program drives the bash process
+            return python_argv(self.python, self.package_dir, "bashkernel")
         return python_argv(self.python, self.package_dir)
 
 
