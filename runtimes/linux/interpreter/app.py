@@ -1,4 +1,4 @@
-"""The E2B code-interpreter HTTP API over `Contexts`.
+"""The E2B code-interpreter HTTP API over `Contexts` (languages: python, javascript, bash).
 
     GET    /health                  "OK"
     POST   /execute                 NDJSON stream of an execution, `end_of_execution` last
@@ -97,6 +97,8 @@ async def _stream(
     async def run() -> None:
         try:
             await context.execute(code, env, emit=queue.put_nowait, timeout=timeout, gone=gone)
+        except Exception as exc:  # the stream has begun: report in it rather than cut it
+            queue.put_nowait({"type": "error", "name": "InternalError", "value": repr(exc), "traceback": ""})
         finally:
             queue.put_nowait(None)
 

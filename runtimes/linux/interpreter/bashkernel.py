@@ -9,6 +9,7 @@ If bash itself exits (`exit` in a cell), so does the kernel, and the server repo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -94,4 +95,6 @@ def main() -> None:
             channel.send({"t": "done"})
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+    with contextlib.suppress(BrokenPipeError):
+        bash.stdin.close()  # the server is gone (or bash is): let bash end too
     sys.exit(bash.wait())

@@ -105,7 +105,8 @@ class _Translator:
         self.timed_out: float | None = None
         self.errored = False
 
-    def _notice(self, text: str) -> None:
+    def notice(self, text: str) -> None:
+        """A line on the execution's stderr from the server itself."""
         self._emit({"type": "stderr", "text": text, "timestamp": _now()})
 
     def _spend_output(self, size: int) -> bool:
@@ -113,14 +114,14 @@ class _Translator:
             return False
         if size > self._output_left:
             self._truncated = True
-            self._notice(f"[output truncated: this execution exceeded {self._max_output} bytes of output]\n")
+            self.notice(f"[output truncated: this execution exceeded {self._max_output} bytes of output]\n")
             return False
         self._output_left -= size
         return True
 
     def _spend_result(self, size: int) -> bool:
         if size > self._results_left:
-            self._notice(f"[result dropped: this execution's results exceeded {MAX_RESULT_BYTES} bytes]\n")
+            self.notice(f"[result dropped: this execution's results exceeded {MAX_RESULT_BYTES} bytes]\n")
             return False
         self._results_left -= size
         return True
@@ -222,6 +223,10 @@ class Context:
             self._queued -= 1
         try:
             translate = _Translator(emit, self._config.max_output_bytes)
+            previous = self._kernel
+            if previous is not None and not previous.alive and self._ending is None:
+                # it died between executions: say so, since this cell starts from scratch
+                translate.notice(f"[{previous.exit_reason}; a new kernel runs this code, earlier state is lost]\n")
             try:
                 kernel = await self._ensure_kernel()
             except Exception as exc:
@@ -229,13 +234,16 @@ class Context:
                 return
             done = await kernel.execute(code, env, translate)
             await self._supervise(kernel, done, translate, timeout, gone)
-            if not kernel.alive and not translate.errored:
-                name, value = self._ending or (
-                    "UnexpectedEndOfExecution",
-                    f"{kernel.exit_reason}; the context's state is lost and a new kernel starts"
-                    " with the next execution",
-                )
-                translate.error(name, value, "")
+            if not kernel.alive:
+                if not translate.errored:
+                    name, value = self._ending or (
+                        "UnexpectedEndOfExecution",
+                        f"{kernel.exit_reason}; the context's state is lost and a new kernel starts"
+                        " with the next execution",
+                    )
+                    translate.error(name, value, "")
+                await kernel.kill()  # reap it; the next execution starts a new one
+                self._kernel = None
         finally:
             self._lock.release()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import time
 
 import httpx
 import pytest
@@ -89,6 +90,17 @@ def test_a_dead_kernel_is_reported_then_restarted(sbx: Sandbox) -> None:
     assert "status 3" in died.error.value
     after = sbx.run_code("lost", context=context)
     assert after.error is not None and after.error.name == "NameError"
+
+
+def test_a_kernel_dying_between_executions_is_announced(sbx: Sandbox) -> None:
+    context = sbx.create_code_context()
+    sbx.run_code("import os, threading\nthreading.Timer(0.2, lambda: os._exit(9)).start()", context=context)
+    time.sleep(1)
+    execution = sbx.run_code("'ran'", context=context)
+    assert execution.text == "ran"
+    assert len(execution.logs.stderr) == 1 and "status 9" in execution.logs.stderr[0]
+    assert "earlier state is lost" in execution.logs.stderr[0]
+    assert sbx.run_code("'quiet'", context=context).logs.stderr == []
 
 
 def test_one_execution_at_a_time_per_context(sbx: Sandbox) -> None:
