@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import socket
 import time
 
 import httpx
 import pytest
-from e2b import NotFoundException, SandboxException, TimeoutException
-from e2b_code_interpreter import Sandbox
-from e2b_code_interpreter.models import Execution, parse_output
+from e2b import ConnectionConfig, NotFoundException, SandboxException, TimeoutException
+from e2b_code_interpreter import AsyncSandbox, Sandbox
+from e2b_code_interpreter.models import Execution, OutputMessage, parse_output
+from packaging.version import Version
 
 from .conftest import Server
 
@@ -126,3 +128,37 @@ def test_errors_the_sdk_understands(server: Server, sbx: Sandbox) -> None:
     assert response.status_code == 400
     assert httpx.get(f"{server.url}/health").json() == "OK"
     assert httpx.get(f"{server.url}/nope").status_code == 404
+
+
+async def test_the_async_sdk_streams_too(server: Server) -> None:
+    sandbox = AsyncSandbox(
+        sandbox_id="sbx-test",
+        envd_version=Version("0.5.0"),
+        envd_access_token=None,
+        sandbox_domain=None,
+        connection_config=ConnectionConfig(sandbox_url=server.url, api_key="e2b_test"),
+    )
+    lines: list[str] = []
+
+    async def on_stdout(message: OutputMessage) -> None:
+        lines.append(message.line)
+
+    context = await sandbox.create_code_context(language="python")
+    execution = await sandbox.run_code("print('async')\n'done'", context=context, on_stdout=on_stdout)
+    assert lines == ["async\n"] and execution.text == "done"
+    await sandbox.remove_code_context(context)
+
+
+def test_keep_alive_serves_requests_on_one_connection(server: Server) -> None:
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        stream = sock.makefile("rb")
+        for _ in range(3):
+            sock.sendall(f"GET /health HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+            assert stream.readline() == b"HTTP/1.1 200 OK\r\n"
+            headers = {}
+            while (line := stream.readline()) != b"\r\n":
+                name, _, value = line.decode().partition(":")
+                headers[name.lower()] = value.strip()
+            assert headers["connection"] == "keep-alive"
+            assert stream.read(int(headers["content-length"])) == b'"OK"'
