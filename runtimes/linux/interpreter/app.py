@@ -41,7 +41,7 @@ class App:
     async def _route(self, request: Request) -> Response | StreamResponse:
         parts = [p for p in request.path.split("/") if p]
         method = request.method
-        if parts == ["health"] and method in ("GET", "HEAD"):
+        if parts == ["health"] and method == "GET":
             return json_response(200, "OK")
         if parts == ["execute"] and method == "POST":
             return await self._execute(request)
