@@ -39,18 +39,44 @@ _KERNEL_FILES = {__file__, richdisplay.__file__}
 
 
 class Channel:
-    """Messages to the server, one JSON line each, safe to send from any thread."""
+    """Messages to the server, one JSON line each, safe to send from any thread.
+
+    An interrupt must not land between two writes of one line (a cell printing in a loop
+    is usually inside `send` when its timeout strikes): the SIGINT handler asks
+    `interrupt()`, which defers it to the end of the send under way.
+    """
 
     def __init__(self, fd: int) -> None:
         self._fd = fd
         self._lock = threading.Lock()
+        self._writing = False
+        self._deferred = False
+        self.executing = False
+
+    def interrupt(self) -> None:
+        """The SIGINT handler's work: KeyboardInterrupt now, later, or not at all (idle)."""
+        if not self.executing:
+            return
+        if self._writing:
+            self._deferred = True
+            return
+        raise KeyboardInterrupt
 
     def send(self, msg: dict[str, Any]) -> None:
         data = (json.dumps(msg, default=repr) + "\n").encode()
+        main = threading.current_thread() is threading.main_thread()
         with self._lock:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(self._fd, view) :]
+            self._writing = main
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(self._fd, view) :]
+            finally:
+                self._writing = False
+        if main and self._deferred:
+            self._deferred = False
+            if self.executing:
+                raise KeyboardInterrupt
 
 
 class _BinaryOut(io.RawIOBase):
@@ -131,7 +157,6 @@ class Kernel:
     def __init__(self, channel: Channel) -> None:
         self.channel = channel
         self.count = 0
-        self.executing = False
         self.loop = asyncio.new_event_loop()
         self.ns: dict[str, Any] = {
             "__name__": "__main__",
@@ -151,11 +176,11 @@ class Kernel:
         saved = {key: os.environ.get(key) for key in env}
         os.environ.update(env)
         try:
-            self.executing = True
+            self.channel.executing = True
             try:
                 self._run_cell(code, f"<cell-{self.count}>")
             finally:
-                self.executing = False
+                self.channel.executing = False
         except KeyboardInterrupt as exc:  # arrived while the kernel itself was busy
             self._send_error(exc)
         finally:
@@ -295,8 +320,7 @@ def main() -> None:
     richdisplay.set_publisher(kernel.publish)
 
     def on_sigint(signum: int, frame: FrameType | None) -> None:
-        if kernel.executing:
-            raise KeyboardInterrupt
+        channel.interrupt()
 
     signal.signal(signal.SIGINT, on_sigint)
     channel.send({"t": "ready", "pid": os.getpid()})

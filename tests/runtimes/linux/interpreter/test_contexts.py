@@ -74,6 +74,17 @@ def test_server_side_timeout_reports_keyboard_interrupt(server: Server, sbx: San
     assert sbx.run_code("n", context=context).text == "5"
 
 
+def test_interrupting_a_printing_loop_keeps_the_stream_intact(server: Server, sbx: Sandbox) -> None:
+    context = sbx.create_code_context()
+    code = "i = 0\nwhile True:\n    i += 1\n    print('line', i)"
+    execution, raw = _post_execute(server, {"code": code, "context_id": context.id, "timeout": 1})
+    assert execution.error is not None and execution.error.name == "KeyboardInterrupt"
+    assert raw[-1] == {"type": "end_of_execution"}
+    printed = "".join(execution.logs.stdout).splitlines()
+    assert printed[:3] == ["line 1", "line 2", "line 3"]
+    assert sbx.run_code("i > 3", context=context).text == "True"
+
+
 def test_kernel_ignoring_the_interrupt_is_killed(server: Server, sbx: Sandbox) -> None:
     context = sbx.create_code_context()
     code = "import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True:\n    time.sleep(0.05)"
