@@ -21,7 +21,7 @@ import sys
 import tempfile
 from types import FrameType
 
-from .pykernel import Channel
+from .kernelio import Channel
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
