@@ -213,9 +213,9 @@ async function run(code, env) {
           reject(err);
         };
       });
-      value = (await Promise.race([value, interrupted])).value;
+      value = (await Promise.race([value, interrupted]))?.value; // no {value} when the last statement is not an expression
     } else if (mode === 'wrapped') {
-      value = value.value;
+      value = value?.value;
     }
     if (value !== undefined) {
       emit({ t: 'result', main: true, data: { 'text/plain': util.inspect(value, { colors: false }) } });
