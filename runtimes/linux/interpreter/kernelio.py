@@ -18,52 +18,71 @@ import time
 from typing import Any
 
 INTERVAL = 0.02
+# A line still being written (no newline yet) waits this long for its end before it is
+# sent on its own: `print` writes the text and the newline separately.
+PARTIAL_WAIT = 0.2
 _MAX_BUFFERED = 64 * 1024
 
 
 class Channel:
     """Messages to the server, one JSON line each, safe to send from any thread.
 
-    An interrupt must not land between two writes of one line (a cell printing in a loop
-    is usually inside `send` when its timeout strikes): the SIGINT handler asks
-    `interrupt()`, which defers it to the end of the send under way.
+    SIGINT raises KeyboardInterrupt in the main thread between any two bytecodes; inside
+    this module that could split a message line or leave a lock (ours, or one inside
+    threading.Event) held forever. So the main thread marks the spans where it runs this
+    module's code (`enter`/`leave`); an interrupt arriving there is deferred to the end
+    of the span. Only the main thread runs signal handlers, so only it counts.
     """
 
     def __init__(self, fd: int) -> None:
         self._fd = fd
         self._lock = threading.Lock()
-        self._writing = False
+        self._main = threading.get_ident()
+        self._depth = 0
         self._deferred = False
         self.executing = False
         os.register_at_fork(after_in_child=self._after_fork)
 
     def _after_fork(self) -> None:
         self._lock = threading.Lock()  # another thread may have held it at the fork
+        self._main = threading.get_ident()
+        self._depth = 0
 
     def interrupt(self) -> None:
         """The SIGINT handler's work: KeyboardInterrupt now, later, or not at all (idle)."""
         if not self.executing:
             return
-        if self._writing:
+        if self._depth > 0:
             self._deferred = True
             return
         raise KeyboardInterrupt
 
-    def send(self, msg: dict[str, Any]) -> None:
-        data = (json.dumps(msg, default=repr) + "\n").encode()
-        main = threading.current_thread() is threading.main_thread()
-        with self._lock:
-            self._writing = main
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(self._fd, view) :]
-            finally:
-                self._writing = False
-        if main and self._deferred:
+    def enter(self) -> bool:
+        """Start a span of kernel code; True when this is the main thread (pass to leave)."""
+        if threading.get_ident() != self._main:
+            return False
+        self._depth += 1
+        return True
+
+    def leave(self, entered: bool) -> None:
+        if not entered:
+            return
+        self._depth -= 1
+        if self._depth == 0 and self._deferred:
             self._deferred = False
             if self.executing:
                 raise KeyboardInterrupt
+
+    def send(self, msg: dict[str, Any]) -> None:
+        entered = self.enter()
+        try:
+            data = (json.dumps(msg, default=repr) + "\n").encode()
+            with self._lock:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(self._fd, view) :]
+        finally:
+            self.leave(entered)
 
 
 class OutputBuffer:
@@ -75,6 +94,7 @@ class OutputBuffer:
         self._segments: list[list[str]] = []
         self._size = 0
         self._last_send = 0.0
+        self._last_write = 0.0
         self._wake = threading.Event()
         self._threaded = True
         threading.Thread(target=self._flusher, name="kernel-output", daemon=True).start()
@@ -86,19 +106,34 @@ class OutputBuffer:
         self._threaded = False
 
     def write(self, name: str, text: str) -> None:
+        entered = self._channel.enter()
+        try:
+            self._write(name, text)
+        finally:
+            self._channel.leave(entered)
+
+    def _write(self, name: str, text: str) -> None:
         with self._lock:
             if self._segments and self._segments[-1][0] == name:
                 self._segments[-1][1] += text
             else:
                 self._segments.append([name, text])
             self._size += len(text)
+            self._last_write = time.monotonic()
             idle = "\n" in text and time.monotonic() - self._last_send >= INTERVAL
             if not self._threaded or idle or self._size > _MAX_BUFFERED:
-                self.flush()
+                self._flush()
             else:
                 self._wake.set()
 
     def flush(self) -> None:
+        entered = self._channel.enter()
+        try:
+            self._flush()
+        finally:
+            self._channel.leave(entered)
+
+    def _flush(self) -> None:
         with self._lock:
             segments, self._segments, self._size = self._segments, [], 0
             for name, text in segments:
@@ -110,8 +145,12 @@ class OutputBuffer:
         while True:
             self._wake.wait()
             time.sleep(INTERVAL)
-            self._wake.clear()
-            self.flush()
+            with self._lock:
+                tail = self._segments[-1][1] if self._segments else "\n"
+                if not tail.endswith("\n") and time.monotonic() - self._last_write < PARTIAL_WAIT:
+                    continue  # still set: look again after INTERVAL
+                self._wake.clear()
+                self._flush()
 
 
 class _BinaryOut(io.RawIOBase):
