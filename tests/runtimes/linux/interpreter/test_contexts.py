@@ -85,6 +85,17 @@ def test_interrupting_a_printing_loop_keeps_the_stream_intact(server: Server, sb
     assert sbx.run_code("i > 3", context=context).text == "True"
 
 
+def test_repeated_interrupts_of_printing_cells_never_wedge_the_kernel(server: Server, sbx: Sandbox) -> None:
+    # SIGINT lands anywhere in the kernel's output code; it once left a lock held.
+    context = sbx.create_code_context()
+    for attempt in range(10):
+        stream = "sys.stderr" if attempt % 2 else "sys.stdout"
+        code = f"import sys\nn = 0\nwhile True:\n    n += 1\n    print('x', n, file={stream})"
+        execution, _ = _post_execute(server, {"code": code, "context_id": context.id, "timeout": 0.2 + attempt * 0.05})
+        assert execution.error is not None and execution.error.name == "KeyboardInterrupt"
+        assert sbx.run_code("n > 0", context=context, timeout=10).text == "True"
+
+
 def test_kernel_ignoring_the_interrupt_is_killed(server: Server, sbx: Sandbox) -> None:
     context = sbx.create_code_context()
     code = "import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True:\n    time.sleep(0.05)"
