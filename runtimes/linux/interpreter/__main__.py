@@ -1,4 +1,14 @@
-"""`python -m interpreter` (in a sandbox) or `python -m soulbox.runtimes.linux.interpreter`."""
+"""The server's command line.
+
+In a sandbox, with this folder bind-mounted read-only at /opt/soulbox/interpreter:
+
+    PYTHONPATH=/opt/soulbox /usr/bin/python3 -m interpreter --port 49999 \
+        --python <env>/bin/python --node /usr/bin/node --cwd /home/user
+
+On the host: `python -m soulbox.runtimes.linux.interpreter` with the same options.
+It prints `interpreter ready` on stdout once it listens, and stops on SIGTERM/SIGINT,
+killing its kernels.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The E2B code-interpreter HTTP API over `Contexts`.
+"""The E2B code-interpreter HTTP API over `Contexts` (languages: python, javascript, bash).
 
     GET    /health                  "OK"
     POST   /execute                 NDJSON stream of an execution, `end_of_execution` last
@@ -41,7 +41,7 @@ class App:
     async def _route(self, request: Request) -> Response | StreamResponse:
         parts = [p for p in request.path.split("/") if p]
         method = request.method
-        if parts == ["health"] and method in ("GET", "HEAD"):
+        if parts == ["health"] and method == "GET":
             return json_response(200, "OK")
         if parts == ["execute"] and method == "POST":
             return await self._execute(request)
@@ -97,6 +97,8 @@ async def _stream(
     async def run() -> None:
         try:
             await context.execute(code, env, emit=queue.put_nowait, timeout=timeout, gone=gone)
+        except Exception as exc:  # the stream has begun: report in it rather than cut it
+            queue.put_nowait({"type": "error", "name": "InternalError", "value": repr(exc), "traceback": ""})
         finally:
             queue.put_nowait(None)
 

@@ -38,8 +38,16 @@ _RESULT_FIELDS = {
     "e2b/chart": "chart",
 }
 
-LANGUAGES = ("python", "javascript")
-_ALIASES = {"": "python", "python3": "python", "py": "python", "js": "javascript", "node": "javascript"}
+LANGUAGES = ("python", "javascript", "bash")
+_ALIASES = {
+    "": "python",
+    "python3": "python",
+    "py": "python",
+    "js": "javascript",
+    "node": "javascript",
+    "sh": "bash",
+    "shell": "bash",
+}
 
 
 def normalize_language(language: str | None) -> str:
@@ -68,6 +76,8 @@ class Config:
     def argv(self, language: str) -> list[str]:
         if language == "javascript":
             return node_argv(self.node, self.package_dir)
+        if language == "bash":  # a small Python program drives the bash process
+            return python_argv(self.python, self.package_dir, "bashkernel")
         return python_argv(self.python, self.package_dir)
 
 
@@ -95,7 +105,8 @@ class _Translator:
         self.timed_out: float | None = None
         self.errored = False
 
-    def _notice(self, text: str) -> None:
+    def notice(self, text: str) -> None:
+        """A line on the execution's stderr from the server itself."""
         self._emit({"type": "stderr", "text": text, "timestamp": _now()})
 
     def _spend_output(self, size: int) -> bool:
@@ -103,14 +114,14 @@ class _Translator:
             return False
         if size > self._output_left:
             self._truncated = True
-            self._notice(f"[output truncated: this execution exceeded {self._max_output} bytes of output]\n")
+            self.notice(f"[output truncated: this execution exceeded {self._max_output} bytes of output]\n")
             return False
         self._output_left -= size
         return True
 
     def _spend_result(self, size: int) -> bool:
         if size > self._results_left:
-            self._notice(f"[result dropped: this execution's results exceeded {MAX_RESULT_BYTES} bytes]\n")
+            self.notice(f"[result dropped: this execution's results exceeded {MAX_RESULT_BYTES} bytes]\n")
             return False
         self._results_left -= size
         return True
@@ -212,6 +223,10 @@ class Context:
             self._queued -= 1
         try:
             translate = _Translator(emit, self._config.max_output_bytes)
+            previous = self._kernel
+            if previous is not None and not previous.alive and self._ending is None:
+                # it died between executions: say so, since this cell starts from scratch
+                translate.notice(f"[{previous.exit_reason}; a new kernel runs this code, earlier state is lost]\n")
             try:
                 kernel = await self._ensure_kernel()
             except Exception as exc:
@@ -219,13 +234,16 @@ class Context:
                 return
             done = await kernel.execute(code, env, translate)
             await self._supervise(kernel, done, translate, timeout, gone)
-            if not kernel.alive and not translate.errored:
-                name, value = self._ending or (
-                    "UnexpectedEndOfExecution",
-                    f"{kernel.exit_reason}; the context's state is lost and a new kernel starts"
-                    " with the next execution",
-                )
-                translate.error(name, value, "")
+            if not kernel.alive:
+                if not translate.errored:
+                    name, value = self._ending or (
+                        "UnexpectedEndOfExecution",
+                        f"{kernel.exit_reason}; the context's state is lost and a new kernel starts"
+                        " with the next execution",
+                    )
+                    translate.error(name, value, "")
+                await kernel.kill()  # reap it; the next execution starts a new one
+                self._kernel = None
         finally:
             self._lock.release()
 

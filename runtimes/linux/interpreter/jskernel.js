@@ -39,9 +39,41 @@ function send(msg) {
   }
 }
 
+// Output is batched like the Python kernel's: a line is sent at once when nothing was sent
+// for INTERVAL ms, otherwise with what follows (by size, time, or a timer) — a loop that
+// logs 200k lines sends a few hundred messages. stdout and stderr keep their order.
+const INTERVAL = 20;
+const pending = [];
+let pendingSize = 0;
+let lastSend = 0;
+let timer = null;
+
+function flushOutput() {
+  if (timer !== null) {
+    clearTimeout(timer);
+    timer = null;
+  }
+  for (const [name, text] of pending) send({ t: 'stream', name, text });
+  if (pending.length > 0) lastSend = performance.now();
+  pending.length = 0;
+  pendingSize = 0;
+}
+
 function sendStream(name, chunk, encoding) {
   const text = typeof chunk === 'string' ? chunk : Buffer.from(chunk).toString(typeof encoding === 'string' ? encoding : 'utf8');
-  if (text.length > 0) send({ t: 'stream', name, text });
+  if (text.length === 0) return;
+  const last = pending[pending.length - 1];
+  if (last !== undefined && last[0] === name) last[1] += text;
+  else pending.push([name, text]);
+  pendingSize += text.length;
+  if ((text.includes('\n') && performance.now() - lastSend >= INTERVAL) || pendingSize > 65536) flushOutput();
+  else if (timer === null) timer = setTimeout(flushOutput, INTERVAL);
+}
+
+// Any other message first sends the output written before it.
+function emit(msg) {
+  flushOutput();
+  send(msg);
 }
 
 function streamTo(name) {
@@ -162,7 +194,7 @@ let count = 0;
 
 async function run(code, env) {
   count += 1;
-  send({ t: 'count', n: count });
+  emit({ t: 'count', n: count });
   const saved = {};
   for (const [key, value] of Object.entries(env)) {
     saved[key] = process.env[key];
@@ -181,22 +213,22 @@ async function run(code, env) {
           reject(err);
         };
       });
-      value = (await Promise.race([value, interrupted])).value;
+      value = (await Promise.race([value, interrupted]))?.value; // no {value} when the last statement is not an expression
     } else if (mode === 'wrapped') {
-      value = value.value;
+      value = value?.value;
     }
     if (value !== undefined) {
-      send({ t: 'result', main: true, data: { 'text/plain': util.inspect(value, { colors: false }) } });
+      emit({ t: 'result', main: true, data: { 'text/plain': util.inspect(value, { colors: false }) } });
     }
   } catch (err) {
-    send({ t: 'error', ...errorMessage(err) });
+    emit({ t: 'error', ...errorMessage(err) });
   } finally {
     interrupt = null;
     for (const [key, value] of Object.entries(saved)) {
       if (value === undefined) delete process.env[key];
       else process.env[key] = value;
     }
-    send({ t: 'done' });
+    emit({ t: 'done' });
   }
 }
 

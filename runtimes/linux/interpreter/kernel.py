@@ -237,14 +237,14 @@ def _describe_exit(code: int | None) -> str:
     return f"the kernel exited with status {code}"
 
 
-def python_argv(python: str, package_dir: str) -> list[str]:
-    """The command line of a Python kernel using the interpreter `python`."""
+def python_argv(python: str, package_dir: str, module: str = "pykernel") -> list[str]:
+    """The command line of a kernel written in Python (`module` of this package)."""
     parent, name = os.path.split(os.path.abspath(package_dir))
     # The package is imported from its parent folder, which then leaves sys.path again so
     # that user code sees a clean path (the package stays in sys.modules).
     boot = (
         "import importlib, sys; d = sys.argv.pop(1); sys.path.insert(0, d); "
-        f"k = importlib.import_module({name + '.pykernel'!r}); sys.path.remove(d); k.main()"
+        f"k = importlib.import_module({name + '.' + module!r}); sys.path.remove(d); k.main()"
     )
     return [python, "-u", "-c", boot, parent, "{fd}"]
 

@@ -19,110 +19,21 @@ from __future__ import annotations
 import ast
 import asyncio
 import builtins
-import codecs
 import inspect
-import io
 import json
 import linecache
 import os
 import signal
 import sys
-import threading
 import traceback
 from collections.abc import Callable
 from types import CodeType, FrameType, TracebackType
 from typing import Any
 
 from . import richdisplay
+from .kernelio import Channel, OutputBuffer, OutStream
 
 _KERNEL_FILES = {__file__, richdisplay.__file__}
-
-
-class Channel:
-    """Messages to the server, one JSON line each, safe to send from any thread."""
-
-    def __init__(self, fd: int) -> None:
-        self._fd = fd
-        self._lock = threading.Lock()
-
-    def send(self, msg: dict[str, Any]) -> None:
-        data = (json.dumps(msg, default=repr) + "\n").encode()
-        with self._lock:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(self._fd, view) :]
-
-
-class _BinaryOut(io.RawIOBase):
-    """`sys.stdout.buffer`: bytes decoded as UTF-8 into the text stream."""
-
-    def __init__(self, text: OutStream) -> None:
-        self._text = text
-        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, b: Any) -> int:
-        data = bytes(b)
-        self._text.write(self._decoder.decode(data))
-        return len(data)
-
-    def flush(self) -> None:
-        self._text.flush()
-
-
-class OutStream(io.TextIOBase):
-    """`sys.stdout` / `sys.stderr`: line-buffered text sent as stream messages."""
-
-    def __init__(self, channel: Channel, name: str, fd: int) -> None:
-        self._channel = channel
-        self._name = name
-        self._fd = fd
-        self._buf: list[str] = []
-        self._lock = threading.RLock()
-        self._binary = _BinaryOut(self)
-
-    @property
-    def encoding(self) -> str:  # type: ignore[override]  # read-only in io.TextIOBase
-        return "utf-8"
-
-    @property
-    def errors(self) -> str:  # type: ignore[override]
-        return "replace"
-
-    @property
-    def buffer(self) -> _BinaryOut:
-        return self._binary
-
-    def fileno(self) -> int:
-        # subprocesses given sys.stdout write to the real fd, which the server captures
-        return self._fd
-
-    def isatty(self) -> bool:
-        return False
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, s: str) -> int:
-        if not isinstance(s, str):
-            raise TypeError(f"write() argument must be str, not {type(s).__name__}")
-        with self._lock:
-            self._buf.append(s)
-            if "\n" in s or sum(map(len, self._buf)) > 8192:
-                self._flush_locked()
-        return len(s)
-
-    def flush(self) -> None:
-        with self._lock:
-            self._flush_locked()
-
-    def _flush_locked(self) -> None:
-        if self._buf:
-            text = "".join(self._buf)
-            self._buf.clear()
-            self._channel.send({"t": "stream", "name": self._name, "text": text})
 
 
 class Kernel:
@@ -131,7 +42,6 @@ class Kernel:
     def __init__(self, channel: Channel) -> None:
         self.channel = channel
         self.count = 0
-        self.executing = False
         self.loop = asyncio.new_event_loop()
         self.ns: dict[str, Any] = {
             "__name__": "__main__",
@@ -151,11 +61,11 @@ class Kernel:
         saved = {key: os.environ.get(key) for key in env}
         os.environ.update(env)
         try:
-            self.executing = True
+            self.channel.executing = True
             try:
                 self._run_cell(code, f"<cell-{self.count}>")
             finally:
-                self.executing = False
+                self.channel.executing = False
         except KeyboardInterrupt as exc:  # arrived while the kernel itself was busy
             self._send_error(exc)
         finally:
@@ -285,8 +195,9 @@ def main() -> None:
     os.close(devnull)
     channel = Channel(proto_fd)
     sys.stdin = open(0, encoding="utf-8", closefd=False)  # noqa: SIM115
-    sys.stdout = OutStream(channel, "stdout", 1)
-    sys.stderr = OutStream(channel, "stderr", 2)
+    output = OutputBuffer(channel)
+    sys.stdout = OutStream(output, "stdout", 1)
+    sys.stderr = OutStream(output, "stderr", 2)
     # Agg for every process (subprocesses cannot import this package); the kernel itself
     # switches to its publishing backend as soon as matplotlib is imported.
     os.environ["MPLBACKEND"] = "Agg"
@@ -295,8 +206,7 @@ def main() -> None:
     richdisplay.set_publisher(kernel.publish)
 
     def on_sigint(signum: int, frame: FrameType | None) -> None:
-        if kernel.executing:
-            raise KeyboardInterrupt
+        channel.interrupt()
 
     signal.signal(signal.SIGINT, on_sigint)
     channel.send({"t": "ready", "pid": os.getpid()})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -65,3 +66,15 @@ def test_require_from_the_context_cwd_and_dynamic_import(sbx: Sandbox, tmp_path:
     assert imported.error is None, imported.error
     assert imported.text == "function"
     assert imported.logs.stderr == []
+
+
+def test_output_streams_during_a_busy_cell_and_floods_are_batched(sbx: Sandbox) -> None:
+    seen: list[tuple[str, float]] = []
+    code = "console.log('a'); const t0 = Date.now(); while (Date.now() - t0 < 1000) {}; console.log('b')"
+    execution = sbx.run_code(code, language="javascript", on_stdout=lambda m: seen.append((m.line, time.monotonic())))
+    assert [line for line, _ in seen] == ["a\n", "b\n"]
+    assert seen[1][1] - seen[0][1] > 0.8
+    flood = sbx.run_code("for (let i = 0; i < 100000; i++) console.log(i)", language="javascript")
+    assert "".join(flood.logs.stdout) == "".join(f"{i}\n" for i in range(100_000))
+    assert len(flood.logs.stdout) < 1000
+    assert execution.error is None and flood.error is None

@@ -39,6 +39,12 @@ def test_stdout_and_stderr_are_streamed_in_order(sbx: Sandbox) -> None:
     assert execution.logs.stderr == ["b\n"]
 
 
+def test_a_print_flood_is_batched_without_loss(sbx: Sandbox) -> None:
+    execution = sbx.run_code("for i in range(100_000):\n    print(i)")
+    assert "".join(execution.logs.stdout) == "".join(f"{i}\n" for i in range(100_000))
+    assert len(execution.logs.stdout) < 1000
+
+
 def test_final_expression_is_the_main_result(sbx: Sandbox) -> None:
     first = sbx.run_code("x = 20\nx + 22")
     assert first.text == "42"
