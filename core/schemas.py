@@ -181,6 +181,7 @@ class DispatchReply(Message):
     accepted: bool
     status: Status | None = None
     reason: str | None = None
+    in_flight: int | None = None  # the worker's load once this answer is sent: fresher than its heartbeat
 
 
 class InvocationError(BaseModel):

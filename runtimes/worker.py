@@ -141,7 +141,7 @@ class Worker:
             await msg.respond(encode(DispatchReply(accepted=False, reason=exc.message)))
             return
         if self._in_flight >= self.capacity or dispatch.tier not in self._runtimes or self._stopping.is_set():
-            await msg.respond(encode(DispatchReply(accepted=False, reason="busy")))
+            await msg.respond(encode(DispatchReply(accepted=False, reason="busy", in_flight=self._in_flight)))
             return
         self._in_flight += 1
         task = asyncio.create_task(self._execute(dispatch, msg))
@@ -191,7 +191,9 @@ class Worker:
                 # Only now the caller: whoever gets the result can read the record at once.
                 if request.reply_to:
                     await self._nc.publish(request.reply_to, encode(final))
-                await msg.respond(encode(DispatchReply(accepted=True, status=final.status)))
+                await msg.respond(
+                    encode(DispatchReply(accepted=True, status=final.status, in_flight=self._in_flight - 1))
+                )
                 log.info(
                     "invocation.finished",
                     status=final.status.value,

@@ -108,6 +108,13 @@ class WorkerDirectory:
             for _, beat in self._seen.values()
         ]
 
+    def report_load(self, worker_id: str, in_flight: int) -> None:
+        """A worker's load as its latest dispatch answer told it: a freed slot is usable before the next beat."""
+        seen = self._seen.get(worker_id)
+        if seen is not None:
+            self._seen[worker_id] = (seen[0], seen[1].model_copy(update={"in_flight": in_flight}))
+            self._changed.set()
+
     def is_live(self, worker_id: str) -> bool:
         return worker_id in self._seen
 

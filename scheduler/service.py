@@ -292,10 +292,13 @@ class Scheduler:
                 done, _ = await asyncio.wait(waiting, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
                 if reply in done:
                     try:
-                        return decode(DispatchReply, reply.result().data)
+                        answer = decode(DispatchReply, reply.result().data)
                     except SchemaError as exc:
                         log.error("scheduler.bad_reply", worker=worker, error=exc.message)
                         return None
+                    if answer.in_flight is not None:
+                        self._directory.report_load(worker, answer.in_flight)
+                    return answer
                 if death in done:
                     return None
                 await msg.in_progress()
