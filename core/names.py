@@ -25,6 +25,11 @@ AUDIT_STREAM: Final = "SB_AUDIT"
 """Append-only audit log (API calls and lifecycle events)."""
 AUDIT_SUBJECTS: Final = "sb.audit.>"
 
+AUDIT_INTAKE_STREAM: Final = "SB_AUDIT_INTAKE"
+"""API-call records on their way into the chained audit log (written by the audit consumer only)."""
+AUDIT_INTAKE_SUBJECTS: Final = "sb.audit_in.>"
+AUDIT_INTAKE_API_SUBJECT: Final = "sb.audit_in.api"
+
 # Durable consumers ----------------------------------------------------------
 SCHEDULER_CONSUMER: Final = "scheduler"
 EVENT_CONSUMERS: Final = ("billing", "audit", "metrics")
@@ -35,6 +40,11 @@ INVOCATIONS_BUCKET: Final = "sb_invocations"
 WORKERS_BUCKET: Final = "sb_workers"
 BILLING_BUCKET: Final = "sb_billing"
 ARTIFACTS_BUCKET: Final = "sb_artifacts"
+TENANT_KEYS_BUCKET: Final = "sb_tenant_keys"
+"""Per-tenant secrets behind the pseudonyms in the audit log (deleted on erasure)."""
+AUDIT_STATE_BUCKET: Final = "sb_audit_state"
+"""The audit exporter's progress (last exported sequence and hash)."""
+AUDIT_CONSUMER: Final = "audit"
 
 
 def invocation_subject(tenant: str) -> str:
@@ -87,5 +97,6 @@ def function_key(tenant: str, name: str) -> str:
     return f"{tenant}.{name}"
 
 
-def billing_key(tenant: str, function: str, invocation_id: str) -> str:
-    return f"{tenant}.{function}.{invocation_id}"
+def billing_key(tenant: str, function: str, unit_id: str) -> str:
+    """``<tenant>.<function>.<unit>``: the unit is an invocation id, or a sandbox event id with ``_`` for ``.``."""
+    return f"{tenant}.{function}.{unit_id.replace('.', '_')}"

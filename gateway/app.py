@@ -14,7 +14,7 @@ from starlette.routing import Route
 from soulbox.core.bus import connect, ensure_topology
 from soulbox.core.settings import Settings
 
-from . import functions, invocations, reports
+from . import functions, invocations, reports, tenants
 from .errors import EXCEPTION_HANDLERS, error_response
 from .middleware import RequestTrail
 from .openapi import openapi_document
@@ -51,6 +51,9 @@ def routes() -> list[Route]:
         Route("/v1/invocations/{invocation_id}", invocations.get_invocation, methods=["GET"], name="get_invocation"),
         Route("/v1/usage", reports.get_usage, methods=["GET"]),
         Route("/v1/audit", reports.get_audit, methods=["GET"]),
+        Route("/v1/audit/verify", reports.verify_audit, methods=["GET"]),
+        Route("/v1/tenants/{tenant}/export", tenants.export_tenant, methods=["GET"]),
+        Route("/v1/tenants/{tenant}/data", tenants.delete_tenant_data, methods=["DELETE"]),
     ]
 
 

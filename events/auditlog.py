@@ -1,0 +1,212 @@
+"""The one writer of the chained audit log, safe when several run at once.
+
+Every record is appended by ``AuditLog.append``: it takes the head it knows
+(stream sequence, hash, origin of the last record), links the batch to it
+(:func:`.chain.link`) and publishes the whole batch pipelined, each message
+guarded by the server:
+
+    message 1: Nats-Expected-Last-Sequence = head sequence
+    message k: Nats-Expected-Last-Msg-Id   = origin of message k-1
+    every one: Nats-Msg-Id                 = its own origin (evt.<id>, api.<id>)
+
+So the server stores a message only if it lands right after the record it
+was linked to. When another writer appended in between, the first message is
+refused and so is every later one (their expected predecessor is not the
+last message), nothing out of chain is ever stored; this writer then reads
+what was appended since its head (verifying the links), and retries what is
+left. The origin as message id also makes a re-appended record (an event
+redelivered after a crash) a duplicate the server drops; past the server's
+de-duplication window the writer's memory of recent origins (loaded from the
+tail of the log at start) catches it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from dataclasses import dataclass
+from typing import Final
+
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+
+from soulbox.core import names
+from soulbox.core.codec import decode, encode
+from soulbox.core.errors import SchemaError, SoulboxError
+from soulbox.core.logging import get_logger
+from soulbox.core.schemas import AuditRecord
+
+from .chain import GENESIS, Verifier, link
+from .metrics import RecentIds
+from .pipeline import WRONG_LAST_MSG_ID, WRONG_LAST_SEQUENCE, Publish, Publisher, Stored
+from .streamread import read_stream
+from .tenantkeys import TenantKeys
+
+log = get_logger(__name__)
+
+REMEMBERED: Final = 200_000
+"""How many recent origins a writer remembers (and loads from the log's tail at start)."""
+
+
+class ChainBroken(SoulboxError):
+    """The log holds a record that does not link to the one before it."""
+
+    code = "audit_chain_broken"
+
+
+@dataclass(slots=True)
+class Head:
+    seq: int = 0
+    hash: str = GENESIS
+    origin: str | None = None
+
+
+class AuditLog:
+    """Appends records to the chained log ``stream`` (subjects ``<prefix>.<pseudonym>.<kind>``)."""
+
+    def __init__(
+        self,
+        nc: NATS,
+        js: JetStreamContext,
+        keys: TenantKeys,
+        *,
+        stream: str = names.AUDIT_STREAM,
+        subject_prefix: str = "sb.audit",
+        remembered: int = REMEMBERED,
+        timeout: float = 10.0,
+    ) -> None:
+        self._js = js
+        self._keys = keys
+        self._stream = stream
+        self._prefix = subject_prefix
+        self._publisher = Publisher(nc)
+        self._seen = RecentIds(remembered)
+        self._remembered = remembered
+        self._timeout = timeout
+        self._head: Head | None = None
+        self._lock = asyncio.Lock()
+
+    @property
+    def head(self) -> Head:
+        if self._head is None:
+            raise RuntimeError("the audit log is not loaded")
+        return self._head
+
+    async def close(self) -> None:
+        await self._publisher.close()
+
+    async def load(self) -> Head:
+        """Find the head and remember the origins of the log's tail."""
+        async with self._lock:
+            info = await self._js.stream_info(self._stream)
+            last = info.state.last_seq
+            start = max(info.state.first_seq, last - self._remembered + 1, 1)
+            self._head = Head()
+            if last > 0:
+                await self._read_from(start, expect_prev=None)
+            return self._head
+
+    async def _read_from(self, start: int, *, expect_prev: str | None) -> None:
+        """Advance the head over the records from ``start`` on, checking their links."""
+        verifier = Verifier(expect_prev=expect_prev)
+        head = self.head
+        async for msg in read_stream(self._js, self._stream, start_seq=start, timeout=self._timeout):
+            seq = msg.metadata.sequence.stream
+            try:
+                record = decode(AuditRecord, msg.data)
+            except SchemaError as exc:
+                raise ChainBroken(f"audit record {seq} is unreadable: {exc.message}") from exc
+            if not verifier.feed(seq, record):
+                problem = verifier.problem
+                raise ChainBroken(f"audit record {seq}: {problem.reason if problem else 'invalid'}")
+            head.seq, head.hash, head.origin = seq, record.hash or GENESIS, record.origin
+            if record.origin is not None:
+                self._seen.add(record.origin)
+
+    async def _catch_up(self) -> None:
+        info = await self._js.stream_info(self._stream)
+        if info.state.last_seq > self.head.seq:
+            if info.state.first_seq > self.head.seq + 1:  # purged past us: start over
+                self._head = Head()
+                await self._read_from(info.state.first_seq, expect_prev=None)
+            else:
+                await self._read_from(self.head.seq + 1, expect_prev=self.head.hash)
+
+    async def append(self, records: list[AuditRecord]) -> int:
+        """Append the records not appended before, in order; the number appended now.
+
+        Each record's ``origin`` must be set; its ``tenant`` (a name) is
+        replaced by the tenant's pseudonym, also in a ``/tenants/<name>``
+        resource. Raises on anything but a lost race.
+        """
+        prepared = [await self._pseudonymize(record) for record in records]
+        return await self.append_pseudonymous(prepared)
+
+    async def append_pseudonymous(self, records: list[tuple[AuditRecord, str]]) -> int:
+        """Append ``(record, subject token)`` pairs whose tenant is already a pseudonym."""
+        async with self._lock:
+            if self._head is None:
+                raise RuntimeError("the audit log is not loaded")
+            appended = 0
+            pending = self._unseen(records)
+            while pending:
+                stored, retry = await self._try(pending)
+                appended += stored
+                if retry:
+                    await self._catch_up()
+                pending = self._unseen(pending)
+            return appended
+
+    def _unseen(self, records: list[tuple[AuditRecord, str]]) -> list[tuple[AuditRecord, str]]:
+        fresh: list[tuple[AuditRecord, str]] = []
+        batch: set[str] = set()
+        for record, token in records:
+            origin = record.origin
+            if origin is None:
+                raise ValueError("an audit record needs an origin")
+            if origin in batch or origin in self._seen:
+                continue
+            batch.add(origin)
+            fresh.append((record, token))
+        return fresh
+
+    async def _try(self, records: list[tuple[AuditRecord, str]]) -> tuple[int, bool]:
+        """One pipelined attempt; (records stored, whether a race was lost)."""
+        head = self.head
+        linked: list[AuditRecord] = []
+        messages: list[Publish] = []
+        prev_hash, prev_origin = head.hash, head.origin
+        for i, (record, token) in enumerate(records):
+            chained = link(record, prev_hash)
+            guard = (
+                {"Nats-Expected-Last-Sequence": str(head.seq)}
+                if i == 0 or prev_origin is None
+                else {"Nats-Expected-Last-Msg-Id": prev_origin}
+            )
+            subject = f"{self._prefix}.{token}.{record.kind}"
+            messages.append(Publish(subject, encode(chained), {"Nats-Msg-Id": chained.origin or "", **guard}))
+            linked.append(chained)
+            prev_hash, prev_origin = chained.hash or GENESIS, chained.origin
+        outcomes = await self._publisher.publish(messages, timeout=self._timeout)
+        stored = 0
+        for record, outcome in zip(linked, outcomes, strict=True):
+            origin = record.origin or ""
+            if isinstance(outcome, Stored):
+                self._seen.add(origin)
+                if outcome.duplicate:  # recorded long ago; what follows was linked to it: relink
+                    return stored, False
+                head.seq, head.hash, head.origin = outcome.seq, record.hash or GENESIS, origin
+                stored += 1
+                continue
+            if outcome.err_code in (WRONG_LAST_SEQUENCE, WRONG_LAST_MSG_ID):
+                return stored, True
+            raise ChainBroken(f"audit append refused: {outcome.description} ({outcome.err_code})")
+        return stored, False
+
+    async def _pseudonymize(self, record: AuditRecord) -> tuple[AuditRecord, str]:
+        tenant = names.tenant_token(record.tenant)
+        token = await self._keys.pseudonym(tenant) if tenant != names.NO_TENANT else names.NO_TENANT
+        update: dict[str, object] = {"tenant": None if tenant == names.NO_TENANT else token}
+        if record.resource and tenant != names.NO_TENANT:
+            update["resource"] = re.sub(rf"/tenants/{re.escape(tenant)}(?=/|$)", f"/tenants/{token}", record.resource)
+        return record.model_copy(update=update), token
