@@ -224,7 +224,7 @@ class LifecycleEvent(Message):
     max_version: ClassVar[int] = LIFECYCLE_EVENT_VERSION
     id: str
     type: EventType
-    invocation_id: str
+    invocation_id: str = ""  # empty on sandbox events
     tenant: Name
     function: Name
     tier: Tier | None = None

@@ -95,7 +95,7 @@ class IntakeRecorder:
         self._log = log_
 
     async def record(self, records: list[AuditRecord]) -> None:
-        await self._log.append([r if r.origin else r.model_copy(update={"origin": f"api.{r.id}"}) for r in records])
+        await self._log.append(records)
 
 
 async def record_api_call(js: JetStreamContext, record: AuditRecord) -> asyncio.Future[PubAck]:

@@ -135,7 +135,7 @@ class AuditLog:
     async def append(self, records: list[AuditRecord]) -> int:
         """Append the records not appended before, in order; the number appended now.
 
-        Each record's ``origin`` must be set; its ``tenant`` (a name) is
+        A record without ``origin`` gets ``<kind>.<id>``; its ``tenant`` (a name) is
         replaced by the tenant's pseudonym, also in a ``/tenants/<name>``
         resource. Raises on anything but a lost race.
         """
@@ -206,7 +206,10 @@ class AuditLog:
     async def _pseudonymize(self, record: AuditRecord) -> tuple[AuditRecord, str]:
         tenant = names.tenant_token(record.tenant)
         token = await self._keys.pseudonym(tenant) if tenant != names.NO_TENANT else names.NO_TENANT
-        update: dict[str, object] = {"tenant": None if tenant == names.NO_TENANT else token}
+        update: dict[str, object] = {
+            "tenant": None if tenant == names.NO_TENANT else token,
+            "origin": record.origin or f"{record.kind}.{record.id}",
+        }
         if record.resource and tenant != names.NO_TENANT:
             update["resource"] = re.sub(rf"/tenants/{re.escape(tenant)}(?=/|$)", f"/tenants/{token}", record.resource)
         return record.model_copy(update=update), token

@@ -63,7 +63,9 @@ class BatchRecorder(Protocol[R]):
     async def record(self, events: list[R], /) -> None: ...
 
 
-Recorder = BatchRecorder[LifecycleEvent]
+@runtime_checkable
+class Recorder(BatchRecorder[LifecycleEvent], Protocol):
+    """A recorder of lifecycle events."""
 
 
 class EventConsumer(Generic[M]):
