@@ -34,7 +34,7 @@ from soulbox.core import names
 from soulbox.core.codec import decode, encode
 from soulbox.core.errors import SchemaError, SoulboxError
 from soulbox.core.logging import get_logger
-from soulbox.core.schemas import AuditRecord
+from soulbox.core.schemas import NAME_RE, AuditRecord
 
 from .chain import GENESIS, Verifier, link
 from .metrics import RecentIds
@@ -43,6 +43,8 @@ from .streamread import read_stream
 from .tenantkeys import TenantKeys
 
 log = get_logger(__name__)
+
+_TENANT_IN_PATH = re.compile(r"(?<=/tenants/)([^/]+)")
 
 REMEMBERED: Final = 200_000
 """How many recent origins a writer remembers (and loads from the log's tail at start)."""
@@ -210,6 +212,17 @@ class AuditLog:
             "tenant": None if tenant == names.NO_TENANT else token,
             "origin": record.origin or f"{record.kind}.{record.id}",
         }
-        if record.resource and tenant != names.NO_TENANT:
-            update["resource"] = re.sub(rf"/tenants/{re.escape(tenant)}(?=/|$)", f"/tenants/{token}", record.resource)
+        if record.resource and "/tenants/" in record.resource:
+            update["resource"] = await self._redact_path(record.resource, tenant, token)
         return record.model_copy(update=update), token
+
+    async def _redact_path(self, resource: str, tenant: str, token: str) -> str:
+        """``/tenants/<name>`` in a path becomes ``/tenants/<pseudonym>`` (``_`` when it has none)."""
+        parts = _TENANT_IN_PATH.split(resource)
+        for i in range(1, len(parts), 2):  # the captured names
+            name = parts[i]
+            if name == tenant:
+                parts[i] = token
+            else:
+                parts[i] = (await self._keys.lookup(name) if NAME_RE.match(name) else None) or names.NO_TENANT
+        return "".join(parts)
