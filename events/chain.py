@@ -39,8 +39,12 @@ def record_hash(record: AuditRecord) -> str:
 
 def link(record: AuditRecord, prev_hash: str) -> AuditRecord:
     """``record`` placed after a record whose hash is ``prev_hash``, with its own hash set."""
-    linked = record.model_copy(update={"prev_hash": prev_hash, "hash": None})
-    return linked.model_copy(update={"hash": record_hash(linked)})
+    body = record.model_dump(mode="json", exclude={"hash"})
+    body["prev_hash"] = prev_hash  # the same bytes as canonical() of the linked record, in one dump
+    digest = hashlib.sha256(
+        json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    ).hexdigest()
+    return record.model_copy(update={"prev_hash": prev_hash, "hash": digest})
 
 
 class Problem(BaseModel):
