@@ -34,13 +34,14 @@ from soulbox.core.errors import SchemaError
 from soulbox.core.logging import get_logger
 from soulbox.core.schemas import AuditExportState, AuditRecord, utcnow
 
+from .auditlog import EXPORT_STATE_KEY
 from .chain import GENESIS, Verdict, Verifier
 from .s3 import ExportStore
 from .streamread import read_stream
 
 log = get_logger(__name__)
 
-STATE_KEY = "export"
+STATE_KEY = EXPORT_STATE_KEY
 SEGMENTS = "audit/segments/"
 
 
@@ -172,17 +173,23 @@ async def verify_log(
 ) -> Verdict:
     """Verify the records on the stream, oldest first.
 
-    When the oldest records were purged (exported, then dropped by retention)
-    the first record must link to ``anchor``: the last exported hash before
-    it, or None to accept its ``prev_hash`` as given.
+    When the oldest records are gone (exported, then dropped by retention)
+    the first record must link to ``anchor``, the last exported hash before
+    it (see ``anchor_for``); with no anchor, records removed without an
+    exported segment are the first problem.
     """
     info = await js.stream_info(stream)
-    expect = anchor if info.state.first_seq > 1 else GENESIS
-    verifier = Verifier(expect_prev=expect)
+    verifier = Verifier(expect_prev=anchor if info.state.first_seq > 1 else GENESIS)
+    if info.state.first_seq > 1 and anchor is None:
+        verifier.fail(
+            info.state.first_seq,
+            f"records 1..{info.state.first_seq - 1} are gone and no exported segment ends at {info.state.first_seq - 1}",  # noqa: E501
+        )
+        return verifier.verdict()
     previous = info.state.first_seq - 1
     async for msg in read_stream(js, stream, start_seq=info.state.first_seq):
         seq = msg.metadata.sequence.stream
-        if seq != previous + 1 and verifier.problem is None:
+        if seq != previous + 1:
             verifier.fail(seq, f"sequence {seq} follows {previous} (records missing)")
             break
         previous = seq
@@ -199,7 +206,8 @@ async def verify_log(
 
 
 async def anchor_for(store: ExportStore | None, js: JetStreamContext, stream: str = names.AUDIT_STREAM) -> str | None:
-    """The hash the stream's first record must link to, from the exported manifests when needed."""
+    """The hash the stream's first record must link to: GENESIS, else the last hash of the
+    exported segment that ends right before it (None when there is none)."""
     info = await js.stream_info(stream)
     if info.state.first_seq <= 1:
         return GENESIS

@@ -23,18 +23,21 @@ tail of the log at start) catches it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 from dataclasses import dataclass
 from typing import Final
 
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
+from nats.js.errors import KeyNotFoundError
+from nats.js.kv import KeyValue
 
 from soulbox.core import names
 from soulbox.core.codec import decode, encode
 from soulbox.core.errors import SchemaError, SoulboxError
 from soulbox.core.logging import get_logger
-from soulbox.core.schemas import NAME_RE, AuditRecord
+from soulbox.core.schemas import NAME_RE, AuditExportState, AuditRecord
 
 from .chain import GENESIS, Verifier, link
 from .metrics import RecentIds
@@ -45,6 +48,9 @@ from .tenantkeys import TenantKeys
 log = get_logger(__name__)
 
 _TENANT_IN_PATH = re.compile(r"(?<=/tenants/)([^/]+)")
+
+EXPORT_STATE_KEY: Final = "export"
+"""The key of ``AuditExportState`` in the audit state bucket (written by :mod:`.auditexport`)."""
 
 REMEMBERED: Final = 200_000
 """How many recent origins a writer remembers (and loads from the log's tail at start)."""
@@ -72,6 +78,7 @@ class AuditLog:
         js: JetStreamContext,
         keys: TenantKeys,
         *,
+        export_state: KeyValue | None = None,
         stream: str = names.AUDIT_STREAM,
         subject_prefix: str = "sb.audit",
         remembered: int = REMEMBERED,
@@ -79,6 +86,7 @@ class AuditLog:
     ) -> None:
         self._js = js
         self._keys = keys
+        self._export_state = export_state
         self._stream = stream
         self._prefix = subject_prefix
         self._publisher = Publisher(nc)
@@ -106,7 +114,21 @@ class AuditLog:
             self._head = Head()
             if last > 0:
                 await self._read_from(start, expect_prev=None)
+            await self._after_purge(last)
             return self._head
+
+    async def _after_purge(self, last_seq: int) -> None:
+        """When retention dropped every record, the head is the last exported one."""
+        if self.head.seq >= last_seq:
+            return
+        state = None
+        if self._export_state is not None:
+            with contextlib.suppress(KeyNotFoundError):
+                entry = await self._export_state.get(EXPORT_STATE_KEY)
+                state = decode(AuditExportState, entry.value) if entry.value else None
+        if state is None or state.last_seq != last_seq:
+            raise ChainBroken(f"records up to {last_seq} are gone and the export state does not account for them")
+        self._head = Head(seq=state.last_seq, hash=state.last_hash)
 
     async def _read_from(self, start: int, *, expect_prev: str | None) -> None:
         """Advance the head over the records from ``start`` on, checking their links."""
@@ -131,6 +153,7 @@ class AuditLog:
             if info.state.first_seq > self.head.seq + 1:  # purged past us: start over
                 self._head = Head()
                 await self._read_from(info.state.first_seq, expect_prev=None)
+                await self._after_purge(info.state.last_seq)
             else:
                 await self._read_from(self.head.seq + 1, expect_prev=self.head.hash)
 

@@ -82,7 +82,7 @@ async def _billing(settings: Settings, js: JetStreamContext, buckets: Buckets, s
 
 
 async def _audit(settings: Settings, nc: NATS, js: JetStreamContext, buckets: Buckets, stop: asyncio.Event) -> None:
-    audit_log = AuditLog(nc, js, TenantKeys(buckets.tenant_keys))
+    audit_log = AuditLog(nc, js, TenantKeys(buckets.tenant_keys), export_state=buckets.audit_state)
     await audit_log.load()
     batch = settings.events.batch
     events = EventConsumer(js, AuditRecorder(audit_log), durable=names.AUDIT_CONSUMER, batch=batch)

@@ -5,8 +5,14 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
+import sys
+import time
+from asyncio.subprocess import PIPE
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -17,8 +23,9 @@ from soulbox.core import names
 from soulbox.core.bus import Buckets
 from soulbox.core.codec import decode, encode
 from soulbox.core.errors import InvalidRequest
+from soulbox.core.natsserver import NatsServer
 from soulbox.core.schemas import AuditRecord, EventType
-from soulbox.core.settings import Settings
+from soulbox.core.settings import AuditSettings, Settings
 from soulbox.events import (
     GENESIS,
     AuditLog,
@@ -34,6 +41,7 @@ from soulbox.events import (
     read_audit,
     record_api_call,
     record_hash,
+    run,
     verify_log,
     verify_segments,
 )
@@ -233,3 +241,77 @@ async def test_read_audit_rejects_bad_arguments(js: JetStreamContext, buckets: B
         await read_audit(js, keys, "acme", limit=0)
     with pytest.raises(InvalidRequest):
         await read_audit(js, keys, "acme", after_seq=-1)
+
+
+async def test_paging_returns_promptly_when_short(js: JetStreamContext, buckets: Buckets, audit_log: AuditLog) -> None:
+    events = life("inv-1") + life("inv-2")
+    await AuditRecorder(audit_log).record(events)
+    keys = TenantKeys(buckets.tenant_keys)
+    pages: list[list[str]] = []
+    cursor = 0
+    while True:
+        started = time.monotonic()
+        page, cursor = await read_audit(js, keys, "acme", after_seq=cursor, limit=3)
+        assert time.monotonic() - started < 1.0
+        if not page:
+            break
+        pages.append([r.id for _, r in page])
+    assert [len(p) for p in pages] == [3, 3, 2]
+    assert [i for p in pages for i in p] == [e.id for e in events]
+    assert await js.consumers_info(names.AUDIT_STREAM) == []  # readers clean up after themselves
+
+
+async def test_verify_audit_command_names_a_purged_prefix(
+    nats_server: NatsServer, js: JetStreamContext, buckets: Buckets, audit_log: AuditLog, tmp_path: Path
+) -> None:
+    await audit_log.append([api_call(action=f"call {i}") for i in range(5)])
+    env = {**os.environ, "SOULBOX_NATS__URLS": f'["{nats_server.url}"]', "SOULBOX_LOG_LEVEL": "error"}
+
+    async def verify_command() -> tuple[int, dict[str, Any]]:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "soulbox.events", "verify-audit", env=env, cwd=tmp_path, stdout=PIPE
+        )
+        out, _ = await process.communicate()
+        return process.returncode or 0, json.loads(out)
+
+    code, result = await verify_command()
+    assert code == 0 and result["ok"] and result["stream"]["records"] == 5
+    await js.purge_stream(names.AUDIT_STREAM, seq=3)  # records 1-2 dropped without being exported
+    code, result = await verify_command()
+    assert code == 1 and not result["ok"]
+    assert result["stream"]["problem"]["seq"] == 3 and "no exported segment" in result["stream"]["problem"]["reason"]
+
+
+async def test_the_audit_consumer_exports_segments_periodically(
+    js: JetStreamContext, buckets: Buckets, s3_settings: Settings
+) -> None:
+    settings = s3_settings.model_copy(
+        update={"audit": AuditSettings(segment_records=4, segment_seconds=3600, export_interval_s=0.2, max_age_s=0.001)}
+    )
+    await publish(js, life("inv-1") + life("inv-2") + life("inv-3"))
+    stop = asyncio.Event()
+    task = asyncio.create_task(run("audit", settings, stop))
+    store = ExportStore(settings.s3)
+
+    async def exported() -> bool:
+        return len([n for n in await store.list("audit/segments/") if n.endswith(".manifest.json")]) == 3
+
+    try:
+        await eventually(exported, timeout=30)
+        await eventually(lambda: _first_seq_is(js, 13), timeout=10)  # retention: all 12 exported records dropped
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 15)
+    segments = await load_segments(store)
+    assert verify_segments(segments).ok
+    await publish(js, life("inv-4"))  # a fresh writer continues the chain after the purge
+    stop = asyncio.Event()
+    task = asyncio.create_task(run("audit", settings.model_copy(update={"audit": AuditSettings()}), stop))
+    await eventually(lambda: settled(js, "audit"))
+    stop.set()
+    await asyncio.wait_for(task, 15)
+    assert (await verify_log(js, anchor=await anchor_for(store, js))).ok
+
+
+async def _first_seq_is(js: JetStreamContext, seq: int) -> bool:
+    return (await js.stream_info(names.AUDIT_STREAM)).state.first_seq == seq
