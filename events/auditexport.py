@@ -179,7 +179,7 @@ async def verify_log(
     exported segment are the first problem.
     """
     info = await js.stream_info(stream)
-    verifier = Verifier(expect_prev=anchor if info.state.first_seq > 1 else GENESIS)
+    verifier = Verifier(expect_prev=anchor if info.state.first_seq > 1 else GENESIS, legacy_prefix=True)
     if info.state.first_seq > 1 and anchor is None:
         verifier.fail(
             info.state.first_seq,

@@ -132,7 +132,7 @@ class AuditLog:
 
     async def _read_from(self, start: int, *, expect_prev: str | None) -> None:
         """Advance the head over the records from ``start`` on, checking their links."""
-        verifier = Verifier(expect_prev=expect_prev)
+        verifier = Verifier(expect_prev=expect_prev, legacy_prefix=expect_prev is None)
         head = self.head
         async for msg in read_stream(self._js, self._stream, start_seq=start, timeout=self._timeout):
             seq = msg.metadata.sequence.stream

@@ -60,6 +60,7 @@ class Verdict(BaseModel):
 
     ok: bool
     records: int
+    legacy: int = 0
     first_seq: int | None
     last_seq: int | None
     first_prev_hash: str | None
@@ -74,11 +75,16 @@ class Verifier:
     ``expect_prev`` is the hash the first record must link to (``GENESIS``
     for a whole chain, the last hash of the previous segment for a later
     stretch, None to accept whatever the first record says). Sequences must
-    follow each other without gaps when ``contiguous``.
+    follow each other without gaps when ``contiguous``. With ``legacy``,
+    unchained records before the first chained one (a log written before
+    the chain existed) are counted and skipped, and the chain starts after
+    them at ``GENESIS``.
     """
 
     expect_prev: str | None = GENESIS
     contiguous: bool = True
+    legacy_prefix: bool = False
+    legacy: int = 0
     records: int = 0
     first_seq: int | None = None
     last_seq: int | None = None
@@ -90,6 +96,9 @@ class Verifier:
         """Check one record; False (and the problem kept) when it does not verify."""
         if self.problem is not None:
             return False
+        if self.legacy_prefix and self.first_seq is None and record.hash is None:
+            self.legacy += 1
+            return True
         reason = self._check(seq, record)
         if reason is not None:
             self.problem = Problem(seq=seq, id=record.id, reason=reason)
@@ -111,6 +120,8 @@ class Verifier:
         if record_hash(record) != record.hash:
             return "hash does not match the record's content (edited)"
         expected = self.last_hash if self.last_seq is not None else self.expect_prev
+        if self.last_seq is None and self.legacy:
+            expected = GENESIS
         if expected is not None and record.prev_hash != expected:
             return "prev_hash does not match the previous record (a record before it was removed or reordered)"
         if self.contiguous and self.last_seq is not None and seq != self.last_seq + 1:
@@ -121,6 +132,7 @@ class Verifier:
         return Verdict(
             ok=self.problem is None,
             records=self.records,
+            legacy=self.legacy,
             first_seq=self.first_seq,
             last_seq=self.last_seq,
             first_prev_hash=self.first_prev_hash,

@@ -315,3 +315,18 @@ async def test_the_audit_consumer_exports_segments_periodically(
 
 async def _first_seq_is(js: JetStreamContext, seq: int) -> bool:
     return (await js.stream_info(names.AUDIT_STREAM)).state.first_seq == seq
+
+
+async def test_a_log_from_before_the_chain_is_continued(nc: NATS, js: JetStreamContext, buckets: Buckets) -> None:
+    """Unchained records written by an older version stay as a legacy prefix; the chain starts after them."""
+    for i in range(3):
+        await js.publish("sb.audit.acme.api", encode(api_call(action=f"old {i}")), headers={"Nats-Msg-Id": f"old.{i}"})
+    log = AuditLog(nc, js, TenantKeys(buckets.tenant_keys))
+    assert (await log.load()).seq == 3
+    await log.append([api_call(action="new")])
+    await log.close()
+    verdict = await verify_log(js)
+    assert verdict.ok and (verdict.legacy, verdict.records, verdict.first_prev_hash) == (3, 1, GENESIS)
+    await js.publish("sb.audit.acme.api", encode(api_call(action="unchained, after the chain began")))
+    problem = (await verify_log(js)).problem
+    assert problem is not None and problem.seq == 5 and "not chained" in problem.reason
