@@ -108,6 +108,12 @@ async def settled(js: JetStreamContext, durable: str, stream: str = names.EVENTS
     return bool(info.num_pending == 0 and info.num_ack_pending == 0)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (from /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def start_consumers(nats_url: str, metrics_port: int, root: Path) -> dict[str, subprocess.Popen[bytes]]:
     env = {
         **os.environ,
@@ -124,7 +130,9 @@ def start_consumers(nats_url: str, metrics_port: int, root: Path) -> dict[str, s
     return processes
 
 
-async def soulbox(nc: NATS, js: JetStreamContext, buckets: Buckets, n: int, root: Path) -> dict[str, object]:
+async def soulbox(
+    nc: NATS, js: JetStreamContext, buckets: Buckets, n: int, root: Path, server_pid: int
+) -> dict[str, object]:
     invocations = n // 4
     events = lifecycle(invocations)
     items = [
@@ -134,6 +142,8 @@ async def soulbox(nc: NATS, js: JetStreamContext, buckets: Buckets, n: int, root
     processes = start_consumers(nc.connected_url.geturl() if nc.connected_url else "", metrics_port, root)
     try:
         await asyncio.sleep(3.0)  # the consumers connect and bind
+        server_cpu = cpu_seconds(server_pid)
+        before = {kind: cpu_seconds(process.pid) for kind, process in processes.items()}
         started = time.perf_counter()
         published = await publish_all(js, items)
         finished: dict[str, float] = {}
@@ -145,6 +155,8 @@ async def soulbox(nc: NATS, js: JetStreamContext, buckets: Buckets, n: int, root
         elapsed = max(finished.values())
         async with httpx.AsyncClient() as client:
             text = (await client.get(f"http://127.0.0.1:{metrics_port}/metrics")).text
+        cpu = {kind: cpu_seconds(process.pid) - before[kind] for kind, process in processes.items()}
+        cpu["nats-server"] = cpu_seconds(server_pid) - server_cpu
     finally:
         for process in processes.values():
             process.send_signal(signal.SIGTERM)
@@ -167,6 +179,7 @@ async def soulbox(nc: NATS, js: JetStreamContext, buckets: Buckets, n: int, root
         "publish_per_s": n / published,
         "end_to_end_per_s": n / elapsed,
         "per_consumer_per_s": {kind: round(n / t) for kind, t in finished.items()},
+        "cpu_us_per_event": {kind: round(seconds / n * 1e6, 1) for kind, seconds in cpu.items()},
         "billed": billed,
         "lost": invocations - billed if billed < invocations else 0,
         "double_billed": billed - invocations if billed > invocations else 0,
@@ -188,7 +201,8 @@ async def main(n: int) -> None:
             js = nc.jetstream()
             buckets = await ensure_topology(js, settings)
             bare_pub, bare_con = await bare(nc, js, n)
-            result = await soulbox(nc, js, buckets, n, root)
+            assert server.process is not None
+            result = await soulbox(nc, js, buckets, n, root, server.process.pid)
             await nc.close()
         finally:
             server.stop()

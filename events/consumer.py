@@ -19,15 +19,17 @@ import contextlib
 from collections import Counter
 from typing import Final, Generic, Protocol, TypeVar, runtime_checkable
 
+from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
-from nats.js import JetStreamContext
 
 from soulbox.core import names
 from soulbox.core.codec import decode
 from soulbox.core.errors import SchemaError
 from soulbox.core.logging import get_logger
 from soulbox.core.schemas import LifecycleEvent, Message
+
+from .fetch import BatchFetcher
 
 log = get_logger(__name__)
 
@@ -83,7 +85,7 @@ class EventConsumer(Generic[M]):
 
     def __init__(
         self,
-        js: JetStreamContext,
+        nc: NATS,
         recorder: BatchRecorder[M],
         *,
         durable: str,
@@ -96,7 +98,7 @@ class EventConsumer(Generic[M]):
     ) -> None:
         if batch < 1:
             raise ValueError("batch must be at least 1")
-        self._js = js
+        self._nc = nc
         self._recorder = recorder
         self._model = model
         self._durable = durable
@@ -109,25 +111,24 @@ class EventConsumer(Generic[M]):
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set; the batch in hand is always settled first."""
-        sub = await self._js.pull_subscribe_bind(consumer=self._durable, stream=self._stream)
+        fetcher = BatchFetcher(self._nc, stream=self._stream, durable=self._durable)
+        await fetcher.start()
         self._log.info("events.consumer.started", batch=self._batch)
         try:
             while not stop.is_set():
-                msgs = await self._fetch(sub, stop)
+                msgs = await self._fetch(fetcher, stop)
                 if msgs:
                     await self._settle(msgs)
         finally:
             try:
-                await sub.unsubscribe()
+                await fetcher.stop()
             except NatsError as exc:  # the connection may already be closing
                 self._log.debug("events.consumer.unsubscribe_failed", error=str(exc))
             self._log.info("events.consumer.stopped")
 
-    async def _fetch(self, sub: JetStreamContext.PullSubscription, stop: asyncio.Event) -> list[Msg]:
+    async def _fetch(self, fetcher: BatchFetcher, stop: asyncio.Event) -> list[Msg]:
         try:
-            return await sub.fetch(self._batch, timeout=self._fetch_timeout)
-        except TimeoutError:  # nothing to do (nats' TimeoutError subclasses it)
-            return []
+            return await fetcher.fetch(self._batch, timeout=self._fetch_timeout)
         except (NatsError, OSError) as exc:  # disconnected, reconnecting, consumer gone...
             self._log.warning("events.fetch_failed", error=repr(exc))
             with contextlib.suppress(TimeoutError):

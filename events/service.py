@@ -63,9 +63,9 @@ async def every(interval: float, stop: asyncio.Event, job: Callable[[], Awaitabl
             log.warning(f"{name}.failed", error=repr(exc))
 
 
-async def _billing(settings: Settings, js: JetStreamContext, buckets: Buckets, stop: asyncio.Event) -> None:
+async def _billing(settings: Settings, nc: NATS, js: JetStreamContext, buckets: Buckets, stop: asyncio.Event) -> None:
     recorder = BillingRecorder(js, default_memory_mb=settings.functions.memory_mb)
-    consumer = EventConsumer(js, recorder, durable="billing", batch=settings.events.batch)
+    consumer = EventConsumer(nc, recorder, durable="billing", batch=settings.events.batch)
     interval = settings.billing.export_interval_s
     if interval <= 0 or not settings.s3.bucket:
         await consumer.run(stop)
@@ -85,9 +85,9 @@ async def _audit(settings: Settings, nc: NATS, js: JetStreamContext, buckets: Bu
     audit_log = AuditLog(nc, js, TenantKeys(buckets.tenant_keys), export_state=buckets.audit_state)
     await audit_log.load()
     batch = settings.events.batch
-    events = EventConsumer(js, AuditRecorder(audit_log), durable=names.AUDIT_CONSUMER, batch=batch)
+    events = EventConsumer(nc, AuditRecorder(audit_log), durable=names.AUDIT_CONSUMER, batch=batch)
     intake = EventConsumer(
-        js,
+        nc,
         IntakeRecorder(audit_log),
         durable=names.AUDIT_CONSUMER,
         batch=batch,
@@ -115,9 +115,9 @@ async def _audit(settings: Settings, nc: NATS, js: JetStreamContext, buckets: Bu
         await audit_log.close()
 
 
-async def _metrics(settings: Settings, js: JetStreamContext, stop: asyncio.Event) -> None:
+async def _metrics(settings: Settings, nc: NATS, js: JetStreamContext, stop: asyncio.Event) -> None:
     recorder = MetricsRecorder()
-    consumer = EventConsumer(js, recorder, durable="metrics", batch=settings.events.batch)
+    consumer = EventConsumer(nc, recorder, durable="metrics", batch=settings.events.batch)
     server = MetricsServer(recorder.registry, host=settings.events.metrics_host, port=settings.events.metrics_port)
     async with server, asyncio.TaskGroup() as tasks:
         tasks.create_task(consumer.run(stop))
@@ -131,10 +131,10 @@ async def run(kind: Kind, settings: Settings, stop: asyncio.Event) -> None:
         js = nc.jetstream()
         buckets = await ensure_topology(js, settings)
         if kind == "billing":
-            await _billing(settings, js, buckets, stop)
+            await _billing(settings, nc, js, buckets, stop)
         elif kind == "audit":
             await _audit(settings, nc, js, buckets, stop)
         else:
-            await _metrics(settings, js, stop)
+            await _metrics(settings, nc, js, stop)
     finally:
         await nc.drain()  # flushes the last acks and publishes, then closes

@@ -81,7 +81,7 @@ async def test_events_and_api_calls_form_one_chain(
     await (await record_api_call(js, call))
     await (await record_api_call(js, call))  # the same call twice is kept once
     intake = EventConsumer(
-        js, IntakeRecorder(audit_log), durable="audit", batch=64, model=AuditRecord, stream=names.AUDIT_INTAKE_STREAM
+        nc, IntakeRecorder(audit_log), durable="audit", batch=64, model=AuditRecord, stream=names.AUDIT_INTAKE_STREAM
     )
     async with consuming(js, AuditRecorder(audit_log), "audit"):
         await eventually(lambda: settled(js, "audit"))

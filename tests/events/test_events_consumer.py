@@ -89,9 +89,9 @@ async def test_other_durables_see_every_event(js: JetStreamContext, buckets: Buc
     assert all(spy.events == events for spy in spies.values())
 
 
-async def test_stop_is_prompt_when_idle(js: JetStreamContext, buckets: Buckets) -> None:
+async def test_stop_is_prompt_when_idle(nc: NATS, buckets: Buckets) -> None:
     stop = asyncio.Event()
-    consumer = EventConsumer(js, Spy(), durable="billing", batch=16, fetch_timeout=0.5)
+    consumer = EventConsumer(nc, Spy(), durable="billing", batch=16, fetch_timeout=0.5)
     task = asyncio.create_task(consumer.run(stop))
     await asyncio.sleep(0.3)
     started = time.monotonic()
