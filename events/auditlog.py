@@ -26,7 +26,7 @@ import asyncio
 import contextlib
 import re
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, NamedTuple
 
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
@@ -60,6 +60,15 @@ class ChainBroken(SoulboxError):
     """The log holds a record that does not link to the one before it."""
 
     code = "audit_chain_broken"
+
+
+class _Prepared(NamedTuple):
+    """A record to append: the record, its subject token, the fields to replace, its origin."""
+
+    record: AuditRecord
+    token: str
+    update: dict[str, str | None]
+    origin: str
 
 
 @dataclass(slots=True)
@@ -165,15 +174,11 @@ class AuditLog:
         resource. Raises on anything but a lost race.
         """
         prepared = [await self._pseudonymize(record) for record in records]
-        return await self.append_pseudonymous(prepared)
-
-    async def append_pseudonymous(self, records: list[tuple[AuditRecord, str]]) -> int:
-        """Append ``(record, subject token)`` pairs whose tenant is already a pseudonym."""
         async with self._lock:
             if self._head is None:
                 raise RuntimeError("the audit log is not loaded")
             appended = 0
-            pending = self._unseen(records)
+            pending = self._unseen(prepared)
             while pending:
                 stored, retry = await self._try(pending)
                 appended += stored
@@ -182,27 +187,25 @@ class AuditLog:
                 pending = self._unseen(pending)
             return appended
 
-    def _unseen(self, records: list[tuple[AuditRecord, str]]) -> list[tuple[AuditRecord, str]]:
-        fresh: list[tuple[AuditRecord, str]] = []
+    def _unseen(self, records: list[_Prepared]) -> list[_Prepared]:
+        fresh: list[_Prepared] = []
         batch: set[str] = set()
-        for record, token in records:
-            origin = record.origin
-            if origin is None:
-                raise ValueError("an audit record needs an origin")
+        for prepared in records:
+            origin = prepared.origin
             if origin in batch or origin in self._seen:
                 continue
             batch.add(origin)
-            fresh.append((record, token))
+            fresh.append(prepared)
         return fresh
 
-    async def _try(self, records: list[tuple[AuditRecord, str]]) -> tuple[int, bool]:
+    async def _try(self, records: list[_Prepared]) -> tuple[int, bool]:
         """One pipelined attempt; (records stored, whether a race was lost)."""
         head = self.head
         linked: list[AuditRecord] = []
         messages: list[Publish] = []
         prev_hash, prev_origin = head.hash, head.origin
-        for i, (record, token) in enumerate(records):
-            chained = link(record, prev_hash)
+        for i, (record, token, update, _origin) in enumerate(records):
+            chained = link(record, prev_hash, update)
             guard = (
                 {"Nats-Expected-Last-Sequence": str(head.seq)}
                 if i == 0 or prev_origin is None
@@ -228,16 +231,14 @@ class AuditLog:
             raise ChainBroken(f"audit append refused: {outcome.description} ({outcome.err_code})")
         return stored, False
 
-    async def _pseudonymize(self, record: AuditRecord) -> tuple[AuditRecord, str]:
+    async def _pseudonymize(self, record: AuditRecord) -> _Prepared:
         tenant = names.tenant_token(record.tenant)
         token = await self._keys.pseudonym(tenant) if tenant != names.NO_TENANT else names.NO_TENANT
-        update: dict[str, object] = {
-            "tenant": None if tenant == names.NO_TENANT else token,
-            "origin": record.origin or f"{record.kind}.{record.id}",
-        }
+        origin = record.origin or f"{record.kind}.{record.id}"
+        update: dict[str, str | None] = {"tenant": None if tenant == names.NO_TENANT else token, "origin": origin}
         if record.resource and "/tenants/" in record.resource:
             update["resource"] = await self._redact_path(record.resource, tenant, token)
-        return record.model_copy(update=update), token
+        return _Prepared(record, token, update, origin)
 
     async def _redact_path(self, resource: str, tenant: str, token: str) -> str:
         """``/tenants/<name>`` in a path becomes ``/tenants/<pseudonym>`` (``_`` when it has none)."""

@@ -26,25 +26,26 @@ from soulbox.core.schemas import AuditRecord
 GENESIS: Final = "0" * 64
 """The ``prev_hash`` of the first record of a chain."""
 
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
 
 def canonical(record: AuditRecord) -> bytes:
     """The bytes a record's hash covers: its JSON without ``hash``, keys sorted, compact."""
-    body = record.model_dump(mode="json", exclude={"hash"})
-    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return _CANONICAL.encode(record.model_dump(mode="json", exclude={"hash"})).encode()
 
 
 def record_hash(record: AuditRecord) -> str:
     return hashlib.sha256(canonical(record)).hexdigest()
 
 
-def link(record: AuditRecord, prev_hash: str) -> AuditRecord:
-    """``record`` placed after a record whose hash is ``prev_hash``, with its own hash set."""
+def link(record: AuditRecord, prev_hash: str, update: dict[str, str | None] | None = None) -> AuditRecord:
+    """``record`` (with the string fields in ``update`` replaced) placed after a record whose
+    hash is ``prev_hash``, with its own hash set."""
+    changes: dict[str, str | None] = {**(update or {}), "prev_hash": prev_hash}
     body = record.model_dump(mode="json", exclude={"hash"})
-    body["prev_hash"] = prev_hash  # the same bytes as canonical() of the linked record, in one dump
-    digest = hashlib.sha256(
-        json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-    ).hexdigest()
-    return record.model_copy(update={"prev_hash": prev_hash, "hash": digest})
+    body.update(changes)  # the same bytes as canonical() of the linked record, in one dump and one copy
+    changes["hash"] = hashlib.sha256(_CANONICAL.encode(body).encode()).hexdigest()
+    return record.model_copy(update=changes)
 
 
 class Problem(BaseModel):
