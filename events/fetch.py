@@ -75,9 +75,11 @@ class BatchFetcher:
         self._ended.clear()
         self._outstanding = n
         self._expires_at = asyncio.get_running_loop().time() + expires
-        body: dict[str, object] = {"batch": n, "expires": int(expires * 1e9)}
-        if no_wait:
-            body["no_wait"] = True
+        # no_wait: the server answers at once (messages, then a 404 when it has fewer than n);
+        # with expires as well it would hold the request open like a long poll.
+        body: dict[str, object] = (
+            {"batch": n, "no_wait": True} if no_wait else {"batch": n, "expires": int(expires * 1e9)}
+        )
         await self._nc.publish(self._subject, json.dumps(body).encode(), reply=self._inbox)
 
     async def fetch(self, n: int, *, timeout: float) -> list[Msg]:
