@@ -154,7 +154,8 @@ async def ensure_topology(js: JetStreamContext, settings: Settings) -> Buckets:
         api.StreamConfig(
             name=names.AUDIT_INTAKE_STREAM,
             subjects=[names.AUDIT_INTAKE_SUBJECTS],
-            retention=api.RetentionPolicy.LIMITS,
+            # Work queue: a record leaves the intake (with the tenant's name in clear) once chained.
+            retention=api.RetentionPolicy.WORK_QUEUE,
             storage=api.StorageType.FILE,
             duplicate_window=DEDUPE_WINDOW_S,
             max_age=7 * 24 * 3600.0,
