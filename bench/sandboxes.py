@@ -55,6 +55,11 @@ def timed(fn: Callable[[], object], n: int, *, between: Callable[[], object] | N
     return samples
 
 
+def round_trip(sbx: Sandbox, path: str) -> None:
+    sbx.files.write(path, BLOB)
+    assert sbx.files.read(path, format="bytes") == BLOB
+
+
 def row(name: str, samples: list[float]) -> str:
     return f"| {name} | {pct(samples, 0.5):.2f} | {pct(samples, 0.99):.2f} | {sum(samples) / len(samples):.2f} |"
 
@@ -96,13 +101,11 @@ def main() -> None:
                 sbx.kill()
             sbx = Sandbox.create(timeout=600)
             run_stack = timed(lambda: sbx.commands.run("true"), n)
-            files_stack = timed(
-                lambda: sbx.files.write("/tmp/blob", BLOB) and sbx.files.read("/tmp/blob", format="bytes"), n
-            )
+            files_stack = timed(lambda: round_trip(sbx, "/tmp/blob"), n)
             direct = Sandbox(sandbox_id="direct", sandbox_domain=None, envd_version="0.6.4", envd_access_token=None,
                              connection_config=ConnectionConfig(sandbox_url=envd_url, api_key="x"))  # fmt: skip
             run_direct = timed(lambda: direct.commands.run("true"), n)
-            files_direct = timed(lambda: direct.files.write(str(tmp / "blob"), BLOB) and direct.files.read(str(tmp / "blob"), format="bytes"), n)  # fmt: skip
+            files_direct = timed(lambda: round_trip(direct, str(tmp / "blob")), n)
             bare = timed(lambda: subprocess.run(BWRAP, check=True), n)
             kills = []
             for _ in range(min(n, 20)):

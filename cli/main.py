@@ -1,4 +1,4 @@
-"""The ``soulbox`` command: ``up``, ``status`` and ``down``.
+"""The ``soulbox`` command: ``up``, ``status``, ``down``, ``export-usage`` and ``verify-audit``.
 
 Settings are built once per command, from the environment (``SOULBOX_*``,
 ``.env``) with the command-line options on top, and passed down from here.
@@ -112,3 +112,23 @@ def down(
     """Stop the stack that `soulbox up` runs from the data directory."""
     settings = _settings(data_dir=data_dir)
     raise typer.Exit(stop_stack(resolve(settings).data_dir, timeout=timeout, console=Console(soft_wrap=True)))
+
+
+@app.command("export-usage")
+def export_usage(
+    period: Annotated[str, typer.Option("--period", help="YYYY-MM, YYYY-MM-DD or YYYY-MM-DDTHH (UTC)")],
+) -> None:
+    """Export a period's usage of every tenant to S3 (SOULBOX_S3__*) as CSV and JSON."""
+    from soulbox.events.cli import main as events_main
+
+    raise typer.Exit(events_main(["export-usage", "--period", period]))
+
+
+@app.command("verify-audit")
+def verify_audit(
+    exported: Annotated[bool, typer.Option("--exported", help="also verify the segments exported to S3")] = False,
+) -> None:
+    """Verify the audit log's hash chain; exit 1 and name the first bad record if it is broken."""
+    from soulbox.events.cli import main as events_main
+
+    raise typer.Exit(events_main(["verify-audit", *(["--exported"] if exported else [])]))

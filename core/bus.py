@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import nats
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext, api
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.errors import APIError, BadRequestError, NotFoundError
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
@@ -25,6 +25,7 @@ log = get_logger(__name__)
 
 # How long a re-sent invocation id is recognised as the same invocation.
 DEDUPE_WINDOW_S = 10 * 60.0
+CANNOT_CANCEL_DENY_PURGE = 10052
 
 
 async def connect(settings: Settings, *, name: str) -> NATS:
@@ -86,6 +87,8 @@ class Buckets:
     concurrency: KeyValue
     versions: KeyValue
     aliases: KeyValue
+    tenant_keys: KeyValue
+    audit_state: KeyValue
 
 
 async def _ensure_stream(js: JetStreamContext, config: api.StreamConfig) -> None:
@@ -93,7 +96,13 @@ async def _ensure_stream(js: JetStreamContext, config: api.StreamConfig) -> None
         await js.add_stream(config)
     except BadRequestError:
         # Exists with another configuration: converge to ours.
-        await js.update_stream(config)
+        try:
+            await js.update_stream(config)
+        except APIError as exc:
+            if exc.err_code != CANNOT_CANCEL_DENY_PURGE:
+                raise
+            # An audit stream made before retention existed denies purges for good: keep it as it is.
+            log.warning("nats.stream_kept", stream=config.name, reason=exc.description)
 
 
 async def _ensure_kv(js: JetStreamContext, config: api.KeyValueConfig) -> KeyValue:
@@ -154,7 +163,9 @@ async def ensure_topology(js: JetStreamContext, settings: Settings) -> Buckets:
             storage=api.StorageType.FILE,
             duplicate_window=DEDUPE_WINDOW_S,
             deny_delete=True,
-            deny_purge=True,
+            # Purges are the audit consumer's retention of exported records (events/auditexport.py);
+            # a purge removes a prefix only, which verification against the exported segments detects.
+            deny_purge=False,
             num_replicas=replicas,
         ),
     )
@@ -170,6 +181,19 @@ async def ensure_topology(js: JetStreamContext, settings: Settings) -> Buckets:
             num_replicas=replicas,
         ),
     )
+    await _ensure_stream(
+        js,
+        api.StreamConfig(
+            name=names.AUDIT_INTAKE_STREAM,
+            subjects=[names.AUDIT_INTAKE_SUBJECTS],
+            # Work queue: a record leaves the intake (with the tenant's name in clear) once chained.
+            retention=api.RetentionPolicy.WORK_QUEUE,
+            storage=api.StorageType.FILE,
+            duplicate_window=DEDUPE_WINDOW_S,
+            max_age=7 * 24 * 3600.0,
+            num_replicas=replicas,
+        ),
+    )
     await _ensure_consumer(
         js,
         names.CALLBACKS_STREAM,
@@ -179,6 +203,17 @@ async def ensure_topology(js: JetStreamContext, settings: Settings) -> Buckets:
             ack_wait=60.0,
             max_ack_pending=10_000,
             max_deliver=-1,  # the deliverer gives up itself, after settings.triggers.callback_attempts
+        ),
+    )
+    await _ensure_consumer(
+        js,
+        names.AUDIT_INTAKE_STREAM,
+        api.ConsumerConfig(
+            durable_name=names.AUDIT_CONSUMER,
+            ack_policy=api.AckPolicy.EXPLICIT,
+            ack_wait=30.0,
+            max_ack_pending=20_000,
+            deliver_policy=api.DeliverPolicy.ALL,
         ),
     )
     await _ensure_consumer(
@@ -221,6 +256,8 @@ async def ensure_topology(js: JetStreamContext, settings: Settings) -> Buckets:
         concurrency=await _ensure_kv(js, kv(bucket=names.CONCURRENCY_BUCKET, history=1, replicas=replicas)),
         versions=await _ensure_kv(js, kv(bucket=names.VERSIONS_BUCKET, history=1, replicas=replicas)),
         aliases=await _ensure_kv(js, kv(bucket=names.ALIASES_BUCKET, history=1, replicas=replicas)),
+        tenant_keys=await _ensure_kv(js, kv(bucket=names.TENANT_KEYS_BUCKET, replicas=replicas)),
+        audit_state=await _ensure_kv(js, kv(bucket=names.AUDIT_STATE_BUCKET, replicas=replicas)),
     )
 
 

@@ -33,6 +33,11 @@ CALLBACKS_STREAM: Final = "SB_CALLBACKS"
 """Work queue of completion callbacks to deliver (de-duplicated by invocation id)."""
 CALLBACKS_SUBJECTS: Final = "sb.callbacks.>"
 
+AUDIT_INTAKE_STREAM: Final = "SB_AUDIT_INTAKE"
+"""API-call records on their way into the chained audit log (written by the audit consumer only)."""
+AUDIT_INTAKE_SUBJECTS: Final = "sb.audit_in.>"
+AUDIT_INTAKE_API_SUBJECT: Final = "sb.audit_in.api"
+
 # Durable consumers ----------------------------------------------------------
 SCHEDULER_CONSUMER: Final = "scheduler"
 EVENT_CONSUMERS: Final = ("billing", "audit", "metrics")
@@ -53,6 +58,12 @@ CRON_BUCKET: Final = "sb_cron"
 """Per cron trigger, the last claimed tick (compare-and-set: one firing per tick)."""
 CONCURRENCY_BUCKET: Final = "sb_concurrency"
 """Per function with a concurrency limit, the leases of its running invocations."""
+
+TENANT_KEYS_BUCKET: Final = "sb_tenant_keys"
+"""Per-tenant secrets behind the pseudonyms in the audit log (deleted on erasure)."""
+AUDIT_STATE_BUCKET: Final = "sb_audit_state"
+"""The audit exporter's progress (last exported sequence and hash)."""
+AUDIT_CONSUMER: Final = "audit"
 
 
 def invocation_subject(tenant: str) -> str:
@@ -123,8 +134,9 @@ def function_key(tenant: str, name: str) -> str:
     return f"{tenant}.{name}"
 
 
-def billing_key(tenant: str, function: str, invocation_id: str) -> str:
-    return f"{tenant}.{function}.{invocation_id}"
+def billing_key(tenant: str, function: str, unit_id: str) -> str:
+    """``<tenant>.<function>.<unit>``: the unit is an invocation id, or a sandbox event id with ``_`` for ``.``."""
+    return f"{tenant}.{function}.{unit_id.replace('.', '_')}"
 
 
 def trigger_key(tenant: str, trigger_id: str) -> str:

@@ -95,6 +95,13 @@ class EventType(StrEnum):
     FAILED = "invocation.failed"
     TIMED_OUT = "invocation.timed_out"
     RETRYING = "invocation.retrying"  # per attempt: this attempt failed, another follows
+    # Sandbox lifecycle (schema version 2): published by the sandbox service with
+    # ``sandbox_id`` set; ``paused`` and ``killed`` carry the running ``seconds``
+    # since the sandbox was created or last resumed.
+    SANDBOX_CREATED = "sandbox.created"
+    SANDBOX_PAUSED = "sandbox.paused"
+    SANDBOX_RESUMED = "sandbox.resumed"
+    SANDBOX_KILLED = "sandbox.killed"
 
 
 class Limits(BaseModel):
@@ -218,18 +225,29 @@ class InvocationRecord(Message):
     timeout_ms: int | None = None
 
 
+LIFECYCLE_EVENT_VERSION: Literal[2] = 2
+"""Version 2 added the sandbox events and ``sandbox_id``, ``seconds``, ``cpu_ms``, ``egress_bytes``."""
+
+
 class LifecycleEvent(Message):
-    """One step of an invocation's life, published on the events stream.
+    """One step of an invocation's (or a sandbox's) life, published on the events stream.
 
     ``id`` is ``<invocation id>.<type>`` (plus ``.<attempt>`` for the
     per-attempt ``scheduled`` and ``started``), so a re-published event is
     recognised as the same event by every consumer and by the stream's
     de-duplication, and an invocation has at most one terminal event.
+
+    Version 2 (additive): sandbox events (``sandbox.*`` types, published with
+    ``v=2`` so that version-1 readers reject them cleanly) carry ``sandbox_id``
+    and leave ``invocation_id`` empty; their ``id`` is
+    ``<sandbox id>.<type>.<n>``, unique per billed period. ``cpu_ms`` and
+    ``egress_bytes`` are optional measurements any event may carry.
     """
 
+    max_version: ClassVar[int] = LIFECYCLE_EVENT_VERSION
     id: str
     type: EventType
-    invocation_id: str
+    invocation_id: str = ""  # empty on sandbox events
     tenant: Name
     function: Name
     tier: Tier | None = None
@@ -241,6 +259,10 @@ class LifecycleEvent(Message):
     peak_memory_bytes: int | None = None
     memory_limit_mb: int | None = None
     error: InvocationError | None = None
+    sandbox_id: str | None = None
+    seconds: float | None = Field(None, ge=0, description="sandbox running time billed by this event")
+    cpu_ms: float | None = Field(None, ge=0, description="CPU time used, when the tier measures it")
+    egress_bytes: int | None = Field(None, ge=0, description="bytes sent out, when the tier measures it")
 
     @classmethod
     def for_record(
@@ -283,7 +305,14 @@ class WorkerHeartbeat(Message):
 
 
 class AuditRecord(Message):
-    """One entry of the audit log."""
+    """One entry of the audit log.
+
+    In the chained log (``SB_AUDIT``) ``tenant`` is the tenant's pseudonym
+    (see :mod:`soulbox.events.tenantkeys`), ``origin`` names what the record
+    was made from (``evt.<event id>``, ``api.<record id>``) and ``prev_hash``
+    / ``hash`` link it into the SHA-256 chain (:mod:`soulbox.events.chain`).
+    Records on the intake stream carry the real tenant and no hashes.
+    """
 
     id: str
     kind: Literal["api", "event"]
@@ -295,10 +324,17 @@ class AuditRecord(Message):
     result: str | None = None
     source: str | None = None
     detail: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
+    origin: str | None = None
+    prev_hash: str | None = None
+    hash: str | None = None
 
 
 class UsageEntry(Message):
-    """One billed invocation, keyed by invocation id in the billing bucket."""
+    """One billed unit (an invocation, a sandbox period), keyed by its id in the billing bucket.
+
+    ``kind`` names the meter that made it (``invocation``, ``sandbox``); the
+    quantities a meter does not measure stay zero.
+    """
 
     invocation_id: str
     tenant: Name
@@ -309,6 +345,11 @@ class UsageEntry(Message):
     billable_ms: int
     memory_mb: int
     gb_seconds: float
+    kind: str = "invocation"
+    invocations: int = 1
+    cpu_seconds: float = 0.0
+    sandbox_seconds: float = 0.0
+    egress_bytes: int = 0
 
 
 class TunnelFrameKind(StrEnum):
@@ -490,3 +531,12 @@ class FunctionAlias(Message):
     targets: list[AliasTarget] = Field(min_length=1, max_length=10)
     previous: list[AliasTarget] | None = None
     updated_at: datetime = Field(default_factory=utcnow)
+
+
+class AuditExportState(Message):
+    """How far the audit log is exported: kept in the audit state bucket, updated by compare-and-set."""
+
+    segments: int = 0
+    last_seq: int = 0
+    last_hash: str = "0" * 64
+    at: datetime = Field(default_factory=utcnow)

@@ -102,7 +102,42 @@ class EventsSettings(BaseModel):
     batch: int = Field(512, ge=1)
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9470
-    billing_price_per_gb_s: float = 0.0000166667
+
+
+class S3Settings(BaseModel):
+    """An S3-compatible object store for usage and audit exports; no bucket: no exports."""
+
+    bucket: str | None = None
+    prefix: str = Field("soulbox/", description="prepended to every exported key")
+    endpoint_url: str | None = Field(None, description="e.g. http://minio:9000; default: AWS")
+    region: str = "us-east-1"
+    access_key_id: SecretStr | None = None
+    secret_access_key: SecretStr | None = None
+
+
+class PriceList(BaseModel):
+    """What one unit of each metered quantity costs (any currency, consistently)."""
+
+    per_gb_second: float = Field(0.0000166667, ge=0)
+    per_invocation: float = Field(0.0000002, ge=0)
+    per_sandbox_second: float = Field(0.000014, ge=0)
+    per_cpu_second: float = Field(0.0, ge=0)
+    per_egress_gb: float = Field(0.09, ge=0)
+
+
+class BillingSettings(BaseModel):
+    prices: PriceList = PriceList()
+    export_interval_s: float = Field(0.0, ge=0, description="periodic usage export to S3 (0: off)")
+    export_granularity: str = Field("hour", pattern="^(hour|day)$", description="bucket size of exported reports")
+
+
+class AuditSettings(BaseModel):
+    segment_records: int = Field(10_000, ge=1, description="seal an export segment at this many records")
+    segment_seconds: float = Field(300.0, gt=0, description="... or when its oldest record is this old")
+    export_interval_s: float = Field(0.0, ge=0, description="how often to look for a segment to export (0: off)")
+    max_age_s: float = Field(
+        0.0, ge=0, description="drop records older than this from the stream, once exported (0: keep all)"
+    )
 
 
 class JsSettings(BaseModel):
@@ -210,6 +245,9 @@ class Settings(BaseSettings):
     scheduler: SchedulerSettings = SchedulerSettings()
     worker: WorkerSettings = WorkerSettings()
     events: EventsSettings = EventsSettings()
+    billing: BillingSettings = BillingSettings()
+    audit: AuditSettings = AuditSettings()
+    s3: S3Settings = S3Settings()
     js: JsSettings = JsSettings()
     linux: LinuxSettings = LinuxSettings()
     sandboxes: SandboxSettings = SandboxSettings()

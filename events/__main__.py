@@ -1,10 +1,10 @@
-"""``python -m soulbox.events billing|audit|metrics``."""
+"""``python -m soulbox.events billing|audit|metrics|export-usage|export-audit|verify-audit``."""
 
 from __future__ import annotations
 
 import sys
 
-from .service import main
+from .cli import main
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1] if len(sys.argv) == 2 else ""))
+    sys.exit(main(sys.argv[1:]))

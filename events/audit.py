@@ -1,11 +1,17 @@
-"""The audit log: every lifecycle event and every API call, per tenant, in order.
+"""The audit log: every lifecycle event and every API call, per tenant, hash-chained.
 
-Records are ``AuditRecord`` messages on the ``SB_AUDIT`` stream (append only:
-the stream denies deletes and purges). A record's position in the log is its
-stream sequence, which is also the paging cursor of ``read_audit``.
-Re-recording is harmless: each publish carries a ``Nats-Msg-Id`` derived from
-the record's origin (``evt.<event id>``, ``api.<record id>``), so the stream
-drops copies that arrive within its de-duplication window.
+Two inputs, one writer:
+
+    SB_EVENTS ──(durable "audit")──> AuditRecorder ──┐
+                                                      ├──> AuditLog.append ──> SB_AUDIT (chained)
+    SB_AUDIT_INTAKE ─(durable "audit")─> IntakeRecorder ┘
+
+The gateway never writes the log itself: ``record_api_call`` puts the record
+on the intake stream, and the audit consumer appends it to the chain (see
+:mod:`.auditlog` for how two audit consumers stay correct, :mod:`.chain` for
+the hashes, :mod:`.tenantkeys` for why records name tenants by pseudonym).
+A record's position in the log is its stream sequence, which is also the
+paging cursor of ``read_audit``.
 """
 
 from __future__ import annotations
@@ -14,17 +20,18 @@ import asyncio
 import uuid
 from typing import Final
 
-from nats.errors import Error as NatsError
-from nats.js import JetStreamContext, api
+from nats.js import JetStreamContext
 from nats.js.api import PubAck
 
 from soulbox.core import names
 from soulbox.core.codec import decode, encode
 from soulbox.core.errors import InvalidRequest, SchemaError
 from soulbox.core.logging import get_logger
-from soulbox.core.names import audit_api_subject, audit_event_subject, audit_tenant_filter
 from soulbox.core.schemas import AuditRecord, LifecycleEvent
-from soulbox.core.store import settle
+
+from .auditlog import AuditLog
+from .streamread import read_stream
+from .tenantkeys import TenantKeys
 
 log = get_logger(__name__)
 
@@ -33,68 +40,76 @@ MAX_PAGE: Final = 1000
 
 
 def event_record(event: LifecycleEvent) -> AuditRecord:
-    """The audit record of one lifecycle event."""
-    detail: dict[str, str | int | float | bool | None] = {
-        "invocation_id": event.invocation_id,
-        "function": event.function,
-        "attempt": event.attempt,
+    """The audit record of one lifecycle event (tenant still in the clear)."""
+    detail: dict[str, str | int | float | bool | None] = {"function": event.function, "attempt": event.attempt}
+    if event.invocation_id:
+        detail["invocation_id"] = event.invocation_id
+    optional: dict[str, str | int | float | None] = {
+        "tier": event.tier.value if event.tier is not None else None,
+        "worker": event.worker,
+        "duration_ms": event.duration_ms,
+        "peak_memory_bytes": event.peak_memory_bytes,
+        "memory_limit_mb": event.memory_limit_mb,
+        "sandbox_id": event.sandbox_id,
+        "seconds": event.seconds,
+        "cpu_ms": event.cpu_ms,
+        "egress_bytes": event.egress_bytes,
     }
-    if event.tier is not None:
-        detail["tier"] = event.tier.value
-    if event.worker is not None:
-        detail["worker"] = event.worker
-    if event.duration_ms is not None:
-        detail["duration_ms"] = event.duration_ms
-    if event.peak_memory_bytes is not None:
-        detail["peak_memory_bytes"] = event.peak_memory_bytes
-    if event.memory_limit_mb is not None:
-        detail["memory_limit_mb"] = event.memory_limit_mb
+    detail.update({k: v for k, v in optional.items() if v is not None})
     if event.error is not None:
         detail["error_kind"] = event.error.kind
         detail["error_message"] = event.error.message
+    resource = (
+        f"sandboxes/{event.sandbox_id}"
+        if event.sandbox_id
+        else f"functions/{event.function}/invocations/{event.invocation_id}"
+    )
     return AuditRecord(
         id=event.id,
         kind="event",
         at=event.at,
         tenant=event.tenant,
         action=event.type.value,
-        resource=f"functions/{event.function}/invocations/{event.invocation_id}",
+        resource=resource,
         result=event.outcome.value if event.outcome is not None else None,
         source="events",
         detail=detail,
+        origin=f"evt.{event.id}",
     )
 
 
 class AuditRecorder:
-    """Publishes every lifecycle event, of every type, to the audit log."""
+    """Appends every lifecycle event, of every type, to the chained log."""
 
-    def __init__(self, js: JetStreamContext, *, ack_timeout: float = 5.0) -> None:
-        self._js = js
-        self._ack_timeout = ack_timeout
+    def __init__(self, log_: AuditLog) -> None:
+        self._log = log_
 
     async def record(self, events: list[LifecycleEvent]) -> None:
-        futures = [
-            await self._js.publish_async(
-                audit_event_subject(event.tenant),
-                encode(event_record(event)),
-                headers={"Nats-Msg-Id": f"evt.{event.id}"},
-            )
-            for event in events
-        ]
-        await settle(futures, timeout=self._ack_timeout)
+        await self._log.append([event_record(event) for event in events])
+
+
+class IntakeRecorder:
+    """Appends the API-call records waiting on the intake stream to the chained log."""
+
+    def __init__(self, log_: AuditLog) -> None:
+        self._log = log_
+
+    async def record(self, records: list[AuditRecord]) -> None:
+        await self._log.append(records)
 
 
 async def record_api_call(js: JetStreamContext, record: AuditRecord) -> asyncio.Future[PubAck]:
-    """Append an API call to the audit log; await the returned future to be sure it is stored.
+    """Queue an API call for the audit log; await the returned future to be sure it is stored.
 
-    Published on ``sb.audit.<tenant>.api`` (``_`` when the record has no valid
-    tenant) with ``Nats-Msg-Id = api.<record.id>``. Like every
-    ``publish_async`` future, it has no deadline of its own: bound the wait.
+    Published on the intake stream with ``Nats-Msg-Id = api.<record.id>``
+    (the same call sent twice is kept once); the audit consumer chains it.
+    Like every ``publish_async`` future, it has no deadline of its own.
     """
+    origin = f"api.{record.id}"
     return await js.publish_async(
-        audit_api_subject(record.tenant),
-        encode(record),
-        headers={"Nats-Msg-Id": f"api.{record.id}"},
+        names.AUDIT_INTAKE_API_SUBJECT,
+        encode(record.model_copy(update={"origin": origin})),
+        headers={"Nats-Msg-Id": origin},
     )
 
 
@@ -105,6 +120,7 @@ def new_record_id() -> str:
 
 async def read_audit(
     js: JetStreamContext,
+    keys: TenantKeys,
     tenant: str,
     *,
     after_seq: int = 0,
@@ -116,42 +132,28 @@ async def read_audit(
     Returns ``(records, next_seq)`` where ``records`` pairs each record with its
     stream sequence, oldest first, and ``next_seq`` is the ``after_seq`` to
     pass for the following page (``after_seq`` itself when nothing was new).
-    Returns as soon as the records that exist are read. ``tenant`` ``_``
-    reads the records without a tenant. Records that cannot be decoded are
-    logged and skipped (their sequence still advances the cursor).
+    ``tenant`` ``_`` reads the records without a tenant; a tenant that was
+    never recorded (or was erased) has none. Records name the tenant by its
+    pseudonym. Undecodable records are logged and skipped.
     """
     if not 1 <= limit <= MAX_PAGE:
         raise InvalidRequest(f"limit must be between 1 and {MAX_PAGE}")
     if after_seq < 0:
         raise InvalidRequest("after_seq must not be negative")
-    name = f"audit-read-{uuid.uuid4().hex}"
-    info = await js.add_consumer(
-        names.AUDIT_STREAM,
-        api.ConsumerConfig(
-            name=name,
-            filter_subject=audit_tenant_filter(tenant),
-            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
-            opt_start_seq=after_seq + 1,
-            ack_policy=api.AckPolicy.NONE,
-            inactive_threshold=30.0,
-            mem_storage=True,
-            num_replicas=1,
-        ),
-    )
-    try:
-        wanted = min(limit, info.num_pending or 0)
-        if wanted == 0:
-            return [], after_seq
-        sub = await js.pull_subscribe_bind(consumer=name, stream=names.AUDIT_STREAM)
-        try:
-            msgs = await sub.fetch(wanted, timeout=timeout)
-        finally:
-            await sub.unsubscribe()
-    finally:
-        await _delete_consumer(js, name)
+    names.audit_tenant_filter(tenant)  # validates the name
+    token = await keys.lookup(tenant)
+    if token is None:
+        return [], after_seq
     page: list[tuple[int, AuditRecord]] = []
     next_seq = after_seq
-    for msg in msgs:
+    async for msg in read_stream(
+        js,
+        names.AUDIT_STREAM,
+        start_seq=after_seq + 1,
+        subject=names.audit_tenant_filter(token),
+        limit=limit,
+        timeout=timeout,
+    ):
         seq = msg.metadata.sequence.stream
         next_seq = max(next_seq, seq)
         try:
@@ -159,11 +161,3 @@ async def read_audit(
         except SchemaError as exc:
             log.warning("audit.undecodable", seq=seq, subject=msg.subject, error=exc.message)
     return page, next_seq
-
-
-async def _delete_consumer(js: JetStreamContext, name: str) -> None:
-    """Best effort: the consumer also expires on its own after its inactive threshold."""
-    try:
-        await js.delete_consumer(names.AUDIT_STREAM, name)
-    except NatsError as exc:
-        log.debug("audit.reader_cleanup_failed", consumer=name, error=repr(exc))

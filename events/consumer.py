@@ -17,17 +17,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter
-from typing import Final, Protocol, runtime_checkable
+from typing import Final, Generic, Protocol, TypeVar, runtime_checkable
 
+from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
-from nats.js import JetStreamContext
 
 from soulbox.core import names
 from soulbox.core.codec import decode
 from soulbox.core.errors import SchemaError
 from soulbox.core.logging import get_logger
-from soulbox.core.schemas import LifecycleEvent
+from soulbox.core.schemas import LifecycleEvent, Message
+
+from .fetch import BatchFetcher
 
 log = get_logger(__name__)
 
@@ -35,9 +37,13 @@ MAX_RETRY_DELAY_S: Final = 30.0
 """The longest a failed batch waits for its redelivery."""
 
 
+M = TypeVar("M", bound=Message)
+R = TypeVar("R", bound=Message)
+
+
 @runtime_checkable
-class Recorder(Protocol):
-    """A sink for lifecycle events; what every recorder must provide.
+class BatchRecorder(Protocol[R]):
+    """A sink for lifecycle events (or other messages); what every recorder must provide.
 
     - **Idempotent on redelivery.** Delivery is at-least-once: the same event
       (same ``event.id``) may arrive again, in the same batch, in a later one,
@@ -56,11 +62,19 @@ class Recorder(Protocol):
       ack wait (30 s); batch and pipeline work, never one round trip per event.
     """
 
-    async def record(self, events: list[LifecycleEvent]) -> None: ...
+    async def record(self, events: list[R], /) -> None: ...
 
 
-class EventConsumer:
+@runtime_checkable
+class Recorder(BatchRecorder[LifecycleEvent], Protocol):
+    """A recorder of lifecycle events."""
+
+
+class EventConsumer(Generic[M]):
     """Runs ``recorder`` over the durable ``durable`` until ``stop`` is set.
+
+    ``model`` is what the stream's messages decode to (lifecycle events by
+    default; the audit intake stream holds ``AuditRecord`` messages).
 
     ``batch`` bounds the events held in memory, ``fetch_timeout`` how long one
     idle fetch waits (and so how quickly ``stop`` is noticed), ``retry_delay``
@@ -71,11 +85,12 @@ class EventConsumer:
 
     def __init__(
         self,
-        js: JetStreamContext,
-        recorder: Recorder,
+        nc: NATS,
+        recorder: BatchRecorder[M],
         *,
         durable: str,
         batch: int,
+        model: type[M] = LifecycleEvent,  # type: ignore[assignment]
         stream: str = names.EVENTS_STREAM,
         fetch_timeout: float = 0.5,
         retry_delay: float = 1.0,
@@ -83,37 +98,37 @@ class EventConsumer:
     ) -> None:
         if batch < 1:
             raise ValueError("batch must be at least 1")
-        self._js = js
+        self._nc = nc
         self._recorder = recorder
+        self._model = model
         self._durable = durable
         self._stream = stream
         self._batch = batch
         self._fetch_timeout = fetch_timeout
         self._retry_delay = retry_delay
         self._error_backoff = error_backoff
-        self._log = log.bind(consumer=durable)
+        self._log = log.bind(consumer=durable, stream=stream)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set; the batch in hand is always settled first."""
-        sub = await self._js.pull_subscribe_bind(consumer=self._durable, stream=self._stream)
+        fetcher = BatchFetcher(self._nc, stream=self._stream, durable=self._durable)
+        await fetcher.start()
         self._log.info("events.consumer.started", batch=self._batch)
         try:
             while not stop.is_set():
-                msgs = await self._fetch(sub, stop)
+                msgs = await self._fetch(fetcher, stop)
                 if msgs:
                     await self._settle(msgs)
         finally:
             try:
-                await sub.unsubscribe()
+                await fetcher.stop()
             except NatsError as exc:  # the connection may already be closing
                 self._log.debug("events.consumer.unsubscribe_failed", error=str(exc))
             self._log.info("events.consumer.stopped")
 
-    async def _fetch(self, sub: JetStreamContext.PullSubscription, stop: asyncio.Event) -> list[Msg]:
+    async def _fetch(self, fetcher: BatchFetcher, stop: asyncio.Event) -> list[Msg]:
         try:
-            return await sub.fetch(self._batch, timeout=self._fetch_timeout)
-        except TimeoutError:  # nothing to do (nats' TimeoutError subclasses it)
-            return []
+            return await fetcher.fetch(self._batch, timeout=self._fetch_timeout)
         except (NatsError, OSError) as exc:  # disconnected, reconnecting, consumer gone...
             self._log.warning("events.fetch_failed", error=repr(exc))
             with contextlib.suppress(TimeoutError):
@@ -121,11 +136,11 @@ class EventConsumer:
             return []
 
     async def _settle(self, msgs: list[Msg]) -> None:
-        events: list[LifecycleEvent] = []
+        events: list[M] = []
         accepted: list[Msg] = []
         for msg in msgs:
             try:
-                events.append(decode(LifecycleEvent, msg.data))
+                events.append(decode(self._model, msg.data))
             except SchemaError as exc:
                 self._log.warning(
                     "events.undecodable",
@@ -138,7 +153,7 @@ class EventConsumer:
                 accepted.append(msg)
         if not events:
             return
-        self._log.debug("events.batch", count=len(events), kinds=dict(Counter(e.type.value for e in events)))
+        self._log.debug("events.batch", count=len(events), kinds=dict(Counter(_kind(e) for e in events)))
         try:
             await self._recorder.record(events)
         except Exception as exc:  # any failure: the whole batch comes back later
@@ -146,6 +161,10 @@ class EventConsumer:
             await _reply_all(accepted, retry_delay=self._retry_delay)
         else:
             await _reply_all(accepted)
+
+
+def _kind(message: Message) -> str:
+    return message.type.value if isinstance(message, LifecycleEvent) else type(message).__name__
 
 
 async def _reply_all(msgs: list[Msg], *, retry_delay: float | None = None) -> None:

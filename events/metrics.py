@@ -62,6 +62,9 @@ class RecentIds:
             self._ids.popitem(last=False)
         return True
 
+    def __contains__(self, id_: object) -> bool:
+        return id_ in self._ids
+
     def __len__(self) -> int:
         return len(self._ids)
 

@@ -1,30 +1,44 @@
 """The events process: one consumer kind (billing, audit or metrics) per process.
 
-``main(kind)`` builds the settings once, connects, declares the topology and
-runs the matching recorder through the consumer loop until SIGTERM/SIGINT;
-then it settles the batch in hand, drains the connection and returns 0.
-The metrics kind also serves ``/metrics`` and polls the scheduler backlog.
+``run(kind)`` connects, declares the topology and runs the matching recorder
+through the consumer loop until ``stop`` is set; then it settles the batch in
+hand and drains the connection. Besides consuming:
+
+- billing exports usage reports to S3 every ``billing.export_interval_s``;
+- audit also chains the API-call intake, exports sealed segments and applies
+  retention every ``audit.export_interval_s``;
+- metrics serves ``/metrics`` and polls the scheduler backlog.
 """
 
 from __future__ import annotations
 
 import asyncio
-import signal
-import sys
+import contextlib
+from collections.abc import Awaitable, Callable
 from typing import Literal, TypeGuard, get_args
 
+from nats.aio.client import Client as NATS
+from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 
-from soulbox.core.bus import connect, ensure_topology
+from soulbox.core import names
+from soulbox.core.bus import Buckets, connect, ensure_topology
 from soulbox.core.errors import SoulboxError
-from soulbox.core.logging import configure_logging, get_logger
+from soulbox.core.logging import get_logger
+from soulbox.core.schemas import AuditRecord
 from soulbox.core.settings import Settings
 
-from .audit import AuditRecorder
+from .audit import AuditRecorder, IntakeRecorder
+from .auditexport import apply_retention, export_segment
+from .auditlog import AuditLog
 from .billing import BillingRecorder
-from .consumer import EventConsumer, Recorder
+from .consumer import EventConsumer
 from .metrics import MetricsRecorder
 from .metrics_server import MetricsServer
+from .s3 import ExportStore
+from .tenantkeys import TenantKeys
+from .usage import Granularity
+from .usageexport import export_recent
 
 Kind = Literal["billing", "audit", "metrics"]
 KINDS: tuple[Kind, ...] = get_args(Kind)
@@ -36,13 +50,78 @@ def is_kind(value: str) -> TypeGuard[Kind]:
     return value in KINDS
 
 
-def build_recorder(kind: Kind, settings: Settings, js: JetStreamContext) -> Recorder:
-    """The recorder for ``kind``; its durable consumer has the same name."""
-    if kind == "billing":
-        return BillingRecorder(js, default_memory_mb=settings.functions.memory_mb)
-    if kind == "audit":
-        return AuditRecorder(js)
-    return MetricsRecorder()
+async def every(interval: float, stop: asyncio.Event, job: Callable[[], Awaitable[object]], *, name: str) -> None:
+    """Run ``job`` every ``interval`` seconds until ``stop``; a failed run is logged and retried next time."""
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval)
+        if stop.is_set():
+            return
+        try:
+            await job()
+        except (SoulboxError, NatsError, OSError) as exc:
+            log.warning(f"{name}.failed", error=repr(exc))
+
+
+async def _billing(settings: Settings, nc: NATS, js: JetStreamContext, buckets: Buckets, stop: asyncio.Event) -> None:
+    recorder = BillingRecorder(js, default_memory_mb=settings.functions.memory_mb)
+    consumer = EventConsumer(nc, recorder, durable="billing", batch=settings.events.batch)
+    interval = settings.billing.export_interval_s
+    if interval <= 0 or not settings.s3.bucket:
+        await consumer.run(stop)
+        return
+    store = ExportStore(settings.s3)
+    granularity: Granularity = "day" if settings.billing.export_granularity == "day" else "hour"
+
+    async def export() -> None:
+        await export_recent(buckets.billing, store, prices=settings.billing.prices, granularity=granularity)
+
+    async with asyncio.TaskGroup() as tasks:
+        tasks.create_task(consumer.run(stop))
+        tasks.create_task(every(interval, stop, export, name="billing.export"))
+
+
+async def _audit(settings: Settings, nc: NATS, js: JetStreamContext, buckets: Buckets, stop: asyncio.Event) -> None:
+    audit_log = AuditLog(nc, js, TenantKeys(buckets.tenant_keys), export_state=buckets.audit_state)
+    await audit_log.load()
+    batch = settings.events.batch
+    events = EventConsumer(nc, AuditRecorder(audit_log), durable=names.AUDIT_CONSUMER, batch=batch)
+    intake = EventConsumer(
+        nc,
+        IntakeRecorder(audit_log),
+        durable=names.AUDIT_CONSUMER,
+        batch=batch,
+        model=AuditRecord,
+        stream=names.AUDIT_INTAKE_STREAM,
+    )
+    a = settings.audit
+    try:
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(events.run(stop))
+            tasks.create_task(intake.run(stop))
+            if a.export_interval_s > 0 and settings.s3.bucket:
+                store = ExportStore(settings.s3)
+
+                async def export() -> None:
+                    while await export_segment(
+                        js, buckets.audit_state, store, max_records=a.segment_records, max_age_s=a.segment_seconds
+                    ):
+                        pass
+                    if a.max_age_s > 0:
+                        await apply_retention(js, buckets.audit_state, max_age_s=a.max_age_s)
+
+                tasks.create_task(every(a.export_interval_s, stop, export, name="audit.export"))
+    finally:
+        await audit_log.close()
+
+
+async def _metrics(settings: Settings, nc: NATS, js: JetStreamContext, stop: asyncio.Event) -> None:
+    recorder = MetricsRecorder()
+    consumer = EventConsumer(nc, recorder, durable="metrics", batch=settings.events.batch)
+    server = MetricsServer(recorder.registry, host=settings.events.metrics_host, port=settings.events.metrics_port)
+    async with server, asyncio.TaskGroup() as tasks:
+        tasks.create_task(consumer.run(stop))
+        tasks.create_task(recorder.watch_queue_depth(js, stop))
 
 
 async def run(kind: Kind, settings: Settings, stop: asyncio.Event) -> None:
@@ -50,45 +129,12 @@ async def run(kind: Kind, settings: Settings, stop: asyncio.Event) -> None:
     nc = await connect(settings, name=f"soulbox-events-{kind}")
     try:
         js = nc.jetstream()
-        await ensure_topology(js, settings)
-        recorder = build_recorder(kind, settings, js)
-        consumer = EventConsumer(js, recorder, durable=kind, batch=settings.events.batch)
-        if isinstance(recorder, MetricsRecorder):
-            server = MetricsServer(
-                recorder.registry, host=settings.events.metrics_host, port=settings.events.metrics_port
-            )
-            async with server, asyncio.TaskGroup() as tasks:
-                tasks.create_task(consumer.run(stop))
-                tasks.create_task(recorder.watch_queue_depth(js, stop))
+        buckets = await ensure_topology(js, settings)
+        if kind == "billing":
+            await _billing(settings, nc, js, buckets, stop)
+        elif kind == "audit":
+            await _audit(settings, nc, js, buckets, stop)
         else:
-            await consumer.run(stop)
+            await _metrics(settings, nc, js, stop)
     finally:
         await nc.drain()  # flushes the last acks and publishes, then closes
-
-
-async def _run_until_signalled(kind: Kind, settings: Settings) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    try:
-        await run(kind, settings, stop)
-    finally:
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(signum)
-
-
-def main(kind: str) -> int:
-    """Run one events consumer process; the exit status (0 after a clean stop)."""
-    if not is_kind(kind):
-        print(f"usage: python -m soulbox.events {{{'|'.join(KINDS)}}}", file=sys.stderr)
-        return 2
-    settings = Settings()
-    configure_logging(settings.log_level, settings.log_format, component=f"events.{kind}")
-    try:
-        asyncio.run(_run_until_signalled(kind, settings))
-    except SoulboxError as exc:
-        log.error("events.failed", error=exc.message, code=exc.code)
-        return 1
-    log.info("events.exited")
-    return 0

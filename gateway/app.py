@@ -16,7 +16,7 @@ from soulbox.core.settings import Settings
 from soulbox.core.tunnel import TunnelClient
 from soulbox.triggers.catalog import TriggerCatalog
 
-from . import aliases, deadletters, functions, hooks, invocations, reports, triggers
+from . import aliases, deadletters, functions, hooks, invocations, reports, tenants, triggers
 from .errors import EXCEPTION_HANDLERS, error_response
 from .middleware import RequestTrail
 from .openapi import openapi_document
@@ -57,6 +57,9 @@ def routes() -> list[BaseRoute]:
         Route("/v1/invocations/{invocation_id}", invocations.get_invocation, methods=["GET"], name="get_invocation"),
         Route("/v1/usage", reports.get_usage, methods=["GET"]),
         Route("/v1/audit", reports.get_audit, methods=["GET"]),
+        Route("/v1/audit/verify", reports.verify_audit, methods=["GET"]),
+        Route("/v1/tenants/{tenant}/export", tenants.export_tenant, methods=["GET"]),
+        Route("/v1/tenants/{tenant}/data", tenants.delete_tenant_data, methods=["DELETE"]),
         Route("/v1/triggers", triggers.create_trigger, methods=["POST"]),
         Route("/v1/triggers", triggers.list_triggers, methods=["GET"]),
         Route("/v1/triggers/{trigger_id}", triggers.get_trigger, methods=["GET"]),

@@ -1,4 +1,4 @@
-"""``/v1/usage`` and ``/v1/audit``: what billing and audit recorded for the tenant."""
+"""``/v1/usage``, ``/v1/audit`` and ``/v1/audit/verify``: what billing and audit recorded."""
 
 from __future__ import annotations
 
@@ -10,21 +10,25 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from soulbox.core.errors import InvalidRequest
-from soulbox.events import Granularity, read_audit, usage
+from soulbox.core.schemas import checked_name
+from soulbox.events import ExportStore, Granularity, TenantKeys, read_audit, usage, verify_log
+from soulbox.events.auditexport import anchor_for
 
 from .platform import platform
 
 _DATETIME: TypeAdapter[datetime] = TypeAdapter(datetime)
 
 
-def _datetime(request: Request, name: str) -> datetime | None:
-    raw = request.query_params.get(name)
-    if raw is None or raw == "":
-        return None
-    try:
-        return _DATETIME.validate_python(raw)
-    except ValidationError:
-        raise InvalidRequest(f"{name} must be an ISO 8601 date or date-time, got {raw!r}") from None
+def _datetime(request: Request, *names: str) -> datetime | None:
+    for name in names:
+        raw = request.query_params.get(name)
+        if raw is None or raw == "":
+            continue
+        try:
+            return _DATETIME.validate_python(raw)
+        except ValidationError:
+            raise InvalidRequest(f"{name} must be an ISO 8601 date or date-time, got {raw!r}") from None
+    return None
 
 
 def _int(request: Request, name: str, default: int, *, low: int, high: int) -> int:
@@ -40,7 +44,14 @@ def _int(request: Request, name: str, default: int, *, low: int, high: int) -> i
     return value
 
 
+def tenant_of(request: Request) -> str:
+    """``?tenant=`` when given (an operator's view), else the gateway's tenant."""
+    raw = request.query_params.get("tenant") or platform(request).settings.tenant
+    return checked_name(raw, what="tenant")
+
+
 async def get_usage(request: Request) -> Response:
+    """Usage of ``tenant`` in ``[from, to)`` (``since``/``until`` also accepted), per hour or day, with cost."""
     p = platform(request)
     raw = request.query_params.get("granularity", "day")
     granularities = get_args(Granularity)
@@ -49,10 +60,10 @@ async def get_usage(request: Request) -> Response:
     granularity: Granularity | None = None if raw == "none" else raw  # type: ignore[assignment]
     report = await usage(
         p.buckets.billing,
-        p.settings.tenant,
-        price_per_gb_s=p.settings.events.billing_price_per_gb_s,
-        since=_datetime(request, "since"),
-        until=_datetime(request, "until"),
+        tenant_of(request),
+        prices=p.settings.billing.prices,
+        since=_datetime(request, "from", "since"),
+        until=_datetime(request, "to", "until"),
         function=request.query_params.get("function") or None,
         granularity=granularity,
     )
@@ -63,6 +74,7 @@ async def get_audit(request: Request) -> Response:
     p = platform(request)
     records, next_seq = await read_audit(
         p.js,
+        TenantKeys(p.buckets.tenant_keys),
         p.settings.tenant,
         after_seq=_int(request, "after", 0, low=0, high=2**63),
         limit=_int(request, "limit", 100, low=1, high=1000),
@@ -73,3 +85,11 @@ async def get_audit(request: Request) -> Response:
             "next": next_seq,
         }
     )
+
+
+async def verify_audit(request: Request) -> Response:
+    """Verify the whole chain on the stream; ``ok`` false names the first bad record."""
+    p = platform(request)
+    store = ExportStore(p.settings.s3) if p.settings.s3.bucket else None
+    verdict = await verify_log(p.js, anchor=await anchor_for(store, p.js))
+    return JSONResponse(verdict.model_dump(mode="json"))

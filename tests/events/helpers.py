@@ -85,7 +85,7 @@ async def consuming(
     js: JetStreamContext, recorder: Recorder, durable: str, *, batch: int = 64, retry_delay: float = 0.2
 ) -> AsyncIterator[EventConsumer]:
     """The real consumer loop running ``recorder`` in the background; stopped on exit."""
-    consumer = EventConsumer(js, recorder, durable=durable, batch=batch, fetch_timeout=0.2, retry_delay=retry_delay)
+    consumer = EventConsumer(js._nc, recorder, durable=durable, batch=batch, fetch_timeout=0.2, retry_delay=retry_delay)
     stop = asyncio.Event()
     task = asyncio.create_task(consumer.run(stop))
     try:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -10,14 +13,15 @@ from nats.js import JetStreamContext
 from soulbox.core import names
 from soulbox.core.bus import Buckets
 from soulbox.core.errors import InvalidRequest
-from soulbox.core.schemas import EventType, Outcome, Tier, UsageEntry
-from soulbox.core.settings import Settings
+from soulbox.core.schemas import EventType, LifecycleEvent, Outcome, Tier, UsageEntry
+from soulbox.core.settings import PriceList, Settings
 from soulbox.core.store import get_model, scan
-from soulbox.events import BillingRecorder, usage
+from soulbox.events import BillingRecorder, ExportStore, export_usage, parse_period, usage
 
 from .helpers import AT, Spy, consuming, event, eventually, life, publish, settled
 
-PRICE = 0.0000166667
+PRICES = PriceList(per_gb_second=0.0000166667, per_invocation=0.0, per_egress_gb=0.0)
+PRICE = PRICES.per_gb_second
 
 
 def billing(js: JetStreamContext, settings: Settings) -> BillingRecorder:
@@ -67,7 +71,7 @@ async def test_redelivered_event_bills_once(js: JetStreamContext, buckets: Bucke
         await eventually(lambda: settled(js, "billing"))
     assert spy.events == [done, done]
     assert list(await entries(buckets)) == ["acme.resize.inv-1"]
-    report = await usage(buckets.billing, "acme", price_per_gb_s=PRICE)
+    report = await usage(buckets.billing, "acme", prices=PRICES)
     assert report.total.invocations == 1
     assert report.total.billable_ms == 100
     assert report.total.gb_seconds == pytest.approx(0.1)
@@ -107,7 +111,7 @@ async def test_usage_aggregates_per_function_and_time_bucket(
     resize_gbs = 1024 / 1024 * 1.0 + 128 / 1024 * 0.5
     thumb_gbs = 512 / 1024 * 2.0
 
-    report = await usage(buckets.billing, "acme", price_per_gb_s=PRICE)
+    report = await usage(buckets.billing, "acme", prices=PRICES)
     assert report.total.invocations == 3
     assert report.total.billable_ms == 3500
     assert report.total.gb_seconds == pytest.approx(resize_gbs + thumb_gbs)
@@ -123,7 +127,7 @@ async def test_usage_aggregates_per_function_and_time_bucket(
     ]
     assert [f.function for f in report.buckets[1].functions] == ["thumb"]
 
-    hourly = await usage(buckets.billing, "acme", price_per_gb_s=PRICE, granularity="hour")
+    hourly = await usage(buckets.billing, "acme", prices=PRICES, granularity="hour")
     assert [(b.start, b.billable_ms) for b in hourly.buckets] == [
         (datetime(2025, 3, 1, 10, tzinfo=UTC), 1000),
         (datetime(2025, 3, 1, 11, tzinfo=UTC), 500),
@@ -133,20 +137,20 @@ async def test_usage_aggregates_per_function_and_time_bucket(
     window = await usage(
         buckets.billing,
         "acme",
-        price_per_gb_s=PRICE,
+        prices=PRICES,
         since=datetime(2025, 3, 1, 11, tzinfo=UTC),
         until=day2,  # exclusive
         granularity=None,
     )
     assert (window.total.invocations, window.total.billable_ms, window.buckets) == (1, 500, [])
 
-    one = await usage(buckets.billing, "acme", price_per_gb_s=PRICE, function="thumb")
+    one = await usage(buckets.billing, "acme", prices=PRICES, function="thumb")
     assert (one.total.invocations, [f.function for f in one.functions]) == (1, ["thumb"])
 
-    other = await usage(buckets.billing, "other", price_per_gb_s=PRICE)
+    other = await usage(buckets.billing, "other", prices=PRICES)
     assert (other.total.invocations, other.total.billable_ms) == (1, 9999)
 
-    empty = await usage(buckets.billing, "nobody", price_per_gb_s=PRICE)
+    empty = await usage(buckets.billing, "nobody", prices=PRICES)
     assert (empty.total.invocations, empty.functions, empty.buckets) == (0, [], [])
 
     as_json = report.model_dump(mode="json")
@@ -156,9 +160,9 @@ async def test_usage_aggregates_per_function_and_time_bucket(
 
 async def test_usage_rejects_names_that_are_not_names(buckets: Buckets) -> None:
     with pytest.raises(InvalidRequest):
-        await usage(buckets.billing, "acme.>", price_per_gb_s=PRICE)
+        await usage(buckets.billing, "acme.>", prices=PRICES)
     with pytest.raises(InvalidRequest):
-        await usage(buckets.billing, "acme", function="*", price_per_gb_s=PRICE)
+        await usage(buckets.billing, "acme", function="*", prices=PRICES)
 
 
 async def test_entry_is_stored_under_the_billing_key(
@@ -168,3 +172,70 @@ async def test_entry_is_stored_under_the_billing_key(
     key = names.billing_key("t1", "f1", "inv-9")
     entry = await get_model(buckets.billing, key, UsageEntry)
     assert entry is not None and entry.invocation_id == "inv-9"
+
+
+async def test_sandbox_seconds_cpu_and_egress_are_metered_and_priced(
+    js: JetStreamContext, buckets: Buckets, settings: Settings
+) -> None:
+    paused = LifecycleEvent(
+        v=2,
+        id="sb-1.paused.1",
+        type=EventType.SANDBOX_PAUSED,
+        tenant="acme",
+        function="base",
+        sandbox_id="sb-1",
+        at=AT,
+        seconds=30.0,
+        egress_bytes=2_000_000_000,
+    )
+    killed = paused.model_copy(update={"id": "sb-1.killed.2", "type": EventType.SANDBOX_KILLED, "seconds": 12.5})
+    created = paused.model_copy(update={"id": "sb-1.created.0", "type": EventType.SANDBOX_CREATED, "seconds": None})
+    done = event(EventType.COMPLETED, "inv-1", duration_ms=1000, memory_limit_mb=1024).model_copy(
+        update={"cpu_ms": 250.0, "egress_bytes": 1_000_000_000}
+    )
+    await publish(js, [created, paused, killed, done])
+    await publish(js, [paused], msg_id_suffix=".again")
+    async with consuming(js, billing(js, settings), "billing"):
+        await eventually(lambda: settled(js, "billing"))
+    prices = PriceList(
+        per_gb_second=2.0, per_invocation=0.5, per_sandbox_second=0.1, per_cpu_second=4.0, per_egress_gb=3.0
+    )
+    report = await usage(buckets.billing, "acme", prices=prices)
+    total = report.total
+    assert (total.invocations, total.sandbox_seconds, total.egress_bytes) == (1, 42.5, 5_000_000_000)
+    assert total.cpu_seconds == pytest.approx(0.25) and total.gb_seconds == pytest.approx(1.0)
+    assert total.cost == pytest.approx(0.5 + 2.0 * 1.0 + 4.0 * 0.25 + 0.1 * 42.5 + 3.0 * 5.0)
+    assert [f.function for f in report.functions] == ["base", "resize"]
+
+
+async def test_usage_export_writes_csv_and_json(
+    js: JetStreamContext, buckets: Buckets, settings: Settings, s3_settings: Settings
+) -> None:
+    recorder = billing(js, settings)
+    await recorder.record(
+        [
+            event(EventType.COMPLETED, "a1", at=datetime(2025, 3, 1, 10, 5, tzinfo=UTC), duration_ms=1000),
+            event(EventType.COMPLETED, "a2", function="thumb", at=datetime(2025, 3, 1, 11, 0, tzinfo=UTC)),
+            event(EventType.COMPLETED, "b1", tenant="other", at=datetime(2025, 3, 1, 23, 59, tzinfo=UTC)),
+            event(EventType.COMPLETED, "c1", at=datetime(2025, 3, 2, 0, 0, tzinfo=UTC)),  # the next day
+        ]
+    )
+    store = ExportStore(s3_settings.s3)
+    start, end = parse_period("2025-03-01")
+    json_key, csv_key = await export_usage(
+        buckets.billing, store, start=start, end=end, label="2025-03-01", prices=PRICES, granularity="hour"
+    )
+    assert (json_key, csv_key) == ("soulbox/usage/2025-03-01.json", "soulbox/usage/2025-03-01.csv")
+    document = json.loads(await store.get("usage/2025-03-01.json"))
+    assert [r["tenant"] for r in document["reports"]] == ["acme", "other"]
+    assert document["reports"][0]["total"]["invocations"] == 2
+    rows = list(csv.DictReader(io.StringIO((await store.get("usage/2025-03-01.csv")).decode())))
+    assert [(r["tenant"], r["bucket_start"], r["function"], r["invocations"]) for r in rows] == [
+        ("acme", "2025-03-01T10:00:00+00:00", "resize", "1"),
+        ("acme", "2025-03-01T11:00:00+00:00", "thumb", "1"),
+        ("other", "2025-03-01T23:00:00+00:00", "resize", "1"),
+    ]
+    assert float(rows[0]["gb_seconds"]) == pytest.approx(0.125)
+    assert parse_period("2025-02")[1] == datetime(2025, 3, 1, tzinfo=UTC)
+    with pytest.raises(InvalidRequest):
+        parse_period("March")

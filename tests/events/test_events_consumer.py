@@ -15,6 +15,7 @@ from soulbox.core.bus import Buckets
 from soulbox.core.natsserver import NatsServer
 from soulbox.core.schemas import EventType, LifecycleEvent
 from soulbox.events import EventConsumer, Recorder
+from soulbox.events.fetch import BatchFetcher
 
 from .helpers import Spy, consuming, event, eventually, life, publish, settled
 
@@ -89,9 +90,9 @@ async def test_other_durables_see_every_event(js: JetStreamContext, buckets: Buc
     assert all(spy.events == events for spy in spies.values())
 
 
-async def test_stop_is_prompt_when_idle(js: JetStreamContext, buckets: Buckets) -> None:
+async def test_stop_is_prompt_when_idle(nc: NATS, buckets: Buckets) -> None:
     stop = asyncio.Event()
-    consumer = EventConsumer(js, Spy(), durable="billing", batch=16, fetch_timeout=0.5)
+    consumer = EventConsumer(nc, Spy(), durable="billing", batch=16, fetch_timeout=0.5)
     task = asyncio.create_task(consumer.run(stop))
     await asyncio.sleep(0.3)
     started = time.monotonic()
@@ -125,3 +126,33 @@ def _connected(nc: NATS) -> Callable[[], Awaitable[bool]]:
         return bool(nc.is_connected)
 
     return check
+
+
+async def test_fetcher_returns_early_and_keeps_what_arrives_later(
+    nc: NATS, js: JetStreamContext, buckets: Buckets
+) -> None:
+    fetcher = BatchFetcher(nc, stream=names.EVENTS_STREAM, durable="billing")
+    await fetcher.start()
+    try:
+        started = time.monotonic()
+        assert await fetcher.fetch(10, timeout=0.3) == []
+        assert time.monotonic() - started < 1.0
+
+        async def trickle() -> None:
+            for e in life("inv-1"):
+                await asyncio.sleep(0.1)
+                await publish(js, [e])
+
+        task = asyncio.create_task(trickle())
+        first = await fetcher.fetch(10, timeout=5.0)  # returns at the first event, the long poll stays open
+        assert len(first) == 1
+        await task
+        await asyncio.sleep(0.2)
+        rest = await fetcher.fetch(10, timeout=1.0)
+        received = first + rest
+        assert [m.metadata.sequence.stream for m in received] == [1, 2, 3, 4]
+        assert all(m.metadata.num_delivered == 1 for m in received)
+        for msg in received:
+            await msg.ack()
+    finally:
+        await fetcher.stop()

@@ -1,0 +1,225 @@
+"""Lifecycle events through billing + audit + metrics, next to a bare nats-py loop, in one run.
+
+* bare: ``publish_async`` of N small messages to a stream of our own, then one
+  pull consumer doing ``fetch(500)`` + ack until all are consumed (one process);
+* SoulBox: N lifecycle events (N/4 invocations: accepted, scheduled, started,
+  completed) published with ``publish_async`` while the three consumer
+  processes (``python -m soulbox.events billing|audit|metrics``) run; the rate
+  is N over the time from the first publish until all three durables have
+  acknowledged everything. Then it checks: usage entries = N/4 with the exact
+  billable total (0 lost, 0 double-billed), N records in the audit chain and
+  the chain verifies, metrics counted N events.
+
+Everything (nats-server, the three consumers, this script) shares the machine.
+Run: ``.venv/bin/python bench/events.py [-n 100000]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext, api
+
+from soulbox.core import names
+from soulbox.core.bus import Buckets, connect, ensure_topology
+from soulbox.core.codec import encode
+from soulbox.core.natsserver import NatsServer, free_port
+from soulbox.core.schemas import EventType, LifecycleEvent, Outcome, Tier
+from soulbox.core.settings import PriceList, Settings
+from soulbox.events import usage, verify_log
+
+PAYLOAD = b"x" * 200  # about the size of an encoded lifecycle event
+NATS_CONFIG = Path(__file__).resolve().parents[1] / "infra" / "nats.conf"
+WINDOW = 4000  # publishes in flight (nats-py's own cap)
+
+
+async def publish_all(js: JetStreamContext, items: list[tuple[str, bytes, dict[str, str]]]) -> float:
+    """Publish pipelined, at most WINDOW unacknowledged; seconds taken."""
+    started = time.perf_counter()
+    pending: list[asyncio.Future[api.PubAck]] = []
+    for subject, payload, headers in items:
+        pending.append(await js.publish_async(subject, payload, headers=headers))
+        if len(pending) >= WINDOW:
+            await asyncio.gather(*pending)
+            pending = []
+    await asyncio.gather(*pending)
+    return time.perf_counter() - started
+
+
+async def bare(nc: NATS, js: JetStreamContext, n: int) -> tuple[float, float]:
+    """(publish/s, consume/s) of a bare publish_async loop and a fetch(500)+ack loop."""
+    await js.add_stream(api.StreamConfig(name="BARE", subjects=["bare.>"], storage=api.StorageType.FILE))
+    published = await publish_all(js, [("bare.x", PAYLOAD, {}) for _ in range(n)])
+    sub = await js.pull_subscribe("bare.>", durable="bare", stream="BARE")
+    started = time.perf_counter()
+    seen = 0
+    while seen < n:
+        msgs = await sub.fetch(500, timeout=5)
+        for msg in msgs:
+            await msg.ack()
+        seen += len(msgs)
+    await nc.flush()
+    consumed = time.perf_counter() - started
+    await js.delete_stream("BARE")
+    return n / published, n / consumed
+
+
+def lifecycle(n_invocations: int) -> list[LifecycleEvent]:
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    events = []
+    for i in range(n_invocations):
+        inv = f"{i:012x}bench"
+        for type_ in (EventType.ACCEPTED, EventType.SCHEDULED, EventType.STARTED, EventType.COMPLETED):
+            done = type_ is EventType.COMPLETED
+            events.append(
+                LifecycleEvent(
+                    id=f"{inv}.{type_.value.split('.', 1)[1]}",
+                    type=type_,
+                    invocation_id=inv,
+                    tenant=f"t{i % 10}",
+                    function=f"f{i % 7}",
+                    tier=Tier.WASM,
+                    worker="w-1",
+                    at=at,
+                    outcome=Outcome.SUCCESS if done else None,
+                    duration_ms=float(i % 50) + 0.25 if done else None,
+                    memory_limit_mb=128 if done else None,
+                )
+            )
+    return events
+
+
+async def settled(js: JetStreamContext, durable: str, stream: str = names.EVENTS_STREAM) -> bool:
+    info = await js.consumer_info(stream, durable)
+    return bool(info.num_pending == 0 and info.num_ack_pending == 0)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (from /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def start_consumers(nats_url: str, metrics_port: int, root: Path) -> dict[str, subprocess.Popen[bytes]]:
+    env = {
+        **os.environ,
+        "SOULBOX_NATS__URLS": json.dumps([nats_url]),
+        "SOULBOX_EVENTS__METRICS_PORT": str(metrics_port),
+        "SOULBOX_LOG_LEVEL": "info",
+    }
+    processes = {}
+    for kind in names.EVENT_CONSUMERS:
+        with (root / f"{kind}.log").open("wb") as log:
+            processes[kind] = subprocess.Popen(
+                [sys.executable, "-m", "soulbox.events", kind], env=env, stdout=log, stderr=subprocess.STDOUT
+            )
+    return processes
+
+
+async def soulbox(
+    nc: NATS, js: JetStreamContext, buckets: Buckets, n: int, root: Path, server_pid: int
+) -> dict[str, object]:
+    invocations = n // 4
+    events = lifecycle(invocations)
+    items = [
+        (names.event_subject(e.type.value), encode(e), {"Nats-Msg-Id": e.id}) for e in events
+    ]  # encoded before the clock starts: the producer's pydantic cost is not the consumers'
+    metrics_port = free_port()
+    processes = start_consumers(nc.connected_url.geturl() if nc.connected_url else "", metrics_port, root)
+    try:
+        await asyncio.sleep(3.0)  # the consumers connect and bind
+        server_cpu = cpu_seconds(server_pid)
+        before = {kind: cpu_seconds(process.pid) for kind, process in processes.items()}
+        started = time.perf_counter()
+        published = await publish_all(js, items)
+        finished: dict[str, float] = {}
+        while len(finished) < len(names.EVENT_CONSUMERS):
+            for kind in names.EVENT_CONSUMERS:
+                if kind not in finished and await settled(js, kind):
+                    finished[kind] = time.perf_counter() - started
+            await asyncio.sleep(0.05)
+        elapsed = max(finished.values())
+        async with httpx.AsyncClient() as client:
+            text = (await client.get(f"http://127.0.0.1:{metrics_port}/metrics")).text
+        cpu = {kind: cpu_seconds(process.pid) - before[kind] for kind, process in processes.items()}
+        cpu["nats-server"] = cpu_seconds(server_pid) - server_cpu
+    finally:
+        for process in processes.values():
+            process.send_signal(signal.SIGTERM)
+        for process in processes.values():
+            process.wait(30)
+    counted = sum(
+        float(m.group(1)) for m in re.finditer(r"^soulbox_lifecycle_events_total\{[^}]*\} (\S+)$", text, re.M)
+    )
+    billed = 0
+    billable_ms = 0
+    for tenant in range(10):
+        report = await usage(buckets.billing, f"t{tenant}", prices=PriceList(), granularity=None)
+        billed += report.total.invocations
+        billable_ms += report.total.billable_ms
+    expected_ms = sum(math.ceil(float(i % 50) + 0.25) for i in range(invocations))
+    chained = (await js.stream_info(names.AUDIT_STREAM)).state.messages
+    verdict = await verify_log(js)
+    return {
+        "events": n,
+        "publish_per_s": n / published,
+        "end_to_end_per_s": n / elapsed,
+        "per_consumer_per_s": {kind: round(n / t) for kind, t in finished.items()},
+        "cpu_us_per_event": {kind: round(seconds / n * 1e6, 1) for kind, seconds in cpu.items()},
+        "billed": billed,
+        "lost": invocations - billed if billed < invocations else 0,
+        "double_billed": billed - invocations if billed > invocations else 0,
+        "billable_ms_exact": billable_ms == expected_ms,
+        "audit_records": chained,
+        "audit_chain_ok": verdict.ok,
+        "metrics_events": int(counted),
+    }
+
+
+async def main(n: int) -> None:
+    with tempfile.TemporaryDirectory(prefix="soulbox-bench-events-") as tmp:
+        root = Path(tmp)
+        server = NatsServer(root / "nats", config=NATS_CONFIG)
+        server.start()
+        try:
+            settings = Settings(nats={"urls": [server.url]}, _env_file=None)  # type: ignore[arg-type, call-arg]
+            nc = await connect(settings, name="bench-events")
+            js = nc.jetstream()
+            buckets = await ensure_topology(js, settings)
+            bare_pub, bare_con = await bare(nc, js, n)
+            assert server.process is not None
+            result = await soulbox(nc, js, buckets, n, root, server.process.pid)
+            await nc.close()
+        finally:
+            server.stop()
+    print(f"cores: {os.cpu_count()}, events: {n}")
+    print()
+    print("| path | publish events/s | consume events/s |")
+    print("| --- | ---: | ---: |")
+    print(f"| bare nats-py: publish_async; fetch(500) + ack, 1 consumer | {bare_pub:,.0f} | {bare_con:,.0f} |")
+    print(
+        f"| SoulBox: billing + audit + metrics processes, all acked | {result['publish_per_s']:,.0f} "
+        f"| {result['end_to_end_per_s']:,.0f} |"
+    )
+    print()
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("-n", type=int, default=100_000, help="events (a multiple of 4)")
+    asyncio.run(main(parser.parse_args().n))

@@ -1,0 +1,160 @@
+"""The hash chain of the audit log: canonical bytes, linking, and verification.
+
+A record's canonical bytes are its JSON form (every field but ``hash``, keys
+sorted, no whitespace, UTF-8). Its ``hash`` is the SHA-256 of those bytes,
+which include ``prev_hash``, the previous record's ``hash`` (``GENESIS`` for
+the first record ever). So editing a record changes its hash, deleting one
+breaks the link of the next, and swapping two breaks both links; a verifier
+needs nothing but the records themselves, in order.
+
+    record n-1                      record n
+    {..., prev_hash, hash} ──────> {..., prev_hash = hash(n-1), hash = sha256(canonical(n))}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import AsyncIterable, Iterable
+from dataclasses import dataclass
+from typing import Final
+
+from pydantic import BaseModel
+
+from soulbox.core.schemas import AuditRecord
+
+GENESIS: Final = "0" * 64
+"""The ``prev_hash`` of the first record of a chain."""
+
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def canonical(record: AuditRecord) -> bytes:
+    """The bytes a record's hash covers: its JSON without ``hash``, keys sorted, compact."""
+    return _CANONICAL.encode(record.model_dump(mode="json", exclude={"hash"})).encode()
+
+
+def record_hash(record: AuditRecord) -> str:
+    return hashlib.sha256(canonical(record)).hexdigest()
+
+
+def link(record: AuditRecord, prev_hash: str, update: dict[str, str | None] | None = None) -> AuditRecord:
+    """``record`` (with the string fields in ``update`` replaced) placed after a record whose
+    hash is ``prev_hash``, with its own hash set."""
+    changes: dict[str, str | None] = {**(update or {}), "prev_hash": prev_hash}
+    body = record.model_dump(mode="json", exclude={"hash"})
+    body.update(changes)  # the same bytes as canonical() of the linked record, in one dump and one copy
+    changes["hash"] = hashlib.sha256(_CANONICAL.encode(body).encode()).hexdigest()
+    return record.model_copy(update=changes)
+
+
+class Problem(BaseModel):
+    """The first record that does not verify, and why."""
+
+    seq: int
+    id: str | None
+    reason: str
+
+
+class Verdict(BaseModel):
+    """The result of verifying a chain (or a stretch of one)."""
+
+    ok: bool
+    records: int
+    legacy: int = 0
+    first_seq: int | None
+    last_seq: int | None
+    first_prev_hash: str | None
+    last_hash: str | None
+    problem: Problem | None = None
+
+
+@dataclass(slots=True)
+class Verifier:
+    """Checks records fed in order; remembers the first problem.
+
+    ``expect_prev`` is the hash the first record must link to (``GENESIS``
+    for a whole chain, the last hash of the previous segment for a later
+    stretch, None to accept whatever the first record says). Sequences must
+    follow each other without gaps when ``contiguous``. With ``legacy``,
+    unchained records before the first chained one (a log written before
+    the chain existed) are counted and skipped, and the chain starts after
+    them at ``GENESIS``.
+    """
+
+    expect_prev: str | None = GENESIS
+    contiguous: bool = True
+    legacy_prefix: bool = False
+    legacy: int = 0
+    records: int = 0
+    first_seq: int | None = None
+    last_seq: int | None = None
+    first_prev_hash: str | None = None
+    last_hash: str | None = None
+    problem: Problem | None = None
+
+    def feed(self, seq: int, record: AuditRecord) -> bool:
+        """Check one record; False (and the problem kept) when it does not verify."""
+        if self.problem is not None:
+            return False
+        if self.legacy_prefix and self.first_seq is None and record.hash is None:
+            self.legacy += 1
+            return True
+        reason = self._check(seq, record)
+        if reason is not None:
+            self.problem = Problem(seq=seq, id=record.id, reason=reason)
+            return False
+        if self.first_seq is None:
+            self.first_seq, self.first_prev_hash = seq, record.prev_hash
+        self.records += 1
+        self.last_seq, self.last_hash = seq, record.hash
+        return True
+
+    def fail(self, seq: int, reason: str) -> None:
+        """Record a problem found outside a record (an unreadable message)."""
+        if self.problem is None:
+            self.problem = Problem(seq=seq, id=None, reason=reason)
+
+    def _check(self, seq: int, record: AuditRecord) -> str | None:
+        if record.hash is None or record.prev_hash is None:
+            return "record is not chained (no hash)"
+        if record_hash(record) != record.hash:
+            return "hash does not match the record's content (edited)"
+        expected = self.last_hash if self.last_seq is not None else self.expect_prev
+        if self.last_seq is None and self.legacy:
+            expected = GENESIS
+        if expected is not None and record.prev_hash != expected:
+            return "prev_hash does not match the previous record (a record before it was removed or reordered)"
+        if self.contiguous and self.last_seq is not None and seq != self.last_seq + 1:
+            return f"sequence {seq} follows {self.last_seq} (records missing)"
+        return None
+
+    def verdict(self) -> Verdict:
+        return Verdict(
+            ok=self.problem is None,
+            records=self.records,
+            legacy=self.legacy,
+            first_seq=self.first_seq,
+            last_seq=self.last_seq,
+            first_prev_hash=self.first_prev_hash,
+            last_hash=self.last_hash,
+            problem=self.problem,
+        )
+
+
+def verify(records: Iterable[tuple[int, AuditRecord]], *, expect_prev: str | None = GENESIS) -> Verdict:
+    """Verify ``(seq, record)`` pairs in order; the verdict names the first bad record."""
+    verifier = Verifier(expect_prev=expect_prev)
+    for seq, record in records:
+        if not verifier.feed(seq, record):
+            break
+    return verifier.verdict()
+
+
+async def averify(records: AsyncIterable[tuple[int, AuditRecord]], *, expect_prev: str | None = GENESIS) -> Verdict:
+    """``verify`` over an async stream of records."""
+    verifier = Verifier(expect_prev=expect_prev)
+    async for seq, record in records:
+        if not verifier.feed(seq, record):
+            break
+    return verifier.verdict()
