@@ -22,12 +22,15 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from soulbox.core.errors import InvalidRequest, SoulboxError
+from soulbox.core.logging import get_logger
 from soulbox.core.sandboxes import SandboxRecord, SandboxState
 
 from ..errors import status_of
 from ..platform import platform
 from .auth import authenticate
 from .control import SandboxControlPlane
+
+log = get_logger(__name__)
 
 CLIENT_ID = "soulbox"
 MAX_PAGE = 1000
@@ -74,6 +77,9 @@ def e2b_route(handler: Handler) -> Handler:
             return await handler(request)
         except SoulboxError as exc:
             return e2b_error(status_of(exc), exc.code, exc.message)
+        except Exception as exc:  # the SDK parses every error body: keep E2B's shape, hide the details
+            log.error("e2b.request_crashed", error=repr(exc), exc_info=exc)
+            return e2b_error(500, "internal", "internal error")
 
     return wrapped
 

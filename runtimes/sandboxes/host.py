@@ -38,8 +38,16 @@ from soulbox.core.sandboxes import (
     SandboxReply,
     SandboxState,
 )
-from soulbox.core.schemas import utcnow
+from soulbox.core.schemas import (
+    LIFECYCLE_EVENT_VERSION,
+    EventType,
+    InvocationError,
+    LifecycleEvent,
+    Tier,
+    utcnow,
+)
 from soulbox.core.settings import Settings
+from soulbox.core.store import publish_event, settle
 
 from ..linux.box import Box, BoxLimits
 from ..linux.envd.main import VERSION as ENVD_VERSION
@@ -62,6 +70,10 @@ class Hosted:
     deadline: asyncio.TimerHandle | None = None
     samples: deque[SandboxMetric] = field(default_factory=lambda: deque(maxlen=METRICS_KEPT))
     last_cpu: tuple[float, int] | None = None  # (monotonic time, cpu ns) of the last sample
+    # The billed running period: since creation or the last resume, up to a pause or the end.
+    period_started: float = field(default_factory=time.monotonic)
+    period_cpu_ns: int = 0
+    events: int = 0  # lifecycle events published, numbering their ids
 
 
 class SandboxHost:
@@ -69,6 +81,7 @@ class SandboxHost:
         self.settings = settings.sandboxes
         self.worker_id = settings.worker.id
         self._nc = nc
+        self._js = nc.jetstream()
         self._kv = kv
         self._launcher = launcher
         self._templates = templates
@@ -172,10 +185,11 @@ class SandboxHost:
             access_token=token,
             traffic_token=secrets.token_urlsafe(24),
         )
-        hosted = Hosted(box, record, envd)
+        hosted = Hosted(box, record, envd, period_cpu_ns=_cpu_ns(box))
         self._hosted[request.sandbox_id] = hosted
         self._arm(hosted, request.timeout_s)
         await self._save(record)
+        await self._event(hosted, EventType.SANDBOX_CREATED)
         self._spawn(self._watch(request.sandbox_id, box))
         if self.settings.pool_size:
             self._spawn(self._fill(template.name))
@@ -208,6 +222,8 @@ class SandboxHost:
             await self._update(
                 hosted, state=SandboxState.RUNNING, end_at=utcnow() + timedelta(seconds=remaining), remaining_s=None
             )
+            hosted.period_started, hosted.period_cpu_ns = time.monotonic(), _cpu_ns(hosted.box)
+            await self._event(hosted, EventType.SANDBOX_RESUMED)
             log.info("sandbox.resumed", sandbox=request.sandbox_id)
         elif request.op == "set_timeout":
             if request.timeout_s is None:
@@ -278,6 +294,7 @@ class SandboxHost:
         await hosted.box.freeze()
         remaining = max(1.0, (hosted.record.end_at - utcnow()).total_seconds())
         await self._update(hosted, state=SandboxState.PAUSED, remaining_s=remaining)
+        await self._event(hosted, EventType.SANDBOX_PAUSED, billed=True)
         log.info("sandbox.paused", sandbox=hosted.record.sandbox_id)
 
     async def _watch(self, sandbox_id: str, box: Box) -> None:
@@ -292,11 +309,41 @@ class SandboxHost:
             return
         if hosted.deadline is not None:
             hosted.deadline.cancel()
+        running = hosted.record.state == SandboxState.RUNNING
+        try:
+            await self._event(hosted, EventType.SANDBOX_KILLED, billed=running, reason=reason)
+        except Exception as exc:  # NATS away: the sandbox still ends (the event is lost, logged)
+            log.warning("sandbox.event_not_published", sandbox=sandbox_id, error=repr(exc))
         await hosted.envd.aclose()
         await hosted.box.close()
         with contextlib.suppress(Exception):  # NATS away: the record dies with this worker's liveness
             await self._kv.delete(sandbox_id)
         log.info("sandbox.ended", sandbox=sandbox_id, reason=reason)
+
+    async def _event(
+        self, hosted: Hosted, type_: EventType, *, billed: bool = False, reason: str | None = None
+    ) -> None:
+        """Publish a lifecycle event and wait until it is stored; billed ones close the running period."""
+        record = hosted.record
+        seconds = cpu_ms = None
+        if billed:
+            seconds = round(time.monotonic() - hosted.period_started, 3)
+            cpu_ms = max(0, _cpu_ns(hosted.box) - hosted.period_cpu_ns) / 1e6
+        event = LifecycleEvent(
+            v=LIFECYCLE_EVENT_VERSION,
+            id=f"{record.sandbox_id}.{type_.value.removeprefix('sandbox.')}.{hosted.events}",
+            type=type_,
+            tenant=record.tenant,
+            function=record.template,
+            tier=Tier.LINUX,
+            sandbox_id=record.sandbox_id,
+            memory_limit_mb=record.memory_mb,
+            seconds=seconds,
+            cpu_ms=cpu_ms,
+            error=InvocationError(kind="ended", message=reason) if reason and reason != "killed" else None,
+        )
+        hosted.events += 1
+        await settle([await publish_event(self._js, event)])
 
     async def _update(self, hosted: Hosted, **changes: object) -> None:
         hosted.record = hosted.record.model_copy(update=changes)
@@ -338,3 +385,10 @@ class SandboxHost:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def _cpu_ns(box: Box) -> int:
+    try:
+        return box.usage().cpu_ns or 0
+    except OSError:  # the cgroup is gone with the box
+        return 0

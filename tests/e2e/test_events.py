@@ -46,7 +46,7 @@ def test_three_consumers_see_every_event(api: httpx.Client, stack: Stack) -> Non
         seen = {
             r["action"]
             for r in records
-            if r["kind"] == "event" and r["detail"]["invocation_id"] == invocation_id  # type: ignore[index]
+            if r["kind"] == "event" and r["detail"].get("invocation_id") == invocation_id  # type: ignore[index]
         }
         return records if seen == LIFECYCLE else None
 

@@ -74,6 +74,9 @@ def test_keys_are_required_and_errors_are_json(stack: Stack, client: httpx.Clien
 
 def test_lifecycle_leaves_nothing_behind(client: httpx.Client) -> None:
     before = settle(len(envd_daemons()))
+    seconds_before = next(
+        (u["sandbox_seconds"] for u in client.get("/v1/usage").json()["functions"] if u["function"] == "base"), 0.0
+    )
     created = client.post("/v1/sandboxes", json={"timeout_s": 60, "metadata": {"k": "v"}, "env_vars": {"A": "1"}})
     assert created.status_code == 201, created.text
     sandbox = created.json()
@@ -102,6 +105,15 @@ def test_lifecycle_leaves_nothing_behind(client: httpx.Client) -> None:
     assert samples and samples[-1]["mem_used"] > 0 and samples[-1]["mem_total"] == 512 * 1024 * 1024
 
     assert client.delete(f"/v1/sandboxes/{sid}").status_code == 204
+    # Billed exactly: the running period before the pause and the one after the resume, per template.
+    deadline = time.monotonic() + 15
+    while True:
+        usage = client.get("/v1/usage", params={"function": "base"}).json()
+        periods = [u for u in usage["functions"] if u["function"] == "base"]
+        if (periods and periods[0]["sandbox_seconds"] >= seconds_before) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert periods and periods[0]["sandbox_seconds"] > seconds_before
     assert client.get(f"/v1/sandboxes/{sid}").status_code == 404
     assert client.get("/health", headers={"E2b-Sandbox-Id": sid}).status_code == 502
     assert settle(before) == before  # the sandbox's daemon is gone (the pool was topped up meanwhile)
