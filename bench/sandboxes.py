@@ -28,6 +28,7 @@ from pathlib import Path
 
 from e2b import Sandbox
 from e2b.connection_config import ConnectionConfig
+from packaging.version import Version
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.stack import Stack
@@ -102,8 +103,13 @@ def main() -> None:
             sbx = Sandbox.create(timeout=600)
             run_stack = timed(lambda: sbx.commands.run("true"), n)
             files_stack = timed(lambda: round_trip(sbx, "/tmp/blob"), n)
-            direct = Sandbox(sandbox_id="direct", sandbox_domain=None, envd_version="0.6.4", envd_access_token=None,
-                             connection_config=ConnectionConfig(sandbox_url=envd_url, api_key="x"))  # fmt: skip
+            direct = Sandbox(
+                sandbox_id="direct",
+                sandbox_domain=None,
+                envd_version=Version("0.6.4"),
+                envd_access_token=None,
+                connection_config=ConnectionConfig(sandbox_url=envd_url, api_key="x"),
+            )
             run_direct = timed(lambda: direct.commands.run("true"), n)
             files_direct = timed(lambda: round_trip(direct, str(tmp / "blob")), n)
             bare = timed(lambda: subprocess.run(BWRAP, check=True), n)

@@ -102,3 +102,4 @@ class SandboxReply(Message):
     metrics: list[SandboxMetric] = Field(default_factory=list)
     error_code: str | None = None
     error_message: str | None = None
+    sandboxes: int | None = None  # the worker's sandboxes in use after this request: fresher than its heartbeat

@@ -301,7 +301,7 @@ class WorkerHeartbeat(Message):
     at: datetime = Field(default_factory=utcnow)
     draining: bool = False  # shutting down: send it nothing new
     sandbox_capacity: int = 0  # long-lived sandboxes it may host
-    sandboxes: int = 0  # long-lived sandboxes it holds now (handed out, pooled or starting)
+    sandboxes: int = 0  # long-lived sandboxes handed out now (its warm pool is not counted: a create takes from it)
 
 
 class AuditRecord(Message):

@@ -118,7 +118,7 @@ class Worker:
                 started_at=self._started_at,
                 draining=draining,
                 sandbox_capacity=0 if draining or self._sandboxes is None else self.settings.sandboxes.capacity,
-                sandboxes=self._sandboxes.count if self._sandboxes is not None else 0,
+                sandboxes=self._sandboxes.in_use if self._sandboxes is not None else 0,
             )
         )
         # Liveness goes over core NATS; the bucket keeps the latest for new schedulers and `status`.

@@ -115,6 +115,12 @@ class WorkerDirectory:
             self._seen[worker_id] = (seen[0], seen[1].model_copy(update={"in_flight": in_flight}))
             self._changed.set()
 
+    def report_sandboxes(self, worker_id: str, sandboxes: int) -> None:
+        """A worker's sandboxes in use, as its latest answer told it."""
+        seen = self._seen.get(worker_id)
+        if seen is not None:
+            self._seen[worker_id] = (seen[0], seen[1].model_copy(update={"sandboxes": sandboxes}))
+
     def is_live(self, worker_id: str) -> bool:
         return worker_id in self._seen
 

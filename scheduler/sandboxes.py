@@ -1,15 +1,14 @@
 """Placement of new sandboxes: the schedulers answer ``sb.sandboxes.create`` as a queue group.
 
 A create goes to the live worker with the most free sandbox slots (from
-heartbeats, plus this scheduler's placements since the last beat, which
-the beats do not show yet); a worker that is gone or full is skipped for the
-next. The worker's reply (the sandbox record, or an error) is passed back to
+heartbeats, and the count in each worker's answer, plus this scheduler's
+placements still unanswered); a worker that is gone or full is skipped for
+the next. The worker's reply (the sandbox record, or an error) is passed back to
 the gateway unchanged.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections import Counter
 
@@ -30,8 +29,6 @@ from .directory import WorkerDirectory
 from .placement import pick_sandbox_worker
 
 log = get_logger(__name__)
-
-PLACEMENT_MEMORY_S = 2.0  # how long a placement counts against a worker before its heartbeats show it
 
 
 class SandboxPlacer:
@@ -71,14 +68,17 @@ class SandboxPlacer:
                 )
             tried.add(worker.worker_id)
             self._placed[worker.worker_id] += 1
-            asyncio.get_running_loop().call_later(PLACEMENT_MEMORY_S, self._forget, worker.worker_id)
             subject = names.worker_sandbox_subject(worker.worker_id, "create")
             try:
                 reply = await self._nc.request(subject, data, timeout=timeout)
             except (NoRespondersError, NatsTimeoutError) as exc:
                 log.warning("scheduler.sandbox_worker_failed", worker=worker.worker_id, error=type(exc).__name__)
                 continue
+            finally:
+                self._forget(worker.worker_id)
             answer = decode(SandboxReply, reply.data)
+            if answer.sandboxes is not None:
+                self._directory.report_sandboxes(worker.worker_id, answer.sandboxes)
             if answer.error_code == "overloaded":  # full meanwhile: the next one
                 continue
             log.info("scheduler.sandbox_placed", sandbox=request.sandbox_id, worker=worker.worker_id)

@@ -18,9 +18,7 @@ NATS_CONFIG = Path(__file__).resolve().parents[1] / "infra" / "nats.conf"
 
 
 class Stack:
-    def __init__(
-        self, root: Path, *, workers: int = 1, triggers: int = 1, env: dict[str, str] | None = None
-    ) -> None:
+    def __init__(self, root: Path, *, workers: int = 1, triggers: int = 1, env: dict[str, str] | None = None) -> None:
         self.root = root
         self.nats = NatsServer(root / "nats", log_file=root / "nats.log", config=NATS_CONFIG)
         self.gateway_port = free_port()

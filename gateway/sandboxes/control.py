@@ -49,11 +49,17 @@ _ERRORS: dict[str, type[SoulboxError]] = {
     "not_found": NotFound,
     "sandbox_not_found": NotFound,
     "template_not_found": NotFound,
-    "overloaded": Overloaded,
     "conflict": Conflict,
     "sandbox_paused": Conflict,
     "invalid_request": InvalidRequest,
 }
+
+
+def remote_error(code: str, message: str) -> SoulboxError:
+    """The error a worker or scheduler answered with, as the same kind (and code) here."""
+    if code == Overloaded.code:
+        return Overloaded(message)
+    return _ERRORS.get(code, SoulboxError)(message, code=code)
 
 
 class SandboxNotFound(NotFound):
@@ -183,8 +189,7 @@ class SandboxControlPlane:
             raise Unavailable(unavailable) from None
         reply = decode(SandboxReply, msg.data)
         if reply.error_code is not None:
-            kind = _ERRORS.get(reply.error_code, SoulboxError)
-            raise kind(reply.error_message or reply.error_code, code=reply.error_code)
+            raise remote_error(reply.error_code, reply.error_message or reply.error_code)
         return reply
 
     async def _worker_alive(self, worker_id: str) -> bool:

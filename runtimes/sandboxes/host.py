@@ -138,7 +138,7 @@ class SandboxHost:
         except Exception as exc:
             log.exception("sandbox.create_failed")
             reply = SandboxReply(error_code="sandbox_error", error_message=f"the sandbox could not start: {exc}")
-        await msg.respond(encode(reply))
+        await msg.respond(encode(reply.model_copy(update={"sandboxes": self.in_use})))
 
     async def _on_control(self, msg: Msg) -> None:
         try:

@@ -28,9 +28,14 @@ def resolve_path(path: str, home: str) -> str:
 def os_error(e: OSError, path: str) -> ConnectError:
     """The Connect error for a failed filesystem call."""
     code = {
-        errno.ENOENT: "not_found", errno.EACCES: "permission_denied", errno.EPERM: "permission_denied",
-        errno.EEXIST: "already_exists", errno.ENOTDIR: "invalid_argument", errno.EISDIR: "invalid_argument",
-        errno.ENOTEMPTY: "failed_precondition", errno.ENOSPC: "resource_exhausted",
+        errno.ENOENT: "not_found",
+        errno.EACCES: "permission_denied",
+        errno.EPERM: "permission_denied",
+        errno.EEXIST: "already_exists",
+        errno.ENOTDIR: "invalid_argument",
+        errno.EISDIR: "invalid_argument",
+        errno.ENOTEMPTY: "failed_precondition",
+        errno.ENOSPC: "resource_exhausted",
     }.get(e.errno or 0, "internal")
     return ConnectError(code, f"{path}: {e.strerror}")
 
@@ -53,7 +58,7 @@ def read_metadata(path: str) -> dict[str, str]:
     try:
         for name in os.listxattr(path):
             if name.startswith(METADATA_PREFIX):
-                out[name[len(METADATA_PREFIX):]] = os.getxattr(path, name).decode("utf-8", "replace")
+                out[name[len(METADATA_PREFIX) :]] = os.getxattr(path, name).decode("utf-8", "replace")
     except OSError:
         pass
     return out

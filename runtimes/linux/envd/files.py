@@ -23,8 +23,15 @@ METADATA_HEADER = "x-metadata-"
 
 
 def _http_error(e: OSError, path: str) -> HttpError:
-    status = {errno.ENOENT: 404, errno.EACCES: 403, errno.EPERM: 403, errno.ENOSPC: 507, errno.EDQUOT: 507,
-              errno.ENOTDIR: 400, errno.EISDIR: 400}.get(e.errno or 0, 500)
+    status = {
+        errno.ENOENT: 404,
+        errno.EACCES: 403,
+        errno.EPERM: 403,
+        errno.ENOSPC: 507,
+        errno.EDQUOT: 507,
+        errno.ENOTDIR: 400,
+        errno.EISDIR: 400,
+    }.get(e.errno or 0, 500)
     return HttpError(status, f"{path}: {e.strerror}")
 
 
@@ -135,8 +142,10 @@ class FilesEndpoint:
                 raise HttpError(400, f"{path} is a directory")
             gzip = "gzip" in request.headers.get("accept-encoding", "").lower()
             name = os.path.basename(path).replace('"', "%22")
-            headers = [("Content-Type", "application/octet-stream"),
-                       ("Content-Disposition", f'attachment; filename="{name}"')]
+            headers = [
+                ("Content-Type", "application/octet-stream"),
+                ("Content-Disposition", f'attachment; filename="{name}"'),
+            ]
             if gzip:
                 headers.append(("Content-Encoding", "gzip"))
                 await response.start(200, headers)
@@ -157,8 +166,11 @@ class FilesEndpoint:
             await response.finish()
 
     def _metadata(self, request: Request) -> dict[str, str]:
-        return {name[len(METADATA_HEADER):].lower(): value for name, value in request.headers.items()
-                if name.startswith(METADATA_HEADER)}
+        return {
+            name[len(METADATA_HEADER) :].lower(): value
+            for name, value in request.headers.items()
+            if name.startswith(METADATA_HEADER)
+        }
 
     async def upload(self, request: Request, response: Response) -> None:
         """Write one (octet-stream) or several (multipart) files; answer with their WriteInfo list."""
@@ -198,8 +210,14 @@ class FilesEndpoint:
             upload.abort()
             raise
 
-    async def _multipart(self, body: AsyncIterator[bytes], content_type: str, query_path: str | None,
-                         user: User, metadata: dict[str, str]) -> list[str]:
+    async def _multipart(
+        self,
+        body: AsyncIterator[bytes],
+        content_type: str,
+        query_path: str | None,
+        user: User,
+        metadata: dict[str, str],
+    ) -> list[str]:
         try:
             parser = MultipartParser(boundary_of(content_type))
         except MultipartError as e:

@@ -88,8 +88,13 @@ class ProcessService:
             pty_size = (int(size.get("rows") or 24), int(size.get("cols") or 80))
         tag = get_field(message, "tag")
         config = Config(
-            cmd, args, envs, spec.get("cwd") if isinstance(spec.get("cwd"), str) else None,
-            tag if isinstance(tag, str) else None, pty_size, bool(get_field(message, "stdin")),
+            cmd,
+            args,
+            envs,
+            spec.get("cwd") if isinstance(spec.get("cwd"), str) else None,
+            tag if isinstance(tag, str) else None,
+            pty_size,
+            bool(get_field(message, "stdin")),
             self.state.environment(user, {**envs, "PWD": cwd}),
         )
         try:

@@ -280,10 +280,16 @@ class ProcessTable:
                 stdio = (stdin_r, out_w, err_w)
                 outputs = [(out_r, "stdout"), (err_r, "stderr")]
             popen = subprocess.Popen(
-                [config.cmd, *config.args], stdin=stdio[0], stdout=stdio[1], stderr=stdio[2], cwd=config.cwd,
-                env=config.env, start_new_session=True,
+                [config.cmd, *config.args],
+                stdin=stdio[0],
+                stdout=stdio[1],
+                stderr=stdio[2],
+                cwd=config.cwd,
+                env=config.env,
+                start_new_session=True,
                 preexec_fn=_set_controlling_tty if master is not None else None,
-                user=user.uid if switch else None, group=user.gid if switch else None,
+                user=user.uid if switch else None,
+                group=user.gid if switch else None,
                 extra_groups=user.groups if switch else None,
             )
         except BaseException:

@@ -31,41 +31,52 @@ SELECTOR = {1: _f("process", "message", "process.ProcessSelector", explicit=True
 ENTRY = {1: _f("entry", "message", "filesystem.EntryInfo", explicit=True)}
 PATH = {1: _f("path", "string")}
 WATCHER_ID = {1: _f("watcherId", "string")}
-WATCH_REQUEST = {1: _f("path", "string"), 2: _f("recursive", "bool"), 3: _f("includeEntry", "bool"),
-                 4: _f("allowNetworkMounts", "bool")}
+WATCH_REQUEST = {
+    1: _f("path", "string"),
+    2: _f("recursive", "bool"),
+    3: _f("includeEntry", "bool"),
+    4: _f("allowNetworkMounts", "bool"),
+}
 EMPTY: Schema = {}
 
 SCHEMAS: dict[str, Schema] = {
     "process.PTY": {1: _f("size", "message", "process.PTY.Size", explicit=True)},
     "process.PTY.Size": {1: _f("cols", "uint32"), 2: _f("rows", "uint32")},
     "process.ProcessConfig": {
-        1: _f("cmd", "string"), 2: _f("args", "string", repeated=True), 3: _f("envs", "map"),
+        1: _f("cmd", "string"),
+        2: _f("args", "string", repeated=True),
+        3: _f("envs", "map"),
         4: _f("cwd", "string", explicit=True),
     },
     "process.ProcessSelector": _oneof((1, "pid", "uint32", ""), (2, "tag", "string", "")),
     "process.ProcessInput": _oneof((1, "stdin", "bytes", ""), (2, "pty", "bytes", "")),
     "process.ProcessInfo": {
-        1: _f("config", "message", "process.ProcessConfig", explicit=True), 2: _f("pid", "uint32"),
+        1: _f("config", "message", "process.ProcessConfig", explicit=True),
+        2: _f("pid", "uint32"),
         3: _f("tag", "string", explicit=True),
     },
     "process.ProcessEvent": _oneof(
         (1, "start", "message", "process.ProcessEvent.StartEvent"),
         (2, "data", "message", "process.ProcessEvent.DataEvent"),
-        (3, "end", "message", "process.ProcessEvent.EndEvent"), (4, "keepalive", "message", "empty"),
+        (3, "end", "message", "process.ProcessEvent.EndEvent"),
+        (4, "keepalive", "message", "empty"),
     ),
     "process.ProcessEvent.StartEvent": {1: _f("pid", "uint32")},
     "process.ProcessEvent.DataEvent": _oneof(
         (1, "stdout", "bytes", ""), (2, "stderr", "bytes", ""), (3, "pty", "bytes", "")
     ),
     "process.ProcessEvent.EndEvent": {
-        1: _f("exitCode", "sint32"), 2: _f("exited", "bool"), 3: _f("status", "string"),
+        1: _f("exitCode", "sint32"),
+        2: _f("exited", "bool"),
+        3: _f("status", "string"),
         4: _f("error", "string", explicit=True),
     },
     "process.ListRequest": EMPTY,
     "process.ListResponse": {1: _f("processes", "message", "process.ProcessInfo", repeated=True)},
     "process.StartRequest": {
         1: _f("process", "message", "process.ProcessConfig", explicit=True),
-        2: _f("pty", "message", "process.PTY", explicit=True), 3: _f("tag", "string", explicit=True),
+        2: _f("pty", "message", "process.PTY", explicit=True),
+        3: _f("tag", "string", explicit=True),
         4: _f("stdin", "bool", explicit=True),
     },
     "process.StartResponse": {1: _f("event", "message", "process.ProcessEvent", explicit=True)},
@@ -77,7 +88,8 @@ SCHEMAS: dict[str, Schema] = {
     "process.SendInputResponse": EMPTY,
     "process.StreamInputRequest": _oneof(
         (1, "start", "message", "process.StreamInputRequest.StartEvent"),
-        (2, "data", "message", "process.StreamInputRequest.DataEvent"), (3, "keepalive", "message", "empty"),
+        (2, "data", "message", "process.StreamInputRequest.DataEvent"),
+        (3, "keepalive", "message", "empty"),
     ),
     "process.StreamInputRequest.StartEvent": SELECTOR,
     "process.StreamInputRequest.DataEvent": {2: _f("input", "message", "process.ProcessInput", explicit=True)},
@@ -87,41 +99,65 @@ SCHEMAS: dict[str, Schema] = {
     "process.CloseStdinRequest": SELECTOR,
     "process.CloseStdinResponse": EMPTY,
     "filesystem.EntryInfo": {
-        1: _f("name", "string"), 2: _f("type", "enum", "filesystem.FileType"), 3: _f("path", "string"),
-        4: _f("size", "int64"), 5: _f("mode", "uint32"), 6: _f("permissions", "string"), 7: _f("owner", "string"),
-        8: _f("group", "string"), 9: _f("modifiedTime", "timestamp", explicit=True),
-        10: _f("symlinkTarget", "string", explicit=True), 11: _f("metadata", "map"), 12: _f("isSymlink", "bool"),
+        1: _f("name", "string"),
+        2: _f("type", "enum", "filesystem.FileType"),
+        3: _f("path", "string"),
+        4: _f("size", "int64"),
+        5: _f("mode", "uint32"),
+        6: _f("permissions", "string"),
+        7: _f("owner", "string"),
+        8: _f("group", "string"),
+        9: _f("modifiedTime", "timestamp", explicit=True),
+        10: _f("symlinkTarget", "string", explicit=True),
+        11: _f("metadata", "map"),
+        12: _f("isSymlink", "bool"),
     },
     "filesystem.FilesystemEvent": {
-        1: _f("name", "string"), 2: _f("type", "enum", "filesystem.EventType"),
+        1: _f("name", "string"),
+        2: _f("type", "enum", "filesystem.EventType"),
         3: _f("entry", "message", "filesystem.EntryInfo", explicit=True),
     },
-    "filesystem.StatRequest": PATH, "filesystem.StatResponse": ENTRY,
-    "filesystem.MakeDirRequest": PATH, "filesystem.MakeDirResponse": ENTRY,
+    "filesystem.StatRequest": PATH,
+    "filesystem.StatResponse": ENTRY,
+    "filesystem.MakeDirRequest": PATH,
+    "filesystem.MakeDirResponse": ENTRY,
     "filesystem.MoveRequest": {1: _f("source", "string"), 2: _f("destination", "string")},
     "filesystem.MoveResponse": ENTRY,
     "filesystem.ListDirRequest": {1: _f("path", "string"), 2: _f("depth", "uint32")},
     "filesystem.ListDirResponse": {1: _f("entries", "message", "filesystem.EntryInfo", repeated=True)},
-    "filesystem.RemoveRequest": PATH, "filesystem.RemoveResponse": EMPTY,
+    "filesystem.RemoveRequest": PATH,
+    "filesystem.RemoveResponse": EMPTY,
     "filesystem.WatchDirRequest": WATCH_REQUEST,
     "filesystem.WatchDirResponse": _oneof(
-        (1, "start", "message", "empty"), (2, "filesystem", "message", "filesystem.FilesystemEvent"),
+        (1, "start", "message", "empty"),
+        (2, "filesystem", "message", "filesystem.FilesystemEvent"),
         (3, "keepalive", "message", "empty"),
     ),
     "filesystem.CreateWatcherRequest": WATCH_REQUEST,
     "filesystem.CreateWatcherResponse": WATCHER_ID,
     "filesystem.GetWatcherEventsRequest": WATCHER_ID,
     "filesystem.GetWatcherEventsResponse": {1: _f("events", "message", "filesystem.FilesystemEvent", repeated=True)},
-    "filesystem.RemoveWatcherRequest": WATCHER_ID, "filesystem.RemoveWatcherResponse": EMPTY,
+    "filesystem.RemoveWatcherRequest": WATCHER_ID,
+    "filesystem.RemoveWatcherResponse": EMPTY,
     "empty": EMPTY,
 }
 
 ENUMS: dict[str, dict[str, int]] = {
     "process.Signal": {"SIGNAL_UNSPECIFIED": 0, "SIGNAL_SIGTERM": 15, "SIGNAL_SIGKILL": 9},
-    "filesystem.FileType": {"FILE_TYPE_UNSPECIFIED": 0, "FILE_TYPE_FILE": 1, "FILE_TYPE_DIRECTORY": 2,
-                            "FILE_TYPE_SYMLINK": 3},
-    "filesystem.EventType": {"EVENT_TYPE_UNSPECIFIED": 0, "EVENT_TYPE_CREATE": 1, "EVENT_TYPE_WRITE": 2,
-                             "EVENT_TYPE_REMOVE": 3, "EVENT_TYPE_RENAME": 4, "EVENT_TYPE_CHMOD": 5},
+    "filesystem.FileType": {
+        "FILE_TYPE_UNSPECIFIED": 0,
+        "FILE_TYPE_FILE": 1,
+        "FILE_TYPE_DIRECTORY": 2,
+        "FILE_TYPE_SYMLINK": 3,
+    },
+    "filesystem.EventType": {
+        "EVENT_TYPE_UNSPECIFIED": 0,
+        "EVENT_TYPE_CREATE": 1,
+        "EVENT_TYPE_WRITE": 2,
+        "EVENT_TYPE_REMOVE": 3,
+        "EVENT_TYPE_RENAME": 4,
+        "EVENT_TYPE_CHMOD": 5,
+    },
 }
 VARINT, I64, LEN, I32 = 0, 1, 2, 5
 
@@ -195,7 +231,8 @@ def _encode_value(number: int, kind: str, target: str, value: Any) -> bytes:
     if kind == "timestamp":
         seconds, nanos = _parse_timestamp(value)
         inner = (_key(1, VARINT) + _varint(seconds) if seconds else b"") + (
-            _key(2, VARINT) + _varint(nanos) if nanos else b"")
+            _key(2, VARINT) + _varint(nanos) if nanos else b""
+        )
         return _len(number, inner)
     return _len(number, encode(target, value))
 

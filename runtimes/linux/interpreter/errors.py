@@ -1,10 +1,10 @@
 """The interpreter server's own failures, each with a stable code and an HTTP status.
 
-    InterpreterError
-     ├── BadRequest          400  a body or parameter the API does not accept
-     ├── ContextNotFound     404  no context with that id
-     ├── Busy                429  too many executions already queued on the context
-     └── KernelStartFailed   500  a kernel process could not be started
+InterpreterError
+ ├── BadRequest          400  a body or parameter the API does not accept
+ ├── ContextNotFound     404  no context with that id
+ ├── Busy                429  too many executions already queued on the context
+ └── KernelStartFailed   500  a kernel process could not be started
 """
 
 from __future__ import annotations
