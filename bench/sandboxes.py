@@ -96,10 +96,15 @@ def main() -> None:
         try:
             os.environ.update(E2B_API_URL=stack.url, E2B_SANDBOX_URL=stack.url, E2B_API_KEY=KEY)
             created: list[Sandbox] = []
+
+            def recycle() -> None:  # kill the last one (capacity), let the pool refill: every create is a warm one
+                while created:
+                    created.pop().kill()
+                time.sleep(0.6)
+
             time.sleep(2)  # the pool fills
-            warm = timed(lambda: created.append(Sandbox.create()), n, between=lambda: time.sleep(0.6))
-            for sbx in created:
-                sbx.kill()
+            warm = timed(lambda: created.append(Sandbox.create()), n, between=recycle)
+            recycle()
             sbx = Sandbox.create(timeout=600)
             run_stack = timed(lambda: sbx.commands.run("true"), n)
             files_stack = timed(lambda: round_trip(sbx, "/tmp/blob"), n)
@@ -130,9 +135,13 @@ def main() -> None:
         try:
             os.environ.update(E2B_API_URL=cold_stack.url, E2B_SANDBOX_URL=cold_stack.url)
             cold_boxes: list[Sandbox] = []
-            cold = timed(lambda: cold_boxes.append(Sandbox.create()), min(n, 20))
-            for box in cold_boxes:
-                box.kill()
+
+            def kill_all() -> None:
+                while cold_boxes:
+                    cold_boxes.pop().kill()
+
+            cold = timed(lambda: cold_boxes.append(Sandbox.create()), min(n, 20), between=kill_all)
+            kill_all()
         finally:
             cold_stack.stop()
     print(f"sandboxes, e2b SDK (sync), n={n}, {os.cpu_count()} cores\n")
