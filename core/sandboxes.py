@@ -15,7 +15,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from .errors import InvalidRequest
 from .schemas import Message, Name, utcnow
@@ -72,7 +72,7 @@ class SandboxCreate(Message):
     env_vars: dict[str, str] = Field(default_factory=dict)
 
 
-ControlOp = Literal["kill", "pause", "resume", "set_timeout", "metrics"]
+ControlOp = Literal["kill", "pause", "resume", "set_timeout", "metrics", "logs"]
 
 
 class SandboxControl(Message):
@@ -95,11 +95,21 @@ class SandboxMetric(Message):
     disk_total: int
 
 
+class SandboxLogLine(BaseModel):
+    """One line of a sandbox's log: its daemons' output and its lifecycle."""
+
+    model_config = ConfigDict(frozen=True)
+    at: datetime
+    level: str = "info"
+    message: str
+
+
 class SandboxReply(Message):
     """The answer to a create or control request: the record after the change, or an error."""
 
     record: SandboxRecord | None = None
     metrics: list[SandboxMetric] = Field(default_factory=list)
+    logs: list[SandboxLogLine] = Field(default_factory=list)
     error_code: str | None = None
     error_message: str | None = None
     sandboxes: int | None = None  # the worker's sandboxes in use after this request: fresher than its heartbeat

@@ -14,7 +14,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 
 from soulbox.core.errors import InvalidRequest
-from soulbox.core.sandboxes import SandboxMetric, SandboxRecord, SandboxState
+from soulbox.core.sandboxes import SandboxLogLine, SandboxMetric, SandboxRecord, SandboxState
 
 from ..platform import platform
 from .auth import authenticate
@@ -73,6 +73,10 @@ class SandboxList(BaseModel):
 
 class MetricsOut(BaseModel):
     metrics: list[SandboxMetric]
+
+
+class LogsOut(BaseModel):
+    logs: list[SandboxLogLine]
 
 
 async def _json(request: Request, model: type[BaseModel]) -> BaseModel:
@@ -160,6 +164,11 @@ async def metrics(request: Request) -> Response:
     return _out(MetricsOut(metrics=await plane.metrics(tenant, request.path_params["sandbox_id"])))
 
 
+async def logs(request: Request) -> Response:
+    plane, tenant = _ctx(request)
+    return _out(LogsOut(logs=await plane.logs(tenant, request.path_params["sandbox_id"])))
+
+
 def routes() -> list[BaseRoute]:
     one = "/v1/sandboxes/{sandbox_id}"
     return [
@@ -171,6 +180,7 @@ def routes() -> list[BaseRoute]:
         Route(f"{one}/pause", pause, methods=["POST"]),
         Route(f"{one}/resume", resume, methods=["POST"]),
         Route(f"{one}/metrics", metrics, methods=["GET"]),
+        Route(f"{one}/logs", logs, methods=["GET"]),
         WebSocketRoute(f"{one}/pty", terminal),
     ]
 
@@ -191,7 +201,7 @@ def _error(description: str) -> dict[str, object]:
     return {"description": description, "content": {"application/json": {"schema": _ERROR}}}
 
 
-MODELS: list[type[BaseModel]] = [CreateSandbox, SetTimeout, SandboxOut, SandboxList, MetricsOut]
+MODELS: list[type[BaseModel]] = [CreateSandbox, SetTimeout, SandboxOut, SandboxList, MetricsOut, LogsOut]
 OPERATIONS: dict[tuple[str, str], dict[str, object]] = {
     ("/v1/sandboxes", "post"): {
         "summary": "Create a sandbox from a template (taken from the warm pool when one is ready)",
@@ -237,6 +247,11 @@ OPERATIONS: dict[tuple[str, str], dict[str, object]] = {
         "summary": "Resume a paused sandbox",
         "parameters": [_ID],
         "responses": {"200": _json_body(SandboxOut, "running"), "404": _error("no such sandbox")},
+    },
+    ("/v1/sandboxes/{sandbox_id}/logs", "get"): {
+        "summary": "The sandbox's log: its daemons' output and lifecycle, timestamped (the last 2,000 lines)",
+        "parameters": [_ID],
+        "responses": {"200": _json_body(LogsOut, "lines"), "404": _error("no such sandbox")},
     },
     ("/v1/sandboxes/{sandbox_id}/metrics", "get"): {
         "summary": "CPU, memory and disk samples of the sandbox (every 5 s, the last hour)",

@@ -33,6 +33,7 @@ from soulbox.core.sandboxes import (
     ControlOp,
     SandboxControl,
     SandboxCreate,
+    SandboxLogLine,
     SandboxMetric,
     SandboxRecord,
     SandboxReply,
@@ -173,6 +174,9 @@ class SandboxControlPlane:
 
     async def metrics(self, tenant: str, sandbox_id: str) -> list[SandboxMetric]:
         return (await self.control(tenant, sandbox_id, "metrics")).metrics
+
+    async def logs(self, tenant: str, sandbox_id: str) -> list[SandboxLogLine]:
+        return (await self.control(tenant, sandbox_id, "logs")).logs
 
     def _timeout(self, timeout_s: int | None) -> int:
         limits = self.settings.sandboxes

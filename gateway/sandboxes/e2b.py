@@ -286,6 +286,39 @@ async def metrics(request: Request) -> Response:
     return JSONResponse(out)
 
 
+def _ms(at: datetime) -> int:
+    return int(at.timestamp() * 1000)
+
+
+@e2b_route
+async def logs(request: Request) -> Response:
+    """v2: ``{"logs": [{timestamp, level, message, fields}]}`` paged by ``cursor`` (ms) and ``direction``;
+    v1: ``{"logs": [{timestamp, line}], "logEntries": [...]}`` from ``start`` (ms)."""
+    query = request.query_params
+    try:
+        cursor = int(query.get("cursor") or query.get("start") or 0)
+        limit = max(1, min(int(query.get("limit") or 1000), 10_000))
+    except ValueError:
+        raise InvalidRequest("cursor, start and limit are integers") from None
+    backward = query.get("direction") == "backward"
+    level, search = query.get("level"), query.get("search")
+    lines = await _plane(request).logs(_tenant(request), request.path_params["sandbox_id"])
+    picked = [
+        line
+        for line in lines
+        if (not cursor or (_ms(line.at) <= cursor if backward else _ms(line.at) >= cursor))
+        and (not level or line.level == level)
+        and (not search or search in line.message)
+    ]
+    picked = (picked[::-1] if backward else picked)[:limit]
+    entries = [{"timestamp": _stamp(x.at), "level": x.level, "message": x.message, "fields": {}} for x in picked]
+    if request.url.path.startswith("/v2/"):
+        return JSONResponse({"logs": entries})
+    return JSONResponse(
+        {"logs": [{"timestamp": _stamp(x.at), "line": x.message} for x in picked], "logEntries": entries}
+    )
+
+
 def routes() -> list[Route]:
     sid = "{sandbox_id}"
     return [
@@ -302,4 +335,6 @@ def routes() -> list[Route]:
         Route(f"/sandboxes/{sid}/connect", connect, methods=["POST"], include_in_schema=False),
         Route(f"/v2/sandboxes/{sid}/connect", connect, methods=["POST"], include_in_schema=False),
         Route(f"/sandboxes/{sid}/metrics", metrics, methods=["GET"], include_in_schema=False),
+        Route(f"/sandboxes/{sid}/logs", logs, methods=["GET"], include_in_schema=False),
+        Route(f"/v2/sandboxes/{sid}/logs", logs, methods=["GET"], include_in_schema=False),
     ]

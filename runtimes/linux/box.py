@@ -20,9 +20,9 @@ from pathlib import Path
 
 from soulbox.core.logging import get_logger
 
-from ..protocol import Output
 from .cgroup import CgroupUsage
 from .errors import SandboxError, SandboxSetupFailed
+from .linelog import LineLog
 from .session import DRAIN_S, Session
 from .streams import pump
 
@@ -57,7 +57,7 @@ class Box:
         self.session = session
         self.run_dir = run_dir
         self.started = time.time()
-        self.log = Output(LOG_BYTES)
+        self.log = LineLog()
         self._teardown = teardown
         self._frozen = False
         self._closed = False

@@ -6,9 +6,7 @@ import asyncio
 import contextlib
 import json
 import os
-from typing import Any
-
-from ..protocol import Output
+from typing import Any, Protocol
 
 CHUNK = 1 << 16
 
@@ -27,7 +25,11 @@ async def feed(writer: asyncio.StreamWriter | None, data: bytes) -> None:
         pass
 
 
-async def pump(reader: asyncio.StreamReader | None, out: Output) -> None:
+class Sink(Protocol):
+    def write(self, data: bytes) -> object: ...
+
+
+async def pump(reader: asyncio.StreamReader | None, out: Sink) -> None:
     """Copy a stream into a bounded capture; bytes past the cap are counted and dropped."""
     if reader is None:
         return

@@ -33,6 +33,7 @@ from soulbox.core.logging import get_logger
 from soulbox.core.sandboxes import (
     SandboxControl,
     SandboxCreate,
+    SandboxLogLine,
     SandboxMetric,
     SandboxRecord,
     SandboxReply,
@@ -206,6 +207,9 @@ class SandboxHost:
             return SandboxReply(record=record)
         if request.op == "metrics":
             return SandboxReply(record=record, metrics=[*hosted.samples, self._sample(hosted)])
+        if request.op == "logs":
+            lines = [SandboxLogLine(at=line.at, level=line.level, message=line.text) for line in hosted.box.log.lines()]
+            return SandboxReply(record=record, logs=lines)
         if request.op == "pause":
             if record.state == SandboxState.PAUSED:
                 raise Conflict(f"sandbox {request.sandbox_id!r} is already paused", code="sandbox_paused")
@@ -343,6 +347,7 @@ class SandboxHost:
             error=InvocationError(kind="ended", message=reason) if reason and reason != "killed" else None,
         )
         hosted.events += 1
+        hosted.box.log.note(f"{type_.value}" + (f" ({reason})" if reason else ""))
         await settle([await publish_event(self._js, event)])
 
     async def _update(self, hosted: Hosted, **changes: object) -> None:

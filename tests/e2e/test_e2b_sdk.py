@@ -13,6 +13,9 @@ from collections.abc import Iterator
 import httpx
 import pytest
 from e2b import CommandExitException, NotFoundException, PtySize, Sandbox, SandboxQuery
+from e2b.api.client.api.sandboxes import get_v_2_sandboxes_sandbox_id_logs
+from e2b.api.client_sync import get_api_client
+from e2b.connection_config import ConnectionConfig
 from e2b.exceptions import AuthenticationException, SandboxException
 
 from tests.stack import Stack
@@ -122,6 +125,10 @@ def test_lifecycle_info_list_timeout_metrics_pause_kill(e2b_env: Stack) -> None:
         assert (sandbox.get_info().end_at - info.started_at).total_seconds() > 500
         assert sandbox.get_metrics()  # at least the sample taken on request
         sandbox.commands.run("echo kept > /home/user/state")
+        # Logs through E2B's own API client (the CLI's path): lifecycle and daemon lines, timestamped.
+        client = get_api_client(ConnectionConfig())
+        logs = get_v_2_sandboxes_sandbox_id_logs.sync_detailed(sandbox.sandbox_id, client=client).parsed
+        assert any(entry.message == "sandbox.created" for entry in logs.logs)
         sandbox.pause()
         assert Sandbox.get_info(sandbox.sandbox_id).state.value == "paused"
         resumed = Sandbox.connect(sandbox.sandbox_id)

@@ -99,6 +99,8 @@ def test_lifecycle_leaves_nothing_behind(client: httpx.Client) -> None:
     assert client.get("/health", headers={"E2b-Sandbox-Id": sid}).status_code == 502  # paused: not serving
     assert client.get("/v1/sandboxes", params={"state": "paused"}).json()["sandboxes"][0]["sandbox_id"] == sid
     assert client.post(f"/v1/sandboxes/{sid}/resume").json()["state"] == "running"
+    lines = [line["message"] for line in client.get(f"/v1/sandboxes/{sid}/logs").json()["logs"]]
+    assert lines[-3:] == ["sandbox.created", "sandbox.paused", "sandbox.resumed"] and "envd ready" in lines
     timed = client.post(f"/v1/sandboxes/{sid}/timeout", json={"timeout_s": 3600})
     assert timed.status_code == 200 and timed.json()["end_at"] > shown["end_at"]
     samples = client.get(f"/v1/sandboxes/{sid}/metrics").json()["metrics"]
