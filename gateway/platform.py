@@ -3,32 +3,24 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
-import secrets
-import time
 from dataclasses import dataclass
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.errors import APIError, KeyWrongLastSequenceError
+from nats.js.errors import KeyWrongLastSequenceError
 from starlette.requests import Request
 
-from soulbox.core import names
 from soulbox.core.bus import Buckets
 from soulbox.core.codec import encode
-from soulbox.core.errors import InvalidRequest, Overloaded, Unavailable
+from soulbox.core.enqueue import accepted_record, enqueue, new_invocation_id
+from soulbox.core.errors import InvalidRequest
 from soulbox.core.schemas import (
-    EventType,
     FunctionSpec,
-    InvocationRecord,
     InvocationRequest,
-    LifecycleEvent,
-    Status,
 )
 from soulbox.core.settings import Settings
-from soulbox.core.store import publish_event, put_nowait, settle
 from soulbox.core.tunnel import TunnelClient
 
 from .registry import FunctionRegistry
@@ -36,12 +28,6 @@ from .results import ResultWaiter
 from .sandboxes.control import SandboxControlPlane
 
 INVOCATION_ID_RE = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
-QUEUE_FULL_CODES = frozenset({10077, 10047, 10048})  # JetStream: stream message / byte / storage limits
-
-
-def new_invocation_id() -> str:
-    """Time-ordered, unique: 12 hex digits of milliseconds, then 16 random."""
-    return f"{int(time.time() * 1000):012x}{secrets.token_hex(8)}"
 
 
 @dataclass(slots=True)
@@ -89,15 +75,7 @@ class Platform:
             trigger=trigger,
             callback_url=callback_url,
         )
-        record = InvocationRecord(
-            id=invocation_id,
-            tenant=spec.tenant,
-            function=spec.name,
-            status=Status.ACCEPTED,
-            accepted_at=request.accepted_at,
-            timeout_ms=spec.limits.timeout_ms,
-        )
-        event = LifecycleEvent.for_record(EventType.ACCEPTED, record)
+        record = accepted_record(request)
         if client_id:
             # A caller-chosen id may repeat: claim it atomically; a repeat starts nothing.
             try:
@@ -106,31 +84,19 @@ class Platform:
                 return Submission(request, duplicate=True)
         result = self.waiter.expect(invocation_id) if wait else None
         try:
-            pending = [await publish_event(self.js, event)]
-            if not client_id and not wait:
-                # An async caller polls the record at once; a sync caller gets the result
-                # (and the id) in its response, and the worker writes the record.
-                pending.append(await put_nowait(self.js, names.INVOCATIONS_BUCKET, invocation_id, record))
-            ack = await self.js.publish(
-                names.invocation_subject(spec.tenant),
-                encode(request),
-                headers={"Nats-Msg-Id": invocation_id},
+            # An async caller polls the record at once; a sync caller gets the result
+            # (and the id) in its response, and the worker writes the record.
+            ack = await enqueue(
+                self.js,
+                self.buckets.invocations,
+                request,
+                record,
+                write_record=not client_id and not wait,
+                retry_after=self.settings.queue.retry_after_s,
             )
-            await settle(pending)
-        except APIError as exc:  # nats-py reports the full stream as a 503 ServiceUnavailableError
-            self.waiter.discard(invocation_id)
-            if exc.err_code in QUEUE_FULL_CODES:
-                # Refused for sure: free the id, so a retry with it (or its Idempotency-Key) runs.
-                with contextlib.suppress(Exception):
-                    await self.buckets.invocations.delete(invocation_id)
-                raise Overloaded("the invocation queue is full", retry_after=self.settings.queue.retry_after_s) from exc
-            raise Unavailable(f"could not enqueue the invocation: {exc}") from exc
-        except Unavailable:
+        except BaseException:
             self.waiter.discard(invocation_id)
             raise
-        except Exception as exc:  # connection lost, timeouts
-            self.waiter.discard(invocation_id)
-            raise Unavailable(f"could not enqueue the invocation: {exc}") from exc
         if ack.duplicate:
             self.waiter.discard(invocation_id)
             return Submission(request, duplicate=True)
