@@ -6,15 +6,15 @@ an invoke does not pay a KV round trip; a miss falls back to the bucket.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
 from soulbox.core import names
-from soulbox.core.codec import decode, encode
-from soulbox.core.errors import FunctionNotFound, SchemaError
+from soulbox.core.codec import encode
+from soulbox.core.errors import FunctionNotFound
+from soulbox.core.kvmirror import KvMirror
 from soulbox.core.logging import get_logger
 from soulbox.core.schemas import FunctionSpec, Limits, Permissions, RetryPolicy, Runtime, utcnow
 from soulbox.core.store import get_model, scan
@@ -29,37 +29,17 @@ class FunctionRegistry:
         self._kv = kv
         self._artifacts = artifacts
         self._versions = versions
-        self._cache: dict[str, FunctionSpec] = {}
-        self._watch: asyncio.Task[None] | None = None
+        self._mirror = KvMirror(kv, FunctionSpec)
 
     async def start(self) -> None:
-        watcher = await self._kv.watchall()
-        ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._watch = asyncio.create_task(self._follow(watcher, ready))
-        await ready
+        await self._mirror.start()
 
     async def stop(self) -> None:
-        if self._watch is not None:
-            self._watch.cancel()
-            await asyncio.gather(self._watch, return_exceptions=True)
-
-    async def _follow(self, watcher: KeyValue.KeyWatcher, ready: asyncio.Future[None]) -> None:
-        async for entry in watcher:
-            if entry is None:
-                if not ready.done():
-                    ready.set_result(None)
-                continue
-            if entry.operation in ("DEL", "PURGE") or not entry.value:
-                self._cache.pop(entry.key, None)
-                continue
-            try:
-                self._cache[entry.key] = decode(FunctionSpec, entry.value)
-            except SchemaError as exc:
-                log.warning("registry.bad_spec", key=entry.key, error=exc.message)
+        await self._mirror.stop()
 
     async def get(self, tenant: str, name: str) -> FunctionSpec:
         key = names.function_key(tenant, name)
-        spec = self._cache.get(key)
+        spec = self._mirror.values.get(key)
         if spec is None:
             spec = await get_model(self._kv, key, FunctionSpec)
             if spec is None:
@@ -107,7 +87,7 @@ class FunctionRegistry:
         if self._versions is not None:
             await remember_version(self._versions, spec)
         await self._kv.put(key, encode(spec))
-        self._cache[key] = spec
+        self._mirror.put(key, spec)
         return spec, previous is None
 
     async def delete(self, tenant: str, name: str) -> None:
@@ -115,4 +95,4 @@ class FunctionRegistry:
         if await get_model(self._kv, key, FunctionSpec) is None:
             raise FunctionNotFound(name)
         await self._kv.delete(key)
-        self._cache.pop(key, None)
+        self._mirror.delete(key)

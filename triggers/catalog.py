@@ -7,71 +7,46 @@ applied it.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 
 from nats.js.kv import KeyValue
 
-from soulbox.core.codec import decode
-from soulbox.core.errors import SchemaError
-from soulbox.core.logging import get_logger
+from soulbox.core.kvmirror import KvMirror
 from soulbox.core.schemas import TriggerKind, TriggerSpec
 
 from .routes import RoutePattern
-
-log = get_logger(__name__)
 
 
 class TriggerCatalog:
     def __init__(self, kv: KeyValue) -> None:
         self._kv = kv
-        self._triggers: dict[str, TriggerSpec] = {}
         self._routes: dict[str, RoutePattern] = {}
-        self._watch: asyncio.Task[None] | None = None
-        self._listeners: list[Callable[[], None]] = []
+        self._mirror = KvMirror(kv, TriggerSpec, on_put=self._index, on_delete=self._unindex)
+        self._triggers = self._mirror.values
 
     async def start(self) -> None:
-        watcher = await self._kv.watchall()
-        ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._watch = asyncio.create_task(self._follow(watcher, ready))
-        await ready
+        await self._mirror.start()
 
     async def stop(self) -> None:
-        if self._watch is not None:
-            self._watch.cancel()
-            await asyncio.gather(self._watch, return_exceptions=True)
+        await self._mirror.stop()
 
     def on_change(self, listener: Callable[[], None]) -> None:
-        self._listeners.append(listener)
-
-    async def _follow(self, watcher: KeyValue.KeyWatcher, ready: asyncio.Future[None]) -> None:
-        async for entry in watcher:
-            if entry is None:
-                if not ready.done():
-                    ready.set_result(None)
-                continue
-            if entry.operation in ("DEL", "PURGE") or not entry.value:
-                self.forget(entry.key)
-            else:
-                try:
-                    self.apply(entry.key, decode(TriggerSpec, entry.value))
-                except SchemaError as exc:
-                    log.warning("triggers.bad_spec", key=entry.key, error=exc.message)
-                    continue
-            if ready.done():
-                for listener in self._listeners:
-                    listener()
+        self._mirror.on_change(listener)
 
     def apply(self, key: str, spec: TriggerSpec) -> None:
         """Take ``spec`` as the current value of ``key`` (also used to read one's own writes)."""
-        self._triggers[key] = spec
+        self._mirror.put(key, spec)
+
+    def forget(self, key: str) -> None:
+        self._mirror.delete(key)
+
+    def _index(self, key: str, spec: TriggerSpec) -> None:
         if spec.http is not None:
             self._routes[key] = RoutePattern.compile(spec.http.path)
         else:
             self._routes.pop(key, None)
 
-    def forget(self, key: str) -> None:
-        self._triggers.pop(key, None)
+    def _unindex(self, key: str) -> None:
         self._routes.pop(key, None)
 
     def get(self, key: str) -> TriggerSpec | None:
