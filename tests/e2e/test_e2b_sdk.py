@@ -166,3 +166,17 @@ def test_a_wrong_api_key_is_refused(e2b_env: Stack, monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("E2B_API_KEY", "sb_wrong")
     with pytest.raises((AuthenticationException, SandboxException)):
         Sandbox.create()
+
+
+def test_signed_file_urls_work_through_the_gateway(sbx: Sandbox, e2b_env: Stack) -> None:
+    host = {"Host": f"49983-{sbx.sandbox_id}.sandbox.localhost"}  # the per-port host name a signed URL is for
+    upload = sbx.upload_url("/home/user/shared/upload.txt", use_signature_expiration=60)
+    sent = httpx.post(upload, files={"file": ("upload.txt", b"via a signed url")}, headers=host, timeout=10)
+    assert sent.status_code == 200, sent.text
+    download = sbx.download_url("/home/user/shared/upload.txt", use_signature_expiration=60)
+    got = httpx.get(download, headers=host, timeout=10)
+    assert got.status_code == 200 and got.content == b"via a signed url"
+    tampered = download.replace("upload.txt", "other.txt")
+    assert httpx.get(tampered, headers=host, timeout=10).status_code == 401
+    unsigned = download.split("&signature=")[0]
+    assert httpx.get(unsigned, headers=host, timeout=10).status_code == 401
