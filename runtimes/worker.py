@@ -282,7 +282,9 @@ async def run(settings: Settings) -> None:
     tunnel: TunnelServer | None = None
     linux = runtimes.get(Tier.LINUX)
     if isinstance(linux, LinuxRuntime) and settings.sandboxes.capacity:
-        sandboxes = SandboxHost(settings, nc, buckets.sandboxes, linux.launcher, Templates(settings))
+        sandboxes = SandboxHost(
+            settings, nc, buckets.sandboxes, linux.launcher, Templates(settings, linux.launcher.guest_dir())
+        )
         await sandboxes.start()
         tunnel = TunnelServer(nc, names.worker_tunnel_subject(settings.worker.id), SandboxDataPlane(sandboxes).handle)
         await tunnel.start()

@@ -39,6 +39,7 @@ import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from soulbox.core.logging import get_logger
 from soulbox.core.settings import LinuxSettings
@@ -191,6 +192,12 @@ class Launcher:
             await box.close()
             raise
         return box
+
+    def guest_dir(self) -> Path:
+        """A directory every sandbox uid can read (beside the shared /etc skeleton), for in-sandbox programs."""
+        path = self._layout.skeleton / "guests"
+        path.mkdir(mode=0o755, exist_ok=True)
+        return path
 
     async def _remove_box_cgroup(self, cgroup: SandboxCgroup, uid: int) -> None:
         if not await self._remove(cgroup):

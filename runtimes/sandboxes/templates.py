@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import shlex
+import shutil
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,7 @@ HOME = "/home/user"
 ENVD_READY = b"envd ready"
 INTERPRETER_READY = b"interpreter ready"
 INTERPRETER_PORT = 49999
+FALLBACK_TEMPLATES = Path("/var/tmp/soulbox/templates")
 BASE_ENV = {
     "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
     "HOME": HOME,
@@ -60,11 +62,34 @@ class Templates:
 
     NAMES = ("base", "code-interpreter-v1")
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, guest_root: Path) -> None:
+        """``guest_root``: a host directory every sandbox uid can reach, for the in-sandbox programs."""
         self._settings = settings
         self._python = settings.linux.python
+        self._guests = guest_root
         self._built: dict[str, Template] = {}
         self._lock = asyncio.Lock()
+
+    def _guest(self, name: str) -> str:
+        """A copy of a guest package where sandboxes can read it (the source tree may be private, e.g. in /root)."""
+        target = self._guests / name.rsplit(".", 1)[-1]
+        if not target.exists():
+            shutil.copytree(_package_dir(name), target, ignore=shutil.ignore_patterns("__pycache__"))
+            for path in (target, *target.rglob("*")):
+                path.chmod(0o755 if path.is_dir() else 0o644)
+        return str(target)
+
+    def _templates_root(self) -> Path:
+        configured = self._settings.sandboxes.templates_dir
+        root = (configured or self._settings.data_dir / "templates").resolve()
+        if configured is None and not _traversable(root):
+            root = FALLBACK_TEMPLATES  # the data dir is private: a shared spot instead (sticky, world-traversable)
+        if not _traversable(root):
+            raise Unavailable(
+                f"{root} is not traversable by other users, so sandboxes cannot see the templates in it; "
+                "set sandboxes.templates_dir (SOULBOX_SANDBOXES__TEMPLATES_DIR) to a path they can reach"
+            )
+        return root
 
     async def get(self, name: str) -> Template:
         if name not in self.NAMES:
@@ -77,15 +102,13 @@ class Templates:
             return self._built[name]
 
     async def _build(self, name: str) -> Template:
-        binds = {_package_dir("soulbox.runtimes.linux.envd"): f"{GUEST_ROOT}/envd"}
+        binds = {self._guest("soulbox.runtimes.linux.envd"): f"{GUEST_ROOT}/envd"}
         envd_cmd = [self._python, "-m", "envd", "--socket", f"{RUN_DIR}/{SOCKET_NAME}"]
         if name == "base":
             return Template(name, envd_cmd, (ENVD_READY,), binds, dict(BASE_ENV))
-        root = self._settings.sandboxes.templates_dir or self._settings.data_dir / "templates"
-        root = root.resolve()
-        _check_traversable(root)
+        root = self._templates_root()
         env_dir = await ensure_python_env(root / "pyenv", DATA_SCIENCE_PACKAGES, python=self._python)
-        binds[_package_dir("soulbox.runtimes.linux.interpreter")] = f"{GUEST_ROOT}/interpreter"
+        binds[self._guest("soulbox.runtimes.linux.interpreter")] = f"{GUEST_ROOT}/interpreter"
         binds[str(env_dir)] = str(env_dir)
         server = [
             self._python, "-m", "interpreter", "--port", str(INTERPRETER_PORT),
@@ -97,12 +120,7 @@ class Templates:
         return Template(name, ["/bin/sh", "-c", script], (ENVD_READY, INTERPRETER_READY), binds, env)
 
 
-def _check_traversable(path: Path) -> None:
+def _traversable(path: Path) -> bool:
     """Sandboxes run as unprivileged uids: bubblewrap can bind only what they can reach."""
     path.mkdir(parents=True, exist_ok=True)
-    for part in (path, *path.parents):
-        if not part.stat().st_mode & stat.S_IXOTH:
-            raise Unavailable(
-                f"{part} is not traversable by other users, so sandboxes cannot see the templates under {path}; "
-                "set sandboxes.templates_dir (SOULBOX_SANDBOXES__TEMPLATES_DIR) to a path they can reach"
-            )
+    return all(part.stat().st_mode & stat.S_IXOTH for part in (path, *path.parents))
