@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from openapi_spec_validator import validate
 from starlette.routing import Route
 
 from soulbox.core.schemas import FunctionAlias
@@ -119,6 +120,5 @@ def test_alias_out_is_the_stored_alias_without_tenant() -> None:
 
 
 def test_valid_openapi_3_1(document: dict[str, Any]) -> None:
-    validator = pytest.importorskip("openapi_spec_validator")
-    validator.validate(document)
+    validate(document)  # a dev dependency, so this never skips
     assert document["openapi"].startswith("3.1")
