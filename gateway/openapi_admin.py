@@ -44,7 +44,7 @@ class SequencedAuditRecord(AuditRecord):
 
 
 class TenantExport(BaseModel):
-    """Everything recorded about a tenant; byte fields (module, input, output) are base64."""
+    """Everything recorded about a tenant; the invocation records' stdout and stderr are base64."""
 
     tenant: str
     exported_at: datetime

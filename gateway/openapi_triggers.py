@@ -117,6 +117,10 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
                 "description": "`sync` triggers: the function's stdout; a Bun or Deno fetch handler answers with "
                 "its own status, headers and body",
                 "content": {"application/octet-stream": {"schema": BINARY}},
+                "headers": {
+                    "X-Invocation-Id": {"schema": {"type": "string"}},
+                    "X-Duration-Ms": {"schema": {"type": "string"}, "description": "run time, 3 decimals"},
+                },
             },
             "202": _accepted("accepted; poll the invocation at `url`"),
             "401": error(
