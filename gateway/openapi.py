@@ -11,6 +11,7 @@ from starlette.routing import BaseRoute, Route
 from soulbox.core.schemas import NAME_PATTERN, AuditRecord
 from soulbox.events import UsageReport
 
+from . import openapi_admin, openapi_triggers
 from .models import ErrorResponse, FunctionList, FunctionOut, InvocationAccepted, InvocationOut
 from .platform import INVOCATION_ID_RE
 from .sandboxes import api as sandbox_api
@@ -24,6 +25,8 @@ _MODELS: list[type[BaseModel]] = [
     UsageReport,
     AuditRecord,
     *sandbox_api.MODELS,
+    *openapi_triggers.MODELS,
+    *openapi_admin.MODELS,
 ]
 
 
@@ -161,7 +164,13 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
 def openapi_document(
     routes: Sequence[BaseRoute], extra: dict[tuple[str, str], dict[str, Any]] | None = None
 ) -> dict[str, Any]:
-    operations = {**OPERATIONS, **sandbox_api.OPERATIONS, **(extra or {})}
+    operations = {
+        **OPERATIONS,
+        **sandbox_api.OPERATIONS,
+        **openapi_triggers.OPERATIONS,
+        **openapi_admin.OPERATIONS,
+        **(extra or {}),
+    }
     paths: dict[str, dict[str, Any]] = {}
     for route in routes:
         if not isinstance(route, Route) or not route.include_in_schema:
