@@ -117,6 +117,14 @@ SANDBOX_CREATE_SUBJECT: Final = "sb.sandboxes.create"
 SANDBOX_CREATE_QUEUE: Final = "schedulers"
 
 
+SANDBOX_METRICS_SUBJECTS: Final = "sb.metrics.sandboxes.>"
+"""Core NATS: every second, each worker's samples of its running sandboxes (telemetry: not stored)."""
+
+
+def sandbox_metrics_subject(worker_id: str) -> str:
+    return f"sb.metrics.sandboxes.{worker_id}"
+
+
 def worker_sandbox_subject(worker_id: str, action: str = "*") -> str:
     """Core NATS request subject on which a worker creates (``create``) and steers (``control``) its sandboxes."""
     return f"sb.workers.{worker_id}.sandboxes.{action}"

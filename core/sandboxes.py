@@ -95,6 +95,24 @@ class SandboxMetric(Message):
     disk_total: int
 
 
+class SandboxUsage(BaseModel):
+    """One running sandbox's latest sample, as a worker reports it every second."""
+
+    model_config = ConfigDict(frozen=True)
+    sandbox_id: str
+    tenant: str
+    template: str
+    metric: SandboxMetric
+
+
+class SandboxMetricsBatch(Message):
+    """Worker -> anyone listening (core NATS, not stored): the samples of all its running sandboxes."""
+
+    worker_id: str
+    at: datetime = Field(default_factory=utcnow)
+    sandboxes: list[SandboxUsage] = Field(default_factory=list)
+
+
 class SandboxLogLine(BaseModel):
     """One line of a sandbox's log: its daemons' output and its lifecycle."""
 

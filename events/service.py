@@ -36,6 +36,7 @@ from .consumer import EventConsumer
 from .metrics import MetricsRecorder
 from .metrics_server import MetricsServer
 from .s3 import ExportStore
+from .sandbox_metrics import SandboxGauges
 from .tenantkeys import TenantKeys
 from .usage import Granularity
 from .usageexport import export_recent
@@ -119,9 +120,14 @@ async def _metrics(settings: Settings, nc: NATS, js: JetStreamContext, stop: asy
     recorder = MetricsRecorder()
     consumer = EventConsumer(nc, recorder, durable="metrics", batch=settings.events.batch)
     server = MetricsServer(recorder.registry, host=settings.events.metrics_host, port=settings.events.metrics_port)
-    async with server, asyncio.TaskGroup() as tasks:
-        tasks.create_task(consumer.run(stop))
-        tasks.create_task(recorder.watch_queue_depth(js, stop))
+    sandboxes = SandboxGauges(recorder.registry)
+    await sandboxes.start(nc)
+    try:
+        async with server, asyncio.TaskGroup() as tasks:
+            tasks.create_task(consumer.run(stop))
+            tasks.create_task(recorder.watch_queue_depth(js, stop))
+    finally:
+        await sandboxes.stop()
 
 
 async def run(kind: Kind, settings: Settings, stop: asyncio.Event) -> None:

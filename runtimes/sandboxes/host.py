@@ -35,9 +35,11 @@ from soulbox.core.sandboxes import (
     SandboxCreate,
     SandboxLogLine,
     SandboxMetric,
+    SandboxMetricsBatch,
     SandboxRecord,
     SandboxReply,
     SandboxState,
+    SandboxUsage,
 )
 from soulbox.core.schemas import (
     LIFECYCLE_EVENT_VERSION,
@@ -59,8 +61,8 @@ from .templates import HOME, Template, Templates
 log = get_logger(__name__)
 
 MIB = 1024 * 1024
-METRICS_INTERVAL_S = 5.0
-METRICS_KEPT = 720  # one hour of 5 s samples
+METRICS_INTERVAL_S = 1.0
+METRICS_KEPT = 3600  # one hour of samples
 
 
 @dataclass(eq=False)
@@ -379,12 +381,26 @@ class SandboxHost:
         )
 
     async def _sample_forever(self) -> None:
+        """Every second: a sample per running sandbox, kept for the metrics API and published as one batch."""
+        subject = names.sandbox_metrics_subject(self.worker_id)
         while True:
             await asyncio.sleep(METRICS_INTERVAL_S)
+            batch = []
             for hosted in list(self._hosted.values()):
                 if hosted.record.state == SandboxState.RUNNING and hosted.box.alive:
-                    with contextlib.suppress(OSError):
-                        hosted.samples.append(self._sample(hosted))
+                    try:
+                        sample = self._sample(hosted)
+                    except OSError:  # ended meanwhile
+                        continue
+                    hosted.samples.append(sample)
+                    record = hosted.record
+                    batch.append(
+                        SandboxUsage(
+                            sandbox_id=record.sandbox_id, tenant=record.tenant, template=record.template, metric=sample
+                        )
+                    )
+            with contextlib.suppress(Exception):  # telemetry: a tick lost to a reconnect is not worth more
+                await self._nc.publish(subject, encode(SandboxMetricsBatch(worker_id=self.worker_id, sandboxes=batch)))
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coro)

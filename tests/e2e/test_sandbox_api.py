@@ -72,7 +72,7 @@ def test_keys_are_required_and_errors_are_json(stack: Stack, client: httpx.Clien
     assert client.get("/v1/sandboxes/BAD!").json()["error"]["code"] == "invalid_request"
 
 
-def test_lifecycle_leaves_nothing_behind(client: httpx.Client) -> None:
+def test_lifecycle_leaves_nothing_behind(stack: Stack, client: httpx.Client) -> None:
     before = settle(len(envd_daemons()))
     seconds_before = next(
         (u["sandbox_seconds"] for u in client.get("/v1/usage").json()["functions"] if u["function"] == "base"), 0.0
@@ -105,6 +105,13 @@ def test_lifecycle_leaves_nothing_behind(client: httpx.Client) -> None:
     assert timed.status_code == 200 and timed.json()["end_at"] > shown["end_at"]
     samples = client.get(f"/v1/sandboxes/{sid}/metrics").json()["metrics"]
     assert samples and samples[-1]["mem_used"] > 0 and samples[-1]["mem_total"] == 512 * 1024 * 1024
+
+    # Every second, the worker's samples reach the metrics consumer's per-sandbox gauges.
+    deadline = time.monotonic() + 10
+    series = f'soulbox_sandbox_memory_used_bytes{{sandbox_id="{sid}"'
+    while series not in (text := httpx.get(stack.metrics_url, timeout=5).text) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert series in text
 
     assert client.delete(f"/v1/sandboxes/{sid}").status_code == 204
     # Billed exactly: the running period before the pause and the one after the resume, per template.
