@@ -68,17 +68,22 @@ class Stack:
         return self.spawn(worker_id, "soulbox.runtimes.worker", SOULBOX_WORKER__ID=worker_id)
 
     def start(self) -> None:
+        """Start every process and wait until the stack serves; a stack that never gets ready is stopped."""
         self.root.mkdir(parents=True, exist_ok=True)
-        self.nats.start()
-        self.spawn("gateway", "soulbox.gateway")
-        self.spawn("scheduler", "soulbox.scheduler")
-        for i in range(self.workers):
-            self.start_worker(f"worker-{i}")
-        for kind in ("billing", "audit", "metrics"):
-            self.spawn(f"events-{kind}", "soulbox.events", kind)
-        for i in range(self.triggers):
-            self.spawn(f"triggers-{i}", "soulbox.triggers")
-        self.wait_ready()
+        try:
+            self.nats.start()
+            self.spawn("gateway", "soulbox.gateway")
+            self.spawn("scheduler", "soulbox.scheduler")
+            for i in range(self.workers):
+                self.start_worker(f"worker-{i}")
+            for kind in ("billing", "audit", "metrics"):
+                self.spawn(f"events-{kind}", "soulbox.events", kind)
+            for i in range(self.triggers):
+                self.spawn(f"triggers-{i}", "soulbox.triggers")
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
 
     def wait_ready(self, timeout: float = 90.0) -> None:  # a shared, loaded box starts slowly
         deadline = time.monotonic() + timeout
