@@ -164,6 +164,16 @@ def test_delete_function(api: httpx.Client) -> None:
     assert api.delete("/v1/functions/doomed").status_code == 404
 
 
+def test_deleting_a_function_drains_what_was_accepted(api: httpx.Client) -> None:
+    """Accepted invocations carry their function's spec: a delete stops new ones, the queued ones still run."""
+    deploy(api, "draining", wasm("slow"), timeout_ms=5000)
+    urls = [api.post("/v1/functions/draining/invoke?async=true", content=b"").json()["url"] for _ in range(4)]
+    assert api.delete("/v1/functions/draining").status_code == 204
+    assert api.post("/v1/functions/draining/invoke", content=b"").status_code == 404
+    for url in urls:
+        assert wait_for(lambda u=url: api.get(u).json()["status"] == "completed", timeout=30)
+
+
 def test_openapi_lists_the_routes(api: httpx.Client) -> None:
     doc = api.get("/openapi.json").json()
     assert doc["openapi"].startswith("3.")
