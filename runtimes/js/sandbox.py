@@ -150,6 +150,22 @@ class JsSandbox:
         grants) get their directory made when it lies in the private ``/tmp`` or ``/work``.
         """
         uid = await self._uids.acquire()
+        try:
+            return self._spawn(uid, command, binary, files, net, write_paths, tmpfs_bytes)
+        except BaseException:
+            self._uids.release(uid)
+            raise
+
+    def _spawn(
+        self,
+        uid: int,
+        command: Sequence[str],
+        binary: Path,
+        files: Mapping[str, Path],
+        net: bool,
+        write_paths: Sequence[str],
+        tmpfs_bytes: int,
+    ) -> Spawn:
         opened: list[int] = []
         # Beside the /etc skeleton, where the sandbox's uid can reach it. Copies, not --ro-bind-data:
         # a runtime resolving its module's real path would find "/proc/self/fd/N (deleted)".
@@ -191,7 +207,6 @@ class JsSandbox:
                 with contextlib.suppress(OSError):
                     os.close(fd)
             shutil.rmtree(root, ignore_errors=True)
-            self._uids.release(uid)
             raise
 
     def release(self, uid: int) -> None:

@@ -267,8 +267,9 @@ class Launcher:
         block_r, block_w = os.pipe2(os.O_CLOEXEC)
         seccomp_r = seccomp_pipe(self._seccomp)
         argv = sandbox_argv(
-            self.setpriv, self.bwrap, uid, root_args, command, status_fd=status_w, block_fd=block_r, seccomp_fd=seccomp_r
-        )
+            self.setpriv, self.bwrap, uid, root_args, command,
+            status_fd=status_w, block_fd=block_r, seccomp_fd=seccomp_r,
+        )  # fmt: skip
         return open_session(
             argv,
             uid=uid,
