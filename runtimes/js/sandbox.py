@@ -117,6 +117,7 @@ class JsSandbox:
         self._settings = settings
         self._layout = RootLayout(settings)
         try:
+            self._dns = _add_dns(self._layout.skeleton)
             self._uid_block = UidBlock(settings.uid_base, settings.uid_block, self._layout.skeleton.parent / UID_LOCKS)
         except BaseException:
             self._layout.close()
@@ -189,8 +190,8 @@ class JsSandbox:
                 dirs=dirs,
             )
             root_args += ["--as-pid-1"]
-            if net:
-                root_args += ["--share-net"]
+            if net:  # the host's network namespace, and name resolution through the host's resolver
+                root_args += ["--share-net", "--ro-bind", str(self._dns), "/etc/nsswitch.conf"]
             status_r, status_w = os.pipe2(os.O_CLOEXEC)
             block_r, block_w = os.pipe2(os.O_CLOEXEC)
             opened += [status_r, status_w, block_r, block_w]
@@ -224,3 +225,21 @@ class JsSandbox:
 
 def _under_writable(path: PurePosixPath) -> bool:
     return any(path.parent == base or base in path.parent.parents for base in WRITABLE)
+
+
+def _add_dns(skeleton: Path) -> Path:
+    """The host's resolver configuration in the skeleton's /etc, and an nsswitch.conf that uses DNS.
+
+    The shared skeleton resolves names from files only (no network there); a
+    process granted ``net`` gets the returned nsswitch.conf bound over it.
+    """
+    try:
+        resolv = Path("/etc/resolv.conf").read_bytes()  # through a symlink (systemd-resolved's stub file)
+    except OSError:
+        resolv = b""
+    (skeleton / "etc" / "resolv.conf").write_bytes(resolv)
+    (skeleton / "etc" / "resolv.conf").chmod(0o644)
+    nsswitch = skeleton / "nsswitch-dns.conf"
+    nsswitch.write_bytes((skeleton / "etc" / "nsswitch.conf").read_bytes().replace(b"hosts: files", b"hosts: files dns"))
+    nsswitch.chmod(0o644)
+    return nsswitch
