@@ -240,6 +240,7 @@ def _add_dns(skeleton: Path) -> Path:
     (skeleton / "etc" / "resolv.conf").write_bytes(resolv)
     (skeleton / "etc" / "resolv.conf").chmod(0o644)
     nsswitch = skeleton / "nsswitch-dns.conf"
-    nsswitch.write_bytes((skeleton / "etc" / "nsswitch.conf").read_bytes().replace(b"hosts: files", b"hosts: files dns"))
+    files_only = (skeleton / "etc" / "nsswitch.conf").read_bytes()
+    nsswitch.write_bytes(files_only.replace(b"hosts: files", b"hosts: files dns"))
     nsswitch.chmod(0o644)
     return nsswitch
