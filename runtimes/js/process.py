@@ -126,11 +126,11 @@ class JsProcess:
 
         server = await asyncio.start_unix_server(on_connect, path=str(socket_path), limit=READ)
         try:
-            if sandbox is not None:  # connecting takes write access; its directory is the sandbox uid's alone
-                os.chown(socket_path, sandbox.uid, sandbox.uid)
             # Popen, not asyncio's subprocess: its child watchers reap without the
             # rusage that gives the exact peak RSS (see _reap). Spawning is a vfork.
             try:
+                if sandbox is not None:  # connecting takes write access; its directory is the sandbox uid's alone
+                    os.chown(socket_path, sandbox.uid, sandbox.uid)
                 proc = subprocess.Popen(  # noqa: ASYNC220
                     argv,
                     stdin=subprocess.PIPE if mode is Mode.SCRIPT else subprocess.DEVNULL,
@@ -152,12 +152,13 @@ class JsProcess:
                     sandbox.spawned()
                     # None: bubblewrap gave up; the process then dies and the start reports its stderr.
                     runtime_pid = await sandbox.sandbox_pid()
-                if cgroup_parent is not None:
+                if cgroup_parent is not None and (sandbox is None or runtime_pid is not None):
                     cgroup = MemoryCgroup.create(cgroup_parent)
                     cgroup.add(runtime_pid or proc.pid)
                 self = cls(proc, mode, poll_s=poll_s, cgroup=cgroup, sandbox=sandbox, runtime_pid=runtime_pid)
             except BaseException:
-                os.killpg(proc.pid, signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
                 if cgroup is not None:
                     cgroup.remove()

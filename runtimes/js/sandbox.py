@@ -99,7 +99,9 @@ class Spawn:
     def close(self) -> None:
         """Once the process is gone: its uid is free, its directory removed; safe to call more than once."""
         self.spawned()
-        self.go()  # closing the block fd lets a sandbox stuck in setup run on to its end
+        if self.block_w >= 0:  # never let go: its monitor is dead, and --die-with-parent has killed it
+            os.close(self.block_w)
+            self.block_w = -1
         self.status.close()
         if self.uid >= 0:
             shutil.rmtree(self.root, ignore_errors=True)
@@ -209,6 +211,11 @@ class JsSandbox:
                     os.close(fd)
             shutil.rmtree(root, ignore_errors=True)
             raise
+
+    @property
+    def uids_in_use(self) -> int:
+        """Host uids leased to live processes."""
+        return self._uids.in_use
 
     def release(self, uid: int) -> None:
         if not self._closed:

@@ -161,3 +161,33 @@ async def test_unsandboxed_processes_still_serve(make: Make, runtime_name: Runti
     js, guests = make(runtime_name, {"id": ID}, sandboxed=False)
     assert js.sandbox is None
     assert len(await call(js, guests, "id")) == 36
+
+
+async def test_a_sandbox_that_fails_to_start_is_a_crash_and_frees_its_uid(runtime_name: Runtime, tmp_path: Path) -> None:
+    guests = Guests(runtime_name, {"id": ID})
+    sandbox = JsSandbox(LinuxSettings(bwrap="false"))  # "bubblewrap" exits 1 before any sandbox exists
+    js = JsRuntime(
+        guests.fetch,
+        engines={runtime_name: engine_or_skip(runtime_name)},
+        work_dir=tmp_path / "js",
+        concurrency=2,
+        sandbox=sandbox,
+    )
+    try:
+        result = await js.run(guests.spec("id"), HttpRequest("POST", "http://fn/", (), b"").encode())
+        assert result.outcome is Outcome.FUNCTION_ERROR and result.error is not None
+        assert result.error.kind == "crash"
+        async with asyncio.timeout(5):
+            while sandbox.uids_in_use:
+                await asyncio.sleep(0.01)
+    finally:
+        await js.close()
+
+
+async def test_idle_processes_keep_their_uid_and_free_it_when_closed(make: Make, runtime_name: Runtime) -> None:
+    js, guests = make(runtime_name, {"one": ID, "two": ID + "// another function\n"})
+    assert js.sandbox is not None
+    await asyncio.gather(call(js, guests, "one"), call(js, guests, "two"))
+    assert js.sandbox.uids_in_use == 2
+    await js.pool.close()
+    assert js.sandbox.uids_in_use == 0
