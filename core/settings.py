@@ -150,6 +150,11 @@ class JsSettings(BaseModel):
     spare_scripts: bool = Field(True, description="boot the next script-mode process after each invocation")
     memory_cgroup: bool = Field(True, description="a memory cgroup per process when the host allows one")
     poll_ms: float = Field(5.0, gt=0, description="RSS watchdog interval")
+    sandboxed: bool = Field(
+        True,
+        description="run every Bun/Deno process in a bubblewrap sandbox built from `linux` settings (needs user "
+        "namespaces, bwrap, setpriv, libseccomp; without them the tier warns and runs processes bare)",
+    )
 
 
 # Above every range a distribution hands out by default: /etc/subuid ranges start at

@@ -40,7 +40,9 @@ class Permissions:
     ``net`` lists hosts (``api.example.com``, ``10.0.0.1:8080``) for ``fetch``
     and sockets; ``read``/``write`` list paths; ``run`` lists program names.
     Env access is exactly the function's bindings. Bun has no permission
-    system: these do not constrain it (see the tier's docstring).
+    system: only ``net`` matters to it, deciding whether its sandbox shares
+    the host's network namespace (:mod:`.sandbox`). Paths are as the
+    sandboxed process sees them (its private ``/tmp`` and ``/work``, ``/usr``).
     """
 
     net: tuple[str, ...] = ()

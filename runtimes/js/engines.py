@@ -6,12 +6,14 @@ read of the function's own module and the shim's control socket (a unix
 socket the host unlinks as soon as the shim is connected).
 
 Bun has no permission system. A Bun function can read and write whatever
-the worker's user can, open any connection and start programs; it is only
-as isolated as the process it runs in. Bun functions must therefore run
-inside the Linux sandbox tier's isolation (namespaces, cgroups, seccomp)
-before they take untrusted code; until then the Bun engine is for trusted
-code. The flags below only turn off what Bun would do on its own: install
-packages, load ``.env`` files, native addons, macros.
+its process can, open any connection and start programs; it is only as
+isolated as the process it runs in, which is why the tier runs every
+process in a bubblewrap sandbox (:mod:`.sandbox`). The flags below only
+turn off what Bun would do on its own: install packages, load ``.env``
+files, native addons, macros.
+
+Paths given to ``launch`` are as the process sees them (inside the sandbox
+when there is one).
 """
 
 from __future__ import annotations
@@ -48,7 +50,15 @@ class Engine(Protocol):
     def binary(self) -> Path: ...
 
     def launch(
-        self, *, socket: Path, module: Path, mode: Mode, config: FunctionConfig, memory_mb: int, cache_dir: Path
+        self,
+        *,
+        socket: Path,
+        module: Path,
+        mode: Mode,
+        config: FunctionConfig,
+        memory_mb: int,
+        cache_dir: Path,
+        shim: Path = SHIM,
     ) -> Launch: ...
 
     def version(self) -> str: ...
@@ -66,14 +76,22 @@ class BunEngine:
     runtime: Runtime = BUN
 
     def launch(
-        self, *, socket: Path, module: Path, mode: Mode, config: FunctionConfig, memory_mb: int, cache_dir: Path
+        self,
+        *,
+        socket: Path,
+        module: Path,
+        mode: Mode,
+        config: FunctionConfig,
+        memory_mb: int,
+        cache_dir: Path,
+        shim: Path = SHIM,
     ) -> Launch:
         flags = ["--no-install", "--no-env-file", "--no-addons", "--no-macros", "--no-orphans"]
         if self.smol:
             flags.append("--smol")
         env = _base_env(config, socket.parent)
         env["BUN_RUNTIME_TRANSPILER_CACHE_PATH"] = str(cache_dir)
-        return Launch([str(self.binary), *flags, str(SHIM), str(socket), str(module), mode.value], env)
+        return Launch([str(self.binary), *flags, str(shim), str(socket), str(module), mode.value], env)
 
     def version(self) -> str:
         return _version([str(self.binary), "--version"])
@@ -85,7 +103,15 @@ class DenoEngine:
     runtime: Runtime = DENO
 
     def launch(
-        self, *, socket: Path, module: Path, mode: Mode, config: FunctionConfig, memory_mb: int, cache_dir: Path
+        self,
+        *,
+        socket: Path,
+        module: Path,
+        mode: Mode,
+        config: FunctionConfig,
+        memory_mb: int,
+        cache_dir: Path,
+        shim: Path = SHIM,
     ) -> Launch:
         grants = config.permissions
         allow: dict[str, list[str]] = {
@@ -100,7 +126,7 @@ class DenoEngine:
         flags += [f"--allow-{kind}={','.join(items)}" for kind, items in allow.items() if items]
         env = _base_env(config, socket.parent)
         env["DENO_DIR"] = str(cache_dir)
-        return Launch([str(self.binary), *flags, str(SHIM), str(socket), str(module), mode.value], env)
+        return Launch([str(self.binary), *flags, str(shim), str(socket), str(module), mode.value], env)
 
     def version(self) -> str:
         return _version([str(self.binary), "--version"]).split("\n", 1)[0]

@@ -8,10 +8,11 @@ from soulbox.core.settings import Settings
 
 from ..protocol import Runtime
 from .cgroup import find_parent
-from .config import TIER
+from .config import BUN, TIER
 from .engines import TOOLS_DIRS, default_engines
 from .modules import FetchArtifact
 from .runtime import JsRuntime
+from .sandbox import JsSandbox
 
 log = get_logger(__name__)
 
@@ -26,7 +27,15 @@ def create_js_runtimes(settings: Settings, fetch_artifact: FetchArtifact) -> dic
         log.warning("js.no_runtime", hint="install the `deno` PyPI package or the `bun` npm package")
         return {}
     cgroup_parent = find_parent() if js.memory_cgroup else None
-    log.info("js.ready", runtimes=sorted(engines), memory_cgroup=str(cgroup_parent) if cgroup_parent else None)
+    sandbox = JsSandbox.create(settings.linux) if js.sandboxed else None
+    if sandbox is None and BUN in engines:
+        log.warning("js.bun_unsandboxed", hint="Bun has no permission system: run only trusted code on it here")
+    log.info(
+        "js.ready",
+        runtimes=sorted(engines),
+        memory_cgroup=str(cgroup_parent) if cgroup_parent else None,
+        sandboxed=sandbox is not None,
+    )
     runtime = JsRuntime(
         fetch_artifact,
         engines=engines,
@@ -38,5 +47,6 @@ def create_js_runtimes(settings: Settings, fetch_artifact: FetchArtifact) -> dic
         spare_scripts=js.spare_scripts,
         poll_ms=js.poll_ms,
         cgroup_parent=cgroup_parent,
+        sandbox=sandbox,
     )
     return {TIER: runtime}

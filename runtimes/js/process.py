@@ -2,6 +2,9 @@
 
 The process runs in its own session (process group), so a kill takes its
 children with it. Its memory is accounted by :class:`~.memory.ProcessMemory`.
+Sandboxed (:mod:`.sandbox`), the spawned process is bubblewrap's monitor and
+the runtime is the sandbox's pid 1: memory is sampled there and a kill goes
+there (the kernel then ends its whole pid namespace, and the monitor exits).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from ..protocol import Output
 from .cgroup import MemoryCgroup
 from .config import Mode
 from .memory import ProcessMemory
+from .sandbox import Spawn
 from .wire import Frame, encode_frame, read_frame
 
 log = get_logger(__name__)
@@ -41,12 +45,23 @@ class JsProcess:
     """A spawned ``bun``/``deno`` running ``shim.mjs``; use :meth:`start`."""
 
     def __init__(
-        self, proc: subprocess.Popen[bytes], mode: Mode, *, poll_s: float, cgroup: MemoryCgroup | None = None
+        self,
+        proc: subprocess.Popen[bytes],
+        mode: Mode,
+        *,
+        poll_s: float,
+        cgroup: MemoryCgroup | None = None,
+        sandbox: Spawn | None = None,
+        runtime_pid: int | None = None,
     ) -> None:
         self._proc = proc
         self.pid = proc.pid
+        self.runtime_pid = runtime_pid or proc.pid
+        """The runtime itself: ``pid``, or the sandbox's pid 1 (as the host sees it)."""
         self.mode = mode
-        self.memory = ProcessMemory(proc.pid, poll_s=poll_s, cgroup=cgroup)
+        self.memory = ProcessMemory(self.runtime_pid, poll_s=poll_s, cgroup=cgroup)
+        self._sandbox = sandbox
+        self._runtime_fd = os.pidfd_open(runtime_pid) if runtime_pid is not None else -1
         self.sinks: tuple[Output | None, Output | None] = (None, None)
         self.stderr_tail = bytearray()
         self.frames: asyncio.Queue[Frame | None] = asyncio.Queue()
@@ -91,11 +106,13 @@ class JsProcess:
         memory_limit: int,
         poll_s: float,
         cgroup_parent: Path | None = None,
+        sandbox: Spawn | None = None,
     ) -> tuple[JsProcess, Breach | Frame | None]:
         """Spawn, connect and load: returns the process and what ended the start.
 
         The second item is the ``ready`` frame on success, a ``Breach``, an
         ``error`` frame (the module failed to load) or ``None`` (it died).
+        ``sandbox``: ``argv`` is its command line; it is closed with the process.
         """
         connected: asyncio.Future[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = (
             asyncio.get_running_loop().create_future()
@@ -111,25 +128,45 @@ class JsProcess:
         try:
             # Popen, not asyncio's subprocess: its child watchers reap without the
             # rusage that gives the exact peak RSS (see _reap). Spawning is a vfork.
-            proc = subprocess.Popen(  # noqa: ASYNC220
-                argv,
-                stdin=subprocess.PIPE if mode is Mode.SCRIPT else subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                env=dict(env),
-                cwd=cwd,
-                start_new_session=True,
-            )
-            cgroup = None
             try:
-                if cgroup_parent is not None:
-                    cgroup = MemoryCgroup.create(cgroup_parent)
-                    cgroup.add(proc.pid)
-            except OSError:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+                if sandbox is not None:  # connecting takes write access; its directory is the sandbox uid's alone
+                    os.chown(socket_path, sandbox.uid, sandbox.uid)
+                proc = subprocess.Popen(  # noqa: ASYNC220
+                    argv,
+                    stdin=subprocess.PIPE if mode is Mode.SCRIPT else subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    env=dict(env),
+                    cwd=cwd,
+                    start_new_session=True,
+                    pass_fds=sandbox.pass_fds if sandbox is not None else (),
+                )
+            except BaseException:
+                if sandbox is not None:
+                    sandbox.close()
                 raise
-            self = cls(proc, mode, poll_s=poll_s, cgroup=cgroup)
+            cgroup = None
+            runtime_pid = None
+            try:
+                if sandbox is not None:
+                    sandbox.spawned()
+                    # None: bubblewrap gave up; the process then dies and the start reports its stderr.
+                    runtime_pid = await sandbox.sandbox_pid()
+                if cgroup_parent is not None and (sandbox is None or runtime_pid is not None):
+                    cgroup = MemoryCgroup.create(cgroup_parent)
+                    cgroup.add(runtime_pid or proc.pid)
+                self = cls(proc, mode, poll_s=poll_s, cgroup=cgroup, sandbox=sandbox, runtime_pid=runtime_pid)
+            except BaseException:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                if cgroup is not None:
+                    cgroup.remove()
+                if sandbox is not None:
+                    sandbox.close()
+                raise
+            if sandbox is not None:
+                sandbox.go()  # in its cgroup: the runtime may exec
             await self._attach_pipes()
             outcome = await self.guard(self._connect(connected, bindings, memory_limit), timeout_s, None)
         finally:
@@ -249,6 +286,12 @@ class JsProcess:
         return code
 
     def kill(self) -> None:
+        if self._runtime_fd >= 0:
+            # Pid 1 of the sandbox: the kernel kills its namespace; the monitor reaps it and exits.
+            # The monitor is left alone so that it, not an init elsewhere, reaps pid 1.
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(self._runtime_fd, signal.SIGKILL)
+            return
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pid, signal.SIGKILL)
 
@@ -259,6 +302,11 @@ class JsProcess:
             self._writer.close()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(asyncio.shield(self._exited), 5)
+        if not self._exited.done() and self._runtime_fd >= 0:  # the monitor outlived pid 1
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.pid, signal.SIGKILL)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(self._exited), 5)
         if not self._exited.done():  # unkillable (D state): stop watching it
             self._loop.remove_reader(self._pidfd)
             os.close(self._pidfd)
@@ -269,6 +317,12 @@ class JsProcess:
         if self._proc.stdin is not None:
             self._proc.stdin.close()
         self.memory.close()
+        if self._runtime_fd >= 0:
+            os.close(self._runtime_fd)
+            self._runtime_fd = -1
+        if self._sandbox is not None and self._exited.done():  # its uid is free only once it is gone
+            self._sandbox.close()
+            self._sandbox = None
 
 
 def socket_path(directory: Path) -> Path:

@@ -23,12 +23,13 @@ from soulbox.core.schemas import FunctionSpec, InvocationError, Limits, Outcome,
 
 from ..protocol import Output, RunResult
 from .config import TIER, FunctionConfig, Mode, config_from_spec
-from .engines import Engine
+from .engines import SHIM, Engine
 from .http import HttpRequest
 from .invoke import MIB, breach_error, crash_error, finish, reported_error, run_fetch, run_script
 from .modules import FetchArtifact, Module, ModuleStore
 from .pool import PoolKey, ProcessPool
 from .process import Breach, JsProcess, socket_path
+from .sandbox import CACHE_DIR, CODE_DIR, RUN_DIR, JsSandbox
 
 log = get_logger(__name__)
 
@@ -52,7 +53,9 @@ class JsRuntime:
         spare_scripts: bool = True,
         poll_ms: float = 5.0,
         cgroup_parent: Path | None = None,
+        sandbox: JsSandbox | None = None,
     ) -> None:
+        """``sandbox``: where every process runs (owned: closed with the runtime); None runs them bare."""
         work_dir = work_dir.resolve()  # the shim and Deno's permissions need absolute paths
         self.engines = dict(engines)
         self.modules = ModuleStore(fetch_artifact, work_dir / "modules")
@@ -69,6 +72,7 @@ class JsRuntime:
         self._spare_scripts = spare_scripts
         self._poll_s = poll_ms / 1000
         self._cgroup_parent = cgroup_parent  # see cgroup.find_parent; None: the RSS watchdog alone
+        self.sandbox = sandbox
         self._seq = itertools.count(1)
         self._background: set[asyncio.Task[None]] = set()
         self._closed = False
@@ -133,17 +137,47 @@ class JsRuntime:
         timeout_s: float,
         started: float,
     ) -> tuple[JsProcess, RunResult | None]:
-        sock = socket_path(self._run_dir)
-        cache = self._cache_dir / engine.runtime
-        launch = engine.launch(
-            socket=sock, module=module.path, mode=key.mode, config=config, memory_mb=limits.memory_mb, cache_dir=cache
-        )
+        spawn = None
+        if self.sandbox is None:
+            sock = host_sock = socket_path(self._run_dir)
+            launch = engine.launch(
+                socket=sock,
+                module=module.path,
+                mode=key.mode,
+                config=config,
+                memory_mb=limits.memory_mb,
+                cache_dir=self._cache_dir / engine.runtime,
+            )
+            argv = launch.argv
+        else:
+            sock = socket_path(Path(RUN_DIR))
+            code = Path(CODE_DIR)
+            launch = engine.launch(
+                socket=sock,
+                module=code / module.path.name,
+                mode=key.mode,
+                config=config,
+                memory_mb=limits.memory_mb,
+                cache_dir=Path(CACHE_DIR),
+                shim=code / SHIM.name,
+            )
+            spawn = await self.sandbox.prepare(
+                launch.argv,
+                binary=engine.binary,
+                files={SHIM.name: SHIM, module.path.name: module.path},
+                net=bool(config.permissions.net),
+                write_paths=config.permissions.write,
+                tmpfs_bytes=limits.memory_mb * MIB,
+            )
+            argv = spawn.argv
+            host_sock = spawn.run_dir / sock.name
         self.started += 1
         proc, ended = await JsProcess.start(
-            launch.argv,
+            argv,
             env=launch.env,
             cwd=self._run_dir,
-            socket_path=sock,
+            socket_path=host_sock,
+            sandbox=spawn,
             mode=key.mode,
             bindings=config.env,
             timeout_s=timeout_s,
@@ -192,6 +226,8 @@ class JsRuntime:
         # Spares being started finish (within start_timeout_s) and go to the closing pool.
         await asyncio.gather(*self._background, return_exceptions=True)
         await self.pool.close()
+        if self.sandbox is not None:
+            self.sandbox.close()
         if self._own_run_dir:
             shutil.rmtree(self._run_dir, ignore_errors=True)
 

@@ -24,7 +24,7 @@ import os
 import shutil
 import stat
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from soulbox.core.settings import LinuxSettings
@@ -73,13 +73,31 @@ class RootLayout:
         args += ["--ro-bind", str(self.skeleton / "etc"), "/etc", "--proc", "/proc", "--dev", "/dev"]
         self._args = args
 
-    def args(self, *, tmpfs_bytes: int, files: Mapping[str, int]) -> list[str]:
-        """The arguments for one sandbox; ``files`` maps a path inside to an fd open for reading at offset 0."""
+    def args(
+        self,
+        *,
+        tmpfs_bytes: int,
+        files: Mapping[str, int],
+        ro_binds: Mapping[str, str] | None = None,
+        rw_binds: Mapping[str, str] | None = None,
+        dirs: Sequence[str] = (),
+    ) -> list[str]:
+        """The arguments for one sandbox; ``files`` maps a path inside to an fd open for reading at offset 0.
+
+        ``ro_binds``/``rw_binds`` map host paths to sandbox paths; ``dirs`` are
+        made (empty) before the root turns read-only, e.g. inside ``/tmp``.
+        """
         args = list(self._args)
         for dir_ in ("/tmp", WORK_DIR):
             args += ["--size", str(tmpfs_bytes), "--tmpfs", dir_]
         for dest, fd in files.items():
             args += ["--ro-bind-data", str(fd), dest]
+        for source, dest in (ro_binds or {}).items():
+            args += ["--ro-bind", source, dest]
+        for source, dest in (rw_binds or {}).items():
+            args += ["--bind", source, dest]
+        for dir_ in dirs:
+            args += ["--dir", dir_]
         args += ["--chdir", WORK_DIR, "--remount-ro", "/"]
         return args
 

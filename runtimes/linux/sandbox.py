@@ -55,6 +55,7 @@ from .seccomp import build_filter
 from .session import DRAIN_S, Session, open_session
 from .streams import feed, pump
 from .uids import UidBlock, UidPool
+from .wrap import sandbox_argv, seccomp_pipe
 
 UID_LOCKS = "soulbox-uids"  # beside the rootfs skeletons: one lock file per uid block
 
@@ -271,15 +272,11 @@ class Launcher:
         """bwrap as ``uid`` with ``root_args`` around ``command``, under the seccomp filter, in ``cgroup``."""
         status_r, status_w = os.pipe2(os.O_CLOEXEC)
         block_r, block_w = os.pipe2(os.O_CLOEXEC)
-        seccomp_r, seccomp_w = os.pipe2(os.O_CLOEXEC)
-        os.write(seccomp_w, self._seccomp)  # about 1 KiB: fits the pipe buffer
-        os.close(seccomp_w)
-        argv = [
-            self.setpriv, f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--",
-            self.bwrap, *root_args,
-            "--json-status-fd", str(status_w), "--block-fd", str(block_r), "--seccomp", str(seccomp_r),
-            "--", *command,
-        ]  # fmt: skip
+        seccomp_r = seccomp_pipe(self._seccomp)
+        argv = sandbox_argv(
+            self.setpriv, self.bwrap, uid, root_args, command,
+            status_fd=status_w, block_fd=block_r, seccomp_fd=seccomp_r,
+        )  # fmt: skip
         return open_session(
             argv,
             uid=uid,

@@ -25,7 +25,7 @@ def runtime_name(request: pytest.FixtureRequest) -> Runtime:
 
 @pytest_asyncio.fixture
 async def make(tmp_path: Path) -> AsyncIterator[Make]:
-    """``make(runtime, {name: source}, configure=..., cgroup=...)``: a JsRuntime serving those sources."""
+    """``make(runtime, {name: source}, configure=, cgroup=, sandboxed=)``: a JsRuntime serving those sources."""
     made: list[JsRuntime] = []
 
     def factory(
@@ -34,9 +34,10 @@ async def make(tmp_path: Path) -> AsyncIterator[Make]:
         *,
         configure: Callable[[FunctionSpec], FunctionConfig] = no_config,
         cgroup: bool = True,
+        sandboxed: bool = True,
     ) -> tuple[JsRuntime, Guests]:
         guests = Guests(runtime, sources)
-        js = guests.runtime_for(tmp_path / str(len(made)), configure=configure, cgroup=cgroup)
+        js = guests.runtime_for(tmp_path / str(len(made)), configure=configure, cgroup=cgroup, sandboxed=sandboxed)
         made.append(js)
         return js, guests
 

@@ -9,11 +9,13 @@ from pathlib import Path
 import pytest
 
 from soulbox.core.schemas import FunctionSpec, Limits, Runtime
+from soulbox.core.settings import LinuxSettings
 from soulbox.runtimes.js.cgroup import find_parent
 from soulbox.runtimes.js.config import BUN, DENO, FunctionConfig, no_config
 from soulbox.runtimes.js.engines import BunEngine, DenoEngine, Engine, find_binary
 from soulbox.runtimes.js.factory import TOOLS_DIRS
 from soulbox.runtimes.js.runtime import JsRuntime
+from soulbox.runtimes.js.sandbox import JsSandbox
 
 BIN_DIRS = TOOLS_DIRS  # and PATH, and the venv (find_binary looks there first)
 INSTALL = {
@@ -88,8 +90,10 @@ class Guests:
         configure: Callable[[FunctionSpec], FunctionConfig] = no_config,
         concurrency: int = 8,
         cgroup: bool = True,
+        sandboxed: bool = True,
     ) -> JsRuntime:
         engine = engine_or_skip(self.runtime)
+        sandbox = JsSandbox(LinuxSettings()) if sandboxed else None
         return JsRuntime(
             self.fetch,
             engines={self.runtime: engine},
@@ -97,6 +101,7 @@ class Guests:
             concurrency=concurrency,
             configure=configure,
             cgroup_parent=find_parent() if cgroup else None,
+            sandbox=sandbox,
         )
 
 

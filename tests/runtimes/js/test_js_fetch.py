@@ -150,7 +150,8 @@ async def test_a_module_without_a_fetch_handler_fails_to_load(make: Make, runtim
 
 
 async def test_functions_never_share_a_process(make: Make, runtime_name: Runtime) -> None:
-    pid = "export default { fetch: () => new Response(String(process.pid)) };\n"
+    # An id per process (in a sandbox every runtime is pid 1 of its own namespace).
+    pid = "const id = crypto.randomUUID();\nexport default { fetch: () => new Response(id) };\n"
     js, guests = make(runtime_name, {"one": pid, "two": pid + "// a different artifact\n"})
     results = await asyncio.gather(*(js.run(guests.spec(name), b"") for name in ("one", "two", "one", "two")))
     pids = [HttpResponse.decode(r.stdout).body for r in results]

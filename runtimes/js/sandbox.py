@@ -1,0 +1,253 @@
+"""Bun and Deno processes inside bubblewrap sandboxes built like the Linux tier's.
+
+Bun has no permission system, so its process is the boundary. Each runtime
+process runs under the Linux tier's pieces (:mod:`soulbox.runtimes.linux`):
+
+* its own host uid from a :class:`~soulbox.runtimes.linux.uids.UidBlock` held
+  by this worker alone, leased for the process's whole life (an idle warm
+  process keeps it), so two processes never share a uid at the same time;
+* new user, pid, mount, uts, ipc and network namespaces (``--as-pid-1``: the
+  runtime is pid 1 there, so the watchdog samples it and one kill ends
+  everything it started); the host network namespace only when the
+  function's permissions grant ``net`` (Deno still applies its allow-list;
+  Bun then reaches whatever the host reaches: no egress filtering);
+* the root of :class:`~soulbox.runtimes.linux.rootfs.RootLayout`: read-only
+  ``/usr`` and libraries, a generated ``/etc``, fresh ``/proc``, minimal
+  ``/dev``, private size-capped ``/tmp`` and ``/work``; the runtime binary
+  bound read-only at its host path; the shim and the function's module
+  copied in read-only under ``/code``; the control socket's directory (owned
+  by the process's uid) at ``/run/soulbox``;
+* the Linux tier's seccomp filter, ``no_new_privs``, no capabilities,
+  ``--die-with-parent``.
+
+The memory cgroup (:mod:`.cgroup`) takes the sandbox's pid 1 before it execs
+(bubblewrap waits on ``--block-fd`` until then), so everything is charged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from soulbox.core.logging import get_logger
+from soulbox.core.settings import LinuxSettings
+
+from ..linux.errors import SandboxUnavailable
+from ..linux.host import which
+from ..linux.rootfs import RootLayout
+from ..linux.sandbox import UID_LOCKS
+from ..linux.seccomp import build_filter
+from ..linux.streams import StatusReader
+from ..linux.uids import UidBlock, UidPool
+from ..linux.wrap import sandbox_argv, seccomp_pipe
+
+log = get_logger(__name__)
+
+RUN_DIR = PurePosixPath("/run/soulbox")  # the control socket's directory inside
+CODE_DIR = PurePosixPath("/code")  # the shim and the module inside
+CACHE_DIR = PurePosixPath("/tmp/cache")  # the runtime's transpiler cache: private, gone with the process
+SETUP_TIMEOUT_S = 10.0  # bubblewrap's own setup, before the sandbox's pid 1 is known
+WRITABLE = (PurePosixPath("/tmp"), PurePosixPath("/work"))
+
+
+@dataclass(eq=False)
+class Spawn:
+    """One sandboxed process being started: its command line and the ends of bubblewrap's pipes."""
+
+    argv: list[str]
+    uid: int
+    root: Path  # on the host: run/ (RUN_DIR inside) and code/ (CODE_DIR)
+    pass_fds: tuple[int, ...]  # bubblewrap's ends of its pipes: closed here once it runs
+    status: StatusReader
+    block_w: int
+    _sandbox: JsSandbox = field(repr=False)
+
+    @property
+    def run_dir(self) -> Path:
+        """The host side of ``RUN_DIR``."""
+        return self.root / "run"
+
+    def spawned(self) -> None:
+        """bubblewrap holds its own copies of the fds now."""
+        for fd in self.pass_fds:
+            os.close(fd)
+        self.pass_fds = ()
+
+    async def sandbox_pid(self) -> int | None:
+        """The sandbox's pid 1 as the host sees it, or None if bubblewrap gave up."""
+        self.status.start()
+        try:
+            async with asyncio.timeout(SETUP_TIMEOUT_S):
+                return await self.status.child_pid()
+        except TimeoutError:
+            return None
+
+    def go(self) -> None:
+        """Let the sandbox exec the runtime (it is in its cgroup by now)."""
+        if self.block_w >= 0:
+            with contextlib.suppress(OSError):
+                os.write(self.block_w, b"go")
+            os.close(self.block_w)
+            self.block_w = -1
+
+    def close(self) -> None:
+        """Once the process is gone: its uid is free, its directory removed; safe to call more than once."""
+        self.spawned()
+        if self.block_w >= 0:  # never let go: its monitor is dead, and --die-with-parent has killed it
+            os.close(self.block_w)
+            self.block_w = -1
+        self.status.close()
+        if self.uid >= 0:
+            shutil.rmtree(self.root, ignore_errors=True)
+            self._sandbox.release(self.uid)
+            self.uid = -1
+
+
+class JsSandbox:
+    """What every sandboxed runtime process of this worker shares: tools, root layout, seccomp, uids."""
+
+    def __init__(self, settings: LinuxSettings) -> None:
+        self.bwrap = which(settings.bwrap)
+        self.setpriv = which(settings.setpriv)
+        self._seccomp = build_filter()
+        self._settings = settings
+        self._layout = RootLayout(settings)
+        try:
+            self._dns = _add_dns(self._layout.skeleton)
+            self._uid_block = UidBlock(settings.uid_base, settings.uid_block, self._layout.skeleton.parent / UID_LOCKS)
+        except BaseException:
+            self._layout.close()
+            raise
+        # Every uid of the block: idle warm processes keep theirs, and their number is bounded by the pool.
+        self._uids = UidPool(self._uid_block.start, settings.uid_block)
+        self._closed = False
+
+    @classmethod
+    def create(cls, settings: LinuxSettings) -> JsSandbox | None:
+        """A sandbox, or None (logged) when this host cannot build one (no bwrap, setpriv or libseccomp)."""
+        try:
+            return cls(settings)
+        except SandboxUnavailable as exc:
+            log.warning("js.unsandboxed", reason=str(exc), hint="Bun functions run with the worker's access")
+            return None
+
+    async def prepare(
+        self,
+        command: Sequence[str],
+        *,
+        binary: Path,
+        files: Mapping[str, Path],
+        net: bool,
+        write_paths: Sequence[str],
+        tmpfs_bytes: int,
+    ) -> Spawn:
+        """A host uid and the command line running ``command`` (whose argv[0] is ``binary``) sandboxed.
+
+        ``files`` maps names to host files copied in, read-only under ``/code``; ``write_paths`` (Deno's write
+        grants) get their directory made when it lies in the private ``/tmp`` or ``/work``.
+        """
+        uid = await self._uids.acquire()
+        try:
+            return self._spawn(uid, command, binary, files, net, write_paths, tmpfs_bytes)
+        except BaseException:
+            self._uids.release(uid)
+            raise
+
+    def _spawn(
+        self,
+        uid: int,
+        command: Sequence[str],
+        binary: Path,
+        files: Mapping[str, Path],
+        net: bool,
+        write_paths: Sequence[str],
+        tmpfs_bytes: int,
+    ) -> Spawn:
+        opened: list[int] = []
+        # Beside the /etc skeleton, where the sandbox's uid can reach it. Copies, not --ro-bind-data:
+        # a runtime resolving its module's real path would find "/proc/self/fd/N (deleted)".
+        root = self._layout.skeleton.parent / f"soulbox-js-{uuid.uuid4().hex[:16]}"
+        run_dir, code_dir = root / "run", root / "code"
+        try:
+            root.mkdir(mode=0o755)
+            code_dir.mkdir(mode=0o755)
+            for name, host in files.items():
+                shutil.copyfile(host, code_dir / name)
+                (code_dir / name).chmod(0o444)
+            run_dir.mkdir(mode=0o700)
+            os.chown(run_dir, uid, uid)
+            real = str(binary.resolve())
+            dirs = sorted({str(PurePosixPath(p).parent) for p in write_paths if _under_writable(PurePosixPath(p))})
+            root_args = self._layout.args(
+                tmpfs_bytes=tmpfs_bytes,
+                files={},
+                ro_binds={real: real, str(code_dir): str(CODE_DIR)},
+                rw_binds={str(run_dir): str(RUN_DIR)},
+                dirs=dirs,
+            )
+            root_args += ["--as-pid-1"]
+            if net:  # the host's network namespace, and name resolution through the host's resolver
+                root_args += ["--share-net", "--ro-bind", str(self._dns), "/etc/nsswitch.conf"]
+            status_r, status_w = os.pipe2(os.O_CLOEXEC)
+            block_r, block_w = os.pipe2(os.O_CLOEXEC)
+            opened += [status_r, status_w, block_r, block_w]
+            seccomp_r = seccomp_pipe(self._seccomp)
+            opened.append(seccomp_r)
+            argv = sandbox_argv(
+                self.setpriv, self.bwrap, uid, root_args, [real, *command[1:]],
+                status_fd=status_w, block_fd=block_r, seccomp_fd=seccomp_r,
+            )  # fmt: skip
+            child = (status_w, block_r, seccomp_r)
+            return Spawn(argv, uid, root, child, StatusReader(status_r), block_w, self)
+        except BaseException:
+            for fd in opened:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            shutil.rmtree(root, ignore_errors=True)
+            raise
+
+    @property
+    def uids_in_use(self) -> int:
+        """Host uids leased to live processes."""
+        return self._uids.in_use
+
+    def release(self, uid: int) -> None:
+        if not self._closed:
+            self._uids.release(uid)
+
+    def close(self) -> None:
+        """After every process is gone."""
+        if self._closed:
+            return
+        self._closed = True
+        self._layout.close()
+        self._uid_block.close()
+
+
+def _under_writable(path: PurePosixPath) -> bool:
+    return any(path.parent == base or base in path.parent.parents for base in WRITABLE)
+
+
+def _add_dns(skeleton: Path) -> Path:
+    """The host's resolver configuration in the skeleton's /etc, and an nsswitch.conf that uses DNS.
+
+    The shared skeleton resolves names from files only (no network there); a
+    process granted ``net`` gets the returned nsswitch.conf bound over it.
+    """
+    try:
+        resolv = Path("/etc/resolv.conf").read_bytes()  # through a symlink (systemd-resolved's stub file)
+    except OSError:
+        resolv = b""
+    (skeleton / "etc" / "resolv.conf").write_bytes(resolv)
+    (skeleton / "etc" / "resolv.conf").chmod(0o644)
+    nsswitch = skeleton / "nsswitch-dns.conf"
+    files_only = (skeleton / "etc" / "nsswitch.conf").read_bytes()
+    nsswitch.write_bytes(files_only.replace(b"hosts: files", b"hosts: files dns"))
+    nsswitch.chmod(0o644)
+    return nsswitch
