@@ -68,7 +68,7 @@ def _check_bindings(settings: Settings, runtime: Runtime, env: dict[str, str], p
         )
     elif _wasm(runtime):
         if permissions.model_copy(update={"read": []}) != Permissions():
-            raise GrantRefused(f"{runtime.value} functions can be granted `read` directories only (read-only)")
+            raise GrantRefused(f"{runtime.value} functions take no permissions except `read` directories (read-only)")
         check_read_grants(permissions.read, settings.wasm.read_roots)
     elif permissions != Permissions():
         raise InvalidRequest(f"{runtime.value} functions take no permissions: they get no host access at all")
