@@ -90,7 +90,7 @@ class Outcome(StrEnum):
     """How a finished invocation ended; what billing and metrics classify by."""
 
     SUCCESS = "success"  # ran to the end with exit code 0
-    FUNCTION_ERROR = "function_error"  # non-zero exit or a trap in the guest
+    FUNCTION_ERROR = "function_error"  # non-zero exit, a trap in the guest, its fuel budget spent
     TIMEOUT = "timeout"  # wall-clock deadline reached
     OUT_OF_MEMORY = "out_of_memory"  # memory limit reached
     PLATFORM_ERROR = "platform_error"  # SoulBox could not run it
@@ -215,7 +215,7 @@ class DispatchReply(Message):
 
 class InvocationError(BaseModel):
     model_config = ConfigDict(frozen=True)
-    kind: str  # trap, exit, timeout, out_of_memory, platform
+    kind: str  # trap, exit, timeout, out_of_memory, out_of_fuel, grant_refused, platform
     message: str
 
 

@@ -58,7 +58,8 @@ class RunResult:
     peak_memory_bytes: int | None = None
     error: InvocationError | None = None
     fuel_consumed: int | None = None
-    """Wasmtime fuel the run used, when it had a fuel budget."""
+    """Wasmtime fuel the run used, when it had a fuel budget and ended by itself or ran out of it
+    (after a deadline or a trap Wasmtime's count may be stale: None)."""
 
     @classmethod
     def captured(

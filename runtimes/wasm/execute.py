@@ -111,7 +111,11 @@ def execute(
             outcome = Outcome.FUNCTION_ERROR
             error = InvocationError(kind="instantiate", message=message)
     duration_ms = (time.perf_counter() - started) * 1000
-    fuel_consumed = None if limits.fuel is None else limits.fuel - store.get_fuel()
+    # Compiled code keeps the fuel counter in a register and stores it back at calls and
+    # returns, not at an interrupt or a trap: only a run that ended (returned, exited
+    # through WASI, ran out) has an exact count.
+    exact = error is None or error.kind in ("exit", "exception", "out_of_fuel")
+    fuel_consumed = limits.fuel - store.get_fuel() if limits.fuel is not None and exact else None
 
     peak = None
     if instance is not None:

@@ -157,3 +157,14 @@ async def test_an_interpreter_guest_runs_out_of_fuel_too(tmp_path: Path) -> None
         await runtime.close()
     assert result.outcome is Outcome.FUNCTION_ERROR
     assert result.error is not None and result.error.kind == "out_of_fuel"
+
+
+async def test_the_deadline_still_applies_on_the_fuel_engine(tmp_path: Path) -> None:
+    runtime = WasmRuntime(_fetch, cache_dir=tmp_path, concurrency=2)
+    try:
+        result = await runtime.run(_spec("loop", fuel=10**15, timeout_ms=200), b"")
+    finally:
+        await runtime.close()
+    assert result.outcome is Outcome.TIMEOUT
+    assert result.error is not None and result.error.kind == "timeout"
+    assert result.fuel_consumed is None  # interrupted in a loop: Wasmtime's count is not current
