@@ -10,7 +10,12 @@ WASI module, QuickJS source, MicroPython source):
 * end to end over HTTP: the first invoke after deploy (compiles), then warm
   sequential invokes over one keep-alive connection (p50/p99);
 * throughput: concurrent sync invokes of the WASI hello from a lean HTTP/1.1
-  client (so the load generator does not eat the CPU the stack needs).
+  client (so the load generator does not eat the CPU the stack needs);
+* fuel: compile time and warm calls of the same functions, plus a CPU-bound
+  WASI loop, on the plain engine and on the fuel-metering one (functions with
+  a ``fuel`` budget), calls interleaved so load drift hits both alike.
+
+``--in-process`` measures the in-process rows and fuel only (no stack).
 """
 
 from __future__ import annotations
@@ -49,6 +54,17 @@ FUNCTIONS = {  # name: (runtime, code, expected stdout)
     "hello-js": (Runtime.QUICKJS, b"console.log('hello from quickjs')", b"hello from quickjs\n"),
     "hello-py": (Runtime.MICROPYTHON, b"print('hello from micropython')", b"hello from micropython\n"),
 }
+
+
+# Counts down from 10 million: a CPU-bound guest, where fuel metering costs the most.
+SPIN_WAT = """(module
+  (memory (export "memory") 1)
+  (func (export "_start") (local $i i32)
+    (local.set $i (i32.const 10000000))
+    (loop $more
+      (local.set $i (i32.sub (local.get $i) (i32.const 1)))
+      (br_if $more (local.get $i)))))"""
+FUEL_BUDGET = 10**12  # never reached: the cost of metering, not of running out
 
 
 def pct(samples: list[float], q: float) -> float:
@@ -95,6 +111,61 @@ def in_process(n: int) -> dict[str, dict[str, float]]:
     engine.close()
     rows["hello-wasi"]["bare"] = statistics.median(bare_wasmtime(FUNCTIONS["hello-wasi"][1], n))
     return rows
+
+
+def fuel_overhead(n: int) -> dict[str, dict[str, float]]:
+    """Per function: compile ms and warm call ms on the plain and on the fuel engine, and fuel used."""
+    engines = {fuel: WasmEngine(fuel=fuel) for fuel in (False, True)}
+    functions = {**FUNCTIONS, "spin-wasi": (Runtime.WASI, bytes(wasmtime.wat2wasm(SPIN_WAT)), b"")}
+    rows: dict[str, dict[str, float]] = {}
+    for name, (runtime, code, expected) in functions.items():
+        guest = interpreter(runtime)
+        module_bytes = guest.module_bytes if guest else code
+        row: dict[str, float] = {}
+        calls = {}
+        for fuel, engine in engines.items():
+            linker = wasmtime.Linker(engine.engine)
+            linker.define_wasi()
+            define_host_imports(linker)
+            started = time.perf_counter()
+            module = wasmtime.Module(engine.engine, module_bytes)
+            row[f"compile_{int(fuel)}"] = (time.perf_counter() - started) * 1000
+            pre = linker.instantiate_pre(module)
+            limits = Limits(fuel=FUEL_BUDGET if fuel else None)
+            argv = guest.argv(code.decode(), memory_mb=limits.memory_mb) if guest else [name]
+            entry = guest.entry if guest else "start"
+
+            def call(  # type: ignore[no-untyped-def]
+                engine=engine, pre=pre, argv=argv, entry=entry, limits=limits, expected=expected
+            ):
+                result = execute(engine, pre, argv=argv, entry=entry, input=b"", limits=limits)
+                assert result.stdout == expected, result
+                return result
+
+            row["fuel_used"] = float(call().fuel_consumed or 0) if fuel else 0.0
+            calls[fuel] = call
+        samples: dict[bool, list[float]] = {False: [], True: []}
+        for _ in range(n):  # interleaved: both engines see the same load
+            for fuel, call in calls.items():
+                started = time.perf_counter()
+                call()
+                samples[fuel].append((time.perf_counter() - started) * 1000)
+        row["warm_0"], row["warm_1"] = statistics.median(samples[False]), statistics.median(samples[True])
+        rows[name] = row
+    for engine in engines.values():
+        engine.close()
+    return rows
+
+
+def print_fuel(rows: dict[str, dict[str, float]]) -> None:
+    print("\n| function | compile ms | compile ms, fuel | warm ms | warm ms, fuel | fuel overhead | fuel used |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for name, r in rows.items():
+        overhead = (r["warm_1"] / r["warm_0"] - 1) * 100
+        print(
+            f"| {name} | {r['compile_0']:.1f} | {r['compile_1']:.1f} | {r['warm_0']:.3f} | {r['warm_1']:.3f} "
+            f"| {overhead:+.0f} % | {r['fuel_used']:,.0f} |"
+        )
 
 
 def bare_wasmtime(module: bytes, n: int) -> list[float]:
@@ -206,9 +277,18 @@ def main() -> None:
     parser.add_argument("--total", type=int, default=5000, help="invokes in the throughput run")
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--in-process", action="store_true", help="in-process rows and fuel only: no stack")
     args = parser.parse_args()
 
     local = in_process(args.n)
+    fuel = fuel_overhead(min(args.n, 200))
+    if args.in_process:
+        print(f"## Wasmtime in-process — {time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores\n")
+        for name, lo in local.items():
+            print(f"{name}: compile {lo['compile']:.1f} ms, deserialize {lo['deserialize']:.2f} ms, ", end="")
+            print(f"warm {lo['warm']:.3f} ms")
+        print_fuel(fuel)
+        return
     with tempfile.TemporaryDirectory(prefix="soulbox-bench-") as tmp:
         process, url = start_stack(Path(tmp), args.workers)
         try:
@@ -237,6 +317,7 @@ def main() -> None:
         f"\nthroughput, hello-wasi, {args.concurrency} concurrent connections, {args.workers} worker(s): "
         f"{rate:,.0f} invocations/s"
     )
+    print_fuel(fuel)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,16 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    StringConstraints,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from .errors import InvalidRequest
 
@@ -81,7 +90,7 @@ class Outcome(StrEnum):
     """How a finished invocation ended; what billing and metrics classify by."""
 
     SUCCESS = "success"  # ran to the end with exit code 0
-    FUNCTION_ERROR = "function_error"  # non-zero exit or a trap in the guest
+    FUNCTION_ERROR = "function_error"  # non-zero exit, a trap in the guest, its fuel budget spent
     TIMEOUT = "timeout"  # wall-clock deadline reached
     OUT_OF_MEMORY = "out_of_memory"  # memory limit reached
     PLATFORM_ERROR = "platform_error"  # SoulBox could not run it
@@ -109,6 +118,18 @@ class Limits(BaseModel):
     memory_mb: int = Field(64, ge=1, le=65536)
     timeout_ms: int = Field(10_000, ge=1, le=24 * 3600 * 1000)
     max_output_bytes: int = Field(1024 * 1024, ge=0, le=64 * 1024 * 1024)
+    fuel: int | None = Field(
+        None, ge=1, description="CPU budget in Wasmtime fuel units (about one per instruction); None: no budget"
+    )
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_fuel(self, handler: SerializerFunctionWrapHandler) -> dict[str, object]:
+        # No budget serializes exactly as before fuel existed: readers that forbid unknown
+        # fields keep decoding such limits, and a function's version hash does not change.
+        data: dict[str, object] = handler(self)
+        if data.get("fuel") is None:
+            data.pop("fuel", None)
+        return data
 
 
 class Permissions(BaseModel):
@@ -116,7 +137,8 @@ class Permissions(BaseModel):
 
     ``net`` lists hosts (``api.example.com``, ``10.0.0.1:8080``), ``read`` and
     ``write`` paths, ``run`` program names. Enforced by the tiers that can
-    (Deno's permission flags; Wasmtime grants none of these at all).
+    (Deno's permission flags; Wasmtime preopens each ``read`` directory
+    read-only and grants nothing else).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -193,7 +215,7 @@ class DispatchReply(Message):
 
 class InvocationError(BaseModel):
     model_config = ConfigDict(frozen=True)
-    kind: str  # trap, exit, timeout, out_of_memory, platform
+    kind: str  # trap, exit, timeout, out_of_memory, out_of_fuel, grant_refused, platform
     message: str
 
 

@@ -82,6 +82,16 @@ class FunctionDefaults(BaseModel):
     max_output_bytes: int = 1024 * 1024
 
 
+class WasmSettings(BaseModel):
+    """Limits and grants of the Wasmtime tier, checked at deploy and again by the worker."""
+
+    max_fuel: int = Field(10**12, ge=1, description="largest per-function fuel budget a deploy may ask for")
+    read_roots: list[Path] = Field(
+        default_factory=list,
+        description="directories under which functions may be granted read-only access (empty: no grants)",
+    )
+
+
 class SchedulerSettings(BaseModel):
     max_in_flight: int = Field(2048, ge=1)
     fetch_batch: int = Field(256, ge=1)
@@ -247,6 +257,7 @@ class Settings(BaseSettings):
     embedded_nats: EmbeddedNatsSettings = EmbeddedNatsSettings()
     gateway: GatewaySettings = GatewaySettings()
     functions: FunctionDefaults = FunctionDefaults()
+    wasm: WasmSettings = WasmSettings()
     scheduler: SchedulerSettings = SchedulerSettings()
     worker: WorkerSettings = WorkerSettings()
     events: EventsSettings = EventsSettings()

@@ -11,10 +11,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from soulbox.core.errors import InvalidRequest, PayloadTooLarge
-from soulbox.core.schemas import NAME_RE, Limits, Permissions, RetryPolicy, Runtime
+from soulbox.core.schemas import NAME_RE, Limits, Permissions, RetryPolicy, Runtime, Tier
+from soulbox.core.settings import Settings
 from soulbox.runtimes.catalog import CATALOG
 from soulbox.runtimes.js.config import ENV_NAME_RE, FunctionConfig
 from soulbox.runtimes.js.config import Permissions as JsPermissions
+from soulbox.runtimes.wasm.grants import GrantRefused, check_read_grants
 
 from .models import FunctionList, FunctionOut
 from .platform import platform
@@ -50,8 +52,12 @@ def _json_field(form_value: object, field: str, shape: Any) -> Any:
         raise InvalidRequest(f"invalid {field}: {problems}") from None
 
 
-def _check_bindings(runtime: Runtime, env: dict[str, str], permissions: Permissions) -> None:
-    """Env names and grants are checked at deploy; the JS tier applies its own rules to both."""
+def _wasm(runtime: Runtime) -> bool:
+    return CATALOG[runtime].tiers == (Tier.WASM,)
+
+
+def _check_bindings(settings: Settings, runtime: Runtime, env: dict[str, str], permissions: Permissions) -> None:
+    """Env names and grants are checked at deploy; the JS and Wasmtime tiers apply their own rules."""
     for key in env:
         if not ENV_NAME_RE.match(key) or key.startswith("SOULBOX_"):
             raise InvalidRequest(f"bad env binding name {key!r}")
@@ -60,6 +66,10 @@ def _check_bindings(runtime: Runtime, env: dict[str, str], permissions: Permissi
             env=env,
             permissions=JsPermissions(*(tuple(getattr(permissions, k)) for k in ("net", "read", "write", "run"))),
         )
+    elif _wasm(runtime):
+        if permissions.model_copy(update={"read": []}) != Permissions():
+            raise GrantRefused(f"{runtime.value} functions take no permissions except `read` directories (read-only)")
+        check_read_grants(permissions.read, settings.wasm.read_roots)
     elif permissions != Permissions():
         raise InvalidRequest(f"{runtime.value} functions take no permissions: they get no host access at all")
 
@@ -76,7 +86,11 @@ def _int_field(form_value: object, field: str) -> int | None:
 
 
 async def deploy(request: Request) -> Response:
-    """Deploy (or redeploy) a function from a multipart form: name, runtime, code (or module), limits."""
+    """Deploy (or redeploy) a function from a multipart form: name, runtime, code (or module), limits.
+
+    Limits: ``memory_mb``, ``timeout_ms``, ``max_output_bytes`` and, on the Wasmtime
+    tier, ``fuel`` (a CPU budget; absent: none).
+    """
     p = platform(request)
     settings = p.settings
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
@@ -103,6 +117,7 @@ async def deploy(request: Request) -> Response:
         permissions = _json_field(form.get("permissions"), "permissions", Permissions) or Permissions()
         retry = _json_field(form.get("retry"), "retry", RetryPolicy)
         max_concurrency = _int_field(form.get("max_concurrency"), "max_concurrency")
+        fuel = _int_field(form.get("fuel"), "fuel")
     if not 1 <= memory_mb <= defaults.max_memory_mb:
         raise InvalidRequest(f"memory_mb must be between 1 and {defaults.max_memory_mb}")
     if not 1 <= timeout_ms <= defaults.max_timeout_ms:
@@ -111,12 +126,17 @@ async def deploy(request: Request) -> Response:
         raise InvalidRequest("max_concurrency must be at least 1")
     if max_output is not None and not 0 <= max_output <= 64 * 1024 * 1024:
         raise InvalidRequest("max_output_bytes must be between 0 and 67108864")
+    if fuel is not None and not _wasm(runtime):
+        raise InvalidRequest(f"fuel is a budget of the Wasmtime tier: {runtime.value} functions take no fuel")
+    if fuel is not None and not 1 <= fuel <= settings.wasm.max_fuel:
+        raise InvalidRequest(f"fuel must be between 1 and {settings.wasm.max_fuel} (SOULBOX_WASM__MAX_FUEL)")
     limits = Limits(
         memory_mb=memory_mb,
         timeout_ms=timeout_ms,
         max_output_bytes=defaults.max_output_bytes if max_output is None else max_output,
+        fuel=fuel,
     )
-    _check_bindings(runtime, env, permissions)
+    _check_bindings(settings, runtime, env, permissions)
     await asyncio.to_thread(CATALOG[runtime].validate, module)  # compiling is CPU work: off the event loop
     spec, created = await p.registry.deploy(
         settings.tenant,

@@ -59,6 +59,11 @@ _DEPLOY_FORM = {
                     "memory_mb": {"type": "integer", "minimum": 1},
                     "timeout_ms": {"type": "integer", "minimum": 1},
                     "max_output_bytes": {"type": "integer", "minimum": 0},
+                    "fuel": {
+                        "type": "integer",
+                        "minimum": 1,
+                        "description": "Wasmtime tier: CPU budget in fuel units; out of it, error kind out_of_fuel",
+                    },
                 },
             }
         }

@@ -57,6 +57,9 @@ class RunResult:
     duration_ms: float
     peak_memory_bytes: int | None = None
     error: InvocationError | None = None
+    fuel_consumed: int | None = None
+    """Wasmtime fuel the run used, when it had a fuel budget and ended by itself or ran out of it
+    (after a deadline or a trap Wasmtime's count may be stale: None)."""
 
     @classmethod
     def captured(
@@ -69,6 +72,7 @@ class RunResult:
         duration_ms: float,
         peak_memory_bytes: int | None = None,
         error: InvocationError | None = None,
+        fuel_consumed: int | None = None,
     ) -> RunResult:
         """The result of a run whose output was captured in two :class:`Output` buffers."""
         return cls(
@@ -83,6 +87,7 @@ class RunResult:
             duration_ms=duration_ms,
             peak_memory_bytes=peak_memory_bytes,
             error=error,
+            fuel_consumed=fuel_consumed,
         )
 
 

@@ -271,6 +271,7 @@ async def run(settings: Settings) -> None:
         module_cache_size=settings.worker.module_cache_size,
         tick_ms=settings.worker.epoch_tick_ms,
         shared=artifacts,
+        read_roots=settings.wasm.read_roots,
     )
     warm_up = asyncio.create_task(wasm.warm_up())  # interpreters compile while the worker serves
     runtimes: dict[Tier, Runtime] = {Tier.WASM: wasm, **create_js_runtimes(settings, artifacts.fetch)}

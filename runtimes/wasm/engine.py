@@ -1,4 +1,9 @@
-"""One Wasmtime Engine per worker, with epoch interruption and its ticker."""
+"""Wasmtime Engines for a worker, with epoch interruption and its ticker.
+
+A worker has a plain engine and, once a function with a fuel budget runs, a
+second one with fuel metering: metering is compiled into the code (a counter
+update per basic block), so the functions without a budget do not pay for it.
+"""
 
 from __future__ import annotations
 
@@ -15,22 +20,27 @@ class WasmEngine:
     """An Engine configured for untrusted guests plus the thread that advances its epoch.
 
     Deadlines are counted in ticks of ``tick_ms``; ``close()`` stops the ticker
-    and may be called more than once.
+    and may be called more than once. With ``fuel``, every Store must be given
+    its budget (``Store.set_fuel``) before it runs anything.
     """
 
-    def __init__(self, *, tick_ms: int = 10) -> None:
+    def __init__(self, *, tick_ms: int = 10, fuel: bool = False) -> None:
         config = wasmtime.Config()
         config.epoch_interruption = True
+        config.consume_fuel = fuel
+        self.fuel = fuel
         config.cranelift_opt_level = "speed"
         config.wasm_exceptions = True  # MicroPython's build uses the exceptions proposal
         self.engine = wasmtime.Engine(config)
         self.tick_ms = tick_ms
-        # What a precompiled artifact depends on besides the module bytes.
+        # What a precompiled artifact depends on besides the module bytes: code compiled
+        # with fuel metering differs, so the two engines never share a cache entry (the
+        # plain engine's string is unchanged, so caches from before fuel stay valid).
         self.fingerprint = hashlib.sha256(
-            f"wasmtime={WASMTIME_VERSION};epoch=1;opt=speed;exceptions=1".encode()
+            f"wasmtime={WASMTIME_VERSION};epoch=1;opt=speed;exceptions=1{';fuel=1' if fuel else ''}".encode()
         ).hexdigest()[:16]
         self._stop = threading.Event()
-        self._ticker = threading.Thread(target=self._tick, name="wasm-epoch", daemon=True)
+        self._ticker = threading.Thread(target=self._tick, name=f"wasm-epoch{'-fuel' if fuel else ''}", daemon=True)
         self._ticker.start()
 
     def _tick(self) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 
 import wasmtime
 
@@ -30,7 +31,13 @@ def execute(
     limits: Limits,
     oom_markers: tuple[str, ...] = (),
     env: dict[str, str] | None = None,
+    read_dirs: Sequence[tuple[str, str]] = (),
 ) -> RunResult:
+    """Run ``pre`` in a new Store with ``limits``; ``read_dirs``: (host, guest) directories preopened read-only.
+
+    ``engine`` must meter fuel exactly when ``limits.fuel`` is set.
+    """
+    assert engine.fuel == (limits.fuel is not None), "a fuel budget needs the fuel engine, and only it"
     stdout = Output(limits.max_output_bytes)
     stderr = Output(limits.max_output_bytes)
     store = wasmtime.Store(engine.engine)
@@ -48,10 +55,15 @@ def execute(
             wasi.stdin_file = f"/proc/self/fd/{stdin_fd}"
         finally:
             os.close(stdin_fd)
+    for host, guest in read_dirs:
+        # fs_mutable=False: read-only directory and file permissions (no create, write, rename, delete).
+        wasi.preopen_dir(host, guest, fs_mutable=False)
     wasi.stdout_custom = stdout.write
     wasi.stderr_custom = stderr.write
     store.set_wasi(wasi)
     store.set_epoch_deadline(engine.deadline_ticks(limits.timeout_ms))
+    if limits.fuel is not None:
+        store.set_fuel(limits.fuel)
 
     outcome: Outcome = Outcome.SUCCESS
     exit_code: int | None = 0
@@ -82,6 +94,10 @@ def execute(
         if exc.trap_code == wasmtime.TrapCode.INTERRUPT:
             outcome = Outcome.TIMEOUT
             error = InvocationError(kind="timeout", message=f"deadline of {limits.timeout_ms} ms exceeded")
+        elif exc.trap_code == wasmtime.TrapCode.OUT_OF_FUEL:
+            # A CPU budget, not a deadline: the guest's own doing, so a function error of its own kind.
+            outcome = Outcome.FUNCTION_ERROR
+            error = InvocationError(kind="out_of_fuel", message=f"fuel budget of {limits.fuel} exhausted")
         else:
             outcome = Outcome.FUNCTION_ERROR
             error = InvocationError(kind="trap", message=exc.message)
@@ -95,6 +111,11 @@ def execute(
             outcome = Outcome.FUNCTION_ERROR
             error = InvocationError(kind="instantiate", message=message)
     duration_ms = (time.perf_counter() - started) * 1000
+    # Compiled code keeps the fuel counter in a register and stores it back at calls and
+    # returns, not at an interrupt or a trap: only a run that ended (returned, exited
+    # through WASI, ran out) has an exact count.
+    exact = error is None or error.kind in ("exit", "exception", "out_of_fuel")
+    fuel_consumed = limits.fuel - store.get_fuel() if limits.fuel is not None and exact else None
 
     peak = None
     if instance is not None:
@@ -103,7 +124,8 @@ def execute(
             peak = memory.data_len(store)
     at_limit = peak is not None and peak + WASM_PAGE > memory_limit
     said_so = error is not None and any(marker in error.message for marker in oom_markers)
-    if outcome is Outcome.FUNCTION_ERROR and (at_limit or said_so):
+    out_of_fuel = error is not None and error.kind == "out_of_fuel"
+    if outcome is Outcome.FUNCTION_ERROR and not out_of_fuel and (at_limit or said_so):
         # The guest failed with its memory at the limit (a refused memory.grow),
         # or its interpreter said it ran out of heap.
         outcome = Outcome.OUT_OF_MEMORY
@@ -112,7 +134,14 @@ def execute(
             kind="out_of_memory", message=f"memory limit of {limits.memory_mb} MiB reached ({message})"
         )
     return RunResult.captured(
-        outcome, stdout, stderr, exit_code=exit_code, duration_ms=duration_ms, peak_memory_bytes=peak, error=error
+        outcome,
+        stdout,
+        stderr,
+        exit_code=exit_code,
+        duration_ms=duration_ms,
+        peak_memory_bytes=peak,
+        error=error,
+        fuel_consumed=fuel_consumed,
     )
 
 

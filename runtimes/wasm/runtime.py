@@ -5,31 +5,55 @@ capture of stdout/stderr; source functions (QuickJS, MicroPython) run their
 interpreter module the same way with the source as an argument. Every call
 gets a new Store with its own memory limit and epoch deadline; the module's
 InstancePre is shared.
+
+A function with a fuel budget (``limits.fuel``) runs on a second, fuel-metering
+engine made on first use, with its own linker and module cache (compiled
+artifacts keyed by that engine's fingerprint). Granted ``permissions.read``
+directories are checked against ``read_roots`` and preopened read-only.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import wasmtime
 
 from soulbox.core.logging import get_logger
-from soulbox.core.schemas import FunctionSpec, Runtime, Tier
+from soulbox.core.schemas import FunctionSpec, InvocationError, Outcome, Runtime, Tier
 
-from ..protocol import RunResult
+from ..protocol import Output, RunResult
 from ..singleflight import SingleFlight
 from .engine import WasmEngine
 from .execute import execute
+from .grants import GrantRefused, resolve_read_grants
 from .guests import Entry, Interpreter, define_host_imports, interpreter, source_text
 from .modules import CompiledStore, FetchArtifact, ModuleCache
 
 SOURCE_CACHE_SIZE = 256
 
 log = get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class _Engine:
+    """An engine with what is compiled for it: a linker and a module cache."""
+
+    wasm: WasmEngine
+    linker: wasmtime.Linker
+    modules: ModuleCache
+
+
+def _make_engine(cache_dir: Path, *, tick_ms: int, fuel: bool, module_cache_size: int) -> _Engine:
+    wasm = WasmEngine(tick_ms=tick_ms, fuel=fuel)
+    linker = wasmtime.Linker(wasm.engine)
+    linker.define_wasi()
+    define_host_imports(linker)
+    return _Engine(wasm, linker, ModuleCache(wasm, linker, cache_dir, size=module_cache_size))
 
 
 class WasmRuntime:
@@ -44,37 +68,59 @@ class WasmRuntime:
         module_cache_size: int = 256,
         tick_ms: int = 10,
         shared: CompiledStore | None = None,
+        read_roots: Sequence[Path] = (),
     ) -> None:
         self._fetch = fetch_artifact
         self._shared = shared
-        self.engine = WasmEngine(tick_ms=tick_ms)
-        self._linker = wasmtime.Linker(self.engine.engine)
-        self._linker.define_wasi()
-        define_host_imports(self._linker)
-        self.modules = ModuleCache(self.engine, self._linker, cache_dir, size=module_cache_size)
+        self._cache_dir = cache_dir
+        self._tick_ms = tick_ms
+        self._module_cache_size = module_cache_size
+        self._read_roots = tuple(read_roots)
+        self._plain = _make_engine(cache_dir, tick_ms=tick_ms, fuel=False, module_cache_size=module_cache_size)
+        self._fueled: _Engine | None = None
+        self.modules = self._plain.modules
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="wasm")
         self._loading: SingleFlight[str, wasmtime.InstancePre] = SingleFlight()
         self._sources: OrderedDict[str, str] = OrderedDict()
         self._closed = False
 
-    async def _instance_pre(self, digest: str, load: Callable[[], Awaitable[bytes]]) -> wasmtime.InstancePre:
-        pre = self.modules.lookup(digest)
+    @property
+    def fuel_modules(self) -> ModuleCache | None:
+        """The fuel engine's module cache, once a function with a fuel budget has run."""
+        return self._fueled.modules if self._fueled is not None else None
+
+    def _engine_for(self, spec: FunctionSpec) -> _Engine:
+        if spec.limits.fuel is None:
+            return self._plain
+        if self._fueled is None:  # only the event loop's thread gets here: no race
+            self._fueled = _make_engine(
+                self._cache_dir, tick_ms=self._tick_ms, fuel=True, module_cache_size=self._module_cache_size
+            )
+        return self._fueled
+
+    async def _instance_pre(
+        self, engine: _Engine, digest: str, load: Callable[[], Awaitable[bytes]]
+    ) -> wasmtime.InstancePre:
+        pre = engine.modules.lookup(digest)
         if pre is not None:
             return pre
-        return await self._loading.run(digest, lambda: self._load(digest, load))
+        # Keyed by the compiled artifact's name: the same module loads once per engine.
+        return await self._loading.run(engine.modules.key(digest), lambda: self._load(engine.modules, digest, load))
 
-    async def _load(self, digest: str, load: Callable[[], Awaitable[bytes]]) -> wasmtime.InstancePre:
+    async def _load(
+        self, modules: ModuleCache, digest: str, load: Callable[[], Awaitable[bytes]]
+    ) -> wasmtime.InstancePre:
         loop = asyncio.get_running_loop()
-        pre = await loop.run_in_executor(self._pool, self.modules.load_compiled, digest)
+        pre = await loop.run_in_executor(self._pool, modules.load_compiled, digest)
         if pre is None and self._shared is not None:
-            shared = await self._shared.get(self.modules.key(digest))
+            shared = await self._shared.get(modules.key(digest))
             if shared is not None:
-                pre = await loop.run_in_executor(self._pool, self.modules.adopt, digest, shared)
+                pre = await loop.run_in_executor(self._pool, modules.adopt, digest, shared)
         if pre is None:
             data = await load()
-            fresh, compiled = await loop.run_in_executor(self._pool, self.modules.compile, digest, data)
+            fresh, compiled = await loop.run_in_executor(self._pool, modules.compile, digest, data)
             if self._shared is not None:
-                await self._shared.put(self.modules.key(digest), compiled)
+                await self._shared.put(modules.key(digest), compiled)
             pre = fresh
         return pre
 
@@ -90,19 +136,28 @@ class WasmRuntime:
         return source
 
     async def run(self, spec: FunctionSpec, input: bytes) -> RunResult:
+        try:
+            read_dirs = resolve_read_grants(spec.permissions.read, self._read_roots)
+        except GrantRefused as exc:
+            # Accepted at deploy but not allowed (or absent) on this worker: the function's configuration.
+            error = InvocationError(kind="grant_refused", message=exc.message)
+            return RunResult.captured(
+                Outcome.FUNCTION_ERROR, Output(0), Output(0), exit_code=None, duration_ms=0.0, error=error
+            )
+        engine = self._engine_for(spec)
         guest = interpreter(spec.runtime)
         argv: list[str]
         entry: Entry
         oom_markers: tuple[str, ...]
         if guest is None:
-            pre = await self._instance_pre(spec.artifact, lambda: self._fetch(spec.artifact))
+            pre = await self._instance_pre(engine, spec.artifact, lambda: self._fetch(spec.artifact))
             argv, entry, oom_markers = [spec.name], "start", ()
         else:
 
             async def interpreter_bytes() -> bytes:
                 return guest.module_bytes
 
-            pre = await self._instance_pre(guest.digest, interpreter_bytes)
+            pre = await self._instance_pre(engine, guest.digest, interpreter_bytes)
             source = await self._source(spec.artifact)
             argv, entry, oom_markers = (
                 guest.argv(source, memory_mb=spec.limits.memory_mb),
@@ -113,7 +168,7 @@ class WasmRuntime:
         return await loop.run_in_executor(
             self._pool,
             lambda: execute(
-                self.engine,
+                engine.wasm,
                 pre,
                 argv=argv,
                 entry=entry,
@@ -121,6 +176,7 @@ class WasmRuntime:
                 limits=spec.limits,
                 oom_markers=oom_markers,
                 env=spec.env,
+                read_dirs=read_dirs,
             ),
         )
 
@@ -135,7 +191,7 @@ class WasmRuntime:
                 return guest.module_bytes
 
             try:
-                await self._instance_pre(guest.digest, module_bytes)
+                await self._instance_pre(self._plain, guest.digest, module_bytes)
             except Exception as exc:  # it will be compiled on first use instead
                 log.warning("wasm.warm_up_failed", runtime=runtime.value, error=repr(exc))
 
@@ -144,4 +200,6 @@ class WasmRuntime:
             return
         self._closed = True
         self._pool.shutdown(wait=False, cancel_futures=True)
-        self.engine.close()
+        self._plain.wasm.close()
+        if self._fueled is not None:
+            self._fueled.wasm.close()

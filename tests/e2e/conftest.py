@@ -12,7 +12,10 @@ API_KEY = "sb_test_key_0123456789"
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    s = Stack(tmp_path_factory.mktemp("stack"), workers=2, env={"SOULBOX_GATEWAY__API_KEYS": f'["{API_KEY}"]'})
+    root = tmp_path_factory.mktemp("stack")
+    (root / "grants").mkdir()  # the one place functions may be granted (read-only) access to
+    env = {"SOULBOX_GATEWAY__API_KEYS": f'["{API_KEY}"]', "SOULBOX_WASM__READ_ROOTS": f'["{root / "grants"}"]'}
+    s = Stack(root, workers=2, env=env)
     s.start()
     try:
         yield s

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 
@@ -284,3 +285,68 @@ def test_a_workers_style_handler_answers_with_its_own_status_and_headers(api: ht
     assert response.status_code == 201, response.text
     assert response.content == b"echo ping"
     assert response.headers["x-made-by"] == "deno" and response.headers["x-invocation-id"]
+
+
+def test_a_fuel_budget_stops_a_loop_before_its_deadline(api: httpx.Client) -> None:
+    created = deploy(api, "fuel-loop", wasm("loop"), timeout_ms=20_000, fuel=10_000_000)
+    assert created.status_code in (200, 201), created.text
+    assert created.json()["limits"]["fuel"] == 10_000_000
+    started = time.monotonic()
+    response = api.post("/v1/functions/fuel-loop/invoke")
+    assert time.monotonic() - started < 10
+    assert response.status_code == 502
+    error = response.json()["error"]
+    assert error["code"] == "function_error" and "fuel budget of 10000000 exhausted" in error["message"]
+    record = api.get(f"/v1/invocations/{error['invocation_id']}").json()
+    assert record["status"] == "failed" and record["outcome"] == "function_error"
+    assert record["error"]["kind"] == "out_of_fuel"
+
+    assert deploy(api, "fuel-hello", wasm("hello"), fuel=1_000).status_code in (200, 201)
+    assert api.post("/v1/functions/fuel-hello/invoke").content == b"hello from wasm\n"
+    plain = deploy(api, "plain-hello", wasm("hello"))
+    assert "fuel" not in plain.json()["limits"]  # no budget: the limits read as before fuel existed
+
+
+@pytest.mark.parametrize(
+    ("fields", "needle"),
+    [
+        ({"fuel": "0"}, "fuel must be between 1 and"),
+        ({"fuel": str(10**12 + 1)}, "SOULBOX_WASM__MAX_FUEL"),
+        ({"fuel": "lots"}, "fuel must be an integer"),
+        ({"fuel": "1000", "runtime": "python"}, "python functions take no fuel"),
+    ],
+)
+def test_bad_fuel_is_400(api: httpx.Client, fields: dict[str, str], needle: str) -> None:
+    response = api.post(
+        "/v1/functions", data={"name": "bad-fuel", **fields}, files={"module": ("m.wasm", wasm("hello"))}
+    )
+    assert response.status_code == 400, response.text
+    assert needle in response.json()["error"]["message"]
+
+
+def test_read_grants_through_the_stack(api: httpx.Client, stack: Stack) -> None:
+    granted = stack.root / "grants" / "reports"
+    granted.mkdir(exist_ok=True)
+    (granted / "q3.txt").write_text("revenue: up\n")
+    source = f"print(open('{granted}/q3.txt').read(), end='')\nopen('{granted}/x', 'w')\n"
+    created = api.post(
+        "/v1/functions",
+        data={"name": "reader", "runtime": "micropython", "permissions": json.dumps({"read": [str(granted)]})},
+        files={"code": ("main.py", source.encode())},
+    )
+    assert created.status_code in (200, 201), created.text
+    response = api.post("/v1/functions/reader/invoke")
+    assert response.status_code == 502  # it read the file, then was refused the write
+    record = api.get(f"/v1/invocations/{response.json()['error']['invocation_id']}").json()
+    assert record["stdout"]["data"] == "revenue: up\n" and "EPERM" in record["stderr"]["data"]
+    assert not (granted / "x").exists()
+
+    for path in ("/etc", str(stack.root / "data"), str(granted / ".." / ".." / "data")):
+        refused = api.post(
+            "/v1/functions",
+            data={"name": "snoop", "runtime": "micropython", "permissions": json.dumps({"read": [path]})},
+            files={"code": ("main.py", b"print(1)\n")},
+        )
+        assert refused.status_code == 400, refused.text
+        error = refused.json()["error"]
+        assert error["code"] == "grant_refused" and "SOULBOX_WASM__READ_ROOTS" in error["message"]
