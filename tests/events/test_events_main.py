@@ -103,7 +103,7 @@ def test_unknown_kind_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> No
 def test_public_api_is_exactly_all() -> None:
     public = {name for name in vars(soulbox.events) if not name.startswith("_")}
     modules = {
-        "audit", "auditexport", "auditlog", "billing", "chain", "cli", "consumer", "fetch", "metrics", "metrics_server",
+        "audit", "auditexport", "auditlog", "billing", "chain", "cli", "consumer", "fetch", "metrics",
         "pipeline", "s3", "service", "streamread", "tenantkeys", "usage", "usageexport",
     }  # fmt: skip
     exported = set(soulbox.events.__all__)
