@@ -127,7 +127,7 @@ class Stack:
                 )
         problems = [
             f"{what} {host}:{port} ({problem})"
-            for what, (host, port) in owned_ports(self.plan.settings).items()
+            for what, (host, port) in owned_ports(self.plan.settings, workers=len(self.plan.worker_ids)).items()
             if (problem := listen_problem(host, port)) is not None
         ]
         if problems:
