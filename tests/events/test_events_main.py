@@ -104,7 +104,7 @@ def test_public_api_is_exactly_all() -> None:
     public = {name for name in vars(soulbox.events) if not name.startswith("_")}
     modules = {
         "audit", "auditexport", "auditlog", "billing", "chain", "cli", "consumer", "fetch", "metrics",
-        "pipeline", "s3", "service", "streamread", "tenantkeys", "usage", "usageexport",
+        "pipeline", "s3", "sandbox_metrics", "service", "streamread", "tenantkeys", "usage", "usageexport",
     }  # fmt: skip
     exported = set(soulbox.events.__all__)
     assert public - (modules - exported) - {"annotations"} == exported  # `usage` is a module and a function
