@@ -71,20 +71,24 @@ def test_an_invocation_moves_the_gateway_scheduler_and_worker_counters(stack: St
     base = total(w0, "soulbox_worker_invocations_total", **wasm_ok)
     eventually(lambda: total(workers(stack), "soulbox_worker_invocations_total", **wasm_ok) == base + 2)
     w1 = workers(stack)
-    assert total(w1, "soulbox_worker_run_seconds_count", tier="wasm") >= total(
-        w0, "soulbox_worker_run_seconds_count", tier="wasm"
-    ) + 2
+    assert (
+        total(w1, "soulbox_worker_run_seconds_count", tier="wasm")
+        >= total(w0, "soulbox_worker_run_seconds_count", tier="wasm") + 2
+    )
     assert total(w1, "soulbox_worker_in_flight") == 0
 
     accepted = {"tier": "wasm", "result": "accepted"}
     eventually(
-        lambda: total(scheduler(stack), "soulbox_scheduler_dispatches_total", **accepted)
-        >= total(s0, "soulbox_scheduler_dispatches_total", **accepted) + 2
+        lambda: (
+            total(scheduler(stack), "soulbox_scheduler_dispatches_total", **accepted)
+            >= total(s0, "soulbox_scheduler_dispatches_total", **accepted) + 2
+        )
     )
     s1 = scheduler(stack)
-    assert total(s1, "soulbox_scheduler_dispatch_seconds_count", tier="wasm") >= total(
-        s0, "soulbox_scheduler_dispatch_seconds_count", tier="wasm"
-    ) + 2
+    assert (
+        total(s1, "soulbox_scheduler_dispatch_seconds_count", tier="wasm")
+        >= total(s0, "soulbox_scheduler_dispatch_seconds_count", tier="wasm") + 2
+    )
     assert total(s1, "soulbox_scheduler_live_workers") == stack.workers
 
 
@@ -98,19 +102,33 @@ def test_data_plane_requests_count_under_one_route_without_sandbox_ids(stack: St
     assert not [s for s in after if sandbox_id in "".join(s.labels.values())]
 
 
-def test_a_sandbox_start_is_counted_warm_or_cold_with_its_start_time(stack: Stack) -> None:
+def test_unknown_paths_count_as_unmatched(stack: Stack) -> None:
+    before = total(gateway(stack), "soulbox_gateway_requests_total", route="unmatched", status="404")
+    path = f"/nothing-here-{uuid.uuid4().hex[:8]}"
+    assert httpx.get(f"{stack.url}{path}", timeout=10).status_code == 404
+    after = gateway(stack)
+    assert total(after, "soulbox_gateway_requests_total", method="GET", route="unmatched", status="404") == before + 1
+    assert not [s for s in after if path in s.labels.get("route", "")]
+
+
+def test_a_sandbox_from_the_warm_pool_is_counted_warm_with_the_pool_start_time(stack: Stack) -> None:
     starts = "soulbox_worker_sandbox_starts_total"
-    before = total(workers(stack), starts, template="base")
+    # Every worker pre-starts one "base" sandbox (sandboxes.pool_size = 1): a create takes one of them.
+    eventually(lambda: total(workers(stack), "soulbox_worker_sandboxes", state="pooled") >= stack.workers, 60)
+    before = workers(stack)
     with httpx.Client(base_url=stack.url, headers={"X-API-KEY": API_KEY}, timeout=60) as client:
         created = client.post("/v1/sandboxes", json={"timeout_s": 60})
         assert created.status_code in (200, 201), created.text
         sandbox_id = created.json()["sandbox_id"]
         try:
             samples = workers(stack)
-            assert total(samples, starts, template="base") == before + 1
-            kinds = {s.labels["kind"] for s in samples if s.name == starts}
-            assert kinds <= {"warm", "cold"}
-            assert total(samples, "soulbox_worker_sandbox_start_seconds_count", template="base") >= 1
-            assert total(samples, "soulbox_worker_sandboxes", state="in_use") >= 1
+            for kind, more in (("warm", 1), ("cold", 0)):
+                was = total(before, starts, template="base", kind=kind)
+                assert total(samples, starts, template="base", kind=kind) == was + more, kind
+            assert total(samples, "soulbox_worker_sandbox_start_seconds_count", template="base") >= stack.workers
+            assert (
+                total(samples, "soulbox_worker_sandboxes", state="in_use")
+                == total(before, "soulbox_worker_sandboxes", state="in_use") + 1
+            )
         finally:
             assert client.delete(f"/v1/sandboxes/{sandbox_id}").status_code in (200, 204)
