@@ -10,6 +10,11 @@ pin what the supervisor decided:
     SOULBOX_GATEWAY__PORT              gateway port
     SOULBOX_EVENTS__METRICS_HOST       metrics consumer listen address
     SOULBOX_EVENTS__METRICS_PORT       metrics consumer port
+    SOULBOX_SCHEDULER__METRICS_HOST    scheduler /metrics listen address
+    SOULBOX_SCHEDULER__METRICS_PORT    scheduler /metrics port (default: the metrics consumer's + 1)
+    SOULBOX_WORKER__METRICS_HOST       workers' /metrics listen address
+    SOULBOX_WORKER__METRICS_PORT       workers only: ``worker.metrics_port + n - 1`` for worker n
+                                       (default base: the metrics consumer's port + 2)
     SOULBOX_LOG_LEVEL                  as resolved by the supervisor
     SOULBOX_LOG_FORMAT                 as resolved by the supervisor
     SOULBOX_WORKER__ID                 workers only: ``<worker id>-<n>``, stable across restarts
@@ -61,8 +66,16 @@ class Plan:
 
 
 def resolve(settings: Settings) -> Settings:
-    """An absolute data dir and, with the embedded server, NATS URLs that point at it."""
-    update: dict[str, object] = {"data_dir": settings.data_dir.expanduser().resolve()}
+    """An absolute data dir, metrics ports for the scheduler and workers (after the metrics
+    consumer's, unless set) and, with the embedded server, NATS URLs that point at it."""
+    base = settings.events.metrics_port
+    update: dict[str, object] = {
+        "data_dir": settings.data_dir.expanduser().resolve(),
+        "scheduler": settings.scheduler.model_copy(
+            update={"metrics_port": settings.scheduler.metrics_port or base + 1}
+        ),
+        "worker": settings.worker.model_copy(update={"metrics_port": settings.worker.metrics_port or base + 2}),
+    }
     if settings.embedded_nats.enabled:
         embedded = settings.embedded_nats
         url = f"nats://{url_host(embedded.host)}:{embedded.port}"
@@ -94,12 +107,23 @@ def endpoints(settings: Settings) -> Endpoints:
     )
 
 
-def owned_ports(settings: Settings) -> dict[str, tuple[str, int]]:
+def worker_metrics_port(settings: Settings, n: int) -> int:
+    """The ``/metrics`` port of worker ``n`` (from 1); 0 when workers serve none."""
+    base = settings.worker.metrics_port
+    return base + n - 1 if base else 0
+
+
+def owned_ports(settings: Settings, *, workers: int = 1) -> dict[str, tuple[str, int]]:
     """The addresses ``up`` is about to listen on, by purpose."""
     ports = {
         "gateway": (settings.gateway.host, settings.gateway.port),
         "metrics": (settings.events.metrics_host, settings.events.metrics_port),
     }
+    if settings.scheduler.metrics_port:
+        ports["scheduler metrics"] = (settings.scheduler.metrics_host, settings.scheduler.metrics_port)
+    if settings.worker.metrics_port:
+        for n in range(1, workers + 1):
+            ports[f"worker-{n} metrics"] = (settings.worker.metrics_host, worker_metrics_port(settings, n))
     embedded = settings.embedded_nats
     if embedded.enabled:
         ports["nats"] = (embedded.host, embedded.port)
@@ -146,6 +170,9 @@ def child_env(settings: Settings, base: Mapping[str, str]) -> dict[str, str]:
             "SOULBOX_GATEWAY__PORT": str(settings.gateway.port),
             "SOULBOX_EVENTS__METRICS_HOST": settings.events.metrics_host,
             "SOULBOX_EVENTS__METRICS_PORT": str(settings.events.metrics_port),
+            "SOULBOX_SCHEDULER__METRICS_HOST": settings.scheduler.metrics_host,
+            "SOULBOX_SCHEDULER__METRICS_PORT": str(settings.scheduler.metrics_port),
+            "SOULBOX_WORKER__METRICS_HOST": settings.worker.metrics_host,
             "SOULBOX_LOG_LEVEL": settings.log_level,
             "SOULBOX_LOG_FORMAT": settings.log_format,
             "PYTHONUNBUFFERED": "1",
@@ -193,7 +220,12 @@ def make_plan(
         ChildSpec(name, (python, "-m", "soulbox.events", name), env, group="events") for name in EVENT_CONSUMERS
     ]
     components += [
-        ChildSpec(f"worker-{n}", worker, {**env, "SOULBOX_WORKER__ID": wid}, group="workers")
+        ChildSpec(
+            f"worker-{n}",
+            worker,
+            {**env, "SOULBOX_WORKER__ID": wid, "SOULBOX_WORKER__METRICS_PORT": str(worker_metrics_port(settings, n))},
+            group="workers",
+        )
         for n, wid in enumerate(ids, start=1)
     ]
     components.append(ChildSpec("scheduler", (python, "-m", "soulbox.scheduler"), env))

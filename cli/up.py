@@ -28,7 +28,7 @@ from soulbox.core.logging import get_logger
 from soulbox.core.schemas import WorkerHeartbeat
 
 from .probes import connect_within, readiness_report, wait_ready
-from .stack import Plan, client_host, listen_problem, nats_store_dir, owned_ports
+from .stack import Plan, client_host, listen_problem, nats_store_dir, owned_ports, url_host, worker_metrics_port
 from .state import ChildState, ProcessRef, StackState, Urls, read_state, remove_state, write_state
 from .supervisor import Child, Supervisor
 
@@ -127,7 +127,7 @@ class Stack:
                 )
         problems = [
             f"{what} {host}:{port} ({problem})"
-            for what, (host, port) in owned_ports(self.plan.settings).items()
+            for what, (host, port) in owned_ports(self.plan.settings, workers=len(self.plan.worker_ids)).items()
             if (problem := listen_problem(host, port)) is not None
         ]
         if problems:
@@ -191,6 +191,11 @@ class Stack:
     def _save(self, supervisor: Supervisor) -> None:
         plan, settings = self.plan, self.plan.settings
         ports = {"gateway": settings.gateway.port, "metrics": settings.events.metrics_port}
+        if settings.scheduler.metrics_port:
+            ports["scheduler_metrics"] = settings.scheduler.metrics_port
+        if settings.worker.metrics_port:
+            for n in range(1, len(plan.worker_ids) + 1):
+                ports[f"worker_{n}_metrics"] = worker_metrics_port(settings, n)
         if plan.nats is not None:
             ports["nats"] = settings.embedded_nats.port
             if settings.embedded_nats.monitor_port:
@@ -227,6 +232,13 @@ class Stack:
 def summary(plan: Plan, live: list[WorkerHeartbeat]) -> Panel:
     e, settings = plan.endpoints, plan.settings
     rows = [("Gateway", e.gateway), ("Metrics", e.metrics)]
+    if settings.scheduler.metrics_port:
+        rows.append(
+            ("", f"http://{url_host(settings.scheduler.metrics_host)}:{settings.scheduler.metrics_port}/metrics")
+        )
+    for n in range(1, len(plan.worker_ids) + 1) if settings.worker.metrics_port else ():
+        rows.append(("", f"http://{url_host(settings.worker.metrics_host)}:{worker_metrics_port(settings, n)}/metrics"))
+    rows.append(("", f"{e.gateway}/metrics"))
     rows.append(("NATS", ", ".join(e.nats) + (" (embedded)" if plan.nats is not None else " (external)")))
     if e.nats_monitor:
         rows.append(("NATS monitor", e.nats_monitor))

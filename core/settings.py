@@ -97,6 +97,8 @@ class SchedulerSettings(BaseModel):
     fetch_batch: int = Field(256, ge=1)
     dispatch_grace_s: float = Field(10.0, ge=0)
     no_worker_wait_s: float = Field(30.0, ge=0, description="how long to hold an invocation when no worker is live")
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = Field(0, ge=0, le=65535, description="Prometheus /metrics port (0: not served)")
 
 
 class WorkerSettings(BaseModel):
@@ -106,6 +108,8 @@ class WorkerSettings(BaseModel):
     heartbeat_ttl_s: float = Field(3.0, gt=0)
     module_cache_size: int = Field(256, ge=1)
     epoch_tick_ms: int = Field(10, ge=1)
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = Field(0, ge=0, le=65535, description="Prometheus /metrics port (0: not served)")
 
 
 class EventsSettings(BaseModel):

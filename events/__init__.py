@@ -8,6 +8,8 @@ functions the gateway and the command line call.
 
 from __future__ import annotations
 
+from soulbox.core.metrics_server import MetricsServer
+
 from .audit import AuditRecorder, IntakeRecorder, event_record, new_record_id, read_audit, record_api_call
 from .auditexport import Manifest, apply_retention, export_segment, load_segments, verify_log, verify_segments
 from .auditlog import AuditLog, ChainBroken
@@ -16,7 +18,6 @@ from .chain import GENESIS, Problem, Verdict, canonical, link, record_hash, veri
 from .cli import main
 from .consumer import BatchRecorder, EventConsumer, Recorder
 from .metrics import MetricsRecorder
-from .metrics_server import MetricsServer
 from .s3 import ExportStore
 from .service import KINDS, Kind, run
 from .tenantkeys import TenantKeys

@@ -5,6 +5,7 @@
     soulbox_invocation_duration_seconds{tier}        terminal events with a duration
     soulbox_invocation_peak_memory_bytes             terminal events with a peak
     soulbox_invocation_queue_depth                   scheduler backlog, polled
+    soulbox_event_consumer_pending{consumer}         lifecycle events not yet acked per consumer, polled
 
 Counters cannot be rewritten like a key, so redelivery is handled by
 remembering the ids of recently counted events (a bounded window): an event
@@ -21,6 +22,7 @@ from typing import Final
 
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from soulbox.core import names
@@ -102,6 +104,12 @@ class MetricsRecorder:
             "Invocations waiting for or held by the scheduler (pending + ack pending).",
             registry=self.registry,
         )
+        self.consumer_pending = Gauge(
+            "soulbox_event_consumer_pending",
+            "Lifecycle events not yet processed by each event consumer (pending + ack pending): its lag.",
+            ["consumer"],
+            registry=self.registry,
+        )
 
     async def record(self, events: list[LifecycleEvent]) -> None:
         for event in events:
@@ -119,10 +127,16 @@ class MetricsRecorder:
                 self.peak_memory.observe(event.peak_memory_bytes)
 
     async def refresh_queue_depth(self, js: JetStreamContext) -> int:
-        """Read the scheduler consumer's backlog once and set the gauge to it."""
+        """Read the scheduler consumer's backlog (and each event consumer's lag) once; the backlog is returned."""
         info = await js.consumer_info(names.INVOCATIONS_STREAM, names.SCHEDULER_CONSUMER)
         depth = (info.num_pending or 0) + (info.num_ack_pending or 0)
         self.queue_depth.set(depth)
+        for durable in names.EVENT_CONSUMERS:
+            try:
+                lag = await js.consumer_info(names.EVENTS_STREAM, durable)
+            except NotFoundError:  # that consumer kind never ran against this stream
+                continue
+            self.consumer_pending.labels(durable).set((lag.num_pending or 0) + (lag.num_ack_pending or 0))
         return depth
 
     async def watch_queue_depth(self, js: JetStreamContext, stop: asyncio.Event, *, interval: float = 1.0) -> None:

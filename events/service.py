@@ -25,6 +25,7 @@ from soulbox.core import names
 from soulbox.core.bus import Buckets, connect, ensure_topology
 from soulbox.core.errors import SoulboxError
 from soulbox.core.logging import get_logger
+from soulbox.core.metrics_server import MetricsServer
 from soulbox.core.schemas import AuditRecord
 from soulbox.core.settings import Settings
 
@@ -34,7 +35,6 @@ from .auditlog import AuditLog
 from .billing import BillingRecorder
 from .consumer import EventConsumer
 from .metrics import MetricsRecorder
-from .metrics_server import MetricsServer
 from .s3 import ExportStore
 from .sandbox_metrics import SandboxGauges
 from .tenantkeys import TenantKeys

@@ -18,6 +18,7 @@ from soulbox.triggers.catalog import TriggerCatalog
 
 from . import aliases, deadletters, functions, hooks, invocations, reports, tenants, triggers
 from .errors import EXCEPTION_HANDLERS, error_response
+from .instruments import GatewayInstruments, metrics
 from .middleware import RequestTrail
 from .openapi import openapi_document
 from .platform import Platform, platform
@@ -49,6 +50,7 @@ def routes() -> list[BaseRoute]:
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"], include_in_schema=False),
+        Route("/metrics", metrics, methods=["GET"], include_in_schema=False),
         Route("/v1/functions", functions.deploy, methods=["POST"]),
         Route("/v1/functions", functions.list_functions, methods=["GET"]),
         Route("/v1/functions/{name}", functions.get_function, methods=["GET"]),
@@ -108,9 +110,11 @@ def create_app(settings: Settings) -> Starlette:
             await registry.stop()
             await nc.drain()
 
-    return Starlette(
+    app = Starlette(
         routes=routes(),
         middleware=[Middleware(SandboxRouter, domain=settings.sandboxes.domain), Middleware(RequestTrail)],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )
+    app.state.instruments = GatewayInstruments()
+    return app

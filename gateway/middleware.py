@@ -1,4 +1,4 @@
-"""Every request leaves two traces: one structlog line, and (for the API) one audit record.
+"""Every request leaves three traces: one structlog line, its request metrics and (for the API) one audit record.
 
 Pure ASGI middleware, so streaming responses pass through untouched. The
 audit record says who, what (method and route template), which resource,
@@ -20,9 +20,11 @@ from soulbox.core.logging import get_logger
 from soulbox.core.schemas import AuditRecord
 from soulbox.events import new_record_id, record_api_call
 
+from .instruments import UNMATCHED_ROUTE, instruments_of
+
 log = get_logger("soulbox.gateway.access")
 
-_UNAUDITED = frozenset({"/healthz", "/readyz", "/openapi.json"})
+_UNAUDITED = frozenset({"/healthz", "/readyz", "/openapi.json", "/metrics"})
 _ACK_TIMEOUT_S = 10.0
 
 
@@ -37,6 +39,9 @@ class RequestTrail:
             return
         started = time.perf_counter()
         status = 500
+        instruments = instruments_of(scope.get("app"))
+        if instruments is not None:
+            instruments.started()
 
         async def send_wrapper(message: Message) -> None:
             nonlocal status
@@ -48,17 +53,21 @@ class RequestTrail:
             try:
                 await self.app(scope, receive, send_wrapper)
             finally:
+                elapsed = time.perf_counter() - started
                 log.info(
                     "request",
                     status=status,
-                    duration_ms=round((time.perf_counter() - started) * 1000, 3),
+                    duration_ms=round(elapsed * 1000, 3),
                     client=scope["client"][0] if scope.get("client") else None,
                 )
                 structlog.contextvars.unbind_contextvars("invocation_id")
+                template = _route_template(scope)
+                if instruments is not None:
+                    instruments.finished(scope["method"], template or UNMATCHED_ROUTE, status, elapsed)
                 if scope["path"] not in _UNAUDITED:
-                    await self._audit(scope, status)
+                    await self._audit(scope, status, template or scope["path"])
 
-    async def _audit(self, scope: Scope, status: int) -> None:
+    async def _audit(self, scope: Scope, status: int, route: str) -> None:
         platform = getattr(scope["app"].state, "platform", None)
         if platform is None:
             return
@@ -67,7 +76,7 @@ class RequestTrail:
             kind="api",
             tenant=platform.settings.tenant,
             actor=None,
-            action=f"{scope['method']} {_route_template(scope)}",
+            action=f"{scope['method']} {route}",
             resource=scope["path"],
             result=str(status),
             source=scope["client"][0] if scope.get("client") else None,
@@ -89,9 +98,10 @@ class RequestTrail:
             log.warning("audit.api_call_not_confirmed", error=repr(exc))
 
 
-def _route_template(scope: Scope) -> str:
+def _route_template(scope: Scope) -> str | None:
+    """The template of the route that matches the request (None: no route does)."""
     for route in scope["app"].routes:
         match, _ = route.matches(scope)
         if match is Match.FULL:
             return str(getattr(route, "path", scope["path"]))
-    return str(scope["path"])
+    return None

@@ -30,6 +30,7 @@ from soulbox.core.bus import Buckets, connect, ensure_topology
 from soulbox.core.codec import decode, encode
 from soulbox.core.errors import SchemaError
 from soulbox.core.logging import configure_logging, get_logger
+from soulbox.core.metrics_server import MetricsServer
 from soulbox.core.schemas import (
     Dispatch,
     DispatchReply,
@@ -48,6 +49,7 @@ from soulbox.core.store import publish_event, put_nowait, settle
 from soulbox.core.tunnel import TunnelServer
 
 from .artifacts import Artifacts
+from .instruments import WorkerInstruments
 from .js.factory import create_js_runtimes
 from .linux.errors import SandboxUnavailable
 from .linux.runtime import LinuxRuntime, create_linux_runtime
@@ -75,6 +77,7 @@ class Worker:
         buckets: Buckets,
         runtimes: dict[Tier, Runtime],
         sandboxes: SandboxHost | None = None,
+        instruments: WorkerInstruments | None = None,
     ) -> None:
         self.settings = settings
         self.id = settings.worker.id
@@ -88,6 +91,8 @@ class Worker:
         self._tasks: set[asyncio.Task[None]] = set()
         self._started_at = utcnow()
         self._stopping = asyncio.Event()
+        self.instruments = instruments if instruments is not None else WorkerInstruments()
+        self.instruments.watch_in_flight(lambda: self._in_flight)
 
     async def serve(self) -> None:
         sub = await self._nc.subscribe(names.worker_run_subject(self.id), cb=self._on_dispatch)
@@ -188,6 +193,7 @@ class Worker:
                 pending.append(await self._event(event_type, final, spec.limits.memory_mb))
                 pending.append(await self._put_record(final))
                 await settle(pending)
+                self.instruments.finished(dispatch.tier, final.outcome, final.duration_ms)
                 # Only now the caller: whoever gets the result can read the record at once.
                 if request.reply_to:
                     await self._nc.publish(request.reply_to, encode(final))
@@ -279,17 +285,29 @@ async def run(settings: Settings) -> None:
         runtimes[Tier.LINUX] = create_linux_runtime(settings, artifacts.fetch, settings.linux)
     except SandboxUnavailable as exc:  # no bwrap, user namespaces or cgroups here: run without the tier
         log.warning("worker.tier_unavailable", tier=Tier.LINUX.value, reason=exc.message)
+    instruments = WorkerInstruments()
     sandboxes: SandboxHost | None = None
     tunnel: TunnelServer | None = None
     linux = runtimes.get(Tier.LINUX)
     if isinstance(linux, LinuxRuntime) and settings.sandboxes.capacity:
         sandboxes = SandboxHost(
-            settings, nc, buckets.sandboxes, linux.launcher, Templates(settings, linux.launcher.guest_dir())
+            settings,
+            nc,
+            buckets.sandboxes,
+            linux.launcher,
+            Templates(settings, linux.launcher.guest_dir()),
+            instruments=instruments,
         )
         await sandboxes.start()
         tunnel = TunnelServer(nc, names.worker_tunnel_subject(settings.worker.id), SandboxDataPlane(sandboxes).handle)
         await tunnel.start()
-    worker = Worker(settings, nc, buckets, runtimes, sandboxes)
+    worker = Worker(settings, nc, buckets, runtimes, sandboxes, instruments)
+    metrics: MetricsServer | None = None
+    if settings.worker.metrics_port:
+        metrics = MetricsServer(
+            instruments.registry, host=settings.worker.metrics_host, port=settings.worker.metrics_port
+        )
+        await metrics.start()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, worker.stop)
@@ -297,6 +315,8 @@ async def run(settings: Settings) -> None:
         await worker.serve()
     finally:
         warm_up.cancel()
+        if metrics is not None:
+            await metrics.close()
         if tunnel is not None:
             await tunnel.close()
         if sandboxes is not None:

@@ -10,6 +10,7 @@ import uvloop
 from soulbox.core.bus import connect, ensure_topology
 from soulbox.core.inbox import Inbox
 from soulbox.core.logging import configure_logging
+from soulbox.core.metrics_server import MetricsServer
 from soulbox.core.settings import Settings
 
 from .directory import WorkerDirectory
@@ -27,12 +28,20 @@ async def run(settings: Settings) -> None:
     scheduler = Scheduler(settings, nc, buckets, directory, inbox)
     placer = SandboxPlacer(settings, nc, directory)
     await placer.start()
+    metrics: MetricsServer | None = None
+    if settings.scheduler.metrics_port:
+        metrics = MetricsServer(
+            scheduler.instruments.registry, host=settings.scheduler.metrics_host, port=settings.scheduler.metrics_port
+        )
+        await metrics.start()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, scheduler.stop)
     try:
         await scheduler.serve()
     finally:
+        if metrics is not None:
+            await metrics.close()
         await placer.stop()
         await inbox.stop()
         await directory.stop()

@@ -55,6 +55,7 @@ from . import retries
 from .callbacks import queue_callback
 from .concurrency import ConcurrencyGate
 from .directory import WorkerDirectory
+from .instruments import SchedulerInstruments
 from .placement import choose_tier, pick_worker
 
 log = get_logger(__name__)
@@ -85,6 +86,7 @@ class Scheduler:
         self._announced: dict[str, asyncio.Future[PubAck]] = {}  # acks of `scheduled` events, by invocation
         self._stopping = asyncio.Event()
         self._gate = ConcurrencyGate(buckets.concurrency, grace_s=settings.scheduler.dispatch_grace_s)
+        self.instruments = SchedulerInstruments(lambda: len(directory.live()))
 
     def stop(self) -> None:
         self._stopping.set()
@@ -112,7 +114,7 @@ class Scheduler:
             log.debug("scheduler.fetched", count=len(msgs))
             for msg in msgs:
                 await self._slots.acquire()
-                task = asyncio.create_task(self._handle(msg))
+                task = asyncio.create_task(self._handle(msg, fetched=asyncio.get_running_loop().time()))
                 self._tasks.add(task)
                 task.add_done_callback(self._done)
             want = batch
@@ -128,7 +130,7 @@ class Scheduler:
         if not task.cancelled() and task.exception() is not None:
             log.error("scheduler.handler_crashed", error=repr(task.exception()))
 
-    async def _handle(self, msg: Msg) -> None:
+    async def _handle(self, msg: Msg, *, fetched: float) -> None:
         try:
             request = decode(InvocationRequest, msg.data)
         except SchemaError as exc:
@@ -149,7 +151,7 @@ class Scheduler:
                 if existing is not None and existing.status is Status.RETRYING:
                     attempt = max(delivered, existing.attempt + 1)
             try:
-                await self._schedule(request, msg, attempt=attempt)
+                await self._schedule(request, msg, attempt=attempt, fetched=fetched)
             except SoulboxError as exc:
                 await self._fail(request, msg, attempt=attempt, message=exc.message)
             except asyncio.CancelledError:
@@ -163,15 +165,15 @@ class Scheduler:
                 if unsettled is not None and not unsettled.done():
                     unsettled.cancel()  # the event was sent; only its ack is no longer awaited
 
-    async def _schedule(self, request: InvocationRequest, msg: Msg, *, attempt: int) -> None:
+    async def _schedule(self, request: InvocationRequest, msg: Msg, *, attempt: int, fetched: float) -> None:
         leased = await self._gate.hold(request, msg)
         try:
-            await self._place(request, msg, attempt=attempt)
+            await self._place(request, msg, attempt=attempt, fetched=fetched)
         finally:
             if leased:
                 await asyncio.shield(self._gate.release(request))
 
-    async def _place(self, request: InvocationRequest, msg: Msg, *, attempt: int) -> None:
+    async def _place(self, request: InvocationRequest, msg: Msg, *, attempt: int, fetched: float) -> None:
         tiers = {tier for worker in self._directory.live() for tier in worker.tiers}
         tier = choose_tier(request.function, tiers)
         excluded: set[str] = set()
@@ -181,12 +183,15 @@ class Scheduler:
             if worker is None:
                 # Nobody can take it: leave it queued for later (or for another scheduler).
                 log.warning("scheduler.no_worker", tier=tier.value)
+                self.instruments.dispatched(tier, "no_worker")
                 await msg.nak(delay=1.0)
                 return
             dispatch = Dispatch(request=request, tier=tier, attempt=attempt, final=retries.is_final(request, attempt))
             reply = await self._dispatch(worker, dispatch, msg, announce=not announced)
             announced = True
+            self.instruments.dispatched(tier, "lost" if reply is None else "accepted" if reply.accepted else "refused")
             if reply is not None and reply.accepted:
+                self.instruments.answered(tier, asyncio.get_running_loop().time() - fetched)
                 await self._settle_announcement(request.id)
                 await self._after(request, msg, attempt, reply.status)
                 return

@@ -23,6 +23,8 @@ class Stack:
         self.nats = NatsServer(root / "nats", log_file=root / "nats.log", config=NATS_CONFIG)
         self.gateway_port = free_port()
         self.metrics_port = free_port()
+        self.scheduler_metrics_port = free_port()
+        self.worker_metrics_ports: dict[str, int] = {}
         self.workers = workers
         self.triggers = triggers
         self.extra_env = env or {}
@@ -44,6 +46,7 @@ class Stack:
                 "SOULBOX_DATA_DIR": str(self.root / "data"),
                 "SOULBOX_GATEWAY__PORT": str(self.gateway_port),
                 "SOULBOX_EVENTS__METRICS_PORT": str(self.metrics_port),
+                "SOULBOX_SCHEDULER__METRICS_PORT": str(self.scheduler_metrics_port),
                 "SOULBOX_WORKER__HEARTBEAT_INTERVAL_S": "0.2",
                 "SOULBOX_WORKER__HEARTBEAT_TTL_S": "1.0",
                 "SOULBOX_LOG_LEVEL": "info",
@@ -65,7 +68,10 @@ class Stack:
         return process
 
     def start_worker(self, worker_id: str) -> subprocess.Popen[bytes]:
-        return self.spawn(worker_id, "soulbox.runtimes.worker", SOULBOX_WORKER__ID=worker_id)
+        port = self.worker_metrics_ports.setdefault(worker_id, free_port())
+        return self.spawn(
+            worker_id, "soulbox.runtimes.worker", SOULBOX_WORKER__ID=worker_id, SOULBOX_WORKER__METRICS_PORT=str(port)
+        )
 
     def start(self) -> None:
         """Start every process and wait until the stack serves; a stack that never gets ready is stopped."""

@@ -27,6 +27,7 @@ from soulbox.core.errors import NotFound
 from soulbox.core.logging import get_logger
 from soulbox.core.sandboxes import SANDBOX_ID_RE, SandboxRecord
 
+from ..instruments import SANDBOX_ROUTE, instruments_of
 from ..proxy import forward
 from .control import SandboxControlPlane
 from .e2b import e2b_error
@@ -84,7 +85,15 @@ class SandboxRouter:
             return
         sandbox_id, port = target
         started = time.perf_counter()
-        status = await self._route(scope, receive, send, sandbox_id, port)
+        instruments = instruments_of(scope.get("app"))
+        if instruments is not None:
+            instruments.started()
+        status: int | None = None
+        try:
+            status = await self._route(scope, receive, send, sandbox_id, port)
+        finally:
+            if instruments is not None:  # one route label for every sandbox: no ids in series
+                instruments.finished(scope["method"], SANDBOX_ROUTE, status, time.perf_counter() - started)
         log.info(
             "sandbox.request",
             sandbox=sandbox_id,

@@ -52,6 +52,7 @@ from soulbox.core.schemas import (
 from soulbox.core.settings import Settings
 from soulbox.core.store import publish_event, settle
 
+from ..instruments import StartKind, WorkerInstruments
 from ..linux.box import Box, BoxLimits
 from ..linux.envd.main import VERSION as ENVD_VERSION
 from ..linux.sandbox import Launcher
@@ -80,7 +81,16 @@ class Hosted:
 
 
 class SandboxHost:
-    def __init__(self, settings: Settings, nc: NATS, kv: KeyValue, launcher: Launcher, templates: Templates) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        nc: NATS,
+        kv: KeyValue,
+        launcher: Launcher,
+        templates: Templates,
+        *,
+        instruments: WorkerInstruments | None = None,
+    ) -> None:
         self.settings = settings.sandboxes
         self.worker_id = settings.worker.id
         self._nc = nc
@@ -94,6 +104,9 @@ class SandboxHost:
         self._subs: list[Subscription] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
+        self._instruments = instruments
+        if instruments is not None:
+            instruments.watch_sandboxes(lambda: self.in_use, lambda: sum(len(p) for p in self._pool.values()))
 
     @property
     def count(self) -> int:
@@ -158,10 +171,12 @@ class SandboxHost:
         template = await self._templates.get(request.template)
         pool = self._pool.get(template.name, [])
         box = pool.pop() if pool else None
+        kind: StartKind = "warm"
         if box is None:
             if self.count >= self.settings.capacity:
                 raise Overloaded(f"worker {self.worker_id} hosts {self.settings.capacity} sandboxes already")
             box = await self._start_box(template)
+            kind = "cold"
         envd = EnvdClient(box.socket)
         token = secrets.token_urlsafe(24)
         try:
@@ -196,6 +211,8 @@ class SandboxHost:
         self._spawn(self._watch(request.sandbox_id, box))
         if self.settings.pool_size:
             self._spawn(self._fill(template.name))
+        if self._instruments is not None:
+            self._instruments.handed_out(template.name, kind)
         log.info("sandbox.created", sandbox=request.sandbox_id, template=template.name, tenant=request.tenant)
         return record
 
@@ -245,6 +262,7 @@ class SandboxHost:
 
     async def _start_box(self, template: Template) -> Box:
         self._starting += 1
+        started = time.monotonic()
         try:
             limits = BoxLimits(
                 memory_bytes=self.settings.memory_mb * MIB,
@@ -252,7 +270,7 @@ class SandboxHost:
                 pids_max=self.settings.pids_max,
                 disk_bytes=self.settings.disk_mb * MIB,
             )
-            return await self._launcher.start(
+            box = await self._launcher.start(
                 secrets.token_hex(8),
                 template.command,
                 limits=limits,
@@ -264,6 +282,9 @@ class SandboxHost:
             )
         finally:
             self._starting -= 1
+        if self._instruments is not None:
+            self._instruments.started_box(template.name, time.monotonic() - started)
+        return box
 
     async def _fill(self, name: str) -> None:
         """Top the template's pool up to ``pool_size`` within the capacity."""

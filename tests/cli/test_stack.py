@@ -71,6 +71,10 @@ def test_components_start_in_order_with_the_settings_they_need(tmp_path: Path, m
     assert seen.nats.urls == ["nats://127.0.0.1:15001"]
     assert (seen.gateway.port, seen.events.metrics_port) == (18001, 19001)
     assert seen.worker.id == "host-example-com-1"
+    # Distinct /metrics ports after the metrics consumer's: scheduler +1, worker n +1+n.
+    assert (seen.scheduler.metrics_port, seen.worker.metrics_port) == (19002, 19003)
+    assert envs["worker-2"]["SOULBOX_WORKER__METRICS_PORT"] == "19004"
+    assert envs["scheduler"]["SOULBOX_SCHEDULER__METRICS_PORT"] == "19002"
 
     assert plan.nats is not None
     nats = plan.nats.argv
@@ -89,7 +93,9 @@ def test_an_external_nats_replaces_the_embedded_one(tmp_path: Path) -> None:
     assert plan.nats is None
     assert plan.endpoints.nats == tuple(urls) and plan.endpoints.nats_monitor is None
     assert json.loads(dict(plan.components[0].env or {})["SOULBOX_NATS__URLS"]) == urls
-    assert set(owned_ports(settings)) == {"gateway", "metrics"}
+    assert set(owned_ports(settings, workers=2)) == {
+        "gateway", "metrics", "scheduler metrics", "worker-1 metrics", "worker-2 metrics"
+    }  # fmt: skip
 
 
 def test_listen_addresses_become_client_urls() -> None:

@@ -103,8 +103,8 @@ def test_unknown_kind_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> No
 def test_public_api_is_exactly_all() -> None:
     public = {name for name in vars(soulbox.events) if not name.startswith("_")}
     modules = {
-        "audit", "auditexport", "auditlog", "billing", "chain", "cli", "consumer", "fetch", "metrics", "metrics_server",
-        "pipeline", "s3", "service", "streamread", "tenantkeys", "usage", "usageexport",
+        "audit", "auditexport", "auditlog", "billing", "chain", "cli", "consumer", "fetch", "metrics",
+        "pipeline", "s3", "sandbox_metrics", "service", "streamread", "tenantkeys", "usage", "usageexport",
     }  # fmt: skip
     exported = set(soulbox.events.__all__)
     assert public - (modules - exported) - {"annotations"} == exported  # `usage` is a module and a function

@@ -73,6 +73,22 @@ async def test_queue_depth_follows_the_scheduler_backlog(js: JetStreamContext, b
     await sub.unsubscribe()
 
 
+async def test_event_consumer_lag_is_what_each_durable_has_not_acked(js: JetStreamContext, buckets: Buckets) -> None:
+    for i in range(2):
+        await js.publish(names.event_subject("completed"), b"ev", headers={"Nats-Msg-Id": f"ev-{i}"})
+    metrics = MetricsRecorder()
+    await metrics.refresh_queue_depth(js)
+    for durable in names.EVENT_CONSUMERS:
+        assert metrics.registry.get_sample_value("soulbox_event_consumer_pending", {"consumer": durable}) == 2
+    sub = await js.pull_subscribe_bind(consumer="billing", stream=names.EVENTS_STREAM)
+    for msg in await sub.fetch(2, timeout=2):
+        await msg.ack()
+    await sub.unsubscribe()
+    await metrics.refresh_queue_depth(js)
+    assert metrics.registry.get_sample_value("soulbox_event_consumer_pending", {"consumer": "billing"}) == 0
+    assert metrics.registry.get_sample_value("soulbox_event_consumer_pending", {"consumer": "audit"}) == 2
+
+
 async def test_metrics_endpoint_serves_the_registry() -> None:
     metrics = MetricsRecorder()
     await metrics.record(life("inv-1"))
