@@ -11,7 +11,10 @@ For each installed runtime:
 * cold: a new process for a function whose module is already parsed, and the
   first invocation of a never-seen artifact (fetch + parse + spawn + load).
 
-Run: ``.venv/bin/python bench/js_invoke.py [--n 2000] [--concurrency 4]``.
+The tier's processes run sandboxed as the worker runs them (bubblewrap: own
+uid, namespaces, seccomp); ``--bare`` runs them unsandboxed, for comparison.
+
+Run: ``.venv/bin/python bench/js_invoke.py [--n 2000] [--concurrency 4] [--bare]``.
 """
 
 from __future__ import annotations
@@ -27,12 +30,14 @@ from pathlib import Path
 
 from soulbox.core.natsserver import free_port
 from soulbox.core.schemas import FunctionSpec, Limits, Runtime
+from soulbox.core.settings import LinuxSettings
 from soulbox.runtimes.js.cgroup import find_parent
 from soulbox.runtimes.js.config import BUN, DENO, FunctionConfig, Mode
 from soulbox.runtimes.js.engines import Engine, default_engines
 from soulbox.runtimes.js.factory import TOOLS_DIRS
 from soulbox.runtimes.js.pool import PoolKey
 from soulbox.runtimes.js.runtime import JsRuntime
+from soulbox.runtimes.js.sandbox import JsSandbox
 
 FETCH = 'export default { fetch: () => new Response("hello") };\n'
 SCRIPT = 'console.log("hello");\n'
@@ -102,14 +107,19 @@ def spec(runtime: Runtime, name: str, code: bytes) -> FunctionSpec:
     )
 
 
-async def tier(engine: Engine, n: int, concurrency: int, tmp: Path) -> dict[str, dict[str, float]]:
+async def tier(engine: Engine, n: int, concurrency: int, tmp: Path, *, bare: bool) -> dict[str, dict[str, float]]:
     sources = {hashlib.sha256(c.encode()).hexdigest(): c.encode() for c in (FETCH, SCRIPT)}
 
     async def fetch(digest: str) -> bytes:
         return sources[digest]
 
     js = JsRuntime(
-        fetch, engines={engine.runtime: engine}, work_dir=tmp, concurrency=concurrency, cgroup_parent=find_parent()
+        fetch,
+        engines={engine.runtime: engine},
+        work_dir=tmp,
+        concurrency=concurrency,
+        cgroup_parent=find_parent(),
+        sandbox=None if bare else JsSandbox.create(LinuxSettings()),
     )
     out: dict[str, dict[str, float]] = {}
     try:
@@ -179,11 +189,13 @@ async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--bare", action="store_true", help="run the tier's processes unsandboxed")
     args = parser.parse_args()
     engines = default_engines(extra_dirs=TOOLS_DIRS)
     if not engines:
         sys.exit("neither bun nor deno is installed")
-    print(f"n={args.n} sequential, {args.concurrency} in flight for throughput, uvloop; cgroup: {find_parent()}\n")
+    mode = "bare processes" if args.bare else "sandboxed processes (bubblewrap)"
+    print(f"n={args.n} sequential, {args.concurrency} in flight, uvloop, {mode}; cgroup: {find_parent()}\n")
     print("| runtime | path | p50 ms | p99 ms | req/s |")
     print("| --- | --- | ---: | ---: | ---: |")
     for runtime, engine in sorted(engines.items()):
@@ -193,7 +205,7 @@ async def main() -> None:
             f"| {base['rps']:.0f} |"
         )
         with tempfile.TemporaryDirectory(prefix="sbjs-") as tmp:
-            for path, row in (await tier(engine, args.n, args.concurrency, Path(tmp))).items():
+            for path, row in (await tier(engine, args.n, args.concurrency, Path(tmp), bare=args.bare)).items():
                 rps = f"{row['rps']:.0f}" if "rps" in row else ""
                 print(f"| {runtime} | {path} | {row['p50']:.3f} | {row['p99']:.3f} | {rps} |")
 
