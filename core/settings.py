@@ -12,6 +12,7 @@ import re
 import socket
 import uuid
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -158,6 +159,9 @@ class JsSettings(BaseModel):
     enabled: bool = True
     bun_path: Path | None = Field(None, description="default: PATH, the venv, then .tools/js/node_modules")
     deno_path: Path | None = Field(None, description="default: PATH, then the venv (PyPI package `deno`)")
+    default_runtime: Literal["bun", "deno"] = Field(
+        "deno", description="runtime of a `js`/`ts` deploy whose code shows no Bun or Deno specifics"
+    )
     max_idle: int = Field(64, ge=0, description="warm processes kept over all functions")
     idle_ttl_s: float = Field(300.0, gt=0)
     start_timeout_s: float = Field(10.0, gt=0, description="longest boot + module load of a spare process")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from functools import partial
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
@@ -16,6 +17,9 @@ from soulbox.core.settings import Settings
 from soulbox.runtimes.catalog import CATALOG
 from soulbox.runtimes.js.config import ENV_NAME_RE, FunctionConfig
 from soulbox.runtimes.js.config import Permissions as JsPermissions
+from soulbox.runtimes.js.detect import ABSTRACT as ABSTRACT_JS
+from soulbox.runtimes.js.detect import SUFFIXES as JS_SUFFIXES
+from soulbox.runtimes.js.detect import Detection, detect_runtime
 from soulbox.runtimes.wasm.grants import GrantRefused, check_read_grants
 
 from .models import FunctionList, FunctionOut
@@ -31,12 +35,25 @@ def function_name(request: Request) -> str:
     return name
 
 
-def _runtime(value: object) -> Runtime:
+def _runtime(value: object, filename: str | None) -> Runtime | None:
+    """The runtime named, or None when Bun or Deno is to be detected from the code (``js``/``ts``,
+    or no runtime and a JS/TS file name)."""
     if value is None or value == "":
-        return Runtime.WASI
+        return None if filename and filename.lower().endswith(JS_SUFFIXES) else Runtime.WASI
+    if isinstance(value, str) and value in ABSTRACT_JS:
+        return None
     if not isinstance(value, str) or value not in {r.value for r in CATALOG}:
-        raise InvalidRequest(f"runtime must be one of {', '.join(sorted(r.value for r in CATALOG))}")
+        names = sorted({r.value for r in CATALOG} | ABSTRACT_JS)
+        raise InvalidRequest(f"runtime must be one of {', '.join(names)}")
     return Runtime(value)
+
+
+def _text_field(form_value: object, field: str) -> str | None:
+    if form_value is None or form_value == "":
+        return None
+    if not isinstance(form_value, str):
+        raise InvalidRequest(f"{field} must be a text field (the file's contents), not a file")
+    return form_value
 
 
 def _json_field(form_value: object, field: str, shape: Any) -> Any:
@@ -88,6 +105,9 @@ def _int_field(form_value: object, field: str) -> int | None:
 async def deploy(request: Request) -> Response:
     """Deploy (or redeploy) a function from a multipart form: name, runtime, code (or module), limits.
 
+    Runtime ``js``/``ts`` (or none, with a JS/TS file name) picks Bun or Deno from the code and the
+    optional ``package_json``/``deno_json``/``bunfig_toml`` text fields (runtimes/js/detect.py).
+
     Limits: ``memory_mb``, ``timeout_ms``, ``max_output_bytes`` and, on the Wasmtime
     tier, ``fuel`` (a CPU budget; absent: none).
     """
@@ -102,10 +122,11 @@ async def deploy(request: Request) -> Response:
         name = form.get("name")
         if not isinstance(name, str) or not NAME_RE.match(name):
             raise InvalidRequest("field `name` is required: 1-63 of a-z, 0-9, '-' and '_'")
-        runtime = _runtime(form.get("runtime"))
         upload = form.get("code") or form.get("module")
         if not isinstance(upload, UploadFile):
             raise InvalidRequest("field `code` (or `module`) must be the function's file")
+        named = _runtime(form.get("runtime"), upload.filename)
+        manifests = {k: _text_field(form.get(k), k) for k in ("package_json", "deno_json", "bunfig_toml")}
         module = await upload.read(settings.gateway.max_module_bytes + 1)
         if len(module) > settings.gateway.max_module_bytes:
             raise PayloadTooLarge(f"the code exceeds the {settings.gateway.max_module_bytes} byte limit")
@@ -118,6 +139,13 @@ async def deploy(request: Request) -> Response:
         retry = _json_field(form.get("retry"), "retry", RetryPolicy)
         max_concurrency = _int_field(form.get("max_concurrency"), "max_concurrency")
         fuel = _int_field(form.get("fuel"), "fuel")
+    detected: Detection | None = None
+    if named is None:  # the spec stores the concrete runtime chosen here, never `js`
+        default = Runtime(settings.js.default_runtime)
+        detected = await asyncio.to_thread(partial(detect_runtime, module, default=default, **manifests))
+        runtime = detected.runtime
+    else:
+        runtime = named
     if not 1 <= memory_mb <= defaults.max_memory_mb:
         raise InvalidRequest(f"memory_mb must be between 1 and {defaults.max_memory_mb}")
     if not 1 <= timeout_ms <= defaults.max_timeout_ms:
@@ -149,7 +177,8 @@ async def deploy(request: Request) -> Response:
         retry=retry,
         max_concurrency=max_concurrency,
     )
-    return JSONResponse(FunctionOut.of(spec).model_dump(mode="json"), status_code=201 if created else 200)
+    out = FunctionOut.of(spec).model_copy(update={"detected_from": detected and detected.reason})
+    return JSONResponse(out.model_dump(mode="json"), status_code=201 if created else 200)
 
 
 async def list_functions(request: Request) -> Response:

@@ -36,6 +36,9 @@ class FunctionOut(BaseModel):
     retry: RetryPolicy | None = None
     max_concurrency: int | None = None
     version: str | None = Field(None, description="content hash of this deploy; invoke it with ?version=")
+    detected_from: str | None = Field(
+        None, description="deploy responses only: why Bun or Deno was chosen for a `js`/`ts` deploy"
+    )
     created_at: datetime
     updated_at: datetime
 

@@ -53,7 +53,14 @@ _DEPLOY_FORM = {
                 "required": ["name"],
                 "properties": {
                     "name": {"type": "string", "pattern": NAME_PATTERN},
-                    "runtime": {"type": "string", "default": "wasi"},
+                    "runtime": {
+                        "type": "string",
+                        "default": "wasi",
+                        "description": "`js`/`ts` (or none with a .js/.ts/.mjs/.tsx file): Bun or Deno, detected",
+                    },
+                    "package_json": {"type": "string", "description": "with `js`/`ts`: package.json text"},
+                    "deno_json": {"type": "string", "description": "with `js`/`ts`: deno.json text"},
+                    "bunfig_toml": {"type": "string", "description": "with `js`/`ts`: bunfig.toml text"},
                     "code": {"type": "string", "format": "binary", "description": "the function's file"},
                     "module": {"type": "string", "format": "binary", "description": "alias of `code`"},
                     "memory_mb": {"type": "integer", "minimum": 1},

@@ -252,6 +252,42 @@ def test_js_functions_through_the_stack(api: httpx.Client, runtime: str) -> None
     assert response.content == b"hi you there\n"
 
 
+def test_runtime_js_is_detected_stored_concrete_and_invoked(api: httpx.Client) -> None:
+    source = (
+        "const input = await new Response(Deno.stdin.readable).text();\n"
+        "console.log(`${typeof Deno.version.deno} ${input}`);\n"
+    )
+    created = api.post(
+        "/v1/functions", data={"name": "js-detect", "runtime": "js"}, files={"code": ("main.js", source.encode())}
+    )
+    assert created.status_code in (200, 201), created.text
+    assert created.json()["runtime"] == "deno"
+    assert created.json()["detected_from"] == "code: `Deno.s` at line 1"
+    assert api.get("/v1/functions/js-detect").json()["runtime"] == "deno"  # the spec holds the concrete runtime
+    response = api.post("/v1/functions/js-detect/invoke", content=b"you")
+    assert response.status_code == 200, response.text
+    assert response.content == b"string you\n"
+
+
+def test_js_detection_from_file_name_manifest_and_conflict(api: httpx.Client) -> None:
+    by_name = api.post("/v1/functions", data={"name": "ts-bun"}, files={"code": ("main.ts", b"Bun.version;\n")})
+    assert by_name.status_code in (200, 201), by_name.text
+    assert by_name.json()["runtime"] == "bun" and by_name.json()["detected_from"] == "code: `Bun.v` at line 1"
+    by_manifest = api.post(
+        "/v1/functions",
+        data={"name": "ts-pkg", "runtime": "ts", "package_json": '{"engines": {"bun": "1"}}'},
+        files={"code": ("main.ts", b"console.log(1);\n")},
+    )
+    assert by_manifest.status_code in (200, 201), by_manifest.text
+    assert by_manifest.json()["runtime"] == "bun"
+    conflict = api.post(
+        "/v1/functions", data={"name": "both", "runtime": "js"}, files={"code": ("m.js", b"Deno.pid; Bun.pid;\n")}
+    )
+    assert conflict.status_code == 400 and conflict.json()["error"]["code"] == "invalid_request"
+    assert "Deno by" in conflict.json()["error"]["message"] and "Bun by" in conflict.json()["error"]["message"]
+    assert api.get("/v1/functions/both").status_code == 404
+
+
 def test_bad_env_and_permissions_are_400(api: httpx.Client) -> None:
     code = ("main.ts", b"console.log(1)\n")
     bad_env = api.post(
