@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import httpx
 from nats.aio.client import Client as NATS
@@ -12,6 +13,18 @@ from soulbox.core.schemas import EventType
 from tests.guests import wasm
 from tests.triggers.helpers import Published, deploy, events_of, eventually, finished
 from tests.triggers.test_webhooks import SECRET, make_hook, signed
+
+
+async def audit_records(api: httpx.AsyncClient) -> list[dict[str, Any]]:
+    """The whole audit log, page by page."""
+    records: list[dict[str, Any]] = []
+    after = 0
+    while True:
+        page = (await api.get("/v1/audit", params={"after": after, "limit": 1000})).json()
+        records += page["records"]
+        if page["next"] == after:
+            return records
+        after = page["next"]
 
 
 async def started(nc: NATS, invocation_ids: list[str]) -> int:
@@ -42,6 +55,14 @@ async def test_same_request_twice_runs_once(api: httpx.AsyncClient, client: NATS
     ids = [r.id for r in published.of("replayed")]
     assert ids == [first.json()["id"]]
     assert await started(client, ids) == 1
+
+    async def refusals() -> list[dict[str, Any]]:
+        found = [r for r in await audit_records(api) if r["resource"] == "/v1/hooks/replayed" and r["result"] == "401"]
+        return found if len(found) >= 2 else []
+
+    # Audited like any refused call: the API-call record with the route and the status.
+    refused = await eventually(refusals)
+    assert {r["action"] for r in refused} == {"POST /v1/hooks/{trigger_id}"}
 
 
 async def test_concurrent_replays_accept_one(api: httpx.AsyncClient, client: NATS) -> None:
