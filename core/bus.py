@@ -19,6 +19,7 @@ from nats.js.object_store import ObjectStore
 from . import names
 from .errors import Unavailable
 from .logging import get_logger
+from .schemas import MAX_WEBHOOK_TOLERANCE_S
 from .settings import Settings
 
 log = get_logger(__name__)
@@ -26,6 +27,9 @@ log = get_logger(__name__)
 # How long a re-sent invocation id is recognised as the same invocation.
 DEDUPE_WINDOW_S = 10 * 60.0
 CANNOT_CANCEL_DENY_PURGE = 10052
+# A signed timestamp is accepted up to a tolerance either side of now, so a request stays
+# replayable for twice the tolerance; the margin covers clock skew between gateways and NATS.
+WEBHOOKS_SEEN_TTL_S = 2 * MAX_WEBHOOK_TOLERANCE_S + 10 * 60.0
 
 
 async def connect(settings: Settings, *, name: str) -> NATS:
@@ -89,6 +93,7 @@ class Buckets:
     aliases: KeyValue
     tenant_keys: KeyValue
     audit_state: KeyValue
+    webhooks_seen: KeyValue
 
 
 async def _ensure_stream(js: JetStreamContext, config: api.StreamConfig) -> None:
@@ -258,6 +263,9 @@ async def ensure_topology(js: JetStreamContext, settings: Settings) -> Buckets:
         aliases=await _ensure_kv(js, kv(bucket=names.ALIASES_BUCKET, history=1, replicas=replicas)),
         tenant_keys=await _ensure_kv(js, kv(bucket=names.TENANT_KEYS_BUCKET, replicas=replicas)),
         audit_state=await _ensure_kv(js, kv(bucket=names.AUDIT_STATE_BUCKET, replicas=replicas)),
+        webhooks_seen=await _ensure_kv(
+            js, kv(bucket=names.WEBHOOKS_SEEN_BUCKET, history=1, ttl=WEBHOOKS_SEEN_TTL_S, replicas=replicas)
+        ),
     )
 
 

@@ -58,6 +58,8 @@ CRON_BUCKET: Final = "sb_cron"
 """Per cron trigger, the last claimed tick (compare-and-set: one firing per tick)."""
 CONCURRENCY_BUCKET: Final = "sb_concurrency"
 """Per function with a concurrency limit, the leases of its running invocations."""
+WEBHOOKS_SEEN_BUCKET: Final = "sb_webhooks_seen"
+"""Per webhook trigger, the signed requests already accepted (create-only: a replay is refused)."""
 
 TENANT_KEYS_BUCKET: Final = "sb_tenant_keys"
 """Per-tenant secrets behind the pseudonyms in the audit log (deleted on erasure)."""
@@ -149,6 +151,11 @@ def billing_key(tenant: str, function: str, unit_id: str) -> str:
 
 def trigger_key(tenant: str, trigger_id: str) -> str:
     return f"{tenant}.{trigger_id}"
+
+
+def webhook_seen_key(tenant: str, trigger_id: str, identity: str) -> str:
+    """``<tenant>.<trigger>.<identity>``: the identity is a hex digest of the signed request."""
+    return f"{tenant}.{trigger_id}.{identity}"
 
 
 def dead_letter_subject(tenant: str, invocation_id: str) -> str:

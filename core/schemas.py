@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, ClassVar, Final, Literal
 
 from pydantic import (
     BaseModel,
@@ -440,11 +440,17 @@ class MissedRuns(StrEnum):
     RUN_ONCE = "run_once"  # one run for the latest missed tick, then on schedule
 
 
+MAX_WEBHOOK_TOLERANCE_S: Final = 86_400
+"""The largest ``WebhookConfig.tolerance_s``; bounds how long a seen webhook is remembered."""
+
+
 class WebhookConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     scheme: SignatureScheme = SignatureScheme.HMAC
     secret: str = Field(min_length=16, max_length=256)
-    tolerance_s: int = Field(300, ge=1, le=86_400, description="oldest accepted timestamp (hmac, stripe)")
+    tolerance_s: int = Field(
+        300, ge=1, le=MAX_WEBHOOK_TOLERANCE_S, description="oldest accepted timestamp (hmac, stripe)"
+    )
     sync: bool = Field(False, description="answer with the function's output instead of 202")
 
 

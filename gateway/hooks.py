@@ -2,9 +2,10 @@
 
 ``POST /v1/hooks/{trigger_id}``: the signature is checked against the raw
 body first (401 ``signature_missing`` / ``signature_invalid`` /
-``signature_stale`` otherwise); then the body is the function's input and the
-answer is a 202 with the invocation id, or the result when the trigger is
-``sync``.
+``signature_stale`` otherwise), and a request accepted before is refused (401
+``signature_replayed``; the record of it is in NATS, shared by every gateway);
+then the body is the function's input and the answer is a 202 with the
+invocation id, or the result when the trigger is ``sync``.
 
 ``<METHOD> /run/<path>``: the HTTP trigger whose method and path template
 match; always synchronous. Fetch-handler runtimes (Bun, Deno) get the whole
@@ -23,6 +24,7 @@ from soulbox.core import names
 from soulbox.core.errors import NotFound
 from soulbox.core.schemas import TriggerKind, TriggerSpec
 from soulbox.runtimes.js.http import HttpRequest
+from soulbox.triggers.replay import claim, release
 from soulbox.triggers.signatures import SignatureError, verify
 
 from .errors import error_response
@@ -45,11 +47,12 @@ async def webhook(request: Request) -> Response:
         raise TriggerNotFound(tid)
     body = await read_body(request, p.settings.gateway.max_body_bytes)
     try:
-        verify(trigger.webhook, request.headers, body, now=time.time())
+        identity = verify(trigger.webhook, request.headers, body, now=time.time())
+        seen = await claim(p.buckets.webhooks_seen, p.settings.tenant, tid, identity)
     except SignatureError as exc:
         # 401 here, not in the shared error table: only this endpoint authenticates by signature.
         return error_response(401, exc.code, exc.message)
-    return await _invoke(request, trigger, body, wait=trigger.webhook.sync)
+    return await _invoke(request, trigger, body, wait=trigger.webhook.sync, seen=seen)
 
 
 async def route(request: Request) -> Response:
@@ -67,17 +70,26 @@ async def route(request: Request) -> Response:
     return await _invoke(request, trigger, body, wait=True)
 
 
-async def _invoke(request: Request, trigger: TriggerSpec, body: bytes, *, wait: bool) -> Response:
+async def _invoke(
+    request: Request, trigger: TriggerSpec, body: bytes, *, wait: bool, seen: str | None = None
+) -> Response:
+    """Submit ``body`` to the trigger's function; ``seen``: the webhook's claim to release if nothing is queued."""
     p = platform(request)
-    spec = await p.registry.get(p.settings.tenant, trigger.function)
-    submission = await p.submit(
-        spec,
-        body,
-        invocation_id=None,
-        wait=wait,
-        trace_id=request.headers.get("x-trace-id"),
-        trigger=trigger.id,
-    )
+    try:
+        spec = await p.registry.get(p.settings.tenant, trigger.function)
+        submission = await p.submit(
+            spec,
+            body,
+            invocation_id=None,
+            wait=wait,
+            trace_id=request.headers.get("x-trace-id"),
+            trigger=trigger.id,
+        )
+    except BaseException:
+        if seen is not None:
+            # Nothing runs: the sender's retry of this very request is not a replay.
+            await release(p.buckets.webhooks_seen, seen)
+        raise
     structlog.contextvars.bind_contextvars(invocation_id=submission.request.id, trigger=trigger.id)
     if not wait:
         return accepted_response(request, submission.request.id)

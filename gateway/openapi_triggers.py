@@ -124,10 +124,11 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
             },
             "202": _accepted("accepted; poll the invocation at `url`"),
             "401": error(
-                "the signature is missing, does not match, or is too old",
+                "the signature is missing, does not match, is too old, or this signed request was already received",
                 "signature_missing",
                 "signature_invalid",
                 "signature_stale",
+                "signature_replayed",
             ),
             "404": error(
                 "no enabled webhook trigger with this id, or its function is gone",

@@ -3,6 +3,9 @@
 Every comparison is constant-time (``hmac.compare_digest``). A failure is a
 :class:`SignatureError` whose ``code`` is stable: ``signature_missing``,
 ``signature_invalid`` or ``signature_stale``.
+
+A verified request has a replay identity (:func:`verify`'s result): the same
+signed request sent again has the same one (see :mod:`soulbox.triggers.replay`).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ HMAC_TIMESTAMP_HEADER = "x-soulbox-timestamp"
 HMAC_SIGNATURE_HEADER = "x-soulbox-signature"
 GITHUB_HEADER = "x-hub-signature-256"
 STRIPE_HEADER = "stripe-signature"
+GITHUB_DELIVERY_HEADER = "x-github-delivery"
 
 
 class SignatureError(SoulboxError):
@@ -55,9 +59,18 @@ def sign_hmac(secret: str, body: bytes, timestamp: int) -> str:
     return _mac(secret, f"{timestamp}.".encode() + body)
 
 
-def verify(config: WebhookConfig, headers: Mapping[str, str], body: bytes, *, now: float) -> None:
-    """Return if ``body`` is signed per ``config``; raise :class:`SignatureError` otherwise.
+def _identity(kind: str, value: str) -> str:
+    # A digest, not the MAC itself: what is stored to spot replays must not be a valid signature.
+    return hashlib.sha256(f"{kind}:{value}".encode()).hexdigest()
 
+
+def verify(config: WebhookConfig, headers: Mapping[str, str], body: bytes, *, now: float) -> str:
+    """Return the request's replay identity if ``body`` is signed per ``config``.
+
+    Raise :class:`SignatureError` otherwise.
+    The identity is a digest of what the sender signed (the expected MAC, so header spelling
+    or extra Stripe ``v1=`` values do not change it). GitHub signs no timestamp: its identity
+    is the ``X-GitHub-Delivery`` id when present (one per delivery), else the body's MAC.
     ``headers`` must be looked up case-insensitively (Starlette's ``Headers`` is).
     """
     secret = config.secret
@@ -66,15 +79,20 @@ def verify(config: WebhookConfig, headers: Mapping[str, str], body: bytes, *, no
         if not signature:
             raise SignatureError(f"no {HMAC_SIGNATURE_HEADER} header", code="signature_missing")
         stamp = _timestamp(headers.get(HMAC_TIMESTAMP_HEADER))
-        if not _matches(sign_hmac(secret, body, stamp), [signature.removeprefix("sha256=")]):
+        expected = sign_hmac(secret, body, stamp)
+        if not _matches(expected, [signature.removeprefix("sha256=")]):
             raise SignatureError("the signature does not match")
         _fresh(stamp, now=now, tolerance_s=config.tolerance_s)
+        return _identity("mac", expected)
     elif config.scheme is SignatureScheme.GITHUB:
         signature = headers.get(GITHUB_HEADER)
         if not signature or not signature.startswith("sha256="):
             raise SignatureError(f"no {GITHUB_HEADER} header with a sha256= value", code="signature_missing")
-        if not _matches(_mac(secret, body), [signature.removeprefix("sha256=")]):
+        expected = _mac(secret, body)
+        if not _matches(expected, [signature.removeprefix("sha256=")]):
             raise SignatureError("the signature does not match")
+        delivery = headers.get(GITHUB_DELIVERY_HEADER, "").strip()
+        return _identity("delivery", delivery) if delivery else _identity("mac", expected)
     else:
         header = headers.get(STRIPE_HEADER)
         if not header:
@@ -85,6 +103,8 @@ def verify(config: WebhookConfig, headers: Mapping[str, str], body: bytes, *, no
         if len(stamps) != 1 or not signatures:
             raise SignatureError(f"{STRIPE_HEADER} needs one t= and at least one v1=", code="signature_missing")
         stamp = _timestamp(stamps[0])
-        if not _matches(_mac(secret, f"{stamp}.".encode() + body), signatures):
+        expected = _mac(secret, f"{stamp}.".encode() + body)
+        if not _matches(expected, signatures):
             raise SignatureError("no v1 signature matches")
         _fresh(stamp, now=now, tolerance_s=config.tolerance_s)
+        return _identity("mac", expected)

@@ -78,3 +78,36 @@ def test_garbage_headers_never_crash(scheme: SignatureScheme, header: str) -> No
     headers = {**names, "Stripe-Signature": header}
     latin = {k: v.encode("utf-8", "replace").decode("latin-1") for k, v in headers.items()}
     assert code_of(scheme, latin, b"body") in {"signature_invalid", "signature_missing", "signature_stale"}
+
+
+def identity(scheme: SignatureScheme, headers: dict[str, str], body: bytes) -> str:
+    return verify(config(scheme), Headers(headers), body, now=NOW)
+
+
+@given(st.binary(max_size=64), st.binary(max_size=64))
+def test_replay_identity_is_what_was_signed(body: bytes, other: bytes) -> None:
+    sig = sign_hmac(SECRET, body, NOW)
+    plain = identity(SignatureScheme.HMAC, {"X-Soulbox-Timestamp": str(NOW), "X-Soulbox-Signature": sig}, body)
+    respelt = {"X-Soulbox-Timestamp": f" {NOW}", "X-Soulbox-Signature": "sha256=" + sig.upper()}
+    assert identity(SignatureScheme.HMAC, respelt, body) == plain
+    later = {"X-Soulbox-Timestamp": str(NOW + 1), "X-Soulbox-Signature": sign_hmac(SECRET, body, NOW + 1)}
+    assert identity(SignatureScheme.HMAC, later, body) != plain
+    assert sig not in plain  # the stored identity is not itself a valid signature
+    good = mac(f"{NOW}.".encode() + body)
+    padded = f"t={NOW},v1={'0' * 64},v1={good}"
+    assert identity(SignatureScheme.STRIPE, {"Stripe-Signature": f"t={NOW},v1={good}"}, body) == identity(
+        SignatureScheme.STRIPE, {"Stripe-Signature": padded}, body
+    )
+    if other != body:
+        other_sig = {"X-Soulbox-Timestamp": str(NOW), "X-Soulbox-Signature": sign_hmac(SECRET, other, NOW)}
+        assert identity(SignatureScheme.HMAC, other_sig, other) != plain
+
+
+def test_github_identity_is_the_delivery_else_the_body() -> None:
+    body = b'{"action":"opened"}'
+    signature = {"X-Hub-Signature-256": "sha256=" + mac(body)}
+    first = identity(SignatureScheme.GITHUB, {**signature, "X-GitHub-Delivery": "a-1"}, body)
+    assert first == identity(SignatureScheme.GITHUB, {**signature, "X-GitHub-Delivery": "a-1"}, body)
+    assert first != identity(SignatureScheme.GITHUB, {**signature, "X-GitHub-Delivery": "a-2"}, body)
+    bare = identity(SignatureScheme.GITHUB, signature, body)
+    assert bare not in (first, identity(SignatureScheme.GITHUB, {"X-Hub-Signature-256": "sha256=" + mac(b"x")}, b"x"))
