@@ -17,6 +17,7 @@ from soulbox.core.tunnel import TunnelClient
 from soulbox.triggers.catalog import TriggerCatalog
 
 from . import aliases, deadletters, functions, hooks, invocations, reports, tenants, triggers
+from .auth import ApiKeyGate
 from .errors import EXCEPTION_HANDLERS, error_response
 from .instruments import GatewayInstruments, metrics
 from .middleware import RequestTrail
@@ -112,7 +113,11 @@ def create_app(settings: Settings) -> Starlette:
 
     app = Starlette(
         routes=routes(),
-        middleware=[Middleware(SandboxRouter, domain=settings.sandboxes.domain), Middleware(RequestTrail)],
+        middleware=[
+            Middleware(SandboxRouter, domain=settings.sandboxes.domain),
+            Middleware(RequestTrail),  # outside the gate: refused calls are audited too
+            Middleware(ApiKeyGate, settings=settings),
+        ],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )

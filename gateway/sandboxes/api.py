@@ -17,7 +17,6 @@ from soulbox.core.errors import InvalidRequest
 from soulbox.core.sandboxes import SandboxLogLine, SandboxMetric, SandboxRecord, SandboxState
 
 from ..platform import platform
-from .auth import authenticate
 from .control import SandboxControlPlane
 from .terminal import terminal
 
@@ -90,7 +89,6 @@ async def _json(request: Request, model: type[BaseModel]) -> BaseModel:
 
 
 def _ctx(request: Request) -> tuple[SandboxControlPlane, str]:
-    authenticate(request)
     p = platform(request)
     return p.sandboxes, p.settings.tenant
 

@@ -3,7 +3,7 @@
 Paths, JSON field names and status codes follow E2B's OpenAPI (the generated
 client in the ``e2b`` package is the reference); errors use E2B's shape
 ``{"code": <http status>, "message": ..., "error_code": <SoulBox's stable code>}``.
-The SDK authenticates with ``X-API-KEY``; keys are checked by :mod:`.auth`.
+The SDK authenticates with ``X-API-KEY``; keys are checked by :mod:`soulbox.gateway.auth`.
 Point the SDK at SoulBox with ``E2B_API_URL`` and ``E2B_SANDBOX_URL`` (both the
 gateway's URL).
 """
@@ -25,9 +25,9 @@ from soulbox.core.errors import InvalidRequest, SoulboxError
 from soulbox.core.logging import get_logger
 from soulbox.core.sandboxes import SandboxRecord, SandboxState
 
+from ..auth import authenticate
 from ..errors import status_of
 from ..platform import platform
-from .auth import authenticate
 from .control import SandboxControlPlane
 
 log = get_logger(__name__)

@@ -31,9 +31,9 @@ from soulbox.core.schemas import TunnelRequestHead
 from soulbox.core.tunnel import TunnelClient, TunnelStream
 from soulbox.runtimes.linux.envd.connect import END_STREAM, EnvelopeReader, envelope
 
+from ..auth import check_key
 from ..errors import status_of
 from ..platform import Platform
-from .auth import check_key
 
 ENVD_PORT = "49983"
 KEEPALIVE_S = "30"

@@ -9,7 +9,7 @@ import uuid
 import httpx
 import pytest
 
-from tests.e2e.conftest import deploy
+from tests.e2e.conftest import API_KEY, deploy
 from tests.guests import wasm
 from tests.stack import Stack
 
@@ -386,3 +386,26 @@ def test_read_grants_through_the_stack(api: httpx.Client, stack: Stack) -> None:
         assert refused.status_code == 400, refused.text
         error = refused.json()["error"]
         assert error["code"] == "grant_refused" and "SOULBOX_WASM__READ_ROOTS" in error["message"]
+
+
+def test_api_keys_guard_every_v1_route(stack: Stack) -> None:
+    """With keys configured, every /v1 route wants one (webhooks excepted: they carry a signature)."""
+    guarded = [
+        ("GET", "/v1/functions"),
+        ("POST", "/v1/functions/echo/invoke"),
+        ("GET", "/v1/usage"),
+        ("GET", "/v1/audit"),
+        ("GET", "/v1/triggers"),
+        ("GET", "/v1/tenants/default/export"),
+    ]
+    for method, path in guarded:
+        anonymous = httpx.request(method, f"{stack.url}{path}", timeout=10)
+        assert anonymous.status_code == 401, path
+        assert anonymous.json()["error"]["code"] == "unauthenticated"
+        wrong = httpx.request(method, f"{stack.url}{path}", headers={"X-API-KEY": "nope"}, timeout=10)
+        assert wrong.status_code == 401, path
+    assert httpx.get(f"{stack.url}/v1/functions", headers={"Authorization": f"Bearer {API_KEY}"}).status_code == 200
+    assert httpx.post(f"{stack.url}/v1/hooks/nope", content=b"{}", timeout=10).json()["error"]["code"] != (
+        "unauthenticated"
+    )
+    assert httpx.get(f"{stack.url}/healthz", timeout=10).status_code == 200

@@ -66,9 +66,7 @@ async def sources(cache_dir: Path, root: Path) -> AsyncIterator[tuple[WasmRuntim
         await runtime.close()
 
 
-async def _run(
-    sources: tuple[WasmRuntime, dict[str, bytes]], source: str, read: list[str] | None = None
-) -> RunResult:
+async def _run(sources: tuple[WasmRuntime, dict[str, bytes]], source: str, read: list[str] | None = None) -> RunResult:
     runtime, store = sources
     code = source.encode()
     digest = hashlib.sha256(code).hexdigest()
