@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -44,3 +45,19 @@ async def make(tmp_path: Path) -> AsyncIterator[Make]:
     yield factory
     for js in made:
         await js.close()
+
+
+@pytest_asyncio.fixture
+async def local_server() -> AsyncIterator[int]:
+    """A port on the host's 127.0.0.1 that answers any HTTP request with `pong`."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\nconnection: close\r\n\r\npong")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    yield server.sockets[0].getsockname()[1]
+    server.close()
+    await server.wait_closed()

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator
-
 import pytest
-import pytest_asyncio
 
 from soulbox.core.schemas import FunctionSpec, Outcome
 from soulbox.runtimes.js.config import DENO, FunctionConfig, Permissions
@@ -30,20 +26,6 @@ try {
   console.log("denied", (err as Error).name);
 }
 """
-
-
-@pytest_asyncio.fixture
-async def local_server() -> AsyncIterator[int]:
-    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\nconnection: close\r\n\r\npong")
-        await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_server(answer, "127.0.0.1", 0)
-    yield server.sockets[0].getsockname()[1]
-    server.close()
-    await server.wait_closed()
 
 
 @pytest.mark.parametrize("probe", ["read", "write", "net", "env", "run"])

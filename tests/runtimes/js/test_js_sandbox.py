@@ -5,10 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
-
-import pytest_asyncio
 
 from soulbox.core.schemas import FunctionSpec, Outcome, Runtime
 from soulbox.core.settings import LinuxSettings
@@ -69,20 +67,6 @@ async def call(js: JsRuntime, guests: Guests, name: str, body: bytes = b"") -> b
 def grants(port: int = 0, **permissions: tuple[str, ...]) -> Callable[[FunctionSpec], FunctionConfig]:
     config = FunctionConfig(env={"PORT": str(port)}, permissions=Permissions(**permissions))
     return lambda spec: config
-
-
-@pytest_asyncio.fixture
-async def local_server() -> AsyncIterator[int]:
-    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\nconnection: close\r\n\r\npong")
-        await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_server(answer, "127.0.0.1", 0)
-    yield server.sockets[0].getsockname()[1]
-    server.close()
-    await server.wait_closed()
 
 
 async def test_host_files_outside_the_binds_are_not_there(make: Make, runtime_name: Runtime, tmp_path: Path) -> None:
