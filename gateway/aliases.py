@@ -11,7 +11,7 @@ in proportion to the weights); without either, the latest deploy runs.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -21,8 +21,8 @@ from soulbox.core.errors import Conflict, InvalidRequest
 from soulbox.core.schemas import NAME_RE, AliasTarget, FunctionAlias, FunctionSpec, utcnow
 from soulbox.core.store import get_model, scan
 
+from .bodies import json_body
 from .functions import function_name
-from .invocations import read_body
 from .models import FunctionOut
 from .platform import platform
 from .versions import AliasNotFound, get_version
@@ -59,11 +59,7 @@ async def put_alias(request: Request) -> Response:
     p = platform(request)
     name, alias_name = function_name(request), _alias_name(request)
     tenant = p.settings.tenant
-    try:
-        given = AliasIn.model_validate_json(await read_body(request, 16 * 1024))
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors())
-        raise InvalidRequest(f"invalid alias: {problems}") from None
+    given = await json_body(request, AliasIn, limit=16 * 1024, what="alias")
     if len({t.version for t in given.targets}) != len(given.targets):
         raise InvalidRequest("each version may appear once in an alias")
     for target in given.targets:

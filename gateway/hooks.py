@@ -27,8 +27,9 @@ from soulbox.runtimes.js.http import HttpRequest
 from soulbox.triggers.replay import claim, release
 from soulbox.triggers.signatures import SignatureError, verify
 
+from .bodies import read_body
 from .errors import error_response
-from .invocations import HTTP_RUNTIMES, accepted_response, finished_response, read_body
+from .invocations import HTTP_RUNTIMES, accepted_response, finished_response
 from .platform import platform
 from .triggers import TriggerNotFound, catalog, trigger_id
 

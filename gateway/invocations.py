@@ -15,31 +15,17 @@ from soulbox.core.errors import (
     InvalidRequest,
     InvocationNotFound,
     InvocationTimeout,
-    PayloadTooLarge,
     SchemaError,
 )
 from soulbox.core.schemas import FunctionSpec, InvocationRecord, Runtime, Status
 from soulbox.core.store import get_model
 from soulbox.runtimes.js.http import HttpResponse
 
+from .bodies import read_body
 from .functions import function_name
 from .models import InvocationAccepted, InvocationOut
 from .platform import INVOCATION_ID_RE, Platform, Submission, platform
 from .versions import resolve
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    length = request.headers.get("content-length")
-    if length and length.isdigit() and int(length) > limit:
-        raise PayloadTooLarge(f"the request body exceeds the {limit} byte limit")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"the request body exceeds the {limit} byte limit")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _wants_async(request: Request) -> bool:

@@ -37,7 +37,7 @@ from soulbox.triggers import cron
 from soulbox.triggers.catalog import TriggerCatalog
 from soulbox.triggers.routes import RoutePattern, normalized
 
-from .invocations import read_body
+from .bodies import json_body
 from .platform import platform
 
 MAX_TRIGGER_JSON = 64 * 1024
@@ -121,12 +121,7 @@ def trigger_id(request: Request) -> str:
 
 
 async def _parse(request: Request) -> TriggerIn:
-    body = await read_body(request, MAX_TRIGGER_JSON)
-    try:
-        return TriggerIn.model_validate_json(body)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors())
-        raise InvalidRequest(f"invalid trigger: {problems}") from None
+    return await json_body(request, TriggerIn, limit=MAX_TRIGGER_JSON, what="trigger")
 
 
 async def _build(request: Request, given: TriggerIn, previous: TriggerSpec | None) -> TriggerSpec:

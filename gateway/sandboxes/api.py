@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
@@ -16,8 +16,10 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 from soulbox.core.errors import InvalidRequest
 from soulbox.core.sandboxes import SandboxLogLine, SandboxMetric, SandboxRecord, SandboxState
 
+from ..bodies import M, json_body
 from ..platform import platform
 from .control import SandboxControlPlane
+from .e2b import MAX_JSON_BYTES
 from .terminal import terminal
 
 
@@ -78,14 +80,8 @@ class LogsOut(BaseModel):
     logs: list[SandboxLogLine]
 
 
-async def _json(request: Request, model: type[BaseModel]) -> BaseModel:
-    raw = await request.body()
-    try:
-        return model.model_validate_json(raw or b"{}")
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "body"
-        raise InvalidRequest(f"{where}: {first['msg']}") from None
+async def _json(request: Request, model: type[M]) -> M:
+    return await json_body(request, model, limit=MAX_JSON_BYTES, what="request body", empty_ok=True)
 
 
 def _ctx(request: Request) -> tuple[SandboxControlPlane, str]:
@@ -100,7 +96,6 @@ def _out(model: BaseModel, status: int = 200) -> JSONResponse:
 async def create(request: Request) -> Response:
     plane, tenant = _ctx(request)
     body = await _json(request, CreateSandbox)
-    assert isinstance(body, CreateSandbox)
     record = await plane.create(
         tenant,
         body.template,
@@ -137,7 +132,6 @@ async def kill(request: Request) -> Response:
 async def set_timeout(request: Request) -> Response:
     plane, tenant = _ctx(request)
     body = await _json(request, SetTimeout)
-    assert isinstance(body, SetTimeout)
     reply = await plane.control(tenant, request.path_params["sandbox_id"], "set_timeout", timeout_s=body.timeout_s)
     assert reply.record is not None
     return _out(SandboxOut.of(reply.record))

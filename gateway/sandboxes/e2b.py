@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -26,6 +26,7 @@ from soulbox.core.logging import get_logger
 from soulbox.core.sandboxes import SandboxRecord, SandboxState
 
 from ..auth import authenticate
+from ..bodies import M, json_body
 from ..errors import status_of
 from ..platform import platform
 from .control import SandboxControlPlane
@@ -33,6 +34,7 @@ from .control import SandboxControlPlane
 log = get_logger(__name__)
 
 CLIENT_ID = "soulbox"
+MAX_JSON_BYTES = 1024 * 1024  # metadata and env vars included
 MAX_PAGE = 1000
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -84,16 +86,8 @@ def e2b_route(handler: Handler) -> Handler:
     return wrapped
 
 
-async def _body(request: Request, model: type[BaseModel], *, optional: bool = False) -> Any:
-    raw = await request.body()
-    if not raw.strip() and optional:
-        raw = b"{}"
-    try:
-        return model.model_validate_json(raw)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "body"
-        raise InvalidRequest(f"{where}: {first['msg']}") from None
+async def _body(request: Request, model: type[M], *, optional: bool = False) -> M:
+    return await json_body(request, model, limit=MAX_JSON_BYTES, what="request body", empty_ok=optional)
 
 
 def _plane(request: Request) -> SandboxControlPlane:
