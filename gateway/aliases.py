@@ -25,6 +25,7 @@ from .bodies import json_body
 from .functions import function_name
 from .models import FunctionOut
 from .platform import platform
+from .principal import principal
 from .versions import AliasNotFound, get_version
 
 
@@ -47,8 +48,8 @@ def _out(alias: FunctionAlias) -> dict[str, object]:
 async def list_versions(request: Request) -> Response:
     p = platform(request)
     name = function_name(request)
-    await p.registry.get(p.settings.tenant, name)  # 404 for an unknown function
-    specs = [s async for _, s in scan(p.buckets.versions, f"{p.settings.tenant}.{name}.*", FunctionSpec)]
+    await p.registry.get(principal(request).tenant, name)  # 404 for an unknown function
+    specs = [s async for _, s in scan(p.buckets.versions, f"{principal(request).tenant}.{name}.*", FunctionSpec)]
     specs.sort(key=lambda s: s.updated_at)
     return JSONResponse(
         {"versions": [{"version": s.version, **FunctionOut.of(s).model_dump(mode="json")} for s in specs]}
@@ -58,7 +59,7 @@ async def list_versions(request: Request) -> Response:
 async def put_alias(request: Request) -> Response:
     p = platform(request)
     name, alias_name = function_name(request), _alias_name(request)
-    tenant = p.settings.tenant
+    tenant = principal(request).tenant
     given = await json_body(request, AliasIn, limit=16 * 1024, what="alias")
     if len({t.version for t in given.targets}) != len(given.targets):
         raise InvalidRequest("each version may appear once in an alias")
@@ -81,7 +82,7 @@ async def put_alias(request: Request) -> Response:
 async def list_aliases(request: Request) -> Response:
     p = platform(request)
     name = function_name(request)
-    aliases = [a async for _, a in scan(p.buckets.aliases, f"{p.settings.tenant}.{name}.*", FunctionAlias)]
+    aliases = [a async for _, a in scan(p.buckets.aliases, f"{principal(request).tenant}.{name}.*", FunctionAlias)]
     return JSONResponse({"aliases": [_out(a) for a in sorted(aliases, key=lambda a: a.name)]})
 
 
@@ -89,7 +90,7 @@ async def rollback_alias(request: Request) -> Response:
     """Swap the alias's targets with the ones it had before its last change."""
     p = platform(request)
     name, alias_name = function_name(request), _alias_name(request)
-    key = names.alias_key(p.settings.tenant, name, alias_name)
+    key = names.alias_key(principal(request).tenant, name, alias_name)
     current = await get_model(p.buckets.aliases, key, FunctionAlias)
     if current is None:
         raise AliasNotFound(f"function {name!r} has no alias {alias_name!r}")
@@ -104,7 +105,7 @@ async def rollback_alias(request: Request) -> Response:
 
 async def delete_alias(request: Request) -> Response:
     p = platform(request)
-    key = names.alias_key(p.settings.tenant, function_name(request), _alias_name(request))
+    key = names.alias_key(principal(request).tenant, function_name(request), _alias_name(request))
     if await get_model(p.buckets.aliases, key, FunctionAlias) is None:
         raise AliasNotFound(f"no alias {request.path_params['alias']!r}")
     await p.buckets.aliases.delete(key)

@@ -24,6 +24,7 @@ from soulbox.core.schemas import DeadLetter
 from .invocations import accepted_response
 from .models import InvocationErrorOut
 from .platform import INVOCATION_ID_RE, platform
+from .principal import principal
 
 MAX_LIST = 1000
 
@@ -76,7 +77,7 @@ async def list_dead_letters(request: Request) -> Response:
         ack_policy=api.AckPolicy.NONE, deliver_policy=api.DeliverPolicy.ALL, inactive_threshold=30.0
     )
     sub = await p.js.pull_subscribe(
-        names.dead_letters_filter(p.settings.tenant), stream=names.DEAD_LETTERS_STREAM, config=config
+        names.dead_letters_filter(principal(request).tenant), stream=names.DEAD_LETTERS_STREAM, config=config
     )
     letters: list[DeadLetterOut] = []
     try:
@@ -99,7 +100,7 @@ async def replay_dead_letter(request: Request) -> Response:
     invocation_id: str = request.path_params["invocation_id"]
     if not INVOCATION_ID_RE.match(invocation_id):
         raise DeadLetterNotFound(invocation_id)
-    subject = names.dead_letter_subject(p.settings.tenant, invocation_id)
+    subject = names.dead_letter_subject(principal(request).tenant, invocation_id)
     try:
         stored = await p.js.get_last_msg(names.DEAD_LETTERS_STREAM, subject)
     except NotFoundError:
@@ -107,7 +108,7 @@ async def replay_dead_letter(request: Request) -> Response:
     if stored.data is None or stored.seq is None:
         raise DeadLetterNotFound(invocation_id)
     letter = decode(DeadLetter, stored.data)
-    spec = await p.registry.get(p.settings.tenant, letter.request.function.name)
+    spec = await p.registry.get(principal(request).tenant, letter.request.function.name)
     # One replay id per dead letter: replays racing each other start one invocation.
     submission = await p.submit(
         spec,

@@ -24,6 +24,7 @@ from soulbox.runtimes.wasm.grants import GrantRefused, check_read_grants
 
 from .models import FunctionList, FunctionOut
 from .platform import platform
+from .principal import principal
 
 
 def function_name(request: Request) -> str:
@@ -167,7 +168,7 @@ async def deploy(request: Request) -> Response:
     _check_bindings(settings, runtime, env, permissions)
     await asyncio.to_thread(CATALOG[runtime].validate, module)  # compiling is CPU work: off the event loop
     spec, created = await p.registry.deploy(
-        settings.tenant,
+        principal(request).tenant,
         name,
         runtime,
         module,
@@ -183,17 +184,17 @@ async def deploy(request: Request) -> Response:
 
 async def list_functions(request: Request) -> Response:
     p = platform(request)
-    specs = await p.registry.list(p.settings.tenant)
+    specs = await p.registry.list(principal(request).tenant)
     return JSONResponse(FunctionList(functions=[FunctionOut.of(s) for s in specs]).model_dump(mode="json"))
 
 
 async def get_function(request: Request) -> Response:
     p = platform(request)
-    spec = await p.registry.get(p.settings.tenant, function_name(request))
+    spec = await p.registry.get(principal(request).tenant, function_name(request))
     return JSONResponse(FunctionOut.of(spec).model_dump(mode="json"))
 
 
 async def delete_function(request: Request) -> Response:
     p = platform(request)
-    await p.registry.delete(p.settings.tenant, function_name(request))
+    await p.registry.delete(principal(request).tenant, function_name(request))
     return Response(status_code=204)

@@ -31,6 +31,7 @@ from .bodies import read_body
 from .errors import error_response
 from .invocations import HTTP_RUNTIMES, accepted_response, finished_response
 from .platform import platform
+from .principal import principal
 from .triggers import TriggerNotFound, catalog, trigger_id
 
 _DROPPED_HEADERS = frozenset({"host", "content-length", "connection", "transfer-encoding"})
@@ -43,13 +44,13 @@ class RouteNotFound(NotFound):
 async def webhook(request: Request) -> Response:
     p = platform(request)
     tid = trigger_id(request)
-    trigger = catalog(request).get(names.trigger_key(p.settings.tenant, tid))
+    trigger = catalog(request).get(names.trigger_key(principal(request).tenant, tid))
     if trigger is None or trigger.kind is not TriggerKind.WEBHOOK or trigger.webhook is None or not trigger.enabled:
         raise TriggerNotFound(tid)
     body = await read_body(request, p.settings.gateway.max_body_bytes)
     try:
         identity = verify(trigger.webhook, request.headers, body, now=time.time())
-        seen = await claim(p.buckets.webhooks_seen, p.settings.tenant, tid, identity)
+        seen = await claim(p.buckets.webhooks_seen, principal(request).tenant, tid, identity)
     except SignatureError as exc:
         # 401 here, not in the shared error table: only this endpoint authenticates by signature.
         return error_response(401, exc.code, exc.message)
@@ -59,12 +60,12 @@ async def webhook(request: Request) -> Response:
 async def route(request: Request) -> Response:
     p = platform(request)
     path = "/" + request.path_params["path"]
-    found = catalog(request).route(p.settings.tenant, request.method, path)
+    found = catalog(request).route(principal(request).tenant, request.method, path)
     if found is None:
         raise RouteNotFound(f"no HTTP trigger for {request.method} /run{path}")
     trigger, _ = found
     body = await read_body(request, p.settings.gateway.max_body_bytes)
-    spec = await p.registry.get(p.settings.tenant, trigger.function)
+    spec = await p.registry.get(principal(request).tenant, trigger.function)
     if spec.runtime in HTTP_RUNTIMES:
         headers = tuple((k, v) for k, v in request.headers.items() if k not in _DROPPED_HEADERS)
         body = HttpRequest(method=request.method, url=str(request.url), headers=headers, body=body).encode()
@@ -77,7 +78,7 @@ async def _invoke(
     """Submit ``body`` to the trigger's function; ``seen``: the webhook's claim to release if nothing is queued."""
     p = platform(request)
     try:
-        spec = await p.registry.get(p.settings.tenant, trigger.function)
+        spec = await p.registry.get(principal(request).tenant, trigger.function)
         submission = await p.submit(
             spec,
             body,

@@ -25,6 +25,7 @@ from .bodies import read_body
 from .functions import function_name
 from .models import InvocationAccepted, InvocationOut
 from .platform import INVOCATION_ID_RE, Platform, Submission, platform
+from .principal import principal
 from .versions import resolve
 
 
@@ -156,6 +157,6 @@ async def get_invocation(request: Request) -> Response:
     if not INVOCATION_ID_RE.match(invocation_id):
         raise InvocationNotFound(invocation_id)
     record = await get_model(p.buckets.invocations, invocation_id, InvocationRecord)
-    if record is None or record.tenant != p.settings.tenant:
+    if record is None or record.tenant != principal(request).tenant:
         raise InvocationNotFound(invocation_id)
     return JSONResponse(InvocationOut.of(record).model_dump(mode="json"))

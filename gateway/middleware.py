@@ -21,6 +21,7 @@ from soulbox.core.schemas import AuditRecord
 from soulbox.events import new_record_id, record_api_call
 
 from .instruments import UNMATCHED_ROUTE, instruments_of
+from .principal import SCOPE_KEY, Principal
 
 log = get_logger("soulbox.gateway.access")
 
@@ -71,11 +72,13 @@ class RequestTrail:
         platform = getattr(scope["app"].state, "platform", None)
         if platform is None:
             return
+        found = scope.get(SCOPE_KEY)  # set by the authentication gate inside this middleware
+        who = found if isinstance(found, Principal) else None
         record = AuditRecord(
             id=new_record_id(),
             kind="api",
-            tenant=platform.settings.tenant,
-            actor=None,
+            tenant=who.tenant if who else platform.settings.tenant,
+            actor=who.subject if who else None,
             action=f"{scope['method']} {route}",
             resource=scope["path"],
             result=str(status),

@@ -10,7 +10,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.errors import KeyWrongLastSequenceError
-from starlette.requests import Request
+from starlette.requests import HTTPConnection
 
 from soulbox.core.bus import Buckets
 from soulbox.core.codec import encode
@@ -103,6 +103,6 @@ class Platform:
         return Submission(request, duplicate=False, result=result)
 
 
-def platform(request: Request) -> Platform:
-    p: Platform = request.app.state.platform
+def platform(connection: HTTPConnection) -> Platform:
+    p: Platform = connection.app.state.platform
     return p

@@ -15,6 +15,7 @@ from soulbox.events import ExportStore, Granularity, TenantKeys, read_audit, usa
 from soulbox.events.auditexport import anchor_for
 
 from .platform import platform
+from .principal import principal
 
 _DATETIME: TypeAdapter[datetime] = TypeAdapter(datetime)
 
@@ -46,7 +47,7 @@ def _int(request: Request, name: str, default: int, *, low: int, high: int) -> i
 
 def tenant_of(request: Request) -> str:
     """``?tenant=`` when given (an operator's view), else the gateway's tenant."""
-    raw = request.query_params.get("tenant") or platform(request).settings.tenant
+    raw = request.query_params.get("tenant") or principal(request).tenant
     return checked_name(raw, what="tenant")
 
 
@@ -75,7 +76,7 @@ async def get_audit(request: Request) -> Response:
     records, next_seq = await read_audit(
         p.js,
         TenantKeys(p.buckets.tenant_keys),
-        p.settings.tenant,
+        principal(request).tenant,
         after_seq=_int(request, "after", 0, low=0, high=2**63),
         limit=_int(request, "limit", 100, low=1, high=1000),
     )

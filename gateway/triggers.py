@@ -39,6 +39,7 @@ from soulbox.triggers.routes import RoutePattern, normalized
 
 from .bodies import json_body
 from .platform import platform
+from .principal import principal
 
 MAX_TRIGGER_JSON = 64 * 1024
 
@@ -126,7 +127,7 @@ async def _parse(request: Request) -> TriggerIn:
 
 async def _build(request: Request, given: TriggerIn, previous: TriggerSpec | None) -> TriggerSpec:
     p = platform(request)
-    tenant = p.settings.tenant
+    tenant = principal(request).tenant
     await p.registry.get(tenant, given.function)  # 404 unless the function exists
     webhook = None
     if given.webhook is not None:
@@ -182,7 +183,7 @@ async def replace_trigger(request: Request) -> Response:
     given = await _parse(request)
     if given.id != trigger_id(request):
         raise InvalidRequest("the body's id must be the id in the path")
-    key = names.trigger_key(p.settings.tenant, given.id)
+    key = names.trigger_key(principal(request).tenant, given.id)
     previous = await get_model(p.buckets.triggers, key, TriggerSpec)
     spec = await _build(request, given, previous)
     await p.buckets.triggers.put(key, encode(spec))
@@ -196,14 +197,16 @@ async def replace_trigger(request: Request) -> Response:
 
 async def list_triggers(request: Request) -> Response:
     p = platform(request)
-    specs = [spec async for _, spec in scan(p.buckets.triggers, f"{p.settings.tenant}.>", TriggerSpec)]
+    specs = [spec async for _, spec in scan(p.buckets.triggers, f"{principal(request).tenant}.>", TriggerSpec)]
     body = [TriggerOut.of(s).model_dump(mode="json") for s in sorted(specs, key=lambda s: s.id)]
     return JSONResponse({"triggers": body})
 
 
 async def get_trigger(request: Request) -> Response:
     p = platform(request)
-    spec = await get_model(p.buckets.triggers, names.trigger_key(p.settings.tenant, trigger_id(request)), TriggerSpec)
+    spec = await get_model(
+        p.buckets.triggers, names.trigger_key(principal(request).tenant, trigger_id(request)), TriggerSpec
+    )
     if spec is None:
         raise TriggerNotFound(trigger_id(request))
     return JSONResponse(TriggerOut.of(spec).model_dump(mode="json"))
@@ -211,7 +214,7 @@ async def get_trigger(request: Request) -> Response:
 
 async def delete_trigger(request: Request) -> Response:
     p = platform(request)
-    key = names.trigger_key(p.settings.tenant, trigger_id(request))
+    key = names.trigger_key(principal(request).tenant, trigger_id(request))
     if await get_model(p.buckets.triggers, key, TriggerSpec) is None:
         raise TriggerNotFound(trigger_id(request))
     await p.buckets.triggers.delete(key)

@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 
     from .platform import Platform
 
+from .principal import principal
+
 _IDENTITY = ("runtime", "artifact", "limits", "env", "permissions", "retry", "max_concurrency")
 
 
@@ -63,7 +65,7 @@ async def get_version(kv: KeyValue, tenant: str, function: str, version: str) ->
 
 async def resolve(p: Platform, request: Request, name: str) -> FunctionSpec:
     """The spec an invocation of ``name`` runs: ``?version=``, ``?alias=``, or the latest deploy."""
-    tenant = p.settings.tenant
+    tenant = principal(request).tenant
     version = request.query_params.get("version")
     alias_name = request.query_params.get("alias")
     if version and alias_name:

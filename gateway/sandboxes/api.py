@@ -18,6 +18,7 @@ from soulbox.core.sandboxes import SandboxLogLine, SandboxMetric, SandboxRecord,
 
 from ..bodies import M, json_body
 from ..platform import platform
+from ..principal import principal
 from .control import SandboxControlPlane
 from .e2b import MAX_JSON_BYTES
 from .terminal import terminal
@@ -86,7 +87,7 @@ async def _json(request: Request, model: type[M]) -> M:
 
 def _ctx(request: Request) -> tuple[SandboxControlPlane, str]:
     p = platform(request)
-    return p.sandboxes, p.settings.tenant
+    return p.sandboxes, principal(request).tenant
 
 
 def _out(model: BaseModel, status: int = 200) -> JSONResponse:

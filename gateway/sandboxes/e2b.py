@@ -29,6 +29,7 @@ from ..auth import authenticate
 from ..bodies import M, json_body
 from ..errors import status_of
 from ..platform import platform
+from ..principal import principal
 from .control import SandboxControlPlane
 
 log = get_logger(__name__)
@@ -96,7 +97,7 @@ def _plane(request: Request) -> SandboxControlPlane:
 
 
 def _tenant(request: Request) -> str:
-    return platform(request).settings.tenant
+    return principal(request).tenant
 
 
 def _stamp(at: datetime) -> str:

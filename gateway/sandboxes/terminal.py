@@ -34,6 +34,7 @@ from soulbox.runtimes.linux.envd.connect import END_STREAM, EnvelopeReader, enve
 from ..auth import check_key
 from ..errors import status_of
 from ..platform import Platform
+from ..principal import principal
 
 ENVD_PORT = "49983"
 KEEPALIVE_S = "30"
@@ -92,7 +93,7 @@ async def terminal(websocket: WebSocket) -> None:
     try:
         check_key(platform.settings, websocket.headers.get("x-api-key") or websocket.query_params.get("api_key"),
                   websocket.headers.get("authorization"))  # fmt: skip
-        record = await platform.sandboxes.get(platform.settings.tenant, websocket.path_params["sandbox_id"])
+        record = await platform.sandboxes.get(principal(websocket).tenant, websocket.path_params["sandbox_id"])
         cols, rows = _size(websocket, "cols", 80), _size(websocket, "rows", 24)
     except SoulboxError as exc:
         await websocket.close(code=4000 + status_of(exc), reason=f"{exc.code}: {exc.message}"[:120])
