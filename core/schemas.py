@@ -175,6 +175,9 @@ class FunctionSpec(Message):
     permissions: Permissions = Permissions()
     retry: RetryPolicy | None = Field(None, description="retries of failed asynchronous invocations")
     max_concurrency: int | None = Field(None, ge=1, description="invocations running at once, over all schedulers")
+    packages: dict[str, str] = Field(
+        default_factory=dict, description="npm packages bundled into the artifact at deploy (name -> version)"
+    )
     version: str | None = Field(None, description="content hash of everything that defines a run (immutable)")
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)

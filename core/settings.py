@@ -173,6 +173,15 @@ class JsSettings(BaseModel):
         description="run every Bun/Deno process in a bubblewrap sandbox built from `linux` settings (needs user "
         "namespaces, bwrap, setpriv, libseccomp; without them the tier warns and runs processes bare)",
     )
+    npm_registry: str = Field(
+        "https://registry.npmjs.org/", description="where deploys with package.json dependencies install from"
+    )
+    build_timeout_s: float = Field(120.0, gt=0, description="longest install or bundle step of a deploy")
+    build_dir: Path = Field(
+        Path("/var/tmp/soulbox-js-builds"),
+        description="builds and the package cache; every directory above it must be traversable by `nobody`",
+    )
+    max_concurrent_builds: int = Field(2, ge=1, description="dependency builds at once per gateway")
 
 
 # Above every range a distribution hands out by default: /etc/subuid ranges start at

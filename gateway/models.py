@@ -35,6 +35,9 @@ class FunctionOut(BaseModel):
     permissions: Permissions
     retry: RetryPolicy | None = None
     max_concurrency: int | None = None
+    packages: dict[str, str] = Field(
+        default_factory=dict, description="npm packages bundled at deploy from package_json dependencies"
+    )
     version: str | None = Field(None, description="content hash of this deploy; invoke it with ?version=")
     detected_from: str | None = Field(
         None, description="deploy responses only: why Bun or Deno was chosen for a `js`/`ts` deploy"
@@ -54,6 +57,7 @@ class FunctionOut(BaseModel):
             permissions=spec.permissions,
             retry=spec.retry,
             max_concurrency=spec.max_concurrency,
+            packages=spec.packages,
             version=spec.version,
             created_at=spec.created_at,
             updated_at=spec.updated_at,

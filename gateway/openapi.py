@@ -58,7 +58,11 @@ _DEPLOY_FORM = {
                         "default": "wasi",
                         "description": "`js`/`ts` (or none with a .js/.ts/.mjs/.tsx file): Bun or Deno, detected",
                     },
-                    "package_json": {"type": "string", "description": "with `js`/`ts`: package.json text"},
+                    "package_json": {
+                        "type": "string",
+                        "description": "package.json text: picks Bun (`js`/`ts`); its `dependencies` are "
+                        "installed and bundled into the artifact at deploy (bun/deno)",
+                    },
                     "deno_json": {"type": "string", "description": "with `js`/`ts`: deno.json text"},
                     "bunfig_toml": {"type": "string", "description": "with `js`/`ts`: bunfig.toml text"},
                     "code": {"type": "string", "format": "binary", "description": "the function's file"},

@@ -62,6 +62,7 @@ class FunctionRegistry:
         permissions: Permissions | None = None,
         retry: RetryPolicy | None = None,
         max_concurrency: int | None = None,
+        packages: dict[str, str] | None = None,
     ) -> tuple[FunctionSpec, bool]:
         """Store the module (content-addressed) and the spec; True if the function is new."""
         digest = hashlib.sha256(module).hexdigest()
@@ -80,6 +81,7 @@ class FunctionRegistry:
             permissions=permissions or Permissions(),
             retry=retry,
             max_concurrency=max_concurrency,
+            packages=packages or {},
             created_at=previous.created_at if previous else now,
             updated_at=now,
         )
