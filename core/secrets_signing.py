@@ -138,10 +138,15 @@ def key_context(tenant: str, kid: str) -> bytes:
 
 
 class SigningKeys:
-    """The tenants' signing keys in the signing-keys bucket, cached briefly (a miss looks again)."""
+    """The tenants' signing keys in the signing-keys bucket, cached for ``cache_s`` (a miss looks again).
 
-    def __init__(self, kv: KeyValue, master: MasterKeys, *, grace_s: float) -> None:
+    Another gateway's rotation is therefore seen within ``cache_s``: a key it retired may verify
+    that much longer than its grace period.
+    """
+
+    def __init__(self, kv: KeyValue, master: MasterKeys, *, grace_s: float, cache_s: float = RING_CACHE_S) -> None:
         self._kv = kv
+        self._cache_s = cache_s
         self._master = master
         self._grace = timedelta(seconds=grace_s)
         self._cache: dict[str, tuple[float, int, SigningKeyRing]] = {}
@@ -227,7 +232,7 @@ class SigningKeys:
 
     async def _ring(self, tenant: str, *, fresh: bool) -> tuple[int, SigningKeyRing | None]:
         cached = self._cache.get(tenant)
-        if not fresh and cached is not None and time.monotonic() - cached[0] < RING_CACHE_S:
+        if not fresh and cached is not None and time.monotonic() - cached[0] < self._cache_s:
             return cached[1], cached[2]
         try:
             entry = await self._kv.get(tenant)
