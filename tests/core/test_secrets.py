@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import structlog
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
@@ -16,6 +17,7 @@ from soulbox.core import names
 from soulbox.core.bus import Buckets
 from soulbox.core.codec import decode
 from soulbox.core.errors import InvalidRequest
+from soulbox.core.logging import configure_logging, get_logger
 from soulbox.core.schemas import AuditRecord
 from soulbox.core.secrets import MasterKeys, SecretsError, UnknownMasterKey, key_id, load_or_create_key_file
 from soulbox.core.secrets_store import SecretEntry, SecretNotFound, SecretStore, secret_context
@@ -133,3 +135,14 @@ async def test_rewrap_all_moves_every_secret_to_the_new_master_key(buckets: Buck
     only_new = SecretStore(buckets.secrets, MasterKeys.of(NEW))
     assert {i.master_key_id for i in await only_new.list("acme") + await only_new.list("beta")} == {key_id(NEW)}
     assert await only_new.reveal(js, "beta", {"B": "b"}, actor="function:f", source="w", detail={}) == {"B": VALUE}
+
+
+def test_log_lines_show_environments_by_name_only(capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging("info", "json", component="test")
+    try:
+        get_logger("t").info("spawn", env={"API_TOKEN": VALUE}, env_vars={"B": VALUE}, other="kept")
+        line = capsys.readouterr().err
+    finally:
+        structlog.reset_defaults()  # the configuration holds capsys's stream
+        structlog.contextvars.clear_contextvars()
+    assert VALUE not in line and '"env": ["API_TOKEN"]' in line and '"other": "kept"' in line

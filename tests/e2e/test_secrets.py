@@ -42,6 +42,12 @@ QUICKJS_FN = (
     b' console.log(v.length + ":" + h);'
 )
 
+DENO_FN = (
+    b'const v = Deno.env.get("API_TOKEN") ?? "";\n'
+    b'const d = new Uint8Array(await crypto.subtle.digest("SHA-256", new TextEncoder().encode(v)));\n'
+    b'console.log(Array.from(d, (b) => b.toString(16).padStart(2, "0")).join(""));\n'
+)
+
 
 def b64(key: bytes) -> str:
     return base64.b64encode(key).decode()
@@ -206,6 +212,7 @@ def test_secret_reaches_only_the_function_and_the_sandbox(stack: Stack, api: htt
         for name, runtime, code, filename, expected in (
             ("py-secret", "python", PYTHON_FN, "main.py", hashlib.sha256(VALUE.encode()).hexdigest()),
             ("js-secret", "quickjs", QUICKJS_FN, "main.js", checksum(VALUE)),
+            ("deno-secret", "deno", DENO_FN, "main.ts", hashlib.sha256(VALUE.encode()).hexdigest()),
         ):
             deployed = deploy(api, name, runtime, code, filename, {"API_TOKEN": "API_TOKEN"})
             assert deployed.status_code == 201, deployed.text
@@ -221,13 +228,18 @@ def test_secret_reaches_only_the_function_and_the_sandbox(stack: Stack, api: htt
         assert created.status_code == 201, created.text
         sandbox = created.json()
         answers += [created, api.get(f"/v1/sandboxes/{sandbox['sandbox_id']}")]
-        reads = wait_for(lambda: len(r := audit_reads(api)) >= 3 and r)
+        reads = wait_for(lambda: len(r := audit_reads(api)) >= 4 and r)
         answers.append(api.get("/v1/audit", params={"limit": 1000}))
 
     # Audited: one read per run, naming the secret and what it was opened for, never the value.
     assert {r["resource"] for r in reads} == {"secrets/API_TOKEN"}
     actors = {r["actor"] for r in reads}
-    assert {"function:py-secret", "function:js-secret", f"sandbox:{sandbox['sandbox_id']}"} <= actors
+    assert {
+        "function:py-secret",
+        "function:js-secret",
+        "function:deno-secret",
+        f"sandbox:{sandbox['sandbox_id']}",
+    } <= actors
     assert all(r["detail"].get("invocation_id") or r["detail"].get("sandbox_id") for r in reads)  # type: ignore[union-attr]
 
     # Nowhere else: answers, NATS traffic, stream contents, process logs.
@@ -267,6 +279,10 @@ def test_unknown_secret_refused_and_other_tenant_cannot_see_or_use_it(api: httpx
     assert deployed.status_code == 201
     assert other.post("/v1/functions/theirs/invoke").text.strip() == hashlib.sha256(b"theirs").hexdigest()
     assert api.get("/v1/secrets/API_TOKEN").json()["version"] >= 1  # untouched by theirs
+    erased = other.delete("/v1/tenants/other/data")  # erasure takes the tenant's secrets along
+    assert erased.status_code == 200 and erased.json()["deleted"]["secrets"] == 1, erased.text
+    assert other.get("/v1/secrets").json() == {"secrets": []}
+    assert api.get("/v1/secrets/API_TOKEN").status_code == 200
     bad = api.put("/v1/secrets/bad.name", json={"value": "x"})
     assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_request"
 
@@ -371,9 +387,7 @@ def test_signed_sandbox_file_urls(stack: Stack, api: httpx.Client) -> None:
         answer = httpx.post(upload, content=b"uploaded by a signed URL", timeout=60)
         assert answer.status_code == 200, answer.text
         download = sign(api, "GET", files)
-        assert (
-            httpx.get(altered(download, path="other.txt"), timeout=60).status_code == 401
-        )  # the query is signed too
+        assert httpx.get(altered(download, path="other.txt"), timeout=60).status_code == 401  # the query is signed too
         got = httpx.get(download, timeout=60)
         assert got.status_code == 200 and got.content == b"uploaded by a signed URL"
         assert refused(httpx.get(download, timeout=60), "signature_replayed")
