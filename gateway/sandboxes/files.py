@@ -31,7 +31,7 @@ class SandboxFiles:
         sandbox_id: str = scope["path_params"]["sandbox_id"]
         platform = scope["app"].state.platform
         record = await platform.sandboxes.get(principal(request).tenant, sandbox_id)
-        query = [(k, v) for k, v in parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)]
+        query = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
         headers = [(k, v) for k, v in scope["headers"] if k.lower() not in _DROPPED]
         headers.append((b"x-access-token", record.access_token.encode()))
         inner = {
