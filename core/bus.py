@@ -94,6 +94,9 @@ class Buckets:
     tenant_keys: KeyValue
     audit_state: KeyValue
     webhooks_seen: KeyValue
+    secrets: KeyValue
+    signing_keys: KeyValue
+    signed_nonces: KeyValue
 
 
 async def _ensure_stream(js: JetStreamContext, config: api.StreamConfig) -> None:
@@ -265,6 +268,18 @@ async def ensure_topology(js: JetStreamContext, settings: Settings) -> Buckets:
         audit_state=await _ensure_kv(js, kv(bucket=names.AUDIT_STATE_BUCKET, replicas=replicas)),
         webhooks_seen=await _ensure_kv(
             js, kv(bucket=names.WEBHOOKS_SEEN_BUCKET, history=1, ttl=WEBHOOKS_SEEN_TTL_S, replicas=replicas)
+        ),
+        secrets=await _ensure_kv(js, kv(bucket=names.SECRETS_BUCKET, history=1, replicas=replicas)),
+        signing_keys=await _ensure_kv(js, kv(bucket=names.SIGNING_KEYS_BUCKET, history=1, replicas=replicas)),
+        # A nonce is remembered past the longest expiry a URL may have, plus clock-skew margin.
+        signed_nonces=await _ensure_kv(
+            js,
+            kv(
+                bucket=names.SIGNED_NONCES_BUCKET,
+                history=1,
+                ttl=settings.signed_urls.max_expires_s + 10 * 60.0,
+                replicas=replicas,
+            ),
         ),
     )
 

@@ -37,6 +37,8 @@ AUDIT_INTAKE_STREAM: Final = "SB_AUDIT_INTAKE"
 """API-call records on their way into the chained audit log (written by the audit consumer only)."""
 AUDIT_INTAKE_SUBJECTS: Final = "sb.audit_in.>"
 AUDIT_INTAKE_API_SUBJECT: Final = "sb.audit_in.api"
+AUDIT_INTAKE_SECRETS_SUBJECT: Final = "sb.audit_in.secrets"
+"""Secret reads (one record per decrypt, made by the worker that decrypts)."""
 
 # Durable consumers ----------------------------------------------------------
 SCHEDULER_CONSUMER: Final = "scheduler"
@@ -63,6 +65,12 @@ WEBHOOKS_SEEN_BUCKET: Final = "sb_webhooks_seen"
 
 TENANT_KEYS_BUCKET: Final = "sb_tenant_keys"
 """Per-tenant secrets behind the pseudonyms in the audit log (deleted on erasure)."""
+SECRETS_BUCKET: Final = "sb_secrets"
+"""Tenants' secrets, envelope-encrypted (``<tenant>.<name>``; see core/secrets.py)."""
+SIGNING_KEYS_BUCKET: Final = "sb_signing_keys"
+"""Per tenant, the keys that sign its URLs, envelope-encrypted (``<tenant>``)."""
+SIGNED_NONCES_BUCKET: Final = "sb_signed_nonces"
+"""Nonces of signed URLs already used (create-only: a replay is refused)."""
 AUDIT_STATE_BUCKET: Final = "sb_audit_state"
 """The audit exporter's progress (last exported sequence and hash)."""
 AUDIT_CONSUMER: Final = "audit"
@@ -147,6 +155,14 @@ def function_key(tenant: str, name: str) -> str:
 def billing_key(tenant: str, function: str, unit_id: str) -> str:
     """``<tenant>.<function>.<unit>``: the unit is an invocation id, or a sandbox event id with ``_`` for ``.``."""
     return f"{tenant}.{function}.{unit_id.replace('.', '_')}"
+
+
+def secret_key(tenant: str, name: str) -> str:
+    return f"{tenant}.{name}"
+
+
+def signed_nonce_key(tenant: str, nonce: str) -> str:
+    return f"{tenant}.{nonce}"
 
 
 def trigger_key(tenant: str, trigger_id: str) -> str:

@@ -70,6 +70,9 @@ class SandboxCreate(Message):
     auto_pause: bool = False
     metadata: dict[str, str] = Field(default_factory=dict)
     env_vars: dict[str, str] = Field(default_factory=dict)
+    secrets: dict[str, str] = Field(
+        default_factory=dict, description="env var -> secret name; the hosting worker opens the values"
+    )
 
 
 ControlOp = Literal["kill", "pause", "resume", "set_timeout", "metrics", "logs"]

@@ -172,6 +172,9 @@ class FunctionSpec(Message):
     artifact_size: int
     limits: Limits = Limits()
     env: dict[str, str] = Field(default_factory=dict, description="environment bindings given to the code")
+    secrets: dict[str, str] = Field(
+        default_factory=dict, description="env var -> secret name; the worker opens the values at run time"
+    )
     permissions: Permissions = Permissions()
     retry: RetryPolicy | None = Field(None, description="retries of failed asynchronous invocations")
     max_concurrency: int | None = Field(None, ge=1, description="invocations running at once, over all schedulers")

@@ -262,6 +262,31 @@ class SandboxSettings(BaseModel):
     )
 
 
+class SecretsSettings(BaseModel):
+    """The master key (key-encryption key) of the secrets store and of the signed-URL keys."""
+
+    master_key: SecretStr | None = Field(
+        None, description="base64 of 32 random bytes; default: the key in master_key_file"
+    )
+    master_key_file: Path | None = Field(
+        None,
+        description="file holding the base64 master key, made (mode 0600) on first start when absent; "
+        "default: <data_dir>/secrets/master.key",
+    )
+    previous_master_keys: list[SecretStr] = Field(
+        default_factory=list,
+        description="retired master keys (base64), kept to unwrap data keys until the gateway has rewrapped them",
+    )
+
+
+class SignedUrlSettings(BaseModel):
+    max_expires_s: int = Field(7 * 24 * 3600, ge=1, description="longest lifetime a signed URL may be given")
+    default_expires_s: int = Field(3600, ge=1)
+    rotation_grace_s: float = Field(
+        24 * 3600.0, ge=0, description="how long URLs signed with a tenant's previous key stay valid after rotation"
+    )
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SOULBOX_", env_nested_delimiter="__", env_file=".env", extra="ignore")
 
@@ -286,3 +311,5 @@ class Settings(BaseSettings):
     sandboxes: SandboxSettings = SandboxSettings()
     queue: QueueSettings = QueueSettings()
     triggers: TriggerSettings = TriggerSettings()
+    secrets: SecretsSettings = SecretsSettings()
+    signed_urls: SignedUrlSettings = SignedUrlSettings()

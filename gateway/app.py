@@ -12,11 +12,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from soulbox.core.bus import connect, ensure_topology
+from soulbox.core.secrets import MasterKeys
+from soulbox.core.secrets_signing import SigningKeys
+from soulbox.core.secrets_store import SecretStore
 from soulbox.core.settings import Settings
 from soulbox.core.tunnel import TunnelClient
 from soulbox.triggers.catalog import TriggerCatalog
 
-from . import aliases, deadletters, functions, hooks, invocations, reports, tenants, triggers
+from . import aliases, deadletters, functions, hooks, invocations, reports, secrets, signed, tenants, triggers
 from .auth import ApiKeyGate
 from .errors import EXCEPTION_HANDLERS, error_response
 from .instruments import GatewayInstruments, metrics
@@ -76,6 +79,12 @@ def routes() -> list[BaseRoute]:
         Route("/v1/functions/{name}/aliases/{alias}/rollback", aliases.rollback_alias, methods=["POST"]),
         Route("/v1/dead-letters", deadletters.list_dead_letters, methods=["GET"]),
         Route("/v1/dead-letters/{invocation_id}/replay", deadletters.replay_dead_letter, methods=["POST"]),
+        Route("/v1/secrets", secrets.list_secrets, methods=["GET"]),
+        Route("/v1/secrets/{name}", secrets.put_secret, methods=["PUT"]),
+        Route("/v1/secrets/{name}", secrets.get_secret, methods=["GET"]),
+        Route("/v1/secrets/{name}", secrets.delete_secret, methods=["DELETE"]),
+        Route("/v1/signed-urls", signed.create_signed_url, methods=["POST"]),
+        Route("/v1/signed-urls/rotate", signed.rotate_signing_key, methods=["POST"]),
         Route("/run/{path:path}", hooks.route, methods=list(ROUTE_METHODS), include_in_schema=False),
         *sandbox_api.routes(),
         *e2b.routes(),
@@ -86,6 +95,8 @@ ROUTE_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
 
 
 def create_app(settings: Settings) -> Starlette:
+    master_keys = MasterKeys.from_settings(settings)  # at once: a bad master key stops the start
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         nc = await connect(settings, name="soulbox-gateway")
@@ -102,6 +113,13 @@ def create_app(settings: Settings) -> Starlette:
         await trigger_catalog.start()
         app.state.platform = Platform(settings, nc, js, buckets, registry, waiter, sandboxes, tunnel)
         app.state.triggers = trigger_catalog
+        app.state.secrets = SecretStore(buckets.secrets, master_keys)
+        app.state.signing_keys = SigningKeys(
+            buckets.signing_keys, master_keys, grace_s=settings.signed_urls.rotation_grace_s
+        )
+        # After a master-key rotation: every data key still wrapped by a retired key is rewrapped.
+        await app.state.secrets.rewrap_all()
+        await app.state.signing_keys.rewrap_all()
         try:
             yield
         finally:
@@ -116,6 +134,7 @@ def create_app(settings: Settings) -> Starlette:
         middleware=[
             Middleware(SandboxRouter, domain=settings.sandboxes.domain),
             Middleware(RequestTrail),  # outside the gate: refused calls are audited too
+            Middleware(signed.SignedUrlGate, max_expires_s=settings.signed_urls.max_expires_s),
             Middleware(ApiKeyGate, settings=settings),
         ],
         exception_handlers=EXCEPTION_HANDLERS,

@@ -20,6 +20,7 @@ from soulbox.core.settings import Settings
 
 from .errors import error_response
 from .platform import platform
+from .principal import SCOPE_KEY
 
 
 def authenticate(request: Request) -> None:
@@ -57,7 +58,8 @@ class ApiKeyGate:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope.get("path", "")
-        if scope["type"] == "http" and path.startswith("/v1/") and not path.startswith(OPEN_PREFIXES):
+        signed = SCOPE_KEY in scope  # an earlier middleware (signed URLs) authenticated the request
+        if scope["type"] == "http" and path.startswith("/v1/") and not path.startswith(OPEN_PREFIXES) and not signed:
             headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
             try:
                 check_key(self.settings, headers.get("x-api-key"), headers.get("authorization"))

@@ -124,6 +124,10 @@ async def deploy(request: Request) -> Response:
 
     Limits: ``memory_mb``, ``timeout_ms``, ``max_output_bytes`` and, on the Wasmtime
     tier, ``fuel`` (a CPU budget; absent: none).
+
+    ``secrets`` (JSON ``{"ENV_VAR": "secret-name"}``) binds the tenant's secrets by name; each
+    must exist (else 400 ``unknown_secret``). The worker puts the values into the function's
+    environment at run time; the spec holds only the names.
     """
     p = platform(request)
     settings = p.settings
@@ -149,6 +153,7 @@ async def deploy(request: Request) -> Response:
         timeout_ms = _int_field(form.get("timeout_ms"), "timeout_ms") or defaults.timeout_ms
         max_output = _int_field(form.get("max_output_bytes"), "max_output_bytes")
         env = _json_field(form.get("env"), "env", dict[str, str]) or {}
+        secret_refs = _json_field(form.get("secrets"), "secrets", dict[str, str]) or {}
         permissions = _json_field(form.get("permissions"), "permissions", Permissions) or Permissions()
         retry = _json_field(form.get("retry"), "retry", RetryPolicy)
         max_concurrency = _int_field(form.get("max_concurrency"), "max_concurrency")
@@ -178,7 +183,10 @@ async def deploy(request: Request) -> Response:
         max_output_bytes=defaults.max_output_bytes if max_output is None else max_output,
         fuel=fuel,
     )
-    _check_bindings(settings, runtime, env, permissions)
+    if set(env) & set(secret_refs):
+        raise InvalidRequest(f"env and secrets both bind {', '.join(sorted(set(env) & set(secret_refs)))}")
+    _check_bindings(settings, runtime, {**env, **dict.fromkeys(secret_refs, "")}, permissions)
+    await request.app.state.secrets.check_exist(principal(request).tenant, set(secret_refs.values()))
     packages: dict[str, str] = {}
     deps = dependencies_of(manifests["package_json"]) if runtime in (Runtime.BUN, Runtime.DENO) else {}
     if deps:  # resolved now, once: the bundle is the artifact and invocations fetch nothing
@@ -192,6 +200,7 @@ async def deploy(request: Request) -> Response:
         module,
         limits,
         env=env,
+        secrets=secret_refs,
         permissions=permissions,
         retry=retry,
         max_concurrency=max_concurrency,

@@ -32,6 +32,7 @@ class FunctionOut(BaseModel):
     artifact: ArtifactOut
     limits: Limits
     env: list[str] = Field(description="names of the environment bindings (values are not shown)")
+    secrets: dict[str, str] = Field(default_factory=dict, description="env var -> name of the secret bound to it")
     permissions: Permissions
     retry: RetryPolicy | None = None
     max_concurrency: int | None = None
@@ -54,6 +55,7 @@ class FunctionOut(BaseModel):
             artifact=ArtifactOut(sha256=spec.artifact, size=spec.artifact_size),
             limits=spec.limits,
             env=sorted(spec.env),
+            secrets=spec.secrets,
             permissions=spec.permissions,
             retry=spec.retry,
             max_concurrency=spec.max_concurrency,

@@ -11,7 +11,7 @@ from starlette.routing import BaseRoute, Route
 from soulbox.core.schemas import NAME_PATTERN, AuditRecord
 from soulbox.events import UsageReport
 
-from . import openapi_admin, openapi_triggers
+from . import openapi_admin, openapi_secrets, openapi_triggers
 from .models import ErrorResponse, FunctionList, FunctionOut, InvocationAccepted, InvocationOut
 from .platform import INVOCATION_ID_RE
 from .sandboxes import api as sandbox_api
@@ -27,6 +27,7 @@ _MODELS: list[type[BaseModel]] = [
     *sandbox_api.MODELS,
     *openapi_triggers.MODELS,
     *openapi_admin.MODELS,
+    *openapi_secrets.MODELS,
 ]
 
 
@@ -70,6 +71,10 @@ _DEPLOY_FORM = {
                     "memory_mb": {"type": "integer", "minimum": 1},
                     "timeout_ms": {"type": "integer", "minimum": 1},
                     "max_output_bytes": {"type": "integer", "minimum": 0},
+                    "secrets": {
+                        "type": "string",
+                        "description": 'JSON {"ENV_VAR": "secret-name"}: secrets put into the environment at run time',
+                    },
                     "fuel": {
                         "type": "integer",
                         "minimum": 1,
@@ -185,6 +190,7 @@ def openapi_document(
         **sandbox_api.OPERATIONS,
         **openapi_triggers.OPERATIONS,
         **openapi_admin.OPERATIONS,
+        **openapi_secrets.OPERATIONS,
         **(extra or {}),
     }
     paths: dict[str, dict[str, Any]] = {}

@@ -35,8 +35,10 @@ from soulbox.core.schemas import (
     Dispatch,
     DispatchReply,
     EventType,
+    FunctionSpec,
     InvocationError,
     InvocationRecord,
+    InvocationRequest,
     LifecycleEvent,
     Outcome,
     Status,
@@ -44,6 +46,8 @@ from soulbox.core.schemas import (
     WorkerHeartbeat,
     utcnow,
 )
+from soulbox.core.secrets import MasterKeys, SecretsError
+from soulbox.core.secrets_store import SecretStore
 from soulbox.core.settings import Settings
 from soulbox.core.store import publish_event, put_nowait, settle
 from soulbox.core.tunnel import TunnelServer
@@ -78,8 +82,10 @@ class Worker:
         runtimes: dict[Tier, Runtime],
         sandboxes: SandboxHost | None = None,
         instruments: WorkerInstruments | None = None,
+        secrets: SecretStore | None = None,
     ) -> None:
         self.settings = settings
+        self._secrets = secrets
         self.id = settings.worker.id
         self.capacity = settings.worker.capacity
         self._nc = nc
@@ -215,10 +221,28 @@ class Worker:
 
     async def _run(self, dispatch: Dispatch) -> RunResult:
         try:
-            return await self._runtimes[dispatch.tier].run(dispatch.request.function, dispatch.request.input)
+            spec = await self._with_secrets(dispatch.request)
+            return await self._runtimes[dispatch.tier].run(spec, dispatch.request.input)
         except Exception as exc:  # SoulBox failed, not the guest
             log.exception("invocation.platform_error")
             return _platform_failure(exc)
+
+    async def _with_secrets(self, request: InvocationRequest) -> FunctionSpec:
+        """The spec to run: its secrets opened into its env, in this process only (never logged or sent)."""
+        spec = request.function
+        if not spec.secrets:
+            return spec
+        if self._secrets is None:
+            raise SecretsError("this worker has no secrets store")
+        values = await self._secrets.reveal(
+            self._js,
+            request.tenant,
+            spec.secrets,
+            actor=f"function:{spec.name}",
+            source=f"worker:{self.id}",
+            detail={"function": spec.name, "invocation_id": request.id},
+        )
+        return spec.model_copy(update={"env": {**spec.env, **values}})
 
     async def _put_record(self, record: InvocationRecord) -> asyncio.Future[PubAck]:
         return await put_nowait(self._js, names.INVOCATIONS_BUCKET, record.id, record)
@@ -266,8 +290,10 @@ def _finish(record: InvocationRecord, result: RunResult) -> tuple[InvocationReco
 
 
 async def run(settings: Settings) -> None:
+    master_keys = MasterKeys.from_settings(settings)
     nc = await connect(settings, name=f"soulbox-worker-{settings.worker.id}")
     buckets = await ensure_topology(nc.jetstream(), settings)
+    secrets = SecretStore(buckets.secrets, master_keys)
 
     artifacts = Artifacts(buckets.artifacts)
     wasm = WasmRuntime(
@@ -297,11 +323,12 @@ async def run(settings: Settings) -> None:
             linux.launcher,
             Templates(settings, linux.launcher.guest_dir()),
             instruments=instruments,
+            secrets=secrets,
         )
         await sandboxes.start()
         tunnel = TunnelServer(nc, names.worker_tunnel_subject(settings.worker.id), SandboxDataPlane(sandboxes).handle)
         await tunnel.start()
-    worker = Worker(settings, nc, buckets, runtimes, sandboxes, instruments)
+    worker = Worker(settings, nc, buckets, runtimes, sandboxes, instruments, secrets)
     metrics: MetricsServer | None = None
     if settings.worker.metrics_port:
         metrics = MetricsServer(

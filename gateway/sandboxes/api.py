@@ -21,6 +21,7 @@ from ..platform import platform
 from ..principal import principal
 from .control import SandboxControlPlane
 from .e2b import MAX_JSON_BYTES
+from .files import SandboxFiles
 from .terminal import terminal
 
 
@@ -32,6 +33,10 @@ class CreateSandbox(BaseModel):
     auto_pause: bool = Field(False, description="pause instead of kill at the timeout")
     metadata: dict[str, str] = Field(default_factory=dict)
     env_vars: dict[str, str] = Field(default_factory=dict, description="environment of every process started")
+    secrets: dict[str, str] = Field(
+        default_factory=dict,
+        description="env var -> name of one of the tenant's secrets: put into the environment of every process",
+    )
 
 
 class SetTimeout(BaseModel):
@@ -97,6 +102,9 @@ def _out(model: BaseModel, status: int = 200) -> JSONResponse:
 async def create(request: Request) -> Response:
     plane, tenant = _ctx(request)
     body = await _json(request, CreateSandbox)
+    if both := sorted(set(body.env_vars) & set(body.secrets)):
+        raise InvalidRequest(f"env_vars and secrets both bind {', '.join(both)}")
+    await request.app.state.secrets.check_exist(tenant, set(body.secrets.values()))
     record = await plane.create(
         tenant,
         body.template,
@@ -104,6 +112,7 @@ async def create(request: Request) -> Response:
         metadata=body.metadata,
         env_vars=body.env_vars,
         auto_pause=body.auto_pause,
+        secrets=body.secrets,
     )
     return _out(SandboxOut.of(record, with_token=True), 201)
 
@@ -174,6 +183,7 @@ def routes() -> list[BaseRoute]:
         Route(f"{one}/resume", resume, methods=["POST"]),
         Route(f"{one}/metrics", metrics, methods=["GET"]),
         Route(f"{one}/logs", logs, methods=["GET"]),
+        Route(f"{one}/files", SandboxFiles(), methods=["GET", "POST"]),
         WebSocketRoute(f"{one}/pty", terminal),
     ]
 

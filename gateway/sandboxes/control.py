@@ -91,6 +91,7 @@ class SandboxControlPlane:
         metadata: Mapping[str, str],
         env_vars: Mapping[str, str],
         auto_pause: bool = False,
+        secrets: Mapping[str, str] | None = None,
     ) -> SandboxRecord:
         request = SandboxCreate(
             sandbox_id=new_sandbox_id(),
@@ -100,6 +101,7 @@ class SandboxControlPlane:
             auto_pause=auto_pause,
             metadata=dict(metadata),
             env_vars=dict(env_vars),
+            secrets=dict(secrets or {}),
         )
         wait = self.settings.sandboxes.ready_timeout_s * 2 + 10
         reply = await self._request(names.SANDBOX_CREATE_SUBJECT, encode(request), wait, "no scheduler answered")

@@ -79,7 +79,7 @@ class LinuxRuntime:
                     max_output_bytes=limits.max_output_bytes,
                     tmpfs_bytes=self.settings.tmpfs_mb * MIB if self.settings.tmpfs_mb else None,
                 ),
-                env=GUEST_ENV,
+                env={**GUEST_ENV, **spec.env},  # the function's bindings (and opened secrets)
                 files={code: fd},
             )
         finally:

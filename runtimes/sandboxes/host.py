@@ -49,6 +49,7 @@ from soulbox.core.schemas import (
     Tier,
     utcnow,
 )
+from soulbox.core.secrets_store import SecretStore
 from soulbox.core.settings import Settings
 from soulbox.core.store import publish_event, settle
 
@@ -90,8 +91,10 @@ class SandboxHost:
         templates: Templates,
         *,
         instruments: WorkerInstruments | None = None,
+        secrets: SecretStore | None = None,
     ) -> None:
         self.settings = settings.sandboxes
+        self._secrets = secrets
         self.worker_id = settings.worker.id
         self._nc = nc
         self._js = nc.jetstream()
@@ -168,6 +171,20 @@ class SandboxHost:
             raise Overloaded("this worker is stopping")
         if request.sandbox_id in self._hosted:
             return self._hosted[request.sandbox_id].record  # a retried create: the same sandbox
+        env = dict(request.env_vars)
+        if request.secrets:  # opened here, before a box is taken: a missing secret costs nothing
+            if self._secrets is None:
+                raise InvalidRequest("this worker has no secrets store")
+            env.update(
+                await self._secrets.reveal(
+                    self._js,
+                    request.tenant,
+                    request.secrets,
+                    actor=f"sandbox:{request.sandbox_id}",
+                    source=f"worker:{self.worker_id}",
+                    detail={"sandbox_id": request.sandbox_id},
+                )
+            )
         template = await self._templates.get(request.template)
         pool = self._pool.get(template.name, [])
         box = pool.pop() if pool else None
@@ -180,7 +197,7 @@ class SandboxHost:
         envd = EnvdClient(box.socket)
         token = secrets.token_urlsafe(24)
         try:
-            await envd.init(request.env_vars, token)
+            await envd.init(env, token)
         except BaseException:
             await envd.aclose()
             await box.close()
