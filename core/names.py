@@ -38,6 +38,10 @@ AUDIT_INTAKE_STREAM: Final = "SB_AUDIT_INTAKE"
 AUDIT_INTAKE_SUBJECTS: Final = "sb.audit_in.>"
 AUDIT_INTAKE_API_SUBJECT: Final = "sb.audit_in.api"
 
+LOGS_STREAM: Final = "SB_LOGS"
+"""Output of invocations as it is produced (chunks, then an end entry per attempt), kept with retention."""
+LOGS_SUBJECTS: Final = "sb.logs.>"
+
 # Durable consumers ----------------------------------------------------------
 SCHEDULER_CONSUMER: Final = "scheduler"
 EVENT_CONSUMERS: Final = ("billing", "audit", "metrics")
@@ -184,3 +188,8 @@ def version_key(tenant: str, function: str, version: str) -> str:
 
 def alias_key(tenant: str, function: str, alias: str) -> str:
     return f"{tenant}.{function}.{alias}"
+
+
+def invocation_logs_subject(tenant: str, invocation_id: str) -> str:
+    """``sb.logs.inv.<tenant>.<invocation id>``: one invocation's output; the tenant token scopes readers."""
+    return f"sb.logs.inv.{tenant_token(tenant)}.{invocation_id}"
