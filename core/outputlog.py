@@ -175,6 +175,7 @@ class OutputPublisher:
         if not ack.cancelled() and ack.exception() is not None:
             self._failures += 1
 
+
 @dataclass(frozen=True, slots=True)
 class StoredEntry:
     """An output entry as read back, with its place in the stream (what ``after=`` resumes from)."""

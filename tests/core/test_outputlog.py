@@ -9,7 +9,7 @@ from nats.js import JetStreamContext
 from soulbox.core import names
 from soulbox.core.bus import Buckets
 from soulbox.core.outputlog import OutputPublisher, StoredEntry, has_output, read_output, until
-from soulbox.core.schemas import InvocationRecord, OutputEntry, Outcome, Status, utcnow
+from soulbox.core.schemas import InvocationRecord, Outcome, OutputEntry, Status, utcnow
 
 
 def _publisher(js: JetStreamContext, invocation_id: str, attempt: int = 1, **kw: float) -> OutputPublisher:
@@ -66,7 +66,7 @@ async def test_output_is_published_while_the_attempt_runs(js: JetStreamContext, 
     await out.finish(_record("inv-live01"))
 
 
-async def test_follow_spans_retried_attempts_and_ends_with_the_final_one(js: JetStreamContext, buckets: Buckets) -> None:
+async def test_follow_spans_retried_attempts_and_ends_with_the_last(js: JetStreamContext, buckets: Buckets) -> None:
     reader = asyncio.create_task(_all(js, "inv-retry1", follow=True))
     first = _publisher(js, "inv-retry1", attempt=1)
     first.write("stderr", b"try 1\n")

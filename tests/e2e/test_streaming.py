@@ -57,7 +57,8 @@ def sse(api: httpx.Client, name: str, **params: str) -> list[Event]:
     ("runtime", "code"),
     [
         ("shell", "echo first\nsleep 3\necho oops >&2\necho second\n"),
-        ("python", "import sys, time\nprint('first')\ntime.sleep(3)\nprint('oops', file=sys.stderr)\nprint('second')\n"),
+        ("python", "import sys, time\nprint('first')\ntime.sleep(3)\n"
+         "print('oops', file=sys.stderr)\nprint('second')\n"),
         ("deno", "console.log('first');\nawait new Promise((r) => setTimeout(r, 3000));\n"
          "console.error('oops');\nconsole.log('second');\n"),
     ],
@@ -82,7 +83,7 @@ def test_sse_delivers_output_before_the_function_ends(api: httpx.Client, runtime
 def test_sse_end_reports_a_failure_mid_stream(api: httpx.Client) -> None:
     source(api, "fails-late", "shell", "echo partial\nsleep 0.3\necho 'bad thing' >&2\nexit 3\n")
     got = sse(api, "fails-late")
-    assert [e.name for e in got][0] == "stdout" and got[-1].name == "end"
+    assert got[0].name == "stdout" and got[-1].name == "end"
     end = got[-1].data
     assert end["status"] == "failed" and end["exit_code"] == 3
     assert end["error"]["code"] == "function_error" and "exited with code 3" in end["error"]["message"]
@@ -120,11 +121,13 @@ def test_raw_stream_sends_stdout_chunks_as_they_come(api: httpx.Client) -> None:
 def test_raw_stream_cut_short_when_the_function_fails_mid_stream(api: httpx.Client) -> None:
     source(api, "dies-raw", "shell", "echo partial\nsleep 0.3\nexit 3\n")
     received = b""
-    with pytest.raises(httpx.RemoteProtocolError):  # no final chunk: the body is incomplete
-        with api.stream("POST", "/v1/functions/dies-raw/invoke", params={"stream": "true"}) as response:
-            invocation_id = response.headers["x-invocation-id"]
-            for chunk in response.iter_raw():
-                received += chunk
+    with (
+        pytest.raises(httpx.RemoteProtocolError),  # no final chunk: the body is incomplete
+        api.stream("POST", "/v1/functions/dies-raw/invoke", params={"stream": "true"}) as response,
+    ):
+        invocation_id = response.headers["x-invocation-id"]
+        for chunk in response.iter_raw():
+            received += chunk
     assert received == b"partial\n"
     assert api.get(f"/v1/invocations/{invocation_id}").json()["status"] == "failed"
 
