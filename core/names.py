@@ -193,3 +193,8 @@ def alias_key(tenant: str, function: str, alias: str) -> str:
 def invocation_logs_subject(tenant: str, invocation_id: str) -> str:
     """``sb.logs.inv.<tenant>.<invocation id>``: one invocation's output; the tenant token scopes readers."""
     return f"sb.logs.inv.{tenant_token(tenant)}.{invocation_id}"
+
+
+def sandbox_logs_subject(tenant: str, sandbox_id: str) -> str:
+    """``sb.logs.sbx.<tenant>.<sandbox id>``: a sandbox's log lines, kept after it ended."""
+    return f"sb.logs.sbx.{tenant_token(tenant)}.{sandbox_id}"

@@ -200,7 +200,25 @@ async def read_output(
     ``retrying``), or after the first ``end`` when ``until_end``; the caller
     bounds the wait. ``after``: a stream sequence already seen.
     """
-    subject = names.invocation_logs_subject(tenant, invocation_id)
+    async for msg in read_subject(js, names.invocation_logs_subject(tenant, invocation_id), follow=follow, after=after):
+        try:
+            entry = decode(OutputEntry, msg.data)
+        except SchemaError as exc:
+            log.warning("output.bad_entry", invocation_id=invocation_id, error=exc.message)
+            continue
+        yield StoredEntry(msg.metadata.sequence.stream, entry)
+        if entry.kind == "end" and (until_end or entry.status is None or entry.status.terminal):
+            return
+
+
+async def read_subject(
+    js: JetStreamContext, subject: str, *, follow: bool, after: int = 0
+) -> AsyncGenerator[Msg, None]:
+    """The messages of one ``SB_LOGS`` subject in order, through an ordered consumer.
+
+    Without ``follow`` it stops at the last message stored now; with it, it
+    waits for more until the caller stops (or bounds it with :func:`until`).
+    """
     config = ConsumerConfig(deliver_policy=DeliverPolicy.ALL)
     if after:
         config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=after + 1)
@@ -215,35 +233,31 @@ async def read_output(
     try:
         if not follow:
             info = await sub.consumer_info()
-            if not info.num_pending:
+            delivered = info.delivered.consumer_seq if info.delivered else 0  # pushed before this answer
+            if not info.num_pending and not delivered:
                 return
         while True:
             msg: Msg = await sub.next_msg(timeout=None)
-            meta = msg.metadata
-            try:
-                entry = decode(OutputEntry, msg.data)
-            except SchemaError as exc:
-                log.warning("output.bad_entry", invocation_id=invocation_id, error=exc.message)
-                entry = None
-            if entry is not None:
-                yield StoredEntry(meta.sequence.stream, entry)
-                if entry.kind == "end" and (until_end or entry.status is None or entry.status.terminal):
-                    return
-            if not follow and not meta.num_pending:
+            yield msg
+            if not follow and not msg.metadata.num_pending:
                 return
     finally:
         with contextlib.suppress(Exception):
             await sub.unsubscribe()
 
 
-async def has_output(js: JetStreamContext, tenant: str, invocation_id: str) -> bool:
-    """Whether the stream holds anything of the invocation under ``tenant``."""
-    subject = names.invocation_logs_subject(tenant, invocation_id)
+async def subject_has_messages(js: JetStreamContext, subject: str) -> bool:
+    """Whether ``SB_LOGS`` holds anything on ``subject``."""
     try:
         await js.get_last_msg(names.LOGS_STREAM, subject)
     except Exception:  # NotFoundError: nothing stored
         return False
     return True
+
+
+async def has_output(js: JetStreamContext, tenant: str, invocation_id: str) -> bool:
+    """Whether the stream holds anything of the invocation under ``tenant``."""
+    return await subject_has_messages(js, names.invocation_logs_subject(tenant, invocation_id))
 
 
 T = TypeVar("T")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -126,3 +127,41 @@ def test_other_tenants_get_404(api: httpx.Client, other_tenant: httpx.Client) ->
     assert other_tenant.get(f"/v1/invocations/{invocation_id}").status_code == 404
     assert api.get("/v1/invocations/nosuchinvocation/logs").status_code == 404
     assert api.get(f"/v1/invocations/{invocation_id}/logs", params={"after": "-1"}).status_code == 400
+
+
+def test_sandbox_logs_are_kept_after_it_ends_and_followable(api: httpx.Client, other_tenant: httpx.Client) -> None:
+    created = api.post("/v1/sandboxes", json={"timeout_s": 120})
+    assert created.status_code == 201, created.text
+    sid = created.json()["sandbox_id"]
+    live = api.get(f"/v1/sandboxes/{sid}/logs")
+    assert live.status_code == 200
+    assert "sandbox.created" in [line["message"] for line in live.json()["logs"]]
+    assert other_tenant.get(f"/v1/sandboxes/{sid}/logs").status_code == 404
+
+    followed: list[str] = []
+    errors: list[BaseException] = []
+
+    def follow() -> None:
+        try:
+            with api.stream("GET", f"/v1/sandboxes/{sid}/logs", params={"follow": "true"}) as response:
+                assert response.status_code == 200
+                followed.extend(json.loads(x)["message"] for x in response.iter_lines() if x)
+        except BaseException as exc:  # reported by the test's thread
+            errors.append(exc)
+
+    follower = threading.Thread(target=follow)
+    follower.start()
+    time.sleep(1.0)
+    assert follower.is_alive()  # following a running sandbox waits for more
+    assert api.delete(f"/v1/sandboxes/{sid}").status_code == 204
+    follower.join(15)
+    assert not follower.is_alive() and not errors, errors  # the end of the sandbox ends the follow
+    assert followed[-1] == "sandbox.killed (killed)" and "sandbox.created" in followed
+
+    after = api.get(f"/v1/sandboxes/{sid}/logs")  # the sandbox is gone; its log is not
+    assert after.status_code == 200
+    assert [line["message"] for line in after.json()["logs"]] == followed
+    e2b = api.get(f"/sandboxes/{sid}/logs")
+    assert e2b.status_code == 200, e2b.text
+    assert e2b.json()["logs"][-1]["line"] == "sandbox.killed (killed)"
+    assert other_tenant.get(f"/v1/sandboxes/{sid}/logs", params={"follow": "true"}).status_code == 404
