@@ -155,3 +155,23 @@ def test_http_route_streams_with_the_header(api: httpx.Client) -> None:
     assert got[1].at - got[0].at > 1.5
     plain = api.post("/run/drip", headers=SSE)  # Accept is the function's business on a route
     assert plain.status_code == 200 and plain.content == b"one\ntwo\n"
+
+
+def test_a_slow_reader_holds_back_nothing_and_the_cap_holds(api: httpx.Client) -> None:
+    cap = 1024 * 1024
+    code = "head -c 3000000 /dev/zero | tr '\\0' x\necho done >&2\n"
+    source(api, "firehose", "shell", code, max_output_bytes=cap, timeout_ms=20000)
+    with api.stream("POST", "/v1/functions/firehose/invoke", params={"stream": "sse"}) as response:
+        invocation_id = response.headers["x-invocation-id"]
+        stream = events(response)
+        first = next(stream)  # then stop reading for a while
+        deadline = time.monotonic() + 20
+        while (status := api.get(f"/v1/invocations/{invocation_id}").json()["status"]) != "completed":
+            assert time.monotonic() < deadline, status  # the function finished without its reader
+            time.sleep(0.2)
+        rest = list(stream)
+    got = [first, *rest]
+    stdout = "".join(e.data["data"] for e in got if e.name == "stdout")
+    assert stdout == "x" * cap  # exactly what the cap keeps, in order
+    end = got[-1].data
+    assert end["stdout_bytes"] == 3000000 and end["stdout_truncated"] is True and end["status"] == "completed"
