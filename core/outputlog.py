@@ -68,6 +68,7 @@ class OutputPublisher:
         self._timer: asyncio.TimerHandle | None = None
         self._acks: set[asyncio.Future[PubAck]] = set()
         self._failures = 0
+        self._closing = False
         self._flusher = asyncio.create_task(self._flush_loop())
 
     def write(self, stream: OutputStream, data: bytes) -> None:
@@ -91,9 +92,7 @@ class OutputPublisher:
         anything the worker publishes next), without waiting for acknowledgements:
         :meth:`confirmed` does.
         """
-        self._flusher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._flusher
+        await self._stop()
         await self._flush()
         self._seq += 1
         end = OutputEntry(
@@ -126,15 +125,19 @@ class OutputPublisher:
             log.warning("output.unconfirmed", invocation_id=self._invocation_id, messages=self._failures + len(pending))
 
     async def close(self) -> None:
-        """Stop without an end entry (the worker failed before the attempt's record existed)."""
-        self._flusher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._flusher
+        """Stop without an end entry (the worker failed before the attempt's record existed); repeat-safe."""
+        await self._stop()
         if self._timer is not None:
             self._timer.cancel()
 
+    async def _stop(self) -> None:
+        """Let the flusher finish the flush it is in (a cancel would lose its pieces), then end it."""
+        self._closing = True
+        self._wake.set()
+        await stop_flusher(self._flusher)
+
     async def _flush_loop(self) -> None:
-        while True:
+        while not self._closing:
             await self._wake.wait()
             await self._flush()
 
@@ -174,6 +177,14 @@ class OutputPublisher:
         self._acks.discard(ack)
         if not ack.cancelled() and ack.exception() is not None:
             self._failures += 1
+
+
+async def stop_flusher(flusher: asyncio.Task[None]) -> None:
+    """Wait for a flusher told to stop; one that failed is logged (its publisher goes on without it)."""
+    try:
+        await flusher
+    except Exception as exc:
+        log.warning("output.flusher_failed", error=repr(exc))
 
 
 @dataclass(frozen=True, slots=True)

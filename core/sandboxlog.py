@@ -10,7 +10,6 @@ sandbox ends. Gateways read the subject back with an ordered consumer.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncGenerator
 
 from nats.js import JetStreamContext
@@ -20,7 +19,7 @@ from . import names
 from .codec import decode, encode
 from .errors import SchemaError
 from .logging import get_logger
-from .outputlog import ACK_TIMEOUT_S, read_subject, subject_has_messages
+from .outputlog import ACK_TIMEOUT_S, read_subject, stop_flusher, subject_has_messages
 from .sandboxes import SandboxLogBatch, SandboxLogLine
 
 log = get_logger(__name__)
@@ -40,6 +39,7 @@ class SandboxLogPublisher:
         self._dropped = 0
         self._acks: set[asyncio.Future[PubAck]] = set()
         self._wake = asyncio.Event()
+        self._closing = False
         self._flusher = asyncio.create_task(self._flush_loop())
 
     def write(self, line: SandboxLogLine) -> None:
@@ -51,9 +51,9 @@ class SandboxLogPublisher:
 
     async def close(self) -> None:
         """Publish what is left and the end; wait (bounded) for the acknowledgements; never raises."""
-        self._flusher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._flusher
+        self._closing = True
+        self._wake.set()
+        await stop_flusher(self._flusher)  # it finishes the batch it is sending
         await self._flush(end=True)
         pending: set[asyncio.Future[PubAck]] = set()
         if self._acks:
@@ -66,7 +66,7 @@ class SandboxLogPublisher:
             )
 
     async def _flush_loop(self) -> None:
-        while True:
+        while not self._closing:
             await self._wake.wait()
             await self._flush()
 

@@ -109,3 +109,16 @@ async def test_a_subject_holds_only_entries_for_the_stream(js: JetStreamContext,
     assert info.config.subjects == [names.LOGS_SUBJECTS]
     assert names.invocation_logs_subject("acme", "x1") == "sb.logs.inv.acme.x1"
     assert OutputEntry(invocation_id="x", seq=1).kind == "output"
+
+
+async def test_finishing_during_a_flush_loses_nothing(js: JetStreamContext, buckets: Buckets) -> None:
+    out = _publisher(js, "inv-midflush")
+    payload = bytes(range(256)) * 400  # 100 KiB: a hundred pieces of 1 KiB
+    out.write("stdout", payload)
+    await asyncio.sleep(0)  # the flusher starts publishing them
+    out.write("stdout", b"last")
+    await out.finish(_record("inv-midflush"))
+    await out.confirmed()
+    entries = [s.entry for s in await _all(js, "inv-midflush")]
+    assert b"".join(e.data for e in entries) == payload + b"last"
+    assert [e.seq for e in entries] == list(range(1, len(entries) + 1)) and entries[-1].kind == "end"
