@@ -171,4 +171,4 @@ async def get_invocation(request: Request) -> Response:
     return JSONResponse(InvocationOut.of(record).model_dump(mode="json"))
 
 
-get_invocation_logs = logs.get_invocation_logs
+get_invocation_logs = logs.get_invocation_logs  # routed beside get_invocation (app.py)
