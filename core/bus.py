@@ -202,6 +202,19 @@ async def ensure_topology(js: JetStreamContext, settings: Settings) -> Buckets:
             num_replicas=replicas,
         ),
     )
+    await _ensure_stream(
+        js,
+        api.StreamConfig(
+            name=names.LOGS_STREAM,
+            subjects=[names.LOGS_SUBJECTS],
+            retention=api.RetentionPolicy.LIMITS,
+            storage=api.StorageType.FILE,
+            discard=api.DiscardPolicy.OLD,  # output never blocks a run: the oldest goes first
+            max_age=settings.logs.max_age_s,
+            max_bytes=settings.logs.max_bytes,
+            num_replicas=replicas,
+        ),
+    )
     await _ensure_consumer(
         js,
         names.CALLBACKS_STREAM,

@@ -40,6 +40,10 @@ AUDIT_INTAKE_API_SUBJECT: Final = "sb.audit_in.api"
 AUDIT_INTAKE_SECRETS_SUBJECT: Final = "sb.audit_in.secrets"
 """Secret reads (one record per decrypt, made by the worker that decrypts)."""
 
+LOGS_STREAM: Final = "SB_LOGS"
+"""Output of invocations as it is produced (chunks, then an end entry per attempt), kept with retention."""
+LOGS_SUBJECTS: Final = "sb.logs.>"
+
 # Durable consumers ----------------------------------------------------------
 SCHEDULER_CONSUMER: Final = "scheduler"
 EVENT_CONSUMERS: Final = ("billing", "audit", "metrics")
@@ -200,3 +204,13 @@ def version_key(tenant: str, function: str, version: str) -> str:
 
 def alias_key(tenant: str, function: str, alias: str) -> str:
     return f"{tenant}.{function}.{alias}"
+
+
+def invocation_logs_subject(tenant: str, invocation_id: str) -> str:
+    """``sb.logs.inv.<tenant>.<invocation id>``: one invocation's output; the tenant token scopes readers."""
+    return f"sb.logs.inv.{tenant_token(tenant)}.{invocation_id}"
+
+
+def sandbox_logs_subject(tenant: str, sandbox_id: str) -> str:
+    """``sb.logs.sbx.<tenant>.<sandbox id>``: a sandbox's log lines, kept after it ended."""
+    return f"sb.logs.sbx.{tenant_token(tenant)}.{sandbox_id}"

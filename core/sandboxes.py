@@ -125,6 +125,13 @@ class SandboxLogLine(BaseModel):
     message: str
 
 
+class SandboxLogBatch(Message):
+    """Worker -> ``SB_LOGS``: lines of a handed-out sandbox's log, in order; ``end`` once the sandbox is gone."""
+
+    lines: list[SandboxLogLine] = Field(default_factory=list)
+    end: bool = False
+
+
 class SandboxReply(Message):
     """The answer to a create or control request: the record after the change, or an error."""
 

@@ -574,3 +574,33 @@ class AuditExportState(Message):
     last_seq: int = 0
     last_hash: str = "0" * 64
     at: datetime = Field(default_factory=utcnow)
+
+
+OutputStream = Literal["stdout", "stderr"]
+
+
+class OutputEntry(Message):
+    """Worker -> ``SB_LOGS``: a piece of an invocation's output as it was produced, or an attempt's end.
+
+    Entries are numbered by ``seq`` from 1 within an ``attempt``. An attempt's
+    last entry has ``kind="end"`` and carries how it ended (``status`` is
+    ``retrying`` when another attempt follows). ``data`` is raw bytes: the
+    worker publishes at most the function's ``max_output_bytes`` per stream.
+    """
+
+    invocation_id: str
+    attempt: int = 1
+    seq: int
+    at: datetime = Field(default_factory=utcnow)
+    kind: Literal["output", "end"] = "output"
+    stream: OutputStream | None = None
+    data: bytes = b""
+    status: Status | None = None
+    outcome: Outcome | None = None
+    exit_code: int | None = None
+    error: InvocationError | None = None
+    duration_ms: float | None = None
+    stdout_bytes: int | None = None
+    stderr_bytes: int | None = None
+    stdout_truncated: bool = False
+    stderr_truncated: bool = False

@@ -119,6 +119,16 @@ class EventsSettings(BaseModel):
     metrics_port: int = 9470
 
 
+class LogsSettings(BaseModel):
+    """Invocation output kept in JetStream (stream ``SB_LOGS``): the logs API and streamed invocations read it."""
+
+    max_age_s: float = Field(24 * 3600, gt=0, description="how long output is kept")
+    max_bytes: int = Field(1024**3, ge=-1, description="size cap of the stream; oldest output goes first (-1: none)")
+    flush_ms: float = Field(20.0, gt=0, description="how long a worker gathers output before publishing it")
+    chunk_bytes: int = Field(64 * 1024, ge=1024, le=1024 * 1024, description="largest output piece per message")
+    follow_max_s: float = Field(3600.0, gt=0, description="longest a ?follow=true request stays open")
+
+
 class S3Settings(BaseModel):
     """An S3-compatible object store for usage and audit exports; no bucket: no exports."""
 
@@ -313,3 +323,4 @@ class Settings(BaseSettings):
     triggers: TriggerSettings = TriggerSettings()
     secrets: SecretsSettings = SecretsSettings()
     signed_urls: SignedUrlSettings = SignedUrlSettings()
+    logs: LogsSettings = LogsSettings()

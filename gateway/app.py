@@ -61,6 +61,7 @@ def routes() -> list[BaseRoute]:
         Route("/v1/functions/{name}", functions.delete_function, methods=["DELETE"]),
         Route("/v1/functions/{name}/invoke", invocations.invoke, methods=["POST"]),
         Route("/v1/invocations/{invocation_id}", invocations.get_invocation, methods=["GET"], name="get_invocation"),
+        Route("/v1/invocations/{invocation_id}/logs", invocations.get_invocation_logs, methods=["GET"]),
         Route("/v1/usage", reports.get_usage, methods=["GET"]),
         Route("/v1/audit", reports.get_audit, methods=["GET"]),
         Route("/v1/audit/verify", reports.verify_audit, methods=["GET"]),

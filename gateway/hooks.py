@@ -32,6 +32,7 @@ from .errors import error_response
 from .invocations import HTTP_RUNTIMES, accepted_response, finished_response
 from .platform import platform
 from .principal import principal
+from .streaming import stream_mode
 from .triggers import TriggerNotFound, catalog, trigger_id
 
 _DROPPED_HEADERS = frozenset({"host", "content-length", "connection", "transfer-encoding"})
@@ -78,6 +79,7 @@ async def _invoke(
     """Submit ``body`` to the trigger's function; ``seen``: the webhook's claim to release if nothing is queued."""
     p = platform(request)
     try:
+        stream = stream_mode(request, wait=True, api=False) if wait else None
         spec = await p.registry.get(principal(request).tenant, trigger.function)
         submission = await p.submit(
             spec,
@@ -95,4 +97,4 @@ async def _invoke(
     structlog.contextvars.bind_contextvars(invocation_id=submission.request.id, trigger=trigger.id)
     if not wait:
         return accepted_response(request, submission.request.id)
-    return await finished_response(p, spec, submission)
+    return await finished_response(p, spec, submission, stream)

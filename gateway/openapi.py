@@ -11,7 +11,7 @@ from starlette.routing import BaseRoute, Route
 from soulbox.core.schemas import NAME_PATTERN, AuditRecord
 from soulbox.events import UsageReport
 
-from . import openapi_admin, openapi_secrets, openapi_triggers
+from . import openapi_admin, openapi_logs, openapi_secrets, openapi_triggers
 from .models import ErrorResponse, FunctionList, FunctionOut, InvocationAccepted, InvocationOut
 from .platform import INVOCATION_ID_RE
 from .sandboxes import api as sandbox_api
@@ -28,6 +28,7 @@ _MODELS: list[type[BaseModel]] = [
     *openapi_triggers.MODELS,
     *openapi_admin.MODELS,
     *openapi_secrets.MODELS,
+    *openapi_logs.MODELS,
 ]
 
 
@@ -125,12 +126,16 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
                 "description": "caller-chosen id; a repeat runs nothing and returns the first result",
             },
             {"name": "Prefer", "in": "header", "schema": {"type": "string"}, "description": "respond-async"},
+            *openapi_logs.STREAM_PARAMETERS,
         ],
         "requestBody": {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
         "responses": {
             "200": {
                 "description": "the function's stdout",
-                "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+                "content": {
+                    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+                    **openapi_logs.STREAM_CONTENT,
+                },
             },
             "202": _json(InvocationAccepted, "accepted (async)"),
             "404": _error("no such function"),
@@ -191,6 +196,7 @@ def openapi_document(
         **openapi_triggers.OPERATIONS,
         **openapi_admin.OPERATIONS,
         **openapi_secrets.OPERATIONS,
+        **openapi_logs.OPERATIONS,
         **(extra or {}),
     }
     paths: dict[str, dict[str, Any]] = {}

@@ -31,6 +31,7 @@ from soulbox.core.codec import decode, encode
 from soulbox.core.errors import SchemaError
 from soulbox.core.logging import configure_logging, get_logger
 from soulbox.core.metrics_server import MetricsServer
+from soulbox.core.outputlog import OutputPublisher
 from soulbox.core.schemas import (
     Dispatch,
     DispatchReply,
@@ -57,7 +58,7 @@ from .instruments import WorkerInstruments
 from .js.factory import create_js_runtimes
 from .linux.errors import SandboxUnavailable
 from .linux.runtime import LinuxRuntime, create_linux_runtime
-from .protocol import RunResult, Runtime
+from .protocol import OutputSink, RunResult, Runtime, StreamingRuntime
 from .sandboxes.dataplane import SandboxDataPlane
 from .sandboxes.host import SandboxHost
 from .sandboxes.templates import Templates
@@ -166,6 +167,7 @@ class Worker:
             invocation_id=request.id, function=spec.name, tenant=request.tenant, trace_id=request.trace_id
         )
         with bound:
+            output: OutputPublisher | None = None
             try:
                 record = InvocationRecord(
                     id=request.id,
@@ -183,7 +185,8 @@ class Worker:
                 # The guest starts first; its "started" event goes out while it runs (off
                 # the event loop). The "running" record is written only if the run outlasts
                 # RUNNING_RECORD_AFTER_S: a short invocation goes straight to its final record.
-                run = asyncio.ensure_future(self._run(dispatch))
+                output = self._output_publisher(dispatch)
+                run = asyncio.ensure_future(self._run(dispatch, output))
                 pending = [await self._event(EventType.STARTED, record, spec.limits.memory_mb)]
                 log.info("invocation.started", attempt=dispatch.attempt)
                 done, _ = await asyncio.wait({run}, timeout=RUNNING_RECORD_AFTER_S)
@@ -194,11 +197,12 @@ class Worker:
                     # The scheduler tries again: this attempt's end is not the invocation's.
                     final = final.model_copy(update={"status": Status.RETRYING})
                     event_type = EventType.RETRYING
+                await output.finish(final)  # the output's end precedes the record and the caller's reply
                 # The event before the record: a finished record without its event is
                 # repaired by the scheduler, but the other way round would be invisible.
                 pending.append(await self._event(event_type, final, spec.limits.memory_mb))
                 pending.append(await self._put_record(final))
-                await settle(pending)
+                await asyncio.gather(settle(pending), output.confirmed())  # the output is stored by the reply
                 self.instruments.finished(dispatch.tier, final.outcome, final.duration_ms)
                 # Only now the caller: whoever gets the result can read the record at once.
                 if request.reply_to:
@@ -218,11 +222,30 @@ class Worker:
                 log.warning("invocation.unconfirmed", error=repr(exc))
             finally:
                 self._in_flight -= 1
+                if output is not None:
+                    await output.close()
 
-    async def _run(self, dispatch: Dispatch) -> RunResult:
+    def _output_publisher(self, dispatch: Dispatch) -> OutputPublisher:
+        return OutputPublisher(
+            self._js,
+            tenant=dispatch.request.tenant,
+            invocation_id=dispatch.request.id,
+            attempt=dispatch.attempt,
+            flush_s=self.settings.logs.flush_ms / 1000,
+            chunk_bytes=self.settings.logs.chunk_bytes,
+        )
+
+    async def _run(self, dispatch: Dispatch, output: OutputSink) -> RunResult:
+        spec, input = dispatch.request.function, dispatch.request.input
         try:
             spec = await self._with_secrets(dispatch.request)
-            return await self._runtimes[dispatch.tier].run(spec, dispatch.request.input)
+            runtime = self._runtimes[dispatch.tier]
+            if isinstance(runtime, StreamingRuntime):
+                return await runtime.run_streaming(spec, input, output)
+            result = await runtime.run(spec, input)
+            output.write("stdout", result.stdout)  # this tier has its output only at the end
+            output.write("stderr", result.stderr)
+            return result
         except Exception as exc:  # SoulBox failed, not the guest
             log.exception("invocation.platform_error")
             return _platform_failure(exc)

@@ -6,14 +6,17 @@ exception handlers); the data plane of a sandbox is the same for both APIs.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
 from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 
 from soulbox.core.errors import InvalidRequest
+from soulbox.core.outputlog import until
 from soulbox.core.sandboxes import SandboxLogLine, SandboxMetric, SandboxRecord, SandboxState
 
 from ..bodies import M, json_body
@@ -168,7 +171,16 @@ async def metrics(request: Request) -> Response:
 
 async def logs(request: Request) -> Response:
     plane, tenant = _ctx(request)
+    if request.query_params.get("follow", "").lower() in ("1", "true", "yes"):
+        lines = await plane.follow_logs(tenant, request.path_params["sandbox_id"])
+        deadline = asyncio.get_running_loop().time() + platform(request).settings.logs.follow_max_s
+        return StreamingResponse(_ndjson(until(lines, deadline)), media_type="application/x-ndjson")
     return _out(LogsOut(logs=await plane.logs(tenant, request.path_params["sandbox_id"])))
+
+
+async def _ndjson(lines: AsyncIterator[SandboxLogLine]) -> AsyncIterator[str]:
+    async for line in lines:
+        yield line.model_dump_json() + "\n"
 
 
 def routes() -> list[BaseRoute]:
@@ -252,9 +264,26 @@ OPERATIONS: dict[tuple[str, str], dict[str, object]] = {
         "responses": {"200": _json_body(SandboxOut, "running"), "404": _error("no such sandbox")},
     },
     ("/v1/sandboxes/{sandbox_id}/logs", "get"): {
-        "summary": "The sandbox's log: its daemons' output and lifecycle, timestamped (the last 2,000 lines)",
-        "parameters": [_ID],
-        "responses": {"200": _json_body(LogsOut, "lines"), "404": _error("no such sandbox")},
+        "summary": "The sandbox's log: its daemons' output and lifecycle, timestamped (kept after it ends)",
+        "parameters": [
+            _ID,
+            {
+                "name": "follow",
+                "in": "query",
+                "schema": {"type": "boolean"},
+                "description": "NDJSON, one SandboxLogLine per line as it comes, until the sandbox ends",
+            },
+        ],
+        "responses": {
+            "200": {
+                **_json_body(LogsOut, "lines (JSON), or followed live (NDJSON)"),
+                "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/LogsOut"}},
+                    "application/x-ndjson": {"schema": {"$ref": "#/components/schemas/SandboxLogLine"}},
+                },
+            },
+            "404": _error("no such sandbox"),
+        },
     },
     ("/v1/sandboxes/{sandbox_id}/metrics", "get"): {
         "summary": "CPU, memory and disk samples of the sandbox (every 5 s, the last hour)",

@@ -9,7 +9,7 @@ is treated as gone and removed.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Mapping
+from collections.abc import AsyncGenerator, Mapping
 
 from nats.aio.client import Client as NATS
 from nats.errors import NoRespondersError
@@ -40,6 +40,7 @@ from soulbox.core.sandboxes import (
     SandboxState,
     checked_sandbox_id,
 )
+from soulbox.core.sandboxlog import has_sandbox_log, read_sandbox_log
 from soulbox.core.schemas import WorkerHeartbeat, utcnow
 from soulbox.core.settings import Settings
 
@@ -178,7 +179,20 @@ class SandboxControlPlane:
         return (await self.control(tenant, sandbox_id, "metrics")).metrics
 
     async def logs(self, tenant: str, sandbox_id: str) -> list[SandboxLogLine]:
+        """The sandbox's log as stored in SB_LOGS (also after it ended); from its worker if nothing is stored."""
+        checked_sandbox_id(sandbox_id)
+        stored = [line async for line in read_sandbox_log(self._nc.jetstream(), tenant, sandbox_id, follow=False)]
+        if stored:
+            return stored
         return (await self.control(tenant, sandbox_id, "logs")).logs
+
+    async def follow_logs(self, tenant: str, sandbox_id: str) -> AsyncGenerator[SandboxLogLine, None]:
+        """The sandbox's log lines, stored and to come, until it ends; ``SandboxNotFound`` if there is none."""
+        checked_sandbox_id(sandbox_id)
+        js = self._nc.jetstream()
+        if not await has_sandbox_log(js, tenant, sandbox_id):
+            await self.get(tenant, sandbox_id)  # running but nothing stored yet, or not this tenant's: 404
+        return read_sandbox_log(js, tenant, sandbox_id, follow=True)
 
     def _timeout(self, timeout_s: int | None) -> int:
         limits = self.settings.sandboxes

@@ -15,7 +15,7 @@ from pathlib import Path
 from soulbox.core.schemas import FunctionSpec, InvocationError, Outcome, Tier
 from soulbox.core.settings import LinuxSettings, Settings
 
-from ..protocol import RunResult
+from ..protocol import OutputSink, RunResult
 from . import names
 from .artifacts import ArtifactCache, FetchArtifact
 from .errors import SandboxUnavailable, UnsupportedRuntime
@@ -29,6 +29,7 @@ GUEST_ENV = {
     "TMPDIR": "/tmp",
     "LANG": "C.UTF-8",
     "PYTHONDONTWRITEBYTECODE": "1",
+    "PYTHONUNBUFFERED": "1",  # print() reaches a streamed invocation as it happens, as on other FaaS
 }
 
 
@@ -59,6 +60,10 @@ class LinuxRuntime:
         self._closed = False
 
     async def run(self, spec: FunctionSpec, input: bytes) -> RunResult:
+        return await self.run_streaming(spec, input, None)
+
+    async def run_streaming(self, spec: FunctionSpec, input: bytes, sink: OutputSink | None) -> RunResult:
+        """``run``, handing stdout and stderr to ``sink`` as the pipes deliver them."""
         runtime = str(spec.runtime)
         command = self._commands.get(runtime)
         if command is None:
@@ -81,6 +86,7 @@ class LinuxRuntime:
                 ),
                 env={**GUEST_ENV, **spec.env},  # the function's bindings (and opened secrets)
                 files={code: fd},
+                sink=sink,
             )
         finally:
             os.close(fd)

@@ -44,7 +44,7 @@ from pathlib import Path
 from soulbox.core.logging import get_logger
 from soulbox.core.settings import LinuxSettings
 
-from ..protocol import Output
+from ..protocol import Output, OutputSink
 from .box import RUN_DIR, Box, BoxLimits, make_run_dir, remove_run_dir
 from .cgroup import CgroupDriver, CgroupLimits, SandboxCgroup, detect
 from .errors import SandboxError, SandboxSetupFailed, SandboxUnavailable
@@ -130,8 +130,11 @@ class Launcher:
         limits: SandboxLimits,
         env: Mapping[str, str],
         files: Mapping[str, int] | None = None,
+        sink: OutputSink | None = None,
     ) -> SandboxResult:
-        """Run ``command`` to the end (or the deadline). ``files``: sandbox path -> readable fd (the caller's)."""
+        """Run ``command`` to the end (or the deadline). ``files``: sandbox path -> readable fd (the caller's).
+
+        ``sink`` gets the kept output as the pipes deliver it."""
         if self._closed:
             raise SandboxError("the launcher is closed")
         uid = await self._uids.acquire()
@@ -141,7 +144,7 @@ class Launcher:
                 f"sb-{uuid.uuid4().hex[:16]}",
                 CgroupLimits(limits.memory_bytes, self.settings.pids_max, self.settings.cpu_quota),
             )
-            return await self._run(command, uid, cgroup, stdin, limits, env, files or {})
+            return await self._run(command, uid, cgroup, stdin, limits, env, files or {}, sink)
         finally:
             if cgroup is not None and not await self._remove(cgroup):
                 await sweep(uid, exclude=-1)  # whatever escaped the cgroup must not outlive the uid's lease
@@ -213,13 +216,15 @@ class Launcher:
         limits: SandboxLimits,
         env: Mapping[str, str],
         files: Mapping[str, int],
+        sink: OutputSink | None,
     ) -> SandboxResult:
         root_args = self._layout.args(tmpfs_bytes=limits.tmpfs_bytes or limits.memory_bytes // 2, files=files)
         tasks: list[asyncio.Task[None]] = []
         async with self._session(command, root_args, uid, cgroup, env, files.values()) as session:
             try:
                 proc = session.proc
-                stdout, stderr = Output(limits.max_output_bytes), Output(limits.max_output_bytes)
+                stdout = Output(limits.max_output_bytes, sink=sink, stream="stdout")
+                stderr = Output(limits.max_output_bytes, sink=sink, stream="stderr")
                 io = [
                     asyncio.create_task(pump(proc.stdout, stdout)),
                     asyncio.create_task(pump(proc.stderr, stderr)),

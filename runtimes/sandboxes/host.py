@@ -41,6 +41,7 @@ from soulbox.core.sandboxes import (
     SandboxState,
     SandboxUsage,
 )
+from soulbox.core.sandboxlog import SandboxLogPublisher
 from soulbox.core.schemas import (
     LIFECYCLE_EVENT_VERSION,
     EventType,
@@ -56,6 +57,7 @@ from soulbox.core.store import publish_event, settle
 from ..instruments import StartKind, WorkerInstruments
 from ..linux.box import Box, BoxLimits
 from ..linux.envd.main import VERSION as ENVD_VERSION
+from ..linux.linelog import LogLine
 from ..linux.sandbox import Launcher
 from .envd import EnvdClient
 from .templates import HOME, Template, Templates
@@ -79,6 +81,7 @@ class Hosted:
     period_started: float = field(default_factory=time.monotonic)
     period_cpu_ns: int = 0
     events: int = 0  # lifecycle events published, numbering their ids
+    log_out: SandboxLogPublisher | None = None  # its log on SB_LOGS, kept after it ends
 
 
 class SandboxHost:
@@ -222,6 +225,7 @@ class SandboxHost:
         )
         hosted = Hosted(box, record, envd, period_cpu_ns=_cpu_ns(box))
         self._hosted[request.sandbox_id] = hosted
+        hosted.log_out = self._publish_log(box, request.tenant, request.sandbox_id)
         self._arm(hosted, request.timeout_s)
         await self._save(record)
         await self._event(hosted, EventType.SANDBOX_CREATED)
@@ -358,11 +362,26 @@ class SandboxHost:
             await self._event(hosted, EventType.SANDBOX_KILLED, billed=running, reason=reason)
         except Exception as exc:  # NATS away: the sandbox still ends (the event is lost, logged)
             log.warning("sandbox.event_not_published", sandbox=sandbox_id, error=repr(exc))
+        if hosted.log_out is not None:
+            hosted.box.log.sink = None
+            await hosted.log_out.close()
         await hosted.envd.aclose()
         await hosted.box.close()
         with contextlib.suppress(Exception):  # NATS away: the record dies with this worker's liveness
             await self._kv.delete(sandbox_id)
         log.info("sandbox.ended", sandbox=sandbox_id, reason=reason)
+
+    def _publish_log(self, box: Box, tenant: str, sandbox_id: str) -> SandboxLogPublisher:
+        """From now on the box's log goes to SB_LOGS too, starting with what it printed in the pool."""
+        out = SandboxLogPublisher(self._js, tenant=tenant, sandbox_id=sandbox_id)
+
+        def publish(line: LogLine) -> None:
+            out.write(SandboxLogLine(at=line.at, level=line.level, message=line.text))
+
+        for line in box.log.lines():
+            publish(line)
+        box.log.sink = publish
+        return out
 
     async def _event(
         self, hosted: Hosted, type_: EventType, *, billed: bool = False, reason: str | None = None

@@ -34,7 +34,7 @@ from soulbox.core.schemas import (
 )
 from soulbox.core.settings import Settings
 from soulbox.events import run
-from soulbox.gateway import openapi, openapi_admin, openapi_secrets, openapi_triggers
+from soulbox.gateway import openapi, openapi_admin, openapi_logs, openapi_secrets, openapi_triggers
 from soulbox.gateway.app import create_app, routes
 from soulbox.triggers.signatures import sign_hmac
 
@@ -90,6 +90,7 @@ def test_every_operation_is_routed(document: dict[str, Any]) -> None:
         openapi_triggers.OPERATIONS,
         openapi_admin.OPERATIONS,
         openapi_secrets.OPERATIONS,
+        openapi_logs.OPERATIONS,
     )
     merged = {key for table in tables for key in table}
     assert sorted(set(merged) - routed) == []
