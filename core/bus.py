@@ -94,6 +94,11 @@ class Buckets:
     tenant_keys: KeyValue
     audit_state: KeyValue
     webhooks_seen: KeyValue
+    tenants: KeyValue
+    users: KeyValue
+    api_keys: KeyValue
+    oauth_clients: KeyValue
+    signing_keys: KeyValue
 
 
 async def _ensure_stream(js: JetStreamContext, config: api.StreamConfig) -> None:
@@ -266,6 +271,11 @@ async def ensure_topology(js: JetStreamContext, settings: Settings) -> Buckets:
         webhooks_seen=await _ensure_kv(
             js, kv(bucket=names.WEBHOOKS_SEEN_BUCKET, history=1, ttl=WEBHOOKS_SEEN_TTL_S, replicas=replicas)
         ),
+        tenants=await _ensure_kv(js, kv(bucket=names.TENANTS_BUCKET, history=1, replicas=replicas)),
+        users=await _ensure_kv(js, kv(bucket=names.USERS_BUCKET, history=1, replicas=replicas)),
+        api_keys=await _ensure_kv(js, kv(bucket=names.API_KEYS_BUCKET, history=1, replicas=replicas)),
+        oauth_clients=await _ensure_kv(js, kv(bucket=names.OAUTH_CLIENTS_BUCKET, history=1, replicas=replicas)),
+        signing_keys=await _ensure_kv(js, kv(bucket=names.SIGNING_KEYS_BUCKET, history=1, replicas=replicas)),
     )
 
 

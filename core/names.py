@@ -67,6 +67,17 @@ AUDIT_STATE_BUCKET: Final = "sb_audit_state"
 """The audit exporter's progress (last exported sequence and hash)."""
 AUDIT_CONSUMER: Final = "audit"
 
+TENANTS_BUCKET: Final = "sb_tenants"
+"""Tenants (teams), by name."""
+USERS_BUCKET: Final = "sb_users"
+"""Users (external OIDC identities) with their role, by ``<tenant>.<user id>``."""
+API_KEYS_BUCKET: Final = "sb_api_keys"
+"""API keys by their visible id (the prefix); only a SHA-256 of each secret is kept."""
+OAUTH_CLIENTS_BUCKET: Final = "sb_oauth_clients"
+"""OAuth2 client-credentials clients by client id; only a SHA-256 of each secret is kept."""
+SIGNING_KEYS_BUCKET: Final = "sb_signing_keys"
+"""The private keys SoulBox signs JWTs with, by key id (kid)."""
+
 
 def invocation_subject(tenant: str) -> str:
     return f"sb.invocations.{tenant}"
@@ -184,3 +195,7 @@ def version_key(tenant: str, function: str, version: str) -> str:
 
 def alias_key(tenant: str, function: str, alias: str) -> str:
     return f"{tenant}.{function}.{alias}"
+
+
+def user_key(tenant: str, user_id: str) -> str:
+    return f"{tenant}.{user_id}"

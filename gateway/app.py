@@ -12,13 +12,16 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from soulbox.core.bus import connect, ensure_topology
+from soulbox.core.logging import get_logger
 from soulbox.core.settings import Settings
 from soulbox.core.tunnel import TunnelClient
 from soulbox.triggers.catalog import TriggerCatalog
 
 from . import aliases, deadletters, functions, hooks, invocations, reports, tenants, triggers
-from .auth import ApiKeyGate
+from .auth import AuthGate, unlisted_routes
 from .errors import EXCEPTION_HANDLERS, error_response
+from .identity import api as identity_api
+from .identity import open_identity
 from .instruments import GatewayInstruments, metrics
 from .middleware import RequestTrail
 from .openapi import openapi_document
@@ -29,6 +32,8 @@ from .sandboxes import api as sandbox_api
 from .sandboxes import e2b
 from .sandboxes.control import SandboxControlPlane
 from .sandboxes.dataplane import SandboxRouter
+
+log = get_logger(__name__)
 
 
 async def healthz(request: Request) -> Response:
@@ -68,7 +73,7 @@ def routes() -> list[BaseRoute]:
         Route("/v1/triggers/{trigger_id}", triggers.get_trigger, methods=["GET"]),
         Route("/v1/triggers/{trigger_id}", triggers.replace_trigger, methods=["PUT"]),
         Route("/v1/triggers/{trigger_id}", triggers.delete_trigger, methods=["DELETE"]),
-        Route("/v1/hooks/{trigger_id}", hooks.webhook, methods=["POST"]),
+        Route("/v1/hooks/{tenant}/{trigger_id}", hooks.webhook, methods=["POST"]),
         Route("/v1/functions/{name}/versions", aliases.list_versions, methods=["GET"]),
         Route("/v1/functions/{name}/aliases", aliases.list_aliases, methods=["GET"]),
         Route("/v1/functions/{name}/aliases/{alias}", aliases.put_alias, methods=["PUT"]),
@@ -76,9 +81,10 @@ def routes() -> list[BaseRoute]:
         Route("/v1/functions/{name}/aliases/{alias}/rollback", aliases.rollback_alias, methods=["POST"]),
         Route("/v1/dead-letters", deadletters.list_dead_letters, methods=["GET"]),
         Route("/v1/dead-letters/{invocation_id}/replay", deadletters.replay_dead_letter, methods=["POST"]),
-        Route("/run/{path:path}", hooks.route, methods=list(ROUTE_METHODS), include_in_schema=False),
+        Route("/run/{tenant}/{path:path}", hooks.route, methods=list(ROUTE_METHODS), include_in_schema=False),
         *sandbox_api.routes(),
         *e2b.routes(),
+        *identity_api.routes(),
     ]
 
 
@@ -100,11 +106,15 @@ def create_app(settings: Settings) -> Starlette:
         tunnel = TunnelClient(nc)
         await tunnel.start()
         await trigger_catalog.start()
+        app.state.authenticator = await open_identity(settings, buckets)
+        for route in unlisted_routes(app.routes):
+            log.warning("auth.route_without_permission", route=route, allowed="operator only")
         app.state.platform = Platform(settings, nc, js, buckets, registry, waiter, sandboxes, tunnel)
         app.state.triggers = trigger_catalog
         try:
             yield
         finally:
+            await app.state.authenticator.issuers.aclose()
             await trigger_catalog.stop()
             await tunnel.close()
             await waiter.stop()
@@ -116,7 +126,7 @@ def create_app(settings: Settings) -> Starlette:
         middleware=[
             Middleware(SandboxRouter, domain=settings.sandboxes.domain),
             Middleware(RequestTrail),  # outside the gate: refused calls are audited too
-            Middleware(ApiKeyGate, settings=settings),
+            Middleware(AuthGate),
         ],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,

@@ -1,13 +1,17 @@
 """Requests that invoke functions through triggers: signed webhooks and HTTP routes.
 
-``POST /v1/hooks/{trigger_id}``: the signature is checked against the raw
+Neither has a caller identity: the tenant is the first segment of the URL
+(the authentication gate makes it the request's principal), so a trigger id
+or route path means the same in every tenant without clashing.
+
+``POST /v1/hooks/{tenant}/{trigger_id}``: the signature is checked against the raw
 body first (401 ``signature_missing`` / ``signature_invalid`` /
 ``signature_stale`` otherwise), and a request accepted before is refused (401
 ``signature_replayed``; the record of it is in NATS, shared by every gateway);
 then the body is the function's input and the answer is a 202 with the
 invocation id, or the result when the trigger is ``sync``.
 
-``<METHOD> /run/<path>``: the HTTP trigger whose method and path template
+``<METHOD> /run/{tenant}/<path>``: the HTTP trigger whose method and path template
 match; always synchronous. Fetch-handler runtimes (Bun, Deno) get the whole
 request (method, URL with the query, headers, body); the others the body.
 """
@@ -62,7 +66,7 @@ async def route(request: Request) -> Response:
     path = "/" + request.path_params["path"]
     found = catalog(request).route(principal(request).tenant, request.method, path)
     if found is None:
-        raise RouteNotFound(f"no HTTP trigger for {request.method} /run{path}")
+        raise RouteNotFound(f"no HTTP trigger for {request.method} {path} in tenant {principal(request).tenant}")
     trigger, _ = found
     body = await read_body(request, p.settings.gateway.max_body_bytes)
     spec = await p.registry.get(principal(request).tenant, trigger.function)
