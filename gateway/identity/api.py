@@ -282,7 +282,8 @@ async def token(request: Request) -> Response:
             rbac.checked_scopes(asked)
         except InvalidRequest as exc:
             return _oauth_error(request, 400, "invalid_scope", exc.message)
-        if not rbac.effective(client.role, asked) <= rbac.effective(client.role, client.scopes):
+        has = rbac.effective(client.role, client.scopes)
+        if not all(rbac.effective(client.role, [one]) & has for one in asked):
             return _oauth_error(request, 400, "invalid_scope", "the scope asked for is beyond the client's")
         scopes = asked
     access, ttl = auth.signing.issue(

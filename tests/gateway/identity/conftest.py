@@ -17,7 +17,7 @@ from soulbox.core import names
 from soulbox.core.bus import Buckets
 from soulbox.core.codec import decode
 from soulbox.core.schemas import AuditRecord
-from soulbox.core.settings import Settings
+from soulbox.core.settings import IdentitySettings, Settings
 from soulbox.gateway.app import create_app
 
 OPERATOR_KEY = "operator-key-0123456789abcdef"
@@ -62,7 +62,11 @@ def operator_settings(settings: Settings, **identity: Any) -> Settings:
     gateway = settings.gateway.model_copy(update={"api_keys": [SecretStr(OPERATOR_KEY)]})
     worker = settings.worker.model_copy(update={"heartbeat_ttl_s": 600.0})
     return settings.model_copy(
-        update={"gateway": gateway, "worker": worker, "identity": settings.identity.model_copy(update=identity)}
+        update={
+            "gateway": gateway,
+            "worker": worker,
+            "identity": IdentitySettings.model_validate({**settings.identity.model_dump(), **identity}),
+        }
     )
 
 
