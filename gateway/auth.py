@@ -34,9 +34,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from soulbox.core.errors import Forbidden, NotFound, SoulboxError
 from soulbox.core.logging import get_logger
-from soulbox.core.schemas import NAME_RE
+from soulbox.core.schemas import NAME_RE, checked_name
 
-from .errors import error_response
+from .errors import error_response, status_of
 from .identity.authn import Authenticated, Authenticator, AuthFailure, bearer
 from .identity.rbac import PUBLIC, ROUTES, TENANT_PUBLIC, allowed, is_e2b, permission_of
 from .middleware import AUTH_FAILURE_KEY, audit_websocket_refusal
@@ -122,7 +122,7 @@ class AuthGate:
     async def _refuse(
         self, scope: Scope, receive: Receive, send: Send, exc: SoulboxError, template: str | None
     ) -> None:
-        status = 401 if isinstance(exc, AuthFailure) else 403 if isinstance(exc, Forbidden) else 404
+        status = status_of(exc)
         scope[AUTH_FAILURE_KEY] = {
             "code": exc.code,
             "tenant": getattr(exc, "tenant", None),
@@ -150,8 +150,9 @@ def _acting(who: Authenticated, named: list[str]) -> Principal:
     for tenant in named:
         if tenant == principal.tenant:
             continue
-        if not who.operator or not NAME_RE.match(tenant):
+        if not who.operator:
             raise TenantNotFound(f"tenant {tenant!r} does not exist")
+        checked_name(tenant, what="tenant")
         principal = dataclasses.replace(principal, tenant=tenant)
     return principal
 

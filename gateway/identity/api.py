@@ -317,6 +317,7 @@ def routes() -> list[BaseRoute]:
         Route("/v1/users/{user_id}", get_user, methods=["GET"]),
         Route("/v1/users/{user_id}", delete_user, methods=["DELETE"]),
         Route("/v1/whoami", whoami, methods=["GET"]),
-        Route("/oauth/token", token, methods=["POST"]),
-        Route("/.well-known/jwks.json", jwks, methods=["GET"]),
+        # Protocol endpoints answer in their protocols' shapes (RFC 6749, RFC 7517): outside the OpenAPI document.
+        Route("/oauth/token", token, methods=["POST"], include_in_schema=False),
+        Route("/.well-known/jwks.json", jwks, methods=["GET"], include_in_schema=False),
     ]
