@@ -284,7 +284,7 @@ class Settings(BaseSettings):
     data_dir: Path = Path(".soulbox")
     log_level: str = "info"
     log_format: str = Field("json", pattern="^(json|console)$")
-    tenant: str = Field("default", description="tenant assumed for requests until auth lands")
+    tenant: str = Field("default", description="the default tenant: the platform operator's (gateway.api_keys)")
     invocation_ttl_s: float = Field(24 * 3600, gt=0, description="how long invocation records are kept")
     nats: NatsSettings = NatsSettings()
     embedded_nats: EmbeddedNatsSettings = EmbeddedNatsSettings()
