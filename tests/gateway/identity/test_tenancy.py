@@ -86,7 +86,8 @@ async def _acme_resources(gw: Gateway, buckets: Buckets, js: JetStreamContext, o
     )
     await buckets.sandboxes.put(SANDBOX, encode(record))
     key_id = (await gw.call("POST", "/v1/api-keys", owner, json={"name": "other"})).json()["id"]
-    return {"key_id": key_id, "version": version}
+    client_id = (await gw.call("POST", "/v1/oauth-clients", owner, json={"name": "ci"})).json()["client_id"]
+    return {"key_id": key_id, "client_id": client_id, "version": version}
 
 
 # (method, path, body) of every resource type; {key_id} and {version} are filled in.
@@ -111,6 +112,7 @@ WRITES = [
     ("POST", f"/sandboxes/{SANDBOX}/pause", None),
     ("DELETE", f"/sandboxes/{SANDBOX}", None),
     ("DELETE", "/v1/api-keys/{key_id}", None),
+    ("DELETE", "/v1/oauth-clients/{client_id}", None),
     ("DELETE", "/v1/functions/echo/aliases/live", None),
     ("DELETE", "/v1/functions/echo", None),
 ]
@@ -150,6 +152,7 @@ async def test_another_tenants_resources_are_404(gw: Gateway, buckets: Buckets, 
         ("/v1/dead-letters", "dead_letters"),
         ("/v1/sandboxes", "sandboxes"),
         ("/v1/api-keys", "api_keys"),
+        ("/v1/oauth-clients", "oauth_clients"),
     ]:
         listed = (await gw.call("GET", path, globex)).json()[field]
         assert all(item.get("tenant", "globex") == "globex" for item in listed), path
