@@ -32,7 +32,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from soulbox.core.errors import Forbidden, NotFound, SoulboxError
+from soulbox.core.errors import Forbidden, NotFound, SoulboxError, Unavailable
 from soulbox.core.logging import get_logger
 from soulbox.core.schemas import NAME_RE, checked_name
 
@@ -73,8 +73,11 @@ class AuthGate:
             return
         authenticator: Authenticator | None = getattr(scope["app"].state, "authenticator", None)
         template, params, method_matched = _match(scope)
-        if authenticator is None or template in PUBLIC:
+        if template in PUBLIC:
             await self.app(scope, receive, send)
+            return
+        if authenticator is None:  # not started (or stopping): refuse rather than let anything through
+            await self._refuse(scope, receive, send, Unavailable("the gateway is not ready"), template)
             return
         if template in TENANT_PUBLIC:
             tenant = str(params.get("tenant", ""))
@@ -163,7 +166,7 @@ def _query(scope: Scope, name: str) -> str | None:
 
 
 def unlisted_routes(routes: list[Any]) -> list[str]:
-    """Routes of the app missing from the permission table (owner-only until they are added)."""
+    """Routes of the app missing from the permission table (the operator's only, until they are added)."""
     out = []
     for route in routes:
         template = str(getattr(route, "path", ""))

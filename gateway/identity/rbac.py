@@ -5,7 +5,8 @@ A permission is ``<resource>:<action>``; a role is a set of permissions
 role further (``functions:*`` names every action on a resource). The
 authentication gate (:mod:`soulbox.gateway.auth`) looks up the permission of
 the matched route here and checks it, so no handler checks roles itself.
-A route missing from the table is owner-only (fail closed) and logged at start.
+A route missing from the table is the platform operator's only (fail closed),
+and logged when the gateway starts.
 """
 
 from __future__ import annotations
