@@ -34,6 +34,7 @@ from soulbox.triggers.signatures import SignatureError, verify
 from .bodies import read_body
 from .errors import error_response
 from .invocations import HTTP_RUNTIMES, accepted_response, finished_response
+from .middleware import AUTH_FAILURE_KEY
 from .platform import platform
 from .principal import principal
 from .triggers import TriggerNotFound, catalog, trigger_id
@@ -57,6 +58,7 @@ async def webhook(request: Request) -> Response:
         seen = await claim(p.buckets.webhooks_seen, principal(request).tenant, tid, identity)
     except SignatureError as exc:
         # 401 here, not in the shared error table: only this endpoint authenticates by signature.
+        request.scope[AUTH_FAILURE_KEY] = {"code": exc.code, "tenant": principal(request).tenant, "key_id": None}
         return error_response(401, exc.code, exc.message)
     return await _invoke(request, trigger, body, wait=trigger.webhook.sync, seen=seen)
 

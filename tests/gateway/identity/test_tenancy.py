@@ -193,6 +193,8 @@ async def test_webhooks_and_routes_are_addressed_within_their_tenant(gw: Gateway
     # No credentials needed (signature / public), and the tenant in the URL decides.
     unsigned = await gw.call("POST", "/v1/hooks/acme/on-push", content=b"{}")
     assert unsigned.status_code == 401 and unsigned.json()["error"]["code"] == "signature_missing"
+    refused = await gw.audited("/v1/hooks/acme/on-push", "401")
+    assert refused.tenant == "acme" and refused.detail["auth_failure"] == "signature_missing"
     other = await gw.call("POST", "/v1/hooks/globex/on-push", content=b"{}")
     assert other.status_code == 404 and other.json()["error"]["code"] == "trigger_not_found"
     assert (await gw.call("POST", "/v1/hooks/No!/on-push", content=b"{}")).status_code == 404
