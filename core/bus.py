@@ -95,8 +95,13 @@ class Buckets:
     audit_state: KeyValue
     webhooks_seen: KeyValue
     secrets: KeyValue
-    signing_keys: KeyValue
+    url_keys: KeyValue
     signed_nonces: KeyValue
+    tenants: KeyValue
+    users: KeyValue
+    api_keys: KeyValue
+    oauth_clients: KeyValue
+    jwt_keys: KeyValue
 
 
 async def _ensure_stream(js: JetStreamContext, config: api.StreamConfig) -> None:
@@ -283,7 +288,7 @@ async def ensure_topology(js: JetStreamContext, settings: Settings) -> Buckets:
             js, kv(bucket=names.WEBHOOKS_SEEN_BUCKET, history=1, ttl=WEBHOOKS_SEEN_TTL_S, replicas=replicas)
         ),
         secrets=await _ensure_kv(js, kv(bucket=names.SECRETS_BUCKET, history=1, replicas=replicas)),
-        signing_keys=await _ensure_kv(js, kv(bucket=names.SIGNING_KEYS_BUCKET, history=1, replicas=replicas)),
+        url_keys=await _ensure_kv(js, kv(bucket=names.URL_KEYS_BUCKET, history=1, replicas=replicas)),
         # A nonce is remembered past the longest expiry a URL may have, plus clock-skew margin.
         signed_nonces=await _ensure_kv(
             js,
@@ -294,6 +299,11 @@ async def ensure_topology(js: JetStreamContext, settings: Settings) -> Buckets:
                 replicas=replicas,
             ),
         ),
+        tenants=await _ensure_kv(js, kv(bucket=names.TENANTS_BUCKET, history=1, replicas=replicas)),
+        users=await _ensure_kv(js, kv(bucket=names.USERS_BUCKET, history=1, replicas=replicas)),
+        api_keys=await _ensure_kv(js, kv(bucket=names.API_KEYS_BUCKET, history=1, replicas=replicas)),
+        oauth_clients=await _ensure_kv(js, kv(bucket=names.OAUTH_CLIENTS_BUCKET, history=1, replicas=replicas)),
+        jwt_keys=await _ensure_kv(js, kv(bucket=names.JWT_KEYS_BUCKET, history=1, replicas=replicas)),
     )
 
 

@@ -71,13 +71,24 @@ TENANT_KEYS_BUCKET: Final = "sb_tenant_keys"
 """Per-tenant secrets behind the pseudonyms in the audit log (deleted on erasure)."""
 SECRETS_BUCKET: Final = "sb_secrets"
 """Tenants' secrets, envelope-encrypted (``<tenant>.<name>``; see core/secrets.py)."""
-SIGNING_KEYS_BUCKET: Final = "sb_signing_keys"
+URL_KEYS_BUCKET: Final = "sb_url_keys"
 """Per tenant, the keys that sign its URLs, envelope-encrypted (``<tenant>``)."""
 SIGNED_NONCES_BUCKET: Final = "sb_signed_nonces"
 """Nonces of signed URLs already used (create-only: a replay is refused)."""
 AUDIT_STATE_BUCKET: Final = "sb_audit_state"
 """The audit exporter's progress (last exported sequence and hash)."""
 AUDIT_CONSUMER: Final = "audit"
+
+TENANTS_BUCKET: Final = "sb_tenants"
+"""Tenants (teams), by name."""
+USERS_BUCKET: Final = "sb_users"
+"""Users (external OIDC identities) with their role, by ``<tenant>.<user id>``."""
+API_KEYS_BUCKET: Final = "sb_api_keys"
+"""API keys by their visible id (the prefix); only a SHA-256 of each secret is kept."""
+OAUTH_CLIENTS_BUCKET: Final = "sb_oauth_clients"
+"""OAuth2 client-credentials clients by client id; only a SHA-256 of each secret is kept."""
+JWT_KEYS_BUCKET: Final = "sb_jwt_keys"
+"""The private keys SoulBox signs JWTs with, by key id (kid)."""
 
 
 def invocation_subject(tenant: str) -> str:
@@ -214,3 +225,5 @@ def invocation_logs_subject(tenant: str, invocation_id: str) -> str:
 def sandbox_logs_subject(tenant: str, sandbox_id: str) -> str:
     """``sb.logs.sbx.<tenant>.<sandbox id>``: a sandbox's log lines, kept after it ended."""
     return f"sb.logs.sbx.{tenant_token(tenant)}.{sandbox_id}"
+def user_key(tenant: str, user_id: str) -> str:
+    return f"{tenant}.{user_id}"

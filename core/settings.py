@@ -57,6 +57,31 @@ class GatewaySettings(BaseModel):
     )
 
 
+class OidcIssuerSettings(BaseModel):
+    """An external OpenID Connect issuer whose tokens the gateway accepts for registered users."""
+
+    issuer: str = Field(description="the tokens' iss claim, e.g. https://login.example.com/")
+    jwks_url: str = Field(description="where the issuer publishes its signing keys (JWKS)")
+    audience: str = Field(description="the aud claim SoulBox's tokens from this issuer carry")
+    tenant_claim: str = Field("soulbox_tenant", description="the claim naming the tenant")
+    tenant: str | None = Field(None, description="the tenant of every token of this issuer (instead of a claim)")
+
+
+class IdentitySettings(BaseModel):
+    """Tenants, API keys, JWTs and OAuth2 clients (gateway/identity)."""
+
+    required: bool = Field(False, description="refuse requests without credentials even when gateway.api_keys is empty")
+    issuer: str = Field("soulbox", description="iss (and aud) of the JWTs SoulBox signs")
+    token_ttl_s: int = Field(900, ge=30, le=24 * 3600, description="lifetime of client-credentials tokens")
+    signing_key_files: list[Path] = Field(
+        default_factory=list,
+        description="PEM private keys (EC P-256) for JWTs; the first signs, all verify (empty: one kept in NATS KV)",
+    )
+    oidc_issuers: list[OidcIssuerSettings] = Field(default_factory=list)
+    jwks_cache_s: float = Field(300.0, ge=0, description="how long an external issuer's JWKS is reused")
+    leeway_s: float = Field(10.0, ge=0, description="clock skew allowed on exp/nbf/iat")
+
+
 class QueueSettings(BaseModel):
     """Bounds of the invocation stream; past them the gateway answers 429."""
 
@@ -303,7 +328,7 @@ class Settings(BaseSettings):
     data_dir: Path = Path(".soulbox")
     log_level: str = "info"
     log_format: str = Field("json", pattern="^(json|console)$")
-    tenant: str = Field("default", description="tenant assumed for requests until auth lands")
+    tenant: str = Field("default", description="the default tenant: the platform operator's (gateway.api_keys)")
     invocation_ttl_s: float = Field(24 * 3600, gt=0, description="how long invocation records are kept")
     nats: NatsSettings = NatsSettings()
     embedded_nats: EmbeddedNatsSettings = EmbeddedNatsSettings()
@@ -324,3 +349,4 @@ class Settings(BaseSettings):
     secrets: SecretsSettings = SecretsSettings()
     signed_urls: SignedUrlSettings = SignedUrlSettings()
     logs: LogsSettings = LogsSettings()
+    identity: IdentitySettings = IdentitySettings()

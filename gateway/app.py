@@ -12,6 +12,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from soulbox.core.bus import connect, ensure_topology
+from soulbox.core.logging import get_logger
 from soulbox.core.secrets import MasterKeys
 from soulbox.core.secrets_signing import SigningKeys
 from soulbox.core.secrets_store import SecretStore
@@ -20,8 +21,10 @@ from soulbox.core.tunnel import TunnelClient
 from soulbox.triggers.catalog import TriggerCatalog
 
 from . import aliases, deadletters, functions, hooks, invocations, reports, secrets, signed, tenants, triggers
-from .auth import ApiKeyGate
+from .auth import AuthGate, unlisted_routes
 from .errors import EXCEPTION_HANDLERS, error_response
+from .identity import api as identity_api
+from .identity import open_identity
 from .instruments import GatewayInstruments, metrics
 from .middleware import RequestTrail
 from .openapi import openapi_document
@@ -32,6 +35,8 @@ from .sandboxes import api as sandbox_api
 from .sandboxes import e2b
 from .sandboxes.control import SandboxControlPlane
 from .sandboxes.dataplane import SandboxRouter
+
+log = get_logger(__name__)
 
 
 async def healthz(request: Request) -> Response:
@@ -72,7 +77,7 @@ def routes() -> list[BaseRoute]:
         Route("/v1/triggers/{trigger_id}", triggers.get_trigger, methods=["GET"]),
         Route("/v1/triggers/{trigger_id}", triggers.replace_trigger, methods=["PUT"]),
         Route("/v1/triggers/{trigger_id}", triggers.delete_trigger, methods=["DELETE"]),
-        Route("/v1/hooks/{trigger_id}", hooks.webhook, methods=["POST"]),
+        Route("/v1/hooks/{tenant}/{trigger_id}", hooks.webhook, methods=["POST"]),
         Route("/v1/functions/{name}/versions", aliases.list_versions, methods=["GET"]),
         Route("/v1/functions/{name}/aliases", aliases.list_aliases, methods=["GET"]),
         Route("/v1/functions/{name}/aliases/{alias}", aliases.put_alias, methods=["PUT"]),
@@ -86,9 +91,10 @@ def routes() -> list[BaseRoute]:
         Route("/v1/secrets/{name}", secrets.delete_secret, methods=["DELETE"]),
         Route("/v1/signed-urls", signed.create_signed_url, methods=["POST"]),
         Route("/v1/signed-urls/rotate", signed.rotate_signing_key, methods=["POST"]),
-        Route("/run/{path:path}", hooks.route, methods=list(ROUTE_METHODS), include_in_schema=False),
+        Route("/run/{tenant}/{path:path}", hooks.route, methods=list(ROUTE_METHODS), include_in_schema=False),
         *sandbox_api.routes(),
         *e2b.routes(),
+        *identity_api.routes(),
     ]
 
 
@@ -112,11 +118,14 @@ def create_app(settings: Settings) -> Starlette:
         tunnel = TunnelClient(nc)
         await tunnel.start()
         await trigger_catalog.start()
+        app.state.authenticator = await open_identity(settings, buckets)
+        for route in unlisted_routes(app.routes):
+            log.warning("auth.route_without_permission", route=route, allowed="operator only")
         app.state.platform = Platform(settings, nc, js, buckets, registry, waiter, sandboxes, tunnel)
         app.state.triggers = trigger_catalog
         app.state.secrets = SecretStore(buckets.secrets, master_keys)
         app.state.signing_keys = SigningKeys(
-            buckets.signing_keys, master_keys, grace_s=settings.signed_urls.rotation_grace_s
+            buckets.url_keys, master_keys, grace_s=settings.signed_urls.rotation_grace_s
         )
         # After a master-key rotation: every data key still wrapped by a retired key is rewrapped.
         await app.state.secrets.rewrap_all()
@@ -124,6 +133,7 @@ def create_app(settings: Settings) -> Starlette:
         try:
             yield
         finally:
+            await app.state.authenticator.issuers.aclose()
             await trigger_catalog.stop()
             await tunnel.close()
             await waiter.stop()
@@ -136,7 +146,7 @@ def create_app(settings: Settings) -> Starlette:
             Middleware(SandboxRouter, domain=settings.sandboxes.domain),
             Middleware(RequestTrail),  # outside the gate: refused calls are audited too
             Middleware(signed.SignedUrlGate, max_expires_s=settings.signed_urls.max_expires_s),
-            Middleware(ApiKeyGate, settings=settings),
+            Middleware(AuthGate),
         ],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,

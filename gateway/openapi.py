@@ -11,7 +11,7 @@ from starlette.routing import BaseRoute, Route
 from soulbox.core.schemas import NAME_PATTERN, AuditRecord
 from soulbox.events import UsageReport
 
-from . import openapi_admin, openapi_logs, openapi_secrets, openapi_triggers
+from . import openapi_admin, openapi_identity, openapi_logs, openapi_secrets, openapi_triggers
 from .models import ErrorResponse, FunctionList, FunctionOut, InvocationAccepted, InvocationOut
 from .platform import INVOCATION_ID_RE
 from .sandboxes import api as sandbox_api
@@ -29,6 +29,7 @@ _MODELS: list[type[BaseModel]] = [
     *openapi_admin.MODELS,
     *openapi_secrets.MODELS,
     *openapi_logs.MODELS,
+    *openapi_identity.MODELS,
 ]
 
 
@@ -197,6 +198,7 @@ def openapi_document(
         **openapi_admin.OPERATIONS,
         **openapi_secrets.OPERATIONS,
         **openapi_logs.OPERATIONS,
+        **openapi_identity.OPERATIONS,
         **(extra or {}),
     }
     paths: dict[str, dict[str, Any]] = {}

@@ -27,7 +27,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from soulbox.core import names
-from soulbox.core.errors import InvalidRequest
+from soulbox.core.errors import Forbidden, InvalidRequest
 from soulbox.core.logging import get_logger
 from soulbox.core.secrets_signing import (
     BadSignature,
@@ -41,6 +41,7 @@ from soulbox.core.secrets_signing import (
 
 from .bodies import json_body
 from .errors import error_response
+from .identity.rbac import allowed
 from .platform import platform
 from .principal import SCOPE_KEY, Principal, principal
 
@@ -50,6 +51,15 @@ SIGNABLE: tuple[tuple[frozenset[str], re.Pattern[str]], ...] = (
     (frozenset({"POST"}), re.compile(r"^/v1/functions/[a-z0-9][a-z0-9_-]{0,62}/invoke$")),
     (frozenset({"GET", "POST"}), re.compile(r"^/v1/sandboxes/[a-z0-9]{8,40}/files$")),
 )
+
+
+def signed_permission(method: str, path: str) -> str:
+    """What the signer must be allowed to do itself: a URL never grants more than its signer has."""
+    if path.endswith("/invoke"):
+        return "functions:invoke"
+    return "sandboxes:read" if method == "GET" else "sandboxes:write"
+
+
 CLOCK_SKEW_S = 60
 
 
@@ -110,7 +120,11 @@ async def create_signed_url(request: Request) -> Response:
     if any(k.startswith("sb_") for k, _ in rest):
         raise InvalidRequest("query parameters starting with sb_ are the signature's")
     expires = checked_expiry(body.expires_in or settings.default_expires_s, settings.max_expires_s)
-    tenant = principal(request).tenant
+    signer = principal(request)
+    needed = signed_permission(method, path)
+    if not allowed(signer, needed):
+        raise Forbidden(f"signing this URL needs {needed}, which this key does not have")
+    tenant = signer.tenant
     kid, key = await signing_keys(request).current(tenant)
     nonce = new_nonce()
     signed = sign_query(key, kid, method, path, rest, expires, nonce)

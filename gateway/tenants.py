@@ -117,8 +117,8 @@ async def delete_tenant_data(request: Request) -> Response:
         "secrets": await _purge(
             p.buckets.secrets, [k async for k, _ in scan(p.buckets.secrets, f"{tenant}.>", SecretEntry)]
         ),
-        "signing_keys": await _purge(
-            p.buckets.signing_keys, [k async for k, _ in scan(p.buckets.signing_keys, tenant, SigningKeyRing)]
+        "url_keys": await _purge(
+            p.buckets.url_keys, [k async for k, _ in scan(p.buckets.url_keys, tenant, SigningKeyRing)]
         ),
     }
     tombstone = AuditRecord(

@@ -3,7 +3,9 @@
 Paths, JSON field names and status codes follow E2B's OpenAPI (the generated
 client in the ``e2b`` package is the reference); errors use E2B's shape
 ``{"code": <http status>, "message": ..., "error_code": <SoulBox's stable code>}``.
-The SDK authenticates with ``X-API-KEY``; keys are checked by :mod:`soulbox.gateway.auth`.
+The SDK authenticates with ``X-API-KEY`` (any SoulBox API key or operator key), checked with
+every other route's credentials by the gate in :mod:`soulbox.gateway.auth`, which answers E2B's paths
+in this shape too.
 Point the SDK at SoulBox with ``E2B_API_URL`` and ``E2B_SANDBOX_URL`` (both the
 gateway's URL).
 """
@@ -25,7 +27,6 @@ from soulbox.core.errors import InvalidRequest, SoulboxError
 from soulbox.core.logging import get_logger
 from soulbox.core.sandboxes import SandboxRecord, SandboxState
 
-from ..auth import authenticate
 from ..bodies import M, json_body
 from ..errors import status_of
 from ..platform import platform
@@ -71,12 +72,11 @@ def e2b_error(status: int, code: str, message: str) -> JSONResponse:
 
 
 def e2b_route(handler: Handler) -> Handler:
-    """Authenticate, and render every error in E2B's shape."""
+    """Render every error in E2B's shape (the gate has authenticated the request)."""
 
     @functools.wraps(handler)
     async def wrapped(request: Request) -> Response:
         try:
-            authenticate(request)
             return await handler(request)
         except SoulboxError as exc:
             return e2b_error(status_of(exc), exc.code, exc.message)

@@ -120,13 +120,13 @@ def test_nonces_are_fresh_and_well_formed() -> None:
 
 async def test_signing_keys_rotate_with_a_grace_period(buckets: Buckets) -> None:
     master = MasterKeys.of(os.urandom(32))
-    keys = SigningKeys(buckets.signing_keys, master, grace_s=1.0)
-    other_gateway = SigningKeys(buckets.signing_keys, master, grace_s=1.0, cache_s=0.1)
+    keys = SigningKeys(buckets.url_keys, master, grace_s=1.0)
+    other_gateway = SigningKeys(buckets.url_keys, master, grace_s=1.0, cache_s=0.1)
     kid, key = await keys.current("acme")
     assert kid.startswith("acme.") and len(key) == 32
     assert await keys.current("acme") == (kid, key)
     assert await other_gateway.verification_key(kid) == key
-    raw = (await buckets.signing_keys.get("acme")).value
+    raw = (await buckets.url_keys.get("acme")).value
     assert raw is not None and key not in raw  # sealed at rest
     assert (await keys.current("beta"))[1] != key
 
