@@ -14,7 +14,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 
 from soulbox.core.errors import InvalidRequest
-from soulbox.core.sandboxes import SandboxLogLine, SandboxMetric, SandboxRecord, SandboxState
+from soulbox.core.sandboxes import SandboxLogLine, SandboxMetric, SandboxNetwork, SandboxRecord, SandboxState
 
 from ..bodies import M, json_body
 from ..platform import platform
@@ -32,6 +32,7 @@ class CreateSandbox(BaseModel):
     auto_pause: bool = Field(False, description="pause instead of kill at the timeout")
     metadata: dict[str, str] = Field(default_factory=dict)
     env_vars: dict[str, str] = Field(default_factory=dict, description="environment of every process started")
+    network: SandboxNetwork | None = Field(None, description="network egress; default: none")
 
 
 class SetTimeout(BaseModel):
@@ -51,6 +52,7 @@ class SandboxOut(BaseModel):
     disk_mb: int
     envd_version: str
     access_token: str | None = Field(None, description="for the data plane's X-Access-Token; on create only")
+    network: SandboxNetwork | None = Field(None, description="the egress it was given; absent: no network")
 
     @classmethod
     def of(cls, record: SandboxRecord, *, with_token: bool = False) -> SandboxOut:
@@ -66,6 +68,7 @@ class SandboxOut(BaseModel):
             disk_mb=record.disk_mb,
             envd_version=record.envd_version,
             access_token=record.access_token if with_token else None,
+            network=record.network,
         )
 
 
@@ -104,6 +107,7 @@ async def create(request: Request) -> Response:
         metadata=body.metadata,
         env_vars=body.env_vars,
         auto_pause=body.auto_pause,
+        network=body.network,
     )
     return _out(SandboxOut.of(record, with_token=True), 201)
 

@@ -35,6 +35,7 @@ from soulbox.core.sandboxes import (
     SandboxCreate,
     SandboxLogLine,
     SandboxMetric,
+    SandboxNetwork,
     SandboxRecord,
     SandboxReply,
     SandboxState,
@@ -42,6 +43,7 @@ from soulbox.core.sandboxes import (
 )
 from soulbox.core.schemas import WorkerHeartbeat, utcnow
 from soulbox.core.settings import Settings
+from soulbox.runtimes.linux.netpolicy import EgressPolicy
 
 log = get_logger(__name__)
 
@@ -91,7 +93,10 @@ class SandboxControlPlane:
         metadata: Mapping[str, str],
         env_vars: Mapping[str, str],
         auto_pause: bool = False,
+        network: SandboxNetwork | None = None,
     ) -> SandboxRecord:
+        if network is not None:  # a bad entry is the caller's error, before any scheduler sees it
+            EgressPolicy.of_request(internet=network.internet, allow_out=network.allow_out, deny_out=network.deny_out)
         request = SandboxCreate(
             sandbox_id=new_sandbox_id(),
             tenant=tenant,
@@ -100,6 +105,7 @@ class SandboxControlPlane:
             auto_pause=auto_pause,
             metadata=dict(metadata),
             env_vars=dict(env_vars),
+            network=network,
         )
         wait = self.settings.sandboxes.ready_timeout_s * 2 + 10
         reply = await self._request(names.SANDBOX_CREATE_SUBJECT, encode(request), wait, "no scheduler answered")

@@ -161,7 +161,7 @@ def read_keyed(path: Path) -> dict[str, int]:
 
 
 def read_io(lines: str) -> tuple[int, int]:
-    """Bytes read and written over all devices: v2's ``io.stat`` or v1's ``blkio.throttle.io_service_bytes``."""
+    """Bytes read and written over all devices in v2's ``io.stat`` (or v1's ``blkio.*io_service_bytes``)."""
     read = written = 0
     for line in lines.splitlines():
         fields = line.split()
@@ -178,6 +178,31 @@ def read_io(lines: str) -> tuple[int, int]:
             elif key == "wbytes" and value.isdigit():
                 written += int(value)
     return read, written
+
+
+def process_io(pids: list[int]) -> tuple[int, int]:
+    """Storage bytes read and written by ``pids`` and the children they reaped (``/proc/<pid>/io``).
+
+    The sandbox's pid 1 reaps every orphan, so a box's exited processes stay counted.
+    """
+    read = written = 0
+    for pid in pids:
+        try:
+            fields = read_keyed_colon(Path(f"/proc/{pid}/io"))
+        except OSError:  # exited meanwhile
+            continue
+        read += fields.get("read_bytes", 0)
+        written += fields.get("write_bytes", 0)
+    return read, written
+
+
+def read_keyed_colon(path: Path) -> dict[str, int]:
+    out = {}
+    for line in path.read_text().splitlines():
+        key, _, value = line.partition(":")
+        if value.strip().isdigit():
+            out[key] = int(value)
+    return out
 
 
 def read_pids(path: Path) -> list[int]:

@@ -151,16 +151,26 @@ async def test_nothing_leaks_after_kill_and_close(upstream: Upstream, kernel_ok:
 
 async def test_counters_move_when_traffic_flows(net_launcher: Launcher, upstream: Upstream) -> None:
     policy = EgressPolicy.parse([f"{upstream.public}:{upstream.port}"])
-    client = CLIENT.replace('print("ok", got)', 'print("ok", got, flush=True); print("envd ready", flush=True)')
+    # Then a read past the page cache (O_DIRECT) of a file on the host's disk: block I/O of the box's cgroup.
+    direct_read = (
+        "\nimport mmap, os, time\n"
+        f"fd = os.open(os.path.realpath({PYTHON!r}), os.O_RDONLY | os.O_DIRECT)\n"
+        "print('direct', os.readv(fd, [mmap.mmap(-1, 1 << 20)]), flush=True)\n"
+        "print('envd ready', flush=True)\n"
+        "time.sleep(1000)\n"
+    )
     box = await _box(
         net_launcher,
         policy,
-        [PYTHON, "-c", client + "\nimport time; time.sleep(1000)", str(upstream.public), str(upstream.port), "300000"],
+        [PYTHON, "-c", CLIENT + direct_read, str(upstream.public), str(upstream.port), "300000"],
     )
     try:
         received, sent = box.net_counters()
         assert received >= 300_000 and sent > 0
         assert "ok 300000" in box.log.getvalue().decode()
+        usage = box.usage()
+        if usage.io_read_bytes is not None:  # the blkio (v1) / io (v2) controller is there
+            assert usage.io_read_bytes >= 1 << 20, box.log.getvalue()
     finally:
         await box.close()
     bare = await _box(net_launcher, None)
