@@ -1,10 +1,10 @@
-"""A stand-in internet for the egress tests: a namespace behind a veth of the host, serving TCP.
+"""A stand-in internet for the egress tests: a namespace behind a veth of the host, serving TCP and HTTP.
 
 The upstream namespace holds a public-looking address (a /30 of TEST-NET-2,
 198.51.100.0/24) and a private one (a /30 of 172.31.0.0/16), each sharing a
 /30 with the host's end of the veth, and runs a server answering on every
-address: on connect it sends ``hello`` and then as many bytes as the client
-asks for (``N\\n``). The host also serves the same on all its addresses,
+address: a client sends ``N\\n`` and gets ``hello`` and N bytes, an HTTP
+request gets ``pong``. The host also serves the same on all its addresses,
 standing for "the host itself".
 """
 
@@ -27,14 +27,21 @@ SERVER = """
 import socket, sys, threading
 def serve(conn):
     with conn:
-        conn.sendall(b"hello\\n")
         data = b""
-        while not data.endswith(b"\\n"):
-            chunk = conn.recv(100)
+        while b"\\n" not in data:
+            chunk = conn.recv(4096)
             if not chunk:
                 return
             data += chunk
-        conn.sendall(b"x" * int(data))
+        if data[:1].isdigit():
+            conn.sendall(b"hello\\n" + b"x" * int(data))
+        else:  # HTTP: any request gets "pong" (once read whole: unread bytes would turn the close into a reset)
+            while b"\\r\\n\\r\\n" not in data:
+                chunk = conn.recv(4096)
+                if not chunk:
+                    return
+                data += chunk
+            conn.sendall(b"HTTP/1.1 200 OK\\r\\ncontent-length: 4\\r\\nconnection: close\\r\\n\\r\\npong")
 def loop(s):
     while True:
         threading.Thread(target=serve, args=(s.accept()[0],), daemon=True).start()
@@ -54,9 +61,9 @@ import socket, sys
 host, port, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]) if len(sys.argv) > 3 else 0
 try:
     s = socket.create_connection((host, port), timeout=1.5)
+    s.sendall(b"%d\\n" % size)
     f = s.makefile("rb")
     assert f.readline() == b"hello\\n"
-    s.sendall(b"%d\\n" % size)
     got = len(f.read(size)) if size else 0
     print("ok", got)
 except OSError as e:

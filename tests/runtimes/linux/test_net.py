@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import subprocess
 from collections.abc import AsyncIterator, Iterator
+from ipaddress import IPv4Address
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
 from pyroute2 import IPRoute
 
+from soulbox.core.schemas import FunctionSpec, Limits, Outcome, Permissions
+from soulbox.runtimes.linux import names
 from soulbox.runtimes.linux.box import Box, BoxLimits
+from soulbox.runtimes.linux.netgrants import resolve_grants
 from soulbox.runtimes.linux.netns import NetUnavailable
 from soulbox.runtimes.linux.netpolicy import EgressPolicy
 from soulbox.runtimes.linux.netpool import NetPool
+from soulbox.runtimes.linux.runtime import LinuxRuntime
 from soulbox.runtimes.linux.sandbox import Launcher
 
 from .conftest import isolated_settings
@@ -215,3 +221,44 @@ async def _box(launcher: Launcher, egress: EgressPolicy | None, command: list[st
         ready_timeout=10,
         egress=egress,
     )
+
+
+async def test_a_functions_net_permissions_are_its_egress(upstream: Upstream, kernel_ok: None, tmp_path: Path) -> None:
+    source = (
+        "import subprocess, sys\n"
+        "print(open('/etc/hosts').read().split()[-1])\n"  # the last name mapped: the granted one
+        f"for port in ({upstream.port}, {upstream.other_port}):\n"
+        f"    print(subprocess.run([sys.executable, '-c', {CLIENT!r}, '{upstream.public}', str(port)],\n"
+        "        capture_output=True, text=True).stdout.strip())\n"
+    )
+    digest = hashlib.sha256(source.encode()).hexdigest()
+
+    async def fetch(_: str) -> bytes:
+        return source.encode()
+
+    runtime = LinuxRuntime(fetch, cache_dir=tmp_path, concurrency=1, settings=isolated_settings())
+    grants = Permissions(net=[f"{upstream.public}:{upstream.port}", "localhost"])
+    try:
+        spec = FunctionSpec.model_construct(
+            tenant="t", name="net", runtime=names.PYTHON, artifact=digest, artifact_size=len(source),
+            limits=Limits(timeout_ms=20_000), permissions=grants,
+        )  # fmt: skip
+        result = await runtime.run(spec, b"")
+        assert result.outcome is Outcome.SUCCESS, result
+        lines = result.stdout.decode().splitlines()
+        assert lines[:2] == ["localhost", "ok 0"] and lines[2].startswith("refused")
+        bare = await runtime.run(spec.model_copy(update={"permissions": Permissions()}), b"")
+        assert bare.stdout.decode().splitlines()[1].startswith("refused")  # no grants: no network
+    finally:
+        await runtime.close()
+
+
+async def test_grants_resolve_names_and_keep_addresses() -> None:
+    grant = await resolve_grants(
+        ["localhost:8080", "203.0.113.0/24", "198.51.100.7:80-90", "*", "no-such-host.invalid"]
+    )
+    assert [str(rule) for rule in grant.policy.allow] == [
+        "127.0.0.1/32:8080", "203.0.113.0/24", "198.51.100.7/32:80-90", "0.0.0.0/0",
+    ]  # fmt: skip
+    assert grant.hosts == {"localhost": (IPv4Address("127.0.0.1"),)}
+    assert grant.hosts_file("sandbox").decode().splitlines()[-1] == "127.0.0.1\tlocalhost"
