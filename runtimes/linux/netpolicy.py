@@ -125,7 +125,8 @@ def sandbox_ruleset(policy: EgressPolicy, denied: Sequence[IPv4Network]) -> str:
 
     Order: replies to allowed flows; the always-denied ranges; the explicitly
     listed rules (other than ``0.0.0.0/0``); the policy's ``deny``; the
-    catch-all rules; drop. Inbound: loopback and replies only.
+    catch-all rules; refuse (a TCP reset, an ICMP error). Inbound: loopback
+    and replies only.
     """
     explicit = [r for r in policy.allow if r.network != ANY]
     catch_all = [r for r in policy.allow if r.network == ANY]
@@ -134,14 +135,16 @@ def sandbox_ruleset(policy: EgressPolicy, denied: Sequence[IPv4Network]) -> str:
         f"delete table inet {TABLE}",
         f"table inet {TABLE} {{",
         "  set denied { type ipv4_addr; flags interval; auto-merge;" + _elements(denied) + " }",
+        *_REFUSE,
         "  chain output {",
         "    type filter hook output priority 0; policy drop;",
         "    oif lo accept",
         "    ct state established,related accept",
-        "    ip daddr @denied drop",
+        "    ip daddr @denied goto refuse",
         *(f"    {rule.nft()}" for rule in explicit),
-        *(f"    ip daddr {net} drop" for net in policy.deny),
+        *(f"    ip daddr {net} goto refuse" for net in policy.deny),
         *(f"    {rule.nft()}" for rule in catch_all),
+        "    goto refuse",
         "  }",
         "  chain input {",
         "    type filter hook input priority 0; policy drop;",
@@ -157,10 +160,10 @@ def host_ruleset(table: str, ifprefix: str, subnet: IPv4Network, denied: Sequenc
     """The host's table for one pool: nothing from a sandbox to the host, no private ranges, NAT out.
 
     ``ifprefix`` matches the host ends of the pool's veths. The input hook
-    drops all a sandbox sends to any of the host's addresses; the forward
-    hook drops forwarded packets to the denied ranges (the sandbox namespace
-    already does: this is the second wall) and new flows into sandboxes;
-    what leaves for elsewhere is masqueraded.
+    refuses all a sandbox sends to any of the host's addresses; the forward
+    hook refuses forwarded packets to the denied ranges (the sandbox
+    namespace already does: this is the second wall) and drops new flows
+    into sandboxes; what leaves for elsewhere is masqueraded.
     """
     veths = f'"{ifprefix}*"'
     lines = [
@@ -168,14 +171,15 @@ def host_ruleset(table: str, ifprefix: str, subnet: IPv4Network, denied: Sequenc
         f"delete table inet {table}",
         f"table inet {table} {{",
         "  set denied { type ipv4_addr; flags interval; auto-merge;" + _elements(denied) + " }",
+        *_REFUSE,
         "  chain input {",
         "    type filter hook input priority -10; policy accept;",
-        f"    iifname {veths} drop",
+        f"    iifname {veths} goto refuse",
         "  }",
         "  chain forward {",
         "    type filter hook forward priority -10; policy accept;",
         f"    iifname {veths} meta nfproto ipv6 drop",
-        f"    iifname {veths} ip daddr @denied drop",
+        f"    iifname {veths} ip daddr @denied goto refuse",
         f"    oifname {veths} ct state established,related accept",
         f"    oifname {veths} drop",
         "  }",
@@ -186,6 +190,16 @@ def host_ruleset(table: str, ifprefix: str, subnet: IPv4Network, denied: Sequenc
         "}",
     ]
     return "\n".join(lines) + "\n"
+
+
+# Refused, not silently dropped: a connect fails at once (ECONNREFUSED, EHOSTUNREACH) instead of
+# hanging until the guest's own timeout (some runtimes retry a dropped SYN for many seconds).
+_REFUSE = (
+    "  chain refuse {",
+    "    meta l4proto tcp reject with tcp reset",
+    "    reject with icmpx type admin-prohibited",
+    "  }",
+)
 
 
 def _elements(networks: Sequence[IPv4Network]) -> str:
