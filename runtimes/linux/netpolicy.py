@@ -12,9 +12,10 @@ sandboxes. The host's own addresses are refused on the host side
 (:func:`host_ruleset`: nothing from a sandbox's veth reaches the host's
 input hook). IPv6 is dropped.
 
-Two rulesets: :func:`sandbox_ruleset` goes into the sandbox's network
-namespace (owned by the host's user namespace, so root in the sandbox holds
-no ``CAP_NET_ADMIN`` over it), :func:`host_ruleset` into the host's.
+Rules: :func:`sandbox_table` and :func:`policy_rules` go into the sandbox's
+network namespace (owned by the host's user namespace, so root in the
+sandbox holds no ``CAP_NET_ADMIN`` over it), :func:`host_ruleset` into the
+host's.
 """
 
 from __future__ import annotations
@@ -120,30 +121,27 @@ class EgressPolicy:
         return [str(rule) for rule in self.allow]
 
 
-def sandbox_ruleset(policy: EgressPolicy, denied: Sequence[IPv4Network]) -> str:
-    """The nft script (re)writing the sandbox namespace's table: loopback, replies, then ``policy``.
+def sandbox_table(denied: Sequence[IPv4Network]) -> str:
+    """The nft script making the sandbox namespace's table, its policy chain empty (so: nothing goes out).
 
-    Order: replies to allowed flows; the always-denied ranges; the explicitly
-    listed rules (other than ``0.0.0.0/0``); the policy's ``deny``; the
-    catch-all rules; refuse (a TCP reset, an ICMP error). Inbound: loopback
-    and replies only.
+    Output: loopback, replies to allowed flows, the always-denied ranges
+    refused, then the ``allow`` chain (:func:`policy_rules`), then refused (a
+    TCP reset, an ICMP error). Input: loopback and replies only. Made once
+    per namespace: a policy change touches only the ``allow`` chain, which is
+    cheap (replacing base chains unregisters hooks: tens of milliseconds).
     """
-    explicit = [r for r in policy.allow if r.network != ANY]
-    catch_all = [r for r in policy.allow if r.network == ANY]
     lines = [
-        f"table inet {TABLE} {{}}",  # so that the delete below never fails
-        f"delete table inet {TABLE}",
         f"table inet {TABLE} {{",
         "  set denied { type ipv4_addr; flags interval; auto-merge;" + _elements(denied) + " }",
         *_REFUSE,
+        "  chain allow {",
+        "  }",
         "  chain output {",
         "    type filter hook output priority 0; policy drop;",
         "    oif lo accept",
         "    ct state established,related accept",
         "    ip daddr @denied goto refuse",
-        *(f"    {rule.nft()}" for rule in explicit),
-        *(f"    ip daddr {net} goto refuse" for net in policy.deny),
-        *(f"    {rule.nft()}" for rule in catch_all),
+        "    jump allow",
         "    goto refuse",
         "  }",
         "  chain input {",
@@ -153,6 +151,23 @@ def sandbox_ruleset(policy: EgressPolicy, denied: Sequence[IPv4Network]) -> str:
         "  }",
         "}",
     ]
+    return "\n".join(lines) + "\n"
+
+
+def policy_rules(policy: EgressPolicy) -> str:
+    """The nft script replacing the ``allow`` chain by ``policy`` (one transaction).
+
+    Order: the listed rules other than ``0.0.0.0/0``; the policy's ``deny``;
+    the catch-all rules. What matches none returns to the refusal.
+    """
+    explicit = [r for r in policy.allow if r.network != ANY]
+    catch_all = [r for r in policy.allow if r.network == ANY]
+    rules = [
+        *(rule.nft() for rule in explicit),
+        *(f"ip daddr {net} goto refuse" for net in policy.deny),
+        *(rule.nft() for rule in catch_all),
+    ]
+    lines = [f"flush chain inet {TABLE} allow", *(f"add rule inet {TABLE} allow {rule}" for rule in rules)]
     return "\n".join(lines) + "\n"
 
 

@@ -4,9 +4,9 @@ Making a namespace with its veth pair, addresses, route and firewall costs
 tens of milliseconds; applying a policy to a ready one costs about one. So
 the pool keeps ``pool_size`` idle slots whose firewall drops everything, and
 :meth:`NetPool.acquire` hands one out with the sandbox's
-:class:`~.netpolicy.EgressPolicy` written in; :meth:`NetPool.release` writes
-the drop-everything ruleset back and keeps the slot (or destroys it when the
-pool is full). :meth:`NetPool.close` destroys every slot and the host's table.
+:class:`~.netpolicy.EgressPolicy` written in; :meth:`NetPool.release` empties
+the policy again in the background and keeps the slot (or destroys it when
+the pool is full). :meth:`NetPool.close` destroys every slot and the host's table.
 
 Addresses: the workers of a host share ``subnet``; each claims a block of
 ``max_slots`` /30s by an exclusive ``flock`` on the block's lock file (as
@@ -27,18 +27,18 @@ import fcntl
 import math
 import os
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from soulbox.core.logging import get_logger
 from soulbox.core.settings import NetSettings
 
 from .netns import NetSlot, NetUnavailable, Nft, configure, create_slot, destroy_slot, remove_leftovers
-from .netpolicy import EgressPolicy, denied_networks, host_ruleset, parse_network, sandbox_ruleset
+from .netpolicy import EgressPolicy, denied_networks, host_ruleset, parse_network, policy_rules, sandbox_table
 
 log = get_logger(__name__)
 
@@ -80,12 +80,14 @@ class NetPool:
         self.tag = _read_tag(self._lock_fd, write=secrets.token_hex(3))
         self.name_prefix, self.if_prefix, self.table = f"soulbox-{self.tag}-", f"sb{self.tag}h", f"soulbox_{self.tag}"
         self._denied = denied_networks(settings.deny, self._subnet)
-        self._deny_all = sandbox_ruleset(DENY_ALL, self._denied)
+        self._table = sandbox_table(self._denied)
+        self._deny_all = policy_rules(DENY_ALL)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="soulbox-net")
         self._previous = previous
         self._idle: list[NetSlot] = []
         self._leased: dict[int, NetSlot] = {}
         self._making = 0
+        self._recycling = 0
         self._free = list(range(settings.max_slots - 1, -1, -1))  # pop() takes the lowest index
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
@@ -132,7 +134,7 @@ class NetPool:
             slot = await self._make()
         self._leased[slot.index] = slot
         try:
-            await self._call(configure, slot, self._nft, sandbox_ruleset(policy, self._denied))
+            await self._call(configure, slot, self._nft, policy_rules(policy))
         except BaseException:
             self._leased.pop(slot.index, None)
             await self._destroy(slot)
@@ -141,11 +143,25 @@ class NetPool:
         return NetLease(slot, policy, slot.counters())
 
     async def release(self, lease: NetLease) -> None:
-        """Drop everything in the slot again and keep it idle (or destroy it if the pool is full or closing)."""
+        """Take the slot back: it is reset (or destroyed) in the background, and idle again after that.
+
+        The sandbox is gone by now. Resetting costs an RCU grace period in
+        the kernel (removing rules: ~10 ms), so it does not delay the caller.
+        """
         slot = self._leased.pop(lease.slot.index, None)
-        if slot is None:
-            return
-        if not self._closed and len(self._idle) < self.settings.pool_size:
+        if slot is not None:
+            self._spawn(self._recycle(slot))
+
+    async def settle(self) -> None:
+        """Wait for the resets, destructions and fills under way."""
+        while self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _recycle(self, slot: NetSlot) -> None:
+        # Up to twice pool_size idle: the refill that replaced this slot at acquire has usually come first,
+        # and destroying the returning one would make every hand-out cost a make and a destroy.
+        if not self._closed and len(self._idle) + self._recycling < 2 * self.settings.pool_size:
+            self._recycling += 1
             try:
                 await self._call(configure, slot, self._nft, self._deny_all)
             except Exception as exc:  # a slot whose rules we could not reset is never handed out again
@@ -153,6 +169,8 @@ class NetPool:
             else:
                 self._idle.append(slot)
                 return
+            finally:
+                self._recycling -= 1
         await self._destroy(slot)
 
     async def _make(self) -> NetSlot:
@@ -170,7 +188,7 @@ class NetPool:
         )
         self._making += 1
         try:
-            await self._call(create_slot, slot, self._nft, self._deny_all)
+            await self._call(create_slot, slot, self._nft, self._table)
         except BaseException:
             self._free.append(index)
             raise
@@ -184,15 +202,22 @@ class NetPool:
         finally:
             self._free.append(slot.index)
 
+    def _ready(self) -> int:
+        """Slots idle or on their way to be."""
+        return len(self._idle) + self._making + self._recycling
+
     def _fill_soon(self) -> None:
-        if self._closed or len(self._idle) + self._making >= self.settings.pool_size or not self._free:
+        if self._closed or self._ready() >= self.settings.pool_size or not self._free:
             return
-        task = asyncio.ensure_future(self._fill())
+        self._spawn(self._fill())
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def _fill(self) -> None:
-        while not self._closed and len(self._idle) + self._making < self.settings.pool_size and self._free:
+        while not self._closed and self._ready() < self.settings.pool_size and self._free:
             try:
                 slot = await self._make()
             except Exception as exc:
@@ -212,7 +237,7 @@ class NetPool:
         if self._closed:
             return
         self._closed = True
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.settle()
         slots = [*self._idle, *self._leased.values()]
         self._idle.clear()
         self._leased.clear()

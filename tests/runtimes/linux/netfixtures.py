@@ -120,10 +120,12 @@ def upstream_network() -> Iterator[Upstream]:
         for proc in procs:
             proc.kill()
             proc.wait()
-        with IPRoute() as ipr, contextlib.suppress(Exception):
-            for index in ipr.link_lookup(ifname=host_if):
-                ipr.link("del", index=index)
-        netns.remove(ns)
+        try:
+            with IPRoute() as ipr, contextlib.suppress(Exception):
+                for index in ipr.link_lookup(ifname=host_if):
+                    ipr.link("del", index=index)
+        finally:
+            netns.remove(ns)  # takes the upstream end (and so the pair) with it
 
 
 def host_addresses() -> list[IPv4Address]:
