@@ -195,6 +195,11 @@ class NetSettings(BaseModel):
     deny: tuple[str, ...] = Field(
         (), description="CIDRs refused to every sandbox, on top of the private, loopback and link-local ranges"
     )
+    dns_servers: tuple[str, ...] = Field(
+        ("1.1.1.1", "8.8.8.8"),
+        description="resolvers a sandbox with egress may ask (port 53, even in a denied range) and finds in its "
+        "/etc/resolv.conf; empty: names only from /etc/hosts",
+    )
 
 
 class LinuxSettings(BaseModel):

@@ -43,7 +43,7 @@ from soulbox.core.settings import LinuxSettings
 
 from ..linux.errors import SandboxUnavailable
 from ..linux.host import which
-from ..linux.netgrants import resolve_grants
+from ..linux.netgrants import resolve_grants, resolver_binds
 from ..linux.netns import NetUnavailable
 from ..linux.netpool import NetLease, NetPool
 from ..linux.rootfs import RootLayout
@@ -136,6 +136,7 @@ class JsSandbox:
         # Every uid of the block: idle warm processes keep theirs, and their number is bounded by the pool.
         self._uids = UidPool(self._uid_block.start, settings.uid_block)
         self._net: NetPool | None = None
+        self._net_binds: list[str] = []
         self._net_lock = asyncio.Lock()
         self._releasing: set[asyncio.Task[None]] = set()
         self._closed = False
@@ -193,7 +194,9 @@ class JsSandbox:
         async with self._net_lock:
             if self._net is None:
                 which("nsenter")
-                self._net = await NetPool.open(self._settings.net, self._layout.skeleton.parent / NET_LOCKS)
+                net = await NetPool.open(self._settings.net, self._layout.skeleton.parent / NET_LOCKS)
+                self._net_binds = resolver_binds(self._layout.skeleton / "net", net.dns)
+                self._net = net
             return self._net
 
     def release_net(self, lease: NetLease) -> None:
@@ -239,7 +242,7 @@ class JsSandbox:
             )
             root_args += ["--as-pid-1"]
             if lease is not None:  # bubblewrap keeps the namespace nsenter puts it in
-                root_args += ["--share-net"]
+                root_args += ["--share-net", *self._net_binds]
             if hosts is not None:
                 (root / "hosts").write_bytes(hosts)
                 (root / "hosts").chmod(0o444)

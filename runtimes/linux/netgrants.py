@@ -8,7 +8,8 @@ addresses becomes a rule (with the entry's port), and the sandbox gets an
 ``/etc/hosts`` mapping the name to them — a sandbox has no DNS server to ask
 (resolvers are usually on private or loopback addresses, always refused).
 A name that does not resolve grants nothing. A long-lived process keeps the
-addresses it was started with.
+addresses it was started with. The resolvers of ``linux.net.dns_servers``
+are reachable too (:func:`resolver_binds`), for names not granted.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
 
 from soulbox.core.logging import get_logger
 
@@ -80,3 +82,24 @@ async def _resolve(name: str) -> tuple[IPv4Address, ...]:
         log.warning("net.grant_unresolved", host=name, error=repr(exc))
         return ()
     return tuple(dict.fromkeys(IPv4Address(info[4][0]) for info in infos))
+
+
+def resolver_binds(directory: Path, servers: Sequence[IPv4Address]) -> list[str]:
+    """bubblewrap arguments giving a sandbox with egress ``servers`` as its resolvers (files made in ``directory``).
+
+    ``directory`` must be readable by the sandboxes' uids (bubblewrap opens the
+    files as them). No servers: nothing (names from ``/etc/hosts`` only).
+    """
+    if not servers:
+        return []
+    directory.mkdir(mode=0o755, exist_ok=True)
+    files = {
+        "resolv.conf": "".join(f"nameserver {a}\n" for a in servers) + "options timeout:2 attempts:2\n",
+        "nsswitch.conf": "passwd: files\ngroup: files\nhosts: files dns\n",
+    }
+    args = []
+    for name, text in files.items():
+        (directory / name).write_text(text)
+        (directory / name).chmod(0o644)
+        args += ["--ro-bind", str(directory / name), f"/etc/{name}"]
+    return args

@@ -23,7 +23,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from ipaddress import IPv4Network
+from ipaddress import IPv4Address, IPv4Network
 
 from soulbox.core.errors import InvalidRequest
 
@@ -124,7 +124,8 @@ class EgressPolicy:
 def sandbox_table(denied: Sequence[IPv4Network]) -> str:
     """The nft script making the sandbox namespace's table, its policy chain empty (so: nothing goes out).
 
-    Output: loopback, replies to allowed flows, the always-denied ranges
+    Output: loopback, replies to allowed flows, the ``dns`` chain (the
+    configured resolvers, even in a denied range), the always-denied ranges
     refused, then the ``allow`` chain (:func:`policy_rules`), then refused (a
     TCP reset, an ICMP error). Input: loopback and replies only. Made once
     per namespace: a policy change touches only the ``allow`` chain, which is
@@ -134,12 +135,15 @@ def sandbox_table(denied: Sequence[IPv4Network]) -> str:
         f"table inet {TABLE} {{",
         "  set denied { type ipv4_addr; flags interval; auto-merge;" + _elements(denied) + " }",
         *_REFUSE,
+        "  chain dns {",
+        "  }",
         "  chain allow {",
         "  }",
         "  chain output {",
         "    type filter hook output priority 0; policy drop;",
         "    oif lo accept",
         "    ct state established,related accept",
+        "    jump dns",
         "    ip daddr @denied goto refuse",
         "    jump allow",
         "    goto refuse",
@@ -154,8 +158,8 @@ def sandbox_table(denied: Sequence[IPv4Network]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def policy_rules(policy: EgressPolicy) -> str:
-    """The nft script replacing the ``allow`` chain by ``policy`` (one transaction).
+def policy_rules(policy: EgressPolicy, dns: Sequence[IPv4Address] = ()) -> str:
+    """The nft script replacing the ``allow`` chain by ``policy`` (one transaction), and ``dns`` if it lets anything.
 
     Order: the listed rules other than ``0.0.0.0/0``; the policy's ``deny``;
     the catch-all rules. What matches none returns to the refusal.
@@ -167,20 +171,37 @@ def policy_rules(policy: EgressPolicy) -> str:
         *(f"ip daddr {net} goto refuse" for net in policy.deny),
         *(rule.nft() for rule in catch_all),
     ]
-    lines = [f"flush chain inet {TABLE} allow", *(f"add rule inet {TABLE} allow {rule}" for rule in rules)]
+    lines = [f"flush chain inet {TABLE} dns", f"flush chain inet {TABLE} allow"]
+    if policy.enabled and dns:
+        servers = ", ".join(str(a) for a in dns)
+        match = f"ip daddr {{ {servers} }} meta l4proto {{ tcp, udp }} th dport 53"
+        lines.append(f"add rule inet {TABLE} dns {match} accept")
+    lines += [f"add rule inet {TABLE} allow {rule}" for rule in rules]
     return "\n".join(lines) + "\n"
 
 
-def host_ruleset(table: str, ifprefix: str, subnet: IPv4Network, denied: Sequence[IPv4Network]) -> str:
+def host_ruleset(
+    table: str,
+    ifprefix: str,
+    subnet: IPv4Network,
+    denied: Sequence[IPv4Network],
+    dns: Sequence[IPv4Address] = (),
+) -> str:
     """The host's table for one pool: nothing from a sandbox to the host, no private ranges, NAT out.
 
     ``ifprefix`` matches the host ends of the pool's veths. The input hook
     refuses all a sandbox sends to any of the host's addresses; the forward
     hook refuses forwarded packets to the denied ranges (the sandbox
     namespace already does: this is the second wall) and drops new flows
-    into sandboxes; what leaves for elsewhere is masqueraded.
+    into sandboxes; what leaves for elsewhere is masqueraded. The resolvers
+    ``dns`` are let through on port 53 first (a namespace lets them through
+    only when its policy allows anything).
     """
     veths = f'"{ifprefix}*"'
+    resolvers = []  # the configured resolvers, wherever they are (the namespaces let them through with egress only)
+    if dns:
+        servers = ", ".join(str(a) for a in dns)
+        resolvers = [f"    iifname {veths} ip daddr {{ {servers} }} meta l4proto {{ tcp, udp }} th dport 53 accept"]
     lines = [
         f"table inet {table} {{}}",
         f"delete table inet {table}",
@@ -189,11 +210,13 @@ def host_ruleset(table: str, ifprefix: str, subnet: IPv4Network, denied: Sequenc
         *_REFUSE,
         "  chain input {",
         "    type filter hook input priority -10; policy accept;",
+        *resolvers,
         f"    iifname {veths} goto refuse",
         "  }",
         "  chain forward {",
         "    type filter hook forward priority -10; policy accept;",
         f"    iifname {veths} meta nfproto ipv6 drop",
+        *resolvers,
         f"    iifname {veths} ip daddr @denied goto refuse",
         f"    oifname {veths} ct state established,related accept",
         f"    oifname {veths} drop",

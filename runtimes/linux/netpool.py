@@ -30,7 +30,7 @@ import secrets
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from ipaddress import IPv4Network
+from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -82,6 +82,7 @@ class NetPool:
         self._denied = denied_networks(settings.deny, self._subnet)
         self._table = sandbox_table(self._denied)
         self._deny_all = policy_rules(DENY_ALL)
+        self.dns = tuple(IPv4Address(a) for a in settings.dns_servers)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="soulbox-net")
         self._previous = previous
         self._idle: list[NetSlot] = []
@@ -115,7 +116,7 @@ class NetPool:
                 log.info("net.leftovers_removed", tag=self._previous, removed=gone)
         if IP_FORWARD.read_text().strip() != "1":
             IP_FORWARD.write_text("1")  # routing for the veths; the host table keeps sandboxes off the host
-        self._nft.run(host_ruleset(self.table, self.if_prefix, self.block, self._denied))
+        self._nft.run(host_ruleset(self.table, self.if_prefix, self.block, self._denied, self.dns))
 
     @property
     def idle(self) -> int:
@@ -134,7 +135,7 @@ class NetPool:
             slot = await self._make()
         self._leased[slot.index] = slot
         try:
-            await self._call(configure, slot, self._nft, policy_rules(policy))
+            await self._call(configure, slot, self._nft, policy_rules(policy, self.dns))
         except BaseException:
             self._leased.pop(slot.index, None)
             await self._destroy(slot)

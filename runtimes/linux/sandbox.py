@@ -49,6 +49,7 @@ from .box import RUN_DIR, Box, BoxLimits, make_run_dir, remove_run_dir
 from .cgroup import CgroupDriver, CgroupLimits, SandboxCgroup, detect
 from .errors import SandboxError, SandboxSetupFailed, SandboxUnavailable
 from .host import become_subreaper, seal_inherited_fds, which
+from .netgrants import resolver_binds
 from .netns import NetUnavailable
 from .netpolicy import EgressPolicy
 from .netpool import NetLease, NetPool
@@ -117,6 +118,7 @@ class Launcher:
         self._box_uids = UidPool(start + concurrency, box_capacity) if box_capacity else None
         self._leftovers: list[SandboxCgroup] = []
         self._net: NetPool | None = None
+        self._net_binds: list[str] = []  # the resolver files of sandboxes with egress
         self._net_lock = asyncio.Lock()
         self._closed = False
 
@@ -127,7 +129,9 @@ class Launcher:
         async with self._net_lock:
             if self._net is None:
                 which("nsenter")
-                self._net = await NetPool.open(self.settings.net, self._layout.skeleton.parent / NET_LOCKS)
+                net = await NetPool.open(self.settings.net, self._layout.skeleton.parent / NET_LOCKS)
+                self._net_binds = resolver_binds(self._layout.skeleton / "net", net.dns)
+                self._net = net
             return self._net
 
     async def _lease(self, egress: EgressPolicy | None) -> NetLease | None:
@@ -330,7 +334,7 @@ class Launcher:
         block_r, block_w = os.pipe2(os.O_CLOEXEC)
         seccomp_r = seccomp_pipe(self._seccomp)
         if lease is not None:
-            root_args = [*root_args, "--share-net"]
+            root_args = [*root_args, "--share-net", *self._net_binds]
         argv = sandbox_argv(
             self.setpriv, self.bwrap, uid, root_args, command,
             status_fd=status_w, block_fd=block_r, seccomp_fd=seccomp_r,

@@ -71,6 +71,9 @@ except OSError as e:
 """
 
 
+DNS_PORT = 53  # also served upstream (TCP), standing for a resolver
+
+
 @dataclass(frozen=True)
 class Upstream:
     public: IPv4Address  # the upstream's public-looking address
@@ -80,7 +83,7 @@ class Upstream:
     other_port: int  # also served, never listed
 
 
-def _run_server(ns: str | None, ports: tuple[int, int]) -> subprocess.Popen[bytes]:
+def _run_server(ns: str | None, ports: tuple[int, ...]) -> subprocess.Popen[bytes]:
     prefix = ["nsenter", f"--net=/run/netns/{ns}", "--"] if ns else []
     proc = subprocess.Popen(
         [*prefix, sys.executable, "-c", SERVER, *map(str, ports)], stdin=subprocess.PIPE, stdout=subprocess.PIPE
@@ -113,7 +116,7 @@ def upstream_network() -> Iterator[Upstream]:
             inner.link("set", index=peer, state="up")
             inner.link("set", index=inner.link_lookup(ifname="lo")[0], state="up")
             inner.route("add", dst="0.0.0.0/0", gateway=str(pub_host))
-        procs.append(_run_server(ns, (port, other)))
+        procs.append(_run_server(ns, (port, other, DNS_PORT)))
         procs.append(_run_server(None, (port, other)))  # the host itself
         yield Upstream(pub_up, priv_up, pub_host, port, other)
     finally:

@@ -26,7 +26,7 @@ from soulbox.runtimes.linux.sandbox import Launcher
 
 from .conftest import isolated_settings
 from .helpers import ENV, MIB, PYTHON, limits, out
-from .netfixtures import CLIENT, Upstream, host_addresses, upstream_network
+from .netfixtures import CLIENT, DNS_PORT, Upstream, host_addresses, upstream_network
 
 pytestmark = pytest.mark.skipif(
     subprocess.run(["sh", "-c", "command -v nft"], capture_output=True).returncode != 0,
@@ -225,6 +225,24 @@ async def _box(launcher: Launcher, egress: EgressPolicy | None, command: list[st
         ready_timeout=10,
         egress=egress,
     )
+
+
+async def test_resolvers_are_reachable_with_egress_only(upstream: Upstream, kernel_ok: None) -> None:
+    # The upstream's private address as the resolver: allowed on port 53 although the range is denied.
+    settings = isolated_settings(net={"pool_size": 0, "max_slots": 2, "dns_servers": [str(upstream.private)]})
+    launcher = Launcher(settings, concurrency=2)
+    try:
+        policy = EgressPolicy.parse([f"{upstream.public}:{upstream.port}"])
+        assert await reach(launcher, upstream.private, DNS_PORT, policy) == "ok 0"
+        assert (await reach(launcher, upstream.private, upstream.port, policy)).startswith("refused")
+        assert (await reach(launcher, upstream.private, DNS_PORT, None)).startswith("refused")  # no egress: no DNS
+        show = ["/bin/cat", "/etc/resolv.conf", "/etc/nsswitch.conf"]
+        with_net = await launcher.run(show, stdin=b"", limits=limits(), env=ENV, egress=policy)
+        assert f"nameserver {upstream.private}\n" in out(with_net) and "hosts: files dns" in out(with_net)
+        without = await launcher.run(show, stdin=b"", limits=limits(), env=ENV)
+        assert "nameserver" not in out(without) and "hosts: files\n" in out(without)
+    finally:
+        await launcher.close()
 
 
 async def test_a_functions_net_permissions_are_its_egress(upstream: Upstream, kernel_ok: None, tmp_path: Path) -> None:
