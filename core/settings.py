@@ -224,6 +224,28 @@ class JsSettings(BaseModel):
 DEFAULT_UID_BASE = 1_950_000_000
 
 
+class NetSettings(BaseModel):
+    """Sandbox network egress: a pool of network namespaces wired to the host by veth pairs, under nftables."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    enabled: bool = Field(True, description="offer egress (needs nftables' libnftables); off: sandboxes never get one")
+    pool_size: int = Field(2, ge=0, description="idle namespaces + veths kept ready (setup costs tens of ms)")
+    max_slots: int = Field(256, ge=1, le=16384, description="namespaces one worker wires at most")
+    subnet: str = Field(
+        "10.231.0.0/16",
+        description="IPv4 range of the veths (a /30 each); each worker of a host claims a block of it",
+    )
+    deny: tuple[str, ...] = Field(
+        (), description="CIDRs refused to every sandbox, on top of the private, loopback and link-local ranges"
+    )
+    dns_servers: tuple[str, ...] = Field(
+        ("1.1.1.1", "8.8.8.8"),
+        description="resolvers a sandbox with egress may ask (port 53, even in a denied range) and finds in its "
+        "/etc/resolv.conf; empty: names only from /etc/hosts",
+    )
+
+
 class LinuxSettings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -271,6 +293,7 @@ class LinuxSettings(BaseModel):
         description="entries of the host's /etc bound read-only when they exist",
     )
     # fmt: on
+    net: NetSettings = Field(default_factory=NetSettings, description="network egress of sandboxes")
 
 
 class SandboxSettings(BaseModel):

@@ -17,7 +17,7 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 
 from soulbox.core.errors import InvalidRequest
 from soulbox.core.outputlog import until
-from soulbox.core.sandboxes import SandboxLogLine, SandboxMetric, SandboxRecord, SandboxState
+from soulbox.core.sandboxes import SandboxLogLine, SandboxMetric, SandboxNetwork, SandboxRecord, SandboxState
 
 from ..bodies import M, json_body
 from ..platform import platform
@@ -40,6 +40,7 @@ class CreateSandbox(BaseModel):
         default_factory=dict,
         description="env var -> name of one of the tenant's secrets: put into the environment of every process",
     )
+    network: SandboxNetwork | None = Field(None, description="network egress; default: none")
 
 
 class SetTimeout(BaseModel):
@@ -59,6 +60,7 @@ class SandboxOut(BaseModel):
     disk_mb: int
     envd_version: str
     access_token: str | None = Field(None, description="for the data plane's X-Access-Token; on create only")
+    network: SandboxNetwork | None = Field(None, description="the egress it was given; absent: no network")
 
     @classmethod
     def of(cls, record: SandboxRecord, *, with_token: bool = False) -> SandboxOut:
@@ -74,6 +76,7 @@ class SandboxOut(BaseModel):
             disk_mb=record.disk_mb,
             envd_version=record.envd_version,
             access_token=record.access_token if with_token else None,
+            network=record.network,
         )
 
 
@@ -116,6 +119,7 @@ async def create(request: Request) -> Response:
         env_vars=body.env_vars,
         auto_pause=body.auto_pause,
         secrets=body.secrets,
+        network=body.network,
     )
     return _out(SandboxOut.of(record, with_token=True), 201)
 

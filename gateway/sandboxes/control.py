@@ -35,6 +35,7 @@ from soulbox.core.sandboxes import (
     SandboxCreate,
     SandboxLogLine,
     SandboxMetric,
+    SandboxNetwork,
     SandboxRecord,
     SandboxReply,
     SandboxState,
@@ -43,6 +44,7 @@ from soulbox.core.sandboxes import (
 from soulbox.core.sandboxlog import has_sandbox_log, read_sandbox_log
 from soulbox.core.schemas import WorkerHeartbeat, utcnow
 from soulbox.core.settings import Settings
+from soulbox.runtimes.linux.netpolicy import EgressPolicy
 
 log = get_logger(__name__)
 
@@ -93,7 +95,10 @@ class SandboxControlPlane:
         env_vars: Mapping[str, str],
         auto_pause: bool = False,
         secrets: Mapping[str, str] | None = None,
+        network: SandboxNetwork | None = None,
     ) -> SandboxRecord:
+        if network is not None:  # a bad entry is the caller's error, before any scheduler sees it
+            EgressPolicy.of_request(internet=network.internet, allow_out=network.allow_out, deny_out=network.deny_out)
         request = SandboxCreate(
             sandbox_id=new_sandbox_id(),
             tenant=tenant,
@@ -103,6 +108,7 @@ class SandboxControlPlane:
             metadata=dict(metadata),
             env_vars=dict(env_vars),
             secrets=dict(secrets or {}),
+            network=network,
         )
         wait = self.settings.sandboxes.ready_timeout_s * 2 + 10
         reply = await self._request(names.SANDBOX_CREATE_SUBJECT, encode(request), wait, "no scheduler answered")

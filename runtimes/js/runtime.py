@@ -178,7 +178,7 @@ class JsRuntime:
                 launch.argv,
                 binary=engine.binary,
                 files={SHIM.name: SHIM, module.path.name: module.path},
-                net=bool(config.permissions.net),
+                net=config.permissions.net,
                 write_paths=config.permissions.write,
                 tmpfs_bytes=limits.memory_mb * MIB,
             )
@@ -240,7 +240,7 @@ class JsRuntime:
         await asyncio.gather(*self._background, return_exceptions=True)
         await self.pool.close()
         if self.sandbox is not None:
-            self.sandbox.close()
+            await self.sandbox.close()
         if self._own_run_dir:
             shutil.rmtree(self._run_dir, ignore_errors=True)
 
