@@ -148,12 +148,12 @@ def test_http_route_streams_with_the_header(api: httpx.Client) -> None:
     source(api, "route-drip", "shell", "echo one\nsleep 3\necho two\n", timeout_ms=10000)
     trigger = {"id": "drip", "function": "route-drip", "kind": "http", "http": {"method": "POST", "path": "/drip"}}
     assert api.post("/v1/triggers", json=trigger).status_code in (200, 201)
-    with api.stream("POST", "/run/drip", headers={"X-Soulbox-Stream": "sse"}) as response:
+    with api.stream("POST", "/run/default/drip", headers={"X-Soulbox-Stream": "sse"}) as response:
         assert response.status_code == 200
         got = list(events(response))
     assert [e.name for e in got] == ["stdout", "stdout", "end"]
     assert got[1].at - got[0].at > 1.5
-    plain = api.post("/run/drip", headers=SSE)  # Accept is the function's business on a route
+    plain = api.post("/run/default/drip", headers=SSE)  # Accept is the function's business on a route
     assert plain.status_code == 200 and plain.content == b"one\ntwo\n"
 
 
