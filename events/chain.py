@@ -17,7 +17,7 @@ import hashlib
 import json
 from collections.abc import AsyncIterable, Iterable
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 from pydantic import BaseModel
 
@@ -38,14 +38,22 @@ def record_hash(record: AuditRecord) -> str:
     return hashlib.sha256(canonical(record)).hexdigest()
 
 
+def linked_fields(
+    record: AuditRecord, prev_hash: str, update: dict[str, str | None] | None = None
+) -> tuple[dict[str, Any], str]:
+    """The JSON fields (all but ``hash``) and the hash of ``record`` linked after ``prev_hash``,
+    with the string fields in ``update`` replaced; what ``link`` builds its record from."""
+    body = record.model_dump(mode="json", exclude={"hash"})
+    body.update(update or {})
+    body["prev_hash"] = prev_hash  # the same bytes as canonical() of the linked record, in one dump
+    return body, hashlib.sha256(_CANONICAL.encode(body).encode()).hexdigest()
+
+
 def link(record: AuditRecord, prev_hash: str, update: dict[str, str | None] | None = None) -> AuditRecord:
     """``record`` (with the string fields in ``update`` replaced) placed after a record whose
     hash is ``prev_hash``, with its own hash set."""
-    changes: dict[str, str | None] = {**(update or {}), "prev_hash": prev_hash}
-    body = record.model_dump(mode="json", exclude={"hash"})
-    body.update(changes)  # the same bytes as canonical() of the linked record, in one dump and one copy
-    changes["hash"] = hashlib.sha256(_CANONICAL.encode(body).encode()).hexdigest()
-    return record.model_copy(update=changes)
+    _body, hash_ = linked_fields(record, prev_hash, update)
+    return record.model_copy(update={**(update or {}), "prev_hash": prev_hash, "hash": hash_})
 
 
 class Problem(BaseModel):

@@ -6,15 +6,21 @@ CPU than everything a recorder does with the message. This fetcher sends the
 pull request itself (``$JS.API.CONSUMER.MSG.NEXT``) and collects what the
 server delivers on one inbox in a plain list:
 
-    fetch(n):  buffered messages? ──yes──> return them (at most n)
-                   │ no
-               request {batch: n, no_wait} ──> messages … then a 404/408 status ──> return
-                   │ none came
-               request {batch: n, expires} ──> return as soon as any message arrived
-                                                (or at the status that ends the request)
+    fetch(n):  request {batch: n, expires} open? ──no──> send one
+                   │
+               wait for the first message (or the request's end: 404/408/409 status, or timeout)
+                   │
+               fewer than n and the request still open: linger (until n or ``linger`` seconds)
+                   │
+               take up to n; the request was fulfilled: send the next one now (prefetch),
+               so the next batch arrives while this one is recorded
 
-Messages that arrive after a fetch returned (a long poll still open) stay in
-the buffer for the next fetch, so nothing delivered is ever dropped.
+Under load a fetch returns a full batch; when the consumer keeps up with its
+producers, ``linger`` still gathers a few milliseconds of events into one
+batch instead of returning each as it comes (every batch costs a round trip
+in the recorders). Messages that arrive after a fetch returned stay in the
+buffer for the next fetch, so nothing delivered is ever dropped; ``stop``
+hands the buffered ones back to the server (nak) for immediate redelivery.
 """
 
 from __future__ import annotations
@@ -46,10 +52,13 @@ class BatchFetcher:
         self._sub = await self._nc.subscribe(self._inbox, cb=self._on_msg)
 
     async def stop(self) -> None:
-        """Stop listening; safe to call more than once (unacked messages are redelivered later)."""
+        """Stop listening and nak what is buffered; safe to call more than once."""
         sub, self._sub = self._sub, None
         if sub is not None:
             await sub.unsubscribe()
+        buffered, self._buffer = self._buffer, []
+        for msg in buffered:  # not recorded: redelivered at once rather than after the ack wait
+            await msg.nak()
 
     async def _on_msg(self, msg: Msg) -> None:
         status = msg.headers.get("Status") if msg.headers else None
@@ -71,34 +80,35 @@ class BatchFetcher:
             self._arrived.clear()
         return taken
 
-    async def _request(self, n: int, *, no_wait: bool, expires: float) -> None:
+    async def _request(self, n: int, *, expires: float) -> None:
         self._ended.clear()
         self._outstanding = n
         self._expires_at = asyncio.get_running_loop().time() + expires
-        # no_wait: the server answers at once (messages, then a 404 when it has fewer than n);
-        # with expires as well it would hold the request open like a long poll.
-        body: dict[str, object] = (
-            {"batch": n, "no_wait": True} if no_wait else {"batch": n, "expires": int(expires * 1e9)}
-        )
+        body = {"batch": n, "expires": int(expires * 1e9)}
         await self._nc.publish(self._subject, json.dumps(body).encode(), reply=self._inbox)
 
-    async def fetch(self, n: int, *, timeout: float) -> list[Msg]:
-        """Up to ``n`` messages; an empty list when none came within ``timeout``."""
+    async def fetch(self, n: int, *, timeout: float, linger: float = 0.0) -> list[Msg]:
+        """Up to ``n`` messages; an empty list when none came within ``timeout``.
+
+        Once a message is in hand, waits at most ``linger`` seconds more for
+        the batch to fill up.
+        """
         if self._sub is None:
             raise RuntimeError("the fetcher is not started")
-        if self._buffer:
-            return self._take(n)
-        if self._outstanding and asyncio.get_running_loop().time() > self._expires_at + 1.0:
-            self._outstanding = 0  # its end was lost (a reconnect): ask again
-        if self._outstanding == 0:
-            await self._request(n, no_wait=True, expires=timeout)
-            await self._wait(self._ended, timeout)  # the server ends a no_wait request at once
-            if self._buffer:
-                return self._take(n)
-        if self._outstanding == 0:
-            await self._request(n, no_wait=False, expires=timeout)
-        await self._wait_any(timeout)
-        return self._take(n)
+        if not self._buffer:
+            if self._outstanding and asyncio.get_running_loop().time() > self._expires_at + 1.0:
+                self._outstanding = 0  # its end was lost (a reconnect): ask again
+            if self._outstanding == 0:
+                await self._request(n, expires=timeout)
+            await self._wait_any(timeout + 0.5)
+            if not self._buffer:
+                return []
+        if linger > 0 and len(self._buffer) < n and self._outstanding:
+            await self._wait(self._ended, linger)  # until the request is fulfilled or ends
+        batch = self._take(n)
+        if self._outstanding == 0 and not self._buffer:  # prefetch the next batch
+            await self._request(n, expires=timeout)
+        return batch
 
     @staticmethod
     async def _wait(event: asyncio.Event, timeout: float) -> None:
@@ -110,7 +120,7 @@ class BatchFetcher:
         arrived = asyncio.ensure_future(self._arrived.wait())
         ended = asyncio.ensure_future(self._ended.wait())
         try:
-            await asyncio.wait({arrived, ended}, timeout=timeout + 0.5, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({arrived, ended}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         finally:
             arrived.cancel()
             ended.cancel()
