@@ -167,10 +167,13 @@ async def soulbox(
     )
     billed = 0
     billable_ms = 0
+    per_tenant = []
     for tenant in range(10):
         report = await usage(buckets.billing, f"t{tenant}", prices=PriceList(), granularity=None)
         billed += report.total.invocations
         billable_ms += report.total.billable_ms
+        per_tenant.append(report.total.invocations)
+    print("per tenant", per_tenant, (await js.stream_info(f"KV_{names.BILLING_BUCKET}")).state.messages)
     expected_ms = sum(math.ceil(float(i % 50) + 0.25) for i in range(invocations))
     chained = (await js.stream_info(names.AUDIT_STREAM)).state.messages
     verdict = await verify_log(js)

@@ -77,7 +77,10 @@ class EventConsumer(Generic[M]):
     """Runs ``recorder`` over the durable ``durable`` until ``stop`` is set.
 
     ``model`` is what the stream's messages decode to (lifecycle events by
-    default; the audit intake stream holds ``AuditRecord`` messages).
+    default; the audit intake stream holds ``AuditRecord`` messages). With
+    ``types``, only messages whose ``type`` is one of them are decoded and
+    recorded; the others are acknowledged unread (billing reads only the
+    events it bills).
 
     ``batch`` bounds the events held in memory, ``fetch_timeout`` how long one
     idle fetch waits (and so how quickly ``stop`` is noticed), ``linger`` how
@@ -96,6 +99,7 @@ class EventConsumer(Generic[M]):
         batch: int,
         model: type[M] = LifecycleEvent,  # type: ignore[assignment]
         stream: str = names.EVENTS_STREAM,
+        types: frozenset[str] | None = None,
         fetch_timeout: float = 0.5,
         linger: float = 0.02,
         retry_delay: float = 1.0,
@@ -108,6 +112,7 @@ class EventConsumer(Generic[M]):
         self._model = model
         self._durable = durable
         self._stream = stream
+        self._types = types
         self._batch = batch
         self._fetch_timeout = fetch_timeout
         self._linger = linger
@@ -143,8 +148,10 @@ class EventConsumer(Generic[M]):
             return []
 
     def _decode_batch(self, msgs: list[Msg]) -> list[M] | None:
-        """The whole batch decoded in one validation, or None when any message needs a closer look."""
+        """The batch's wanted messages decoded in one validation, or None when any message needs
+        a closer look."""
         raw: list[Any] = []
+        types = self._types
         try:
             for msg in msgs:
                 item = msgpack.unpackb(msg.data, timestamp=3)
@@ -154,7 +161,8 @@ class EventConsumer(Generic[M]):
                     or v > self._model.max_version
                 ):
                     return None
-                raw.append(item)
+                if types is None or item.get("type") in types:
+                    raw.append(item)
             return self._batch_adapter.validate_python(raw)
         except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, ValidationError):
             return None
@@ -169,7 +177,7 @@ class EventConsumer(Generic[M]):
         accepted: list[Msg] = []
         for msg in msgs:  # some message is not a valid one: find it, keep the rest
             try:
-                events.append(decode(self._model, msg.data))
+                event = decode(self._model, msg.data)
             except SchemaError as exc:
                 self._log.warning(
                     "events.undecodable",
@@ -180,10 +188,15 @@ class EventConsumer(Generic[M]):
                 await msg.term()
             else:
                 accepted.append(msg)
-        if events:
-            await self._record(events, accepted)
+                if self._types is None or _kind(event) in self._types:
+                    events.append(event)
+        await self._record(events, accepted)
 
     async def _record(self, events: list[M], accepted: list[Msg]) -> None:
+        """Record ``events`` and settle ``accepted`` (their messages and any unread ones) with the outcome."""
+        if not events:
+            await _reply_all(accepted)
+            return
         self._log.debug("events.batch", count=len(events), kinds=dict(Counter(_kind(e) for e in events)))
         try:
             await self._recorder.record(events)

@@ -6,21 +6,24 @@ CPU than everything a recorder does with the message. This fetcher sends the
 pull request itself (``$JS.API.CONSUMER.MSG.NEXT``) and collects what the
 server delivers on one inbox in a plain list:
 
-    fetch(n):  request {batch: n, expires} open? ──no──> send one
-                   │
-               wait for the first message (or the request's end: 404/408/409 status, or timeout)
-                   │
-               fewer than n and the request still open: linger (until n or ``linger`` seconds)
-                   │
-               take up to n; the request was fulfilled: send the next one now (prefetch),
-               so the next batch arrives while this one is recorded
+    fetch(n):  buffered messages? ──yes──────────────────────────────┐
+                   │ no                                               │
+               the last batch was short: sleep ``linger`` first       │
+               request {batch: n, no_wait} ──> messages … then a 404  │
+                   │ none came                                        │
+               request {batch: n, expires} ──> the first message ─────┤
+                                                                      v
+               take up to n (a request still delivering: wait up to ``linger`` for it to fill)
+               a full batch and nothing requested: request {batch: n, no_wait} now (prefetch),
+               so that the next batch arrives while this one is recorded
 
-Under load a fetch returns a full batch; when the consumer keeps up with its
-producers, ``linger`` still gathers a few milliseconds of events into one
-batch instead of returning each as it comes (every batch costs a round trip
-in the recorders). Messages that arrive after a fetch returned stay in the
-buffer for the next fetch, so nothing delivered is ever dropped; ``stop``
-hands the buffered ones back to the server (nak) for immediate redelivery.
+A consumer that keeps up with its producers thus pulls every ``linger``
+seconds what gathered on the server meanwhile, in one burst (one read, one
+round trip for the recorder) instead of event by event; under a backlog every
+fetch is a full batch that was already on its way. Messages that arrive after
+a fetch returned (a long poll still open) stay in the buffer for the next
+fetch, so nothing delivered is ever dropped; ``stop`` hands the buffered ones
+back to the server (nak) for immediate redelivery.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ class BatchFetcher:
         self._outstanding = 0  # messages the open pull request may still deliver (0: none open)
         self._expires_at = 0.0  # when the server ends the open request at the latest
         self._ended = asyncio.Event()
+        self._short = False  # the last batch taken held fewer messages than asked for
 
     async def start(self) -> None:
         self._sub = await self._nc.subscribe(self._inbox, cb=self._on_msg)
@@ -80,34 +84,44 @@ class BatchFetcher:
             self._arrived.clear()
         return taken
 
-    async def _request(self, n: int, *, expires: float) -> None:
+    async def _request(self, n: int, *, no_wait: bool, expires: float) -> None:
         self._ended.clear()
         self._outstanding = n
         self._expires_at = asyncio.get_running_loop().time() + expires
-        body = {"batch": n, "expires": int(expires * 1e9)}
+        # no_wait: the server answers at once (messages, then a 404 when it has fewer than n);
+        # with expires as well it would hold the request open like a long poll.
+        body: dict[str, object] = (
+            {"batch": n, "no_wait": True} if no_wait else {"batch": n, "expires": int(expires * 1e9)}
+        )
         await self._nc.publish(self._subject, json.dumps(body).encode(), reply=self._inbox)
 
     async def fetch(self, n: int, *, timeout: float, linger: float = 0.0) -> list[Msg]:
         """Up to ``n`` messages; an empty list when none came within ``timeout``.
 
-        Once a message is in hand, waits at most ``linger`` seconds more for
-        the batch to fill up.
+        After a short batch, the next fetch first lets ``linger`` seconds of
+        messages gather on the server.
         """
         if self._sub is None:
             raise RuntimeError("the fetcher is not started")
+        if self._outstanding and asyncio.get_running_loop().time() > self._expires_at + 1.0:
+            self._outstanding = 0  # its end was lost (a reconnect): ask again
+        if not self._buffer and self._outstanding == 0:
+            if self._short and linger > 0:
+                await asyncio.sleep(linger)
+            await self._request(n, no_wait=True, expires=timeout)
+            await self._wait(self._ended, timeout)  # the server ends a no_wait request at once
         if not self._buffer:
-            if self._outstanding and asyncio.get_running_loop().time() > self._expires_at + 1.0:
-                self._outstanding = 0  # its end was lost (a reconnect): ask again
             if self._outstanding == 0:
-                await self._request(n, expires=timeout)
-            await self._wait_any(timeout + 0.5)
+                await self._request(n, no_wait=False, expires=timeout)
+            await self._wait_any(timeout)
             if not self._buffer:
                 return []
         if linger > 0 and len(self._buffer) < n and self._outstanding:
-            await self._wait(self._ended, linger)  # until the request is fulfilled or ends
+            await self._wait(self._ended, linger)  # a request still delivering: let it fill the batch
         batch = self._take(n)
-        if self._outstanding == 0 and not self._buffer:  # prefetch the next batch
-            await self._request(n, expires=timeout)
+        self._short = len(batch) < n
+        if not self._short and self._outstanding == 0 and not self._buffer:
+            await self._request(n, no_wait=True, expires=timeout)  # prefetch: there is probably more
         return batch
 
     @staticmethod
@@ -120,7 +134,7 @@ class BatchFetcher:
         arrived = asyncio.ensure_future(self._arrived.wait())
         ended = asyncio.ensure_future(self._ended.wait())
         try:
-            await asyncio.wait({arrived, ended}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({arrived, ended}, timeout=timeout + 0.5, return_when=asyncio.FIRST_COMPLETED)
         finally:
             arrived.cancel()
             ended.cancel()

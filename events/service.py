@@ -32,7 +32,7 @@ from soulbox.core.settings import Settings
 from .audit import AuditRecorder, IntakeRecorder
 from .auditexport import apply_retention, export_segment
 from .auditlog import AuditLog
-from .billing import BillingRecorder
+from .billing import BILLED_TYPES, BillingRecorder
 from .consumer import EventConsumer
 from .metrics import MetricsRecorder
 from .s3 import ExportStore
@@ -66,7 +66,7 @@ async def every(interval: float, stop: asyncio.Event, job: Callable[[], Awaitabl
 
 async def _billing(settings: Settings, nc: NATS, js: JetStreamContext, buckets: Buckets, stop: asyncio.Event) -> None:
     recorder = BillingRecorder(js, default_memory_mb=settings.functions.memory_mb)
-    consumer = EventConsumer(nc, recorder, durable="billing", batch=settings.events.batch)
+    consumer = EventConsumer(nc, recorder, durable="billing", batch=settings.events.batch, types=BILLED_TYPES)
     interval = settings.billing.export_interval_s
     if interval <= 0 or not settings.s3.bucket:
         await consumer.run(stop)
