@@ -2,7 +2,7 @@
 
 Every record is appended by ``AuditLog.append``: it takes the head it knows
 (stream sequence, hash, origin of the last record), links the batch to it in
-memory (:func:`.chain.linked_fields`) and publishes it in one go. On a stream
+memory (:func:`.chain.linked_hash`) and publishes it in one go. On a stream
 that allows atomic batches (``SB_AUDIT`` does, nats-server 2.12+) the batch is
 one JetStream atomic batch whose first message carries
 ``Nats-Expected-Last-Sequence = head sequence``: the server stores the whole
@@ -47,7 +47,7 @@ from soulbox.core.errors import SchemaError, SoulboxError
 from soulbox.core.logging import get_logger
 from soulbox.core.schemas import NAME_RE, AuditExportState, AuditRecord
 
-from .chain import GENESIS, Verifier, linked_fields
+from .chain import GENESIS, Verifier, json_fields, linked_hash
 from .metrics import RecentIds
 from .pipeline import (
     ATOMIC_BATCH_MAX,
@@ -233,8 +233,9 @@ class AuditLog:
         """The records chained after ``head``, as messages (de-duplicated by their origin)."""
         linked: list[_Linked] = []
         prev_hash = head.hash
-        for record, token, update, origin in records:
-            body, hash_ = linked_fields(record, prev_hash, update)
+        bodies = json_fields([prepared.record for prepared in records])
+        for (record, token, update, origin), body in zip(records, bodies, strict=True):
+            hash_ = linked_hash(body, prev_hash, update)
             # The wire form of the linked record (what encode() of link()'s result gives),
             # built from the hashed fields instead of a second model copy and dump.
             body.update(at=record.at, detail=record.detail, hash=hash_)
