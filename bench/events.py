@@ -39,7 +39,7 @@ from soulbox.core.bus import Buckets, connect, ensure_topology
 from soulbox.core.codec import encode
 from soulbox.core.natsserver import NatsServer, free_port
 from soulbox.core.schemas import EventType, LifecycleEvent, Outcome, Tier
-from soulbox.core.settings import PriceList, Settings
+from soulbox.core.settings import EventsSettings, PriceList, Settings
 from soulbox.events import usage, verify_log
 
 PAYLOAD = b"x" * 200  # about the size of an encoded lifecycle event
@@ -114,9 +114,10 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def start_consumers(nats_url: str, metrics_port: int, root: Path) -> dict[str, subprocess.Popen[bytes]]:
+def start_consumers(nats_url: str, metrics_port: int, root: Path, batch: int) -> dict[str, subprocess.Popen[bytes]]:
     env = {
         **os.environ,
+        "SOULBOX_EVENTS__BATCH": str(batch),
         "SOULBOX_NATS__URLS": json.dumps([nats_url]),
         "SOULBOX_EVENTS__METRICS_PORT": str(metrics_port),
         "SOULBOX_LOG_LEVEL": "info",
@@ -131,7 +132,7 @@ def start_consumers(nats_url: str, metrics_port: int, root: Path) -> dict[str, s
 
 
 async def soulbox(
-    nc: NATS, js: JetStreamContext, buckets: Buckets, n: int, root: Path, server_pid: int
+    nc: NATS, js: JetStreamContext, buckets: Buckets, n: int, batch: int, root: Path, server_pid: int
 ) -> dict[str, object]:
     invocations = n // 4
     events = lifecycle(invocations)
@@ -139,7 +140,7 @@ async def soulbox(
         (names.event_subject(e.type.value), encode(e), {"Nats-Msg-Id": e.id}) for e in events
     ]  # encoded before the clock starts: the producer's pydantic cost is not the consumers'
     metrics_port = free_port()
-    processes = start_consumers(nc.connected_url.geturl() if nc.connected_url else "", metrics_port, root)
+    processes = start_consumers(nc.connected_url.geturl() if nc.connected_url else "", metrics_port, root, batch)
     try:
         await asyncio.sleep(3.0)  # the consumers connect and bind
         server_cpu = cpu_seconds(server_pid)
@@ -167,14 +168,13 @@ async def soulbox(
     )
     billed = 0
     billable_ms = 0
-    per_tenant = []
     for tenant in range(10):
         report = await usage(buckets.billing, f"t{tenant}", prices=PriceList(), granularity=None)
         billed += report.total.invocations
         billable_ms += report.total.billable_ms
-        per_tenant.append(report.total.invocations)
-    print("per tenant", per_tenant, (await js.stream_info(f"KV_{names.BILLING_BUCKET}")).state.messages)
     expected_ms = sum(math.ceil(float(i % 50) + 0.25) for i in range(invocations))
+    # The bucket keeps one value per key (an invocation): a second count of what was billed.
+    kv_entries = (await js.stream_info(f"KV_{names.BILLING_BUCKET}")).state.messages
     chained = (await js.stream_info(names.AUDIT_STREAM)).state.messages
     verdict = await verify_log(js)
     return {
@@ -183,17 +183,19 @@ async def soulbox(
         "end_to_end_per_s": n / elapsed,
         "per_consumer_per_s": {kind: round(n / t) for kind, t in finished.items()},
         "cpu_us_per_event": {kind: round(seconds / n * 1e6, 1) for kind, seconds in cpu.items()},
+        "cpu_us_per_event_all": round(sum(cpu.values()) / n * 1e6, 1),
         "billed": billed,
         "lost": invocations - billed if billed < invocations else 0,
         "double_billed": billed - invocations if billed > invocations else 0,
         "billable_ms_exact": billable_ms == expected_ms,
+        "usage_entries_stored": kv_entries,
         "audit_records": chained,
         "audit_chain_ok": verdict.ok,
         "metrics_events": int(counted),
     }
 
 
-async def main(n: int) -> None:
+async def main(n: int, batch: int) -> None:
     with tempfile.TemporaryDirectory(prefix="soulbox-bench-events-") as tmp:
         root = Path(tmp)
         server = NatsServer(root / "nats", config=NATS_CONFIG)
@@ -205,11 +207,11 @@ async def main(n: int) -> None:
             buckets = await ensure_topology(js, settings)
             bare_pub, bare_con = await bare(nc, js, n)
             assert server.process is not None
-            result = await soulbox(nc, js, buckets, n, root, server.process.pid)
+            result = await soulbox(nc, js, buckets, n, batch, root, server.process.pid)
             await nc.close()
         finally:
             server.stop()
-    print(f"cores: {os.cpu_count()}, events: {n}")
+    print(f"cores: {os.cpu_count()}, events: {n}, consumer batch: {batch}, load average: {os.getloadavg()[0]:.1f}")
     print()
     print("| path | publish events/s | consume events/s |")
     print("| --- | ---: | ---: |")
@@ -225,4 +227,6 @@ async def main(n: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("-n", type=int, default=100_000, help="events (a multiple of 4)")
-    asyncio.run(main(parser.parse_args().n))
+    parser.add_argument("--batch", type=int, default=EventsSettings().batch, help="the consumers' batch size")
+    args = parser.parse_args()
+    asyncio.run(main(args.n, args.batch))
