@@ -84,7 +84,7 @@ class EventConsumer(Generic[M]):
 
     ``batch`` bounds the events held in memory, ``fetch_timeout`` how long one
     idle fetch waits (and so how quickly ``stop`` is noticed), ``linger`` how
-    long a fetch that has some events waits for the batch to fill, ``retry_delay``
+    long events may gather on the server after a short batch, ``retry_delay``
     how long the server holds a failed batch before its first redelivery
     (doubling for each further one, see ``MAX_RETRY_DELAY_S``), and
     ``error_backoff`` the pause after a failed fetch (e.g. while reconnecting).
