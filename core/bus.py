@@ -179,6 +179,8 @@ async def ensure_topology(js: JetStreamContext, settings: Settings) -> Buckets:
             # Purges are the audit consumer's retention of exported records (events/auditexport.py);
             # a purge removes a prefix only, which verification against the exported segments detects.
             deny_purge=False,
+            # The audit writer appends each batch as one atomic batch (events/auditlog.py).
+            allow_atomic=True,
             num_replicas=replicas,
         ),
     )

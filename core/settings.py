@@ -140,6 +140,7 @@ class WorkerSettings(BaseModel):
 
 class EventsSettings(BaseModel):
     batch: int = Field(512, ge=1)
+    linger_s: float = Field(0.02, ge=0, description="how long a consumer lets events gather after a short batch")
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9470
 

@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from typing import Final
+from typing import Any, Final
 
 from nats.js import JetStreamContext
 from nats.js.api import PubAck
+from pydantic import TypeAdapter
 
 from soulbox.core import names
 from soulbox.core.codec import decode, encode
@@ -35,12 +36,13 @@ from .tenantkeys import TenantKeys
 
 log = get_logger(__name__)
 
+_RECORDS = TypeAdapter(list[AuditRecord])
+
 MAX_PAGE: Final = 1000
 """The most records ``read_audit`` returns at once."""
 
 
-def event_record(event: LifecycleEvent) -> AuditRecord:
-    """The audit record of one lifecycle event (tenant still in the clear)."""
+def _event_fields(event: LifecycleEvent) -> dict[str, Any]:
     detail: dict[str, str | int | float | bool | None] = {"function": event.function, "attempt": event.attempt}
     if event.invocation_id:
         detail["invocation_id"] = event.invocation_id
@@ -64,18 +66,28 @@ def event_record(event: LifecycleEvent) -> AuditRecord:
         if event.sandbox_id
         else f"functions/{event.function}/invocations/{event.invocation_id}"
     )
-    return AuditRecord(
-        id=event.id,
-        kind="event",
-        at=event.at,
-        tenant=event.tenant,
-        action=event.type.value,
-        resource=resource,
-        result=event.outcome.value if event.outcome is not None else None,
-        source="events",
-        detail=detail,
-        origin=f"evt.{event.id}",
-    )
+    return {
+        "id": event.id,
+        "kind": "event",
+        "at": event.at,
+        "tenant": event.tenant,
+        "action": event.type.value,
+        "resource": resource,
+        "result": event.outcome.value if event.outcome is not None else None,
+        "source": "events",
+        "detail": detail,
+        "origin": f"evt.{event.id}",
+    }
+
+
+def event_record(event: LifecycleEvent) -> AuditRecord:
+    """The audit record of one lifecycle event (tenant still in the clear)."""
+    return AuditRecord(**_event_fields(event))
+
+
+def event_records(events: list[LifecycleEvent]) -> list[AuditRecord]:
+    """``event_record`` of every event, validated in one call for the whole batch."""
+    return _RECORDS.validate_python([_event_fields(event) for event in events])
 
 
 class AuditRecorder:
@@ -85,7 +97,7 @@ class AuditRecorder:
         self._log = log_
 
     async def record(self, events: list[LifecycleEvent]) -> None:
-        await self._log.append([event_record(event) for event in events])
+        await self._log.append(event_records(events))
 
 
 class IntakeRecorder:

@@ -17,9 +17,9 @@ import hashlib
 import json
 from collections.abc import AsyncIterable, Iterable
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter
 
 from soulbox.core.schemas import AuditRecord
 
@@ -38,14 +38,31 @@ def record_hash(record: AuditRecord) -> str:
     return hashlib.sha256(canonical(record)).hexdigest()
 
 
+_RECORDS = TypeAdapter(list[AuditRecord])
+
+
+def json_fields(records: list[AuditRecord]) -> list[dict[str, Any]]:
+    """Every record's JSON form without ``hash`` (what ``canonical`` encodes), dumped in one go."""
+    bodies: list[dict[str, Any]] = _RECORDS.dump_python(records, mode="json")
+    for body in bodies:
+        body.pop("hash", None)
+    return bodies
+
+
+def linked_hash(body: dict[str, Any], prev_hash: str, update: dict[str, str | None] | None = None) -> str:
+    """Link a record's JSON fields (from ``json_fields``, changed in place: the string fields in
+    ``update`` replaced, ``prev_hash`` set) after ``prev_hash``; the linked record's hash."""
+    if update:
+        body.update(update)
+    body["prev_hash"] = prev_hash  # the same bytes as canonical() of the linked record
+    return hashlib.sha256(_CANONICAL.encode(body).encode()).hexdigest()
+
+
 def link(record: AuditRecord, prev_hash: str, update: dict[str, str | None] | None = None) -> AuditRecord:
     """``record`` (with the string fields in ``update`` replaced) placed after a record whose
     hash is ``prev_hash``, with its own hash set."""
-    changes: dict[str, str | None] = {**(update or {}), "prev_hash": prev_hash}
-    body = record.model_dump(mode="json", exclude={"hash"})
-    body.update(changes)  # the same bytes as canonical() of the linked record, in one dump and one copy
-    changes["hash"] = hashlib.sha256(_CANONICAL.encode(body).encode()).hexdigest()
-    return record.model_copy(update=changes)
+    hash_ = linked_hash(record.model_dump(mode="json", exclude={"hash"}), prev_hash, update)
+    return record.model_copy(update={**(update or {}), "prev_hash": prev_hash, "hash": hash_})
 
 
 class Problem(BaseModel):

@@ -2,10 +2,11 @@
 
 The loop pulls a batch from a durable pull consumer on ``SB_EVENTS``, decodes
 it, hands the decoded events to its recorder in one call, and acknowledges the
-batch only after the recorder returned. It never holds more than one batch:
-the next fetch waits for the previous batch to be settled, and the durable's
-``max_ack_pending`` bounds what the server hands out, so a slow recorder slows
-the fetching instead of growing a queue.
+batch only after the recorder returned. It holds at most two batches: the one
+being recorded and the next one, requested as soon as the current one is in
+hand so that it arrives while this one is recorded (see :mod:`.fetch`); the
+durable's ``max_ack_pending`` bounds what the server hands out, so a slow
+recorder slows the fetching instead of growing a queue.
 
     fetch(batch) ──> decode ──> recorder.record(events) ──> ack all
                        │                    │
@@ -17,11 +18,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter
-from typing import Final, Generic, Protocol, TypeVar, runtime_checkable
+from typing import Any, Final, Generic, Protocol, TypeVar, runtime_checkable
 
+import msgpack
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
+from pydantic import TypeAdapter, ValidationError
 
 from soulbox.core import names
 from soulbox.core.codec import decode
@@ -74,10 +77,14 @@ class EventConsumer(Generic[M]):
     """Runs ``recorder`` over the durable ``durable`` until ``stop`` is set.
 
     ``model`` is what the stream's messages decode to (lifecycle events by
-    default; the audit intake stream holds ``AuditRecord`` messages).
+    default; the audit intake stream holds ``AuditRecord`` messages). With
+    ``types``, only messages whose ``type`` is one of them are decoded and
+    recorded; the others are acknowledged unread (billing reads only the
+    events it bills).
 
     ``batch`` bounds the events held in memory, ``fetch_timeout`` how long one
-    idle fetch waits (and so how quickly ``stop`` is noticed), ``retry_delay``
+    idle fetch waits (and so how quickly ``stop`` is noticed), ``linger`` how
+    long events may gather on the server after a short batch, ``retry_delay``
     how long the server holds a failed batch before its first redelivery
     (doubling for each further one, see ``MAX_RETRY_DELAY_S``), and
     ``error_backoff`` the pause after a failed fetch (e.g. while reconnecting).
@@ -92,7 +99,9 @@ class EventConsumer(Generic[M]):
         batch: int,
         model: type[M] = LifecycleEvent,  # type: ignore[assignment]
         stream: str = names.EVENTS_STREAM,
+        types: frozenset[str] | None = None,
         fetch_timeout: float = 0.5,
+        linger: float = 0.02,
         retry_delay: float = 1.0,
         error_backoff: float = 0.5,
     ) -> None:
@@ -103,8 +112,11 @@ class EventConsumer(Generic[M]):
         self._model = model
         self._durable = durable
         self._stream = stream
+        self._types = types
         self._batch = batch
         self._fetch_timeout = fetch_timeout
+        self._linger = linger
+        self._batch_adapter: TypeAdapter[list[M]] = TypeAdapter(list[model])  # type: ignore[valid-type]
         self._retry_delay = retry_delay
         self._error_backoff = error_backoff
         self._log = log.bind(consumer=durable, stream=stream)
@@ -128,19 +140,44 @@ class EventConsumer(Generic[M]):
 
     async def _fetch(self, fetcher: BatchFetcher, stop: asyncio.Event) -> list[Msg]:
         try:
-            return await fetcher.fetch(self._batch, timeout=self._fetch_timeout)
+            return await fetcher.fetch(self._batch, timeout=self._fetch_timeout, linger=self._linger)
         except (NatsError, OSError) as exc:  # disconnected, reconnecting, consumer gone...
             self._log.warning("events.fetch_failed", error=repr(exc))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self._error_backoff)
             return []
 
+    def _decode_batch(self, msgs: list[Msg]) -> list[M] | None:
+        """The batch's wanted messages decoded in one validation, or None when any message needs
+        a closer look."""
+        raw: list[Any] = []
+        types = self._types
+        try:
+            for msg in msgs:
+                item = msgpack.unpackb(msg.data, timestamp=3)
+                if (
+                    not isinstance(item, dict)
+                    or not isinstance(v := item.get("v", 1), int)
+                    or v > self._model.max_version
+                ):
+                    return None
+                if types is None or item.get("type") in types:
+                    raw.append(item)
+            return self._batch_adapter.validate_python(raw)
+        except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, ValidationError):
+            return None
+
     async def _settle(self, msgs: list[Msg]) -> None:
+        """Decode, record and acknowledge one batch: the handling of every message."""
+        decoded = self._decode_batch(msgs)
+        if decoded is not None:
+            await self._record(decoded, msgs)
+            return
         events: list[M] = []
         accepted: list[Msg] = []
-        for msg in msgs:
+        for msg in msgs:  # some message is not a valid one: find it, keep the rest
             try:
-                events.append(decode(self._model, msg.data))
+                event = decode(self._model, msg.data)
             except SchemaError as exc:
                 self._log.warning(
                     "events.undecodable",
@@ -151,7 +188,14 @@ class EventConsumer(Generic[M]):
                 await msg.term()
             else:
                 accepted.append(msg)
+                if self._types is None or _kind(event) in self._types:
+                    events.append(event)
+        await self._record(events, accepted)
+
+    async def _record(self, events: list[M], accepted: list[Msg]) -> None:
+        """Record ``events`` and settle ``accepted`` (their messages and any unread ones) with the outcome."""
         if not events:
+            await _reply_all(accepted)
             return
         self._log.debug("events.batch", count=len(events), kinds=dict(Counter(_kind(e) for e in events)))
         try:

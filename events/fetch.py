@@ -6,15 +6,24 @@ CPU than everything a recorder does with the message. This fetcher sends the
 pull request itself (``$JS.API.CONSUMER.MSG.NEXT``) and collects what the
 server delivers on one inbox in a plain list:
 
-    fetch(n):  buffered messages? ──yes──> return them (at most n)
-                   │ no
-               request {batch: n, no_wait} ──> messages … then a 404/408 status ──> return
-                   │ none came
-               request {batch: n, expires} ──> return as soon as any message arrived
-                                                (or at the status that ends the request)
+    fetch(n):  buffered messages? ──yes──────────────────────────────┐
+                   │ no                                               │
+               the last batch was short: sleep ``linger`` first       │
+               request {batch: n, no_wait} ──> messages … then a 404  │
+                   │ none came                                        │
+               request {batch: n, expires} ──> the first message ─────┤
+                                                                      v
+               take up to n (a request still delivering: wait up to ``linger`` for it to fill)
+               a full batch and nothing requested: request {batch: n, no_wait} now (prefetch),
+               so that the next batch arrives while this one is recorded
 
-Messages that arrive after a fetch returned (a long poll still open) stay in
-the buffer for the next fetch, so nothing delivered is ever dropped.
+A consumer that keeps up with its producers thus pulls every ``linger``
+seconds what gathered on the server meanwhile, in one burst (one read, one
+round trip for the recorder) instead of event by event; under a backlog every
+fetch is a full batch that was already on its way. Messages that arrive after
+a fetch returned (a long poll still open) stay in the buffer for the next
+fetch, so nothing delivered is ever dropped; ``stop`` hands the buffered ones
+back to the server (nak) for immediate redelivery.
 """
 
 from __future__ import annotations
@@ -41,15 +50,19 @@ class BatchFetcher:
         self._outstanding = 0  # messages the open pull request may still deliver (0: none open)
         self._expires_at = 0.0  # when the server ends the open request at the latest
         self._ended = asyncio.Event()
+        self._short = False  # the last batch taken held fewer messages than asked for
 
     async def start(self) -> None:
         self._sub = await self._nc.subscribe(self._inbox, cb=self._on_msg)
 
     async def stop(self) -> None:
-        """Stop listening; safe to call more than once (unacked messages are redelivered later)."""
+        """Stop listening and nak what is buffered; safe to call more than once."""
         sub, self._sub = self._sub, None
         if sub is not None:
             await sub.unsubscribe()
+        buffered, self._buffer = self._buffer, []
+        for msg in buffered:  # not recorded: redelivered at once rather than after the ack wait
+            await msg.nak()
 
     async def _on_msg(self, msg: Msg) -> None:
         status = msg.headers.get("Status") if msg.headers else None
@@ -82,23 +95,34 @@ class BatchFetcher:
         )
         await self._nc.publish(self._subject, json.dumps(body).encode(), reply=self._inbox)
 
-    async def fetch(self, n: int, *, timeout: float) -> list[Msg]:
-        """Up to ``n`` messages; an empty list when none came within ``timeout``."""
+    async def fetch(self, n: int, *, timeout: float, linger: float = 0.0) -> list[Msg]:
+        """Up to ``n`` messages; an empty list when none came within ``timeout``.
+
+        After a short batch, the next fetch first lets ``linger`` seconds of
+        messages gather on the server.
+        """
         if self._sub is None:
             raise RuntimeError("the fetcher is not started")
-        if self._buffer:
-            return self._take(n)
         if self._outstanding and asyncio.get_running_loop().time() > self._expires_at + 1.0:
             self._outstanding = 0  # its end was lost (a reconnect): ask again
-        if self._outstanding == 0:
+        if not self._buffer and self._outstanding == 0:
+            if self._short and linger > 0:
+                await asyncio.sleep(linger)
             await self._request(n, no_wait=True, expires=timeout)
             await self._wait(self._ended, timeout)  # the server ends a no_wait request at once
-            if self._buffer:
-                return self._take(n)
-        if self._outstanding == 0:
-            await self._request(n, no_wait=False, expires=timeout)
-        await self._wait_any(timeout)
-        return self._take(n)
+        if not self._buffer:
+            if self._outstanding == 0:
+                await self._request(n, no_wait=False, expires=timeout)
+            await self._wait_any(timeout)
+            if not self._buffer:
+                return []
+        if linger > 0 and len(self._buffer) < n and self._outstanding:
+            await self._wait(self._ended, linger)  # a request still delivering: let it fill the batch
+        batch = self._take(n)
+        self._short = len(batch) < n
+        if not self._short and self._outstanding == 0 and not self._buffer:
+            await self._request(n, no_wait=True, expires=timeout)  # prefetch: there is probably more
+        return batch
 
     @staticmethod
     async def _wait(event: asyncio.Event, timeout: float) -> None:

@@ -32,7 +32,7 @@ from soulbox.core.settings import Settings
 from .audit import AuditRecorder, IntakeRecorder
 from .auditexport import apply_retention, export_segment
 from .auditlog import AuditLog
-from .billing import BillingRecorder
+from .billing import BILLED_TYPES, BillingRecorder
 from .consumer import EventConsumer
 from .metrics import MetricsRecorder
 from .s3 import ExportStore
@@ -66,7 +66,14 @@ async def every(interval: float, stop: asyncio.Event, job: Callable[[], Awaitabl
 
 async def _billing(settings: Settings, nc: NATS, js: JetStreamContext, buckets: Buckets, stop: asyncio.Event) -> None:
     recorder = BillingRecorder(js, default_memory_mb=settings.functions.memory_mb)
-    consumer = EventConsumer(nc, recorder, durable="billing", batch=settings.events.batch)
+    consumer = EventConsumer(
+        nc,
+        recorder,
+        durable="billing",
+        batch=settings.events.batch,
+        linger=settings.events.linger_s,
+        types=BILLED_TYPES,
+    )
     interval = settings.billing.export_interval_s
     if interval <= 0 or not settings.s3.bucket:
         await consumer.run(stop)
@@ -86,7 +93,8 @@ async def _audit(settings: Settings, nc: NATS, js: JetStreamContext, buckets: Bu
     audit_log = AuditLog(nc, js, TenantKeys(buckets.tenant_keys), export_state=buckets.audit_state)
     await audit_log.load()
     batch = settings.events.batch
-    events = EventConsumer(nc, AuditRecorder(audit_log), durable=names.AUDIT_CONSUMER, batch=batch)
+    linger = settings.events.linger_s
+    events = EventConsumer(nc, AuditRecorder(audit_log), durable=names.AUDIT_CONSUMER, batch=batch, linger=linger)
     intake = EventConsumer(
         nc,
         IntakeRecorder(audit_log),
@@ -94,6 +102,7 @@ async def _audit(settings: Settings, nc: NATS, js: JetStreamContext, buckets: Bu
         batch=batch,
         model=AuditRecord,
         stream=names.AUDIT_INTAKE_STREAM,
+        linger=linger,
     )
     a = settings.audit
     try:
@@ -118,7 +127,9 @@ async def _audit(settings: Settings, nc: NATS, js: JetStreamContext, buckets: Bu
 
 async def _metrics(settings: Settings, nc: NATS, js: JetStreamContext, stop: asyncio.Event) -> None:
     recorder = MetricsRecorder()
-    consumer = EventConsumer(nc, recorder, durable="metrics", batch=settings.events.batch)
+    consumer = EventConsumer(
+        nc, recorder, durable="metrics", batch=settings.events.batch, linger=settings.events.linger_s
+    )
     server = MetricsServer(recorder.registry, host=settings.events.metrics_host, port=settings.events.metrics_port)
     sandboxes = SandboxGauges(recorder.registry)
     await sandboxes.start(nc)

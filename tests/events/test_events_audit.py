@@ -127,8 +127,11 @@ async def test_redelivered_events_are_chained_once(
     assert (await js.stream_info(names.AUDIT_STREAM)).state.messages == 5
 
 
-async def test_two_writers_keep_one_valid_chain(nc: NATS, js: JetStreamContext, buckets: Buckets) -> None:
-    writers = [AuditLog(nc, js, TenantKeys(buckets.tenant_keys)) for _ in range(2)]
+async def _race(nc: NATS, js: JetStreamContext, buckets: Buckets, stream: str, prefix: str) -> None:
+    """Two writers append to ``stream`` at once, sharing some records; one valid chain must result."""
+    writers = [
+        AuditLog(nc, js, TenantKeys(buckets.tenant_keys), stream=stream, subject_prefix=prefix) for _ in range(2)
+    ]
     for w in writers:
         await w.load()
     batches = [[api_call(action=f"w{i} b{b} r{r}") for r in range(20)] for b in range(10) for i in range(2)]
@@ -142,11 +145,55 @@ async def test_two_writers_keep_one_valid_chain(nc: NATS, js: JetStreamContext, 
     await asyncio.gather(write(writers[0], batches[0::2]), write(writers[1], batches[1::2]))
     for w in writers:
         await w.close()
-    records = await chain(js)
+    records = await chain(js, stream)
     assert len(records) == 20 * 20 + 5  # every record once
     assert len({r.origin for _, r in records}) == len(records)
-    verdict = await verify_log(js)
+    verdict = await verify_log(js, stream=stream)
     assert verdict.ok and verdict.records == len(records)
+
+
+async def test_two_writers_keep_one_valid_chain(nc: NATS, js: JetStreamContext, buckets: Buckets) -> None:
+    assert (await js.stream_info(names.AUDIT_STREAM)).config.allow_atomic  # batches are atomic batches
+    await _race(nc, js, buckets, names.AUDIT_STREAM, "sb.audit")
+
+
+async def test_two_writers_keep_one_valid_chain_without_atomic_batches(
+    nc: NATS, js: JetStreamContext, buckets: Buckets
+) -> None:
+    """A stream (or a server older than 2.12) without atomic batches: every message guarded on its own."""
+    await js.add_stream(api.StreamConfig(name="PLAIN", subjects=["plain.>"], duplicate_window=60))
+    await _race(nc, js, buckets, "PLAIN", "plain")
+
+
+async def test_a_forgotten_duplicate_in_an_atomic_batch_is_dropped(
+    nc: NATS, js: JetStreamContext, buckets: Buckets
+) -> None:
+    """A re-appended record the writer no longer remembers makes the server refuse the atomic batch;
+    the writer then appends one by one, the server drops just the duplicate, and the chain stays whole."""
+    calls = [api_call(action=f"call {i}") for i in range(4)]
+    first = AuditLog(nc, js, TenantKeys(buckets.tenant_keys))
+    await first.load()
+    assert await first.append(calls[:3]) == 3
+    await first.close()
+    forgetful = AuditLog(nc, js, TenantKeys(buckets.tenant_keys), remembered=1)  # remembers calls[2] only
+    await forgetful.load()
+    assert await forgetful.append([calls[0], calls[3]]) == 1
+    assert await forgetful.append(calls[:2]) == 0  # remembered now
+    await forgetful.close()
+    assert [r.id for _, r in await chain(js)] == [c.id for c in calls]
+    assert (await verify_log(js)).ok
+
+
+async def test_chained_records_keep_every_field(js: JetStreamContext, audit_log: AuditLog) -> None:
+    call = api_call().model_copy(
+        update={"detail": {"n": 1.5, "i": 7, "s": "grüße ✓", "b": True, "none": None}, "actor": "key-1"}
+    )
+    await audit_log.append([call])
+    [(_, stored)] = await chain(js)
+    assert record_hash(stored) == stored.hash
+    expected = call.model_dump(exclude={"tenant", "origin", "prev_hash", "hash"})
+    assert stored.model_dump(exclude={"tenant", "origin", "prev_hash", "hash"}) == expected
+    assert (stored.origin, stored.prev_hash) == (f"api.{call.id}", GENESIS)
 
 
 async def _tamper_stream(nc: NATS, js: JetStreamContext, buckets: Buckets) -> None:

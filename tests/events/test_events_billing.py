@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import json
@@ -16,7 +17,8 @@ from soulbox.core.errors import InvalidRequest
 from soulbox.core.schemas import EventType, LifecycleEvent, Outcome, Tier, UsageEntry
 from soulbox.core.settings import PriceList, Settings
 from soulbox.core.store import get_model, scan
-from soulbox.events import BillingRecorder, ExportStore, export_usage, parse_period, usage
+from soulbox.events import BillingRecorder, EventConsumer, ExportStore, export_usage, parse_period, usage
+from soulbox.events.billing import BILLED_TYPES
 
 from .helpers import AT, Spy, consuming, event, eventually, life, publish, settled
 
@@ -91,6 +93,29 @@ async def test_nakked_batch_is_redelivered_and_billed_once(
     assert [stored[k].billable_ms for k in sorted(stored)] == [6, 7]
     history = await buckets.billing.history("acme.resize.inv-1")
     assert len({entry.value for entry in history}) == 1  # a rewrite with identical content
+
+
+async def test_billing_consumer_reads_only_billed_events(js: JetStreamContext, buckets: Buckets) -> None:
+    """The other events are acknowledged unread; a failed batch still comes back whole."""
+    events = life("inv-1") + life("inv-2", EventType.FAILED)
+    await publish(js, events)
+    await js.publish(names.event_subject("invocation.completed"), b"\xc1 not msgpack")
+    spy = Spy(fail=1)
+    consumer = EventConsumer(
+        js._nc, spy, durable="billing", batch=64, fetch_timeout=0.2, retry_delay=0.2, types=BILLED_TYPES
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(consumer.run(stop))
+    try:
+        await eventually(lambda: settled(js, "billing"))
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+    terminal = [events[3], events[7]]
+    assert spy.batches[0] == terminal
+    assert sorted(spy.events[2:], key=lambda e: e.id) == terminal  # redelivered after the failure
+    info = await js.consumer_info(names.EVENTS_STREAM, "billing")
+    assert (info.num_pending, info.num_ack_pending, info.num_redelivered) == (0, 0, 0)
 
 
 async def test_usage_aggregates_per_function_and_time_bucket(

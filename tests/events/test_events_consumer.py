@@ -156,3 +156,68 @@ async def test_fetcher_returns_early_and_keeps_what_arrives_later(
             await msg.ack()
     finally:
         await fetcher.stop()
+
+
+async def test_fetcher_gathers_a_trickle_into_bursts(nc: NATS, js: JetStreamContext, buckets: Buckets) -> None:
+    """A consumer that keeps up pulls what gathered meanwhile, not one event per fetch."""
+    fetcher = BatchFetcher(nc, stream=names.EVENTS_STREAM, durable="metrics")
+    await fetcher.start()
+    events = [e for i in range(10) for e in life(f"inv-{i}")]
+
+    async def trickle() -> None:
+        for e in events:
+            await publish(js, [e])
+            await asyncio.sleep(0.01)
+
+    task = asyncio.create_task(trickle())
+    batches: list[int] = []
+    try:
+        while sum(batches) < len(events):
+            msgs = await fetcher.fetch(100, timeout=2.0, linger=0.1)
+            assert msgs, "the trickle stopped arriving"
+            batches.append(len(msgs))
+            for msg in msgs:
+                await msg.ack()
+    finally:
+        await task
+        await fetcher.stop()
+    assert sum(batches) == len(events)
+    assert len(batches) <= len(events) // 3, batches
+
+
+async def test_fetcher_stop_hands_buffered_messages_back(nc: NATS, js: JetStreamContext, buckets: Buckets) -> None:
+    fetcher = BatchFetcher(nc, stream=names.EVENTS_STREAM, durable="audit")
+    await fetcher.start()
+    events = life("inv-1")
+
+    async def later() -> None:
+        await asyncio.sleep(0.2)
+        await publish(js, events[:1])
+        await asyncio.sleep(0.2)
+        await publish(js, events[1:])
+
+    task = asyncio.create_task(later())
+    first = await fetcher.fetch(10, timeout=5.0)  # the long poll stays open for the rest
+    await task
+    await eventually(lambda: _delivered(js, "audit", len(events)))
+    assert [m.metadata.sequence.stream for m in first] == [1]
+    await first[0].ack()
+    await fetcher.stop()  # three delivered, buffered, never handed out: nak'd, not left to the ack wait
+
+    again = BatchFetcher(nc, stream=names.EVENTS_STREAM, durable="audit")
+    await again.start()
+    try:
+        started = time.monotonic()
+        rest = await again.fetch(10, timeout=5.0)
+        assert time.monotonic() - started < 2.0
+        assert sorted(m.metadata.sequence.stream for m in rest) == [2, 3, 4]
+        assert all(m.metadata.num_delivered == 2 for m in rest)
+        for msg in rest:
+            await msg.ack()
+    finally:
+        await again.stop()
+
+
+async def _delivered(js: JetStreamContext, durable: str, count: int) -> bool:
+    info = await js.consumer_info(names.EVENTS_STREAM, durable)
+    return bool(info.delivered.stream_seq >= count)
