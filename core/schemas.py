@@ -72,6 +72,13 @@ class Runtime(StrEnum):
     NODE = "node"  # a JavaScript file run by node in a Linux namespace sandbox
 
 
+class Handler(StrEnum):
+    """How a function takes its input and gives its result (the Wasmtime tier's guests)."""
+
+    STDIO = "stdio"  # the input is stdin, stdout is the result
+    HTTP = "http"  # stdin is a JSON request (method, path, headers, body), stdout a JSON response
+
+
 class Status(StrEnum):
     ACCEPTED = "accepted"
     SCHEDULED = "scheduled"
@@ -173,6 +180,7 @@ class FunctionSpec(Message):
     limits: Limits = Limits()
     env: dict[str, str] = Field(default_factory=dict, description="environment bindings given to the code")
     permissions: Permissions = Permissions()
+    handler: Handler = Field(Handler.STDIO, description="stdio, or http: the HTTP handler contract (Wasmtime tier)")
     retry: RetryPolicy | None = Field(None, description="retries of failed asynchronous invocations")
     max_concurrency: int | None = Field(None, ge=1, description="invocations running at once, over all schedulers")
     version: str | None = Field(None, description="content hash of everything that defines a run (immutable)")

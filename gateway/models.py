@@ -35,6 +35,7 @@ class FunctionOut(BaseModel):
     permissions: Permissions
     retry: RetryPolicy | None = None
     max_concurrency: int | None = None
+    handler: str = Field("stdio", description="stdio, or http: the Wasmtime tier's HTTP handler contract")
     version: str | None = Field(None, description="content hash of this deploy; invoke it with ?version=")
     detected_from: str | None = Field(
         None, description="deploy responses only: why Bun or Deno was chosen for a `js`/`ts` deploy"
@@ -54,6 +55,7 @@ class FunctionOut(BaseModel):
             permissions=spec.permissions,
             retry=spec.retry,
             max_concurrency=spec.max_concurrency,
+            handler=spec.handler.value,
             version=spec.version,
             created_at=spec.created_at,
             updated_at=spec.updated_at,

@@ -16,7 +16,7 @@ from soulbox.core.codec import encode
 from soulbox.core.errors import FunctionNotFound
 from soulbox.core.kvmirror import KvMirror
 from soulbox.core.logging import get_logger
-from soulbox.core.schemas import FunctionSpec, Limits, Permissions, RetryPolicy, Runtime, utcnow
+from soulbox.core.schemas import FunctionSpec, Handler, Limits, Permissions, RetryPolicy, Runtime, utcnow
 from soulbox.core.store import get_model, scan
 
 from .versions import remember_version, version_of
@@ -62,6 +62,7 @@ class FunctionRegistry:
         permissions: Permissions | None = None,
         retry: RetryPolicy | None = None,
         max_concurrency: int | None = None,
+        handler: Handler = Handler.STDIO,
     ) -> tuple[FunctionSpec, bool]:
         """Store the module (content-addressed) and the spec; True if the function is new."""
         digest = hashlib.sha256(module).hexdigest()
@@ -80,6 +81,7 @@ class FunctionRegistry:
             permissions=permissions or Permissions(),
             retry=retry,
             max_concurrency=max_concurrency,
+            handler=handler,
             created_at=previous.created_at if previous else now,
             updated_at=now,
         )

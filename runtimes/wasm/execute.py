@@ -32,13 +32,15 @@ def execute(
     oom_markers: tuple[str, ...] = (),
     env: dict[str, str] | None = None,
     read_dirs: Sequence[tuple[str, str]] = (),
+    stdout_limit: int | None = None,
 ) -> RunResult:
     """Run ``pre`` in a new Store with ``limits``; ``read_dirs``: (host, guest) directories preopened read-only.
 
-    ``engine`` must meter fuel exactly when ``limits.fuel`` is set.
+    ``engine`` must meter fuel exactly when ``limits.fuel`` is set. ``stdout_limit``: capture this
+    much stdout instead of ``limits.max_output_bytes`` (an http handler's envelope; its body is capped).
     """
     assert engine.fuel == (limits.fuel is not None), "a fuel budget needs the fuel engine, and only it"
-    stdout = Output(limits.max_output_bytes)
+    stdout = Output(limits.max_output_bytes if stdout_limit is None else stdout_limit)
     stderr = Output(limits.max_output_bytes)
     store = wasmtime.Store(engine.engine)
     memory_limit = limits.memory_mb * MIB

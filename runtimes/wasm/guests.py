@@ -36,6 +36,8 @@ import wasmtime
 from soulbox.core.errors import InvalidRequest
 from soulbox.core.schemas import Runtime
 
+from .handler import QJS_HTTP_BOOTSTRAP, micropython_runner
+
 Entry = Literal["start", "qjs"]
 
 # Evaluates scriptArgs[0] (the source) as a global script; flushes output however it ends.
@@ -52,11 +54,12 @@ class Interpreter:
     """``start``: a WASI command (``_start``); ``qjs``: the QuickJS reactor protocol."""
     oom_markers: tuple[str, ...]
 
-    def argv(self, source: str, *, memory_mb: int) -> list[str]:
+    def argv(self, source: str, *, memory_mb: int, http: bool = False) -> list[str]:
+        """``http``: run the source as an HTTP handler (``handler(request)``, see handler.py)."""
         if self.entry == "qjs":
-            return ["qjs", "--std", "-e", QJS_BOOTSTRAP, source]
+            return ["qjs", "--std", "-e", QJS_HTTP_BOOTSTRAP if http else QJS_BOOTSTRAP, source]
         heap_kb = max(256, memory_mb * 1024 - RESERVED_KB)
-        return ["micropython", "-X", f"heapsize={heap_kb}K", "-c", source]
+        return ["micropython", "-X", f"heapsize={heap_kb}K", "-c", micropython_runner(source) if http else source]
 
     @functools.cached_property
     def module_bytes(self) -> bytes:

@@ -23,8 +23,9 @@ from pathlib import Path
 
 import wasmtime
 
+from soulbox.core.errors import SchemaError
 from soulbox.core.logging import get_logger
-from soulbox.core.schemas import FunctionSpec, InvocationError, Outcome, Runtime, Tier
+from soulbox.core.schemas import FunctionSpec, Handler, InvocationError, Outcome, Runtime, Tier
 
 from ..protocol import Output, RunResult
 from ..singleflight import SingleFlight
@@ -32,6 +33,7 @@ from .engine import WasmEngine
 from .execute import execute
 from .grants import GrantRefused, resolve_read_grants
 from .guests import Entry, Interpreter, define_host_imports, interpreter, source_text
+from .handler import envelope_limit, finish, request_document
 from .modules import CompiledStore, FetchArtifact, ModuleCache
 
 SOURCE_CACHE_SIZE = 256
@@ -136,11 +138,16 @@ class WasmRuntime:
         return source
 
     async def run(self, spec: FunctionSpec, input: bytes) -> RunResult:
+        http = spec.handler is Handler.HTTP
         try:
             read_dirs = resolve_read_grants(spec.permissions.read, self._read_roots)
-        except GrantRefused as exc:
-            # Accepted at deploy but not allowed (or absent) on this worker: the function's configuration.
-            error = InvocationError(kind="grant_refused", message=exc.message)
+            if http:
+                input = request_document(input)
+        except (GrantRefused, SchemaError) as exc:
+            # A grant accepted at deploy but not allowed (or absent) on this worker, or a request
+            # envelope that does not decode: a failure of this invocation, not of the worker.
+            kind = "grant_refused" if isinstance(exc, GrantRefused) else "bad_request"
+            error = InvocationError(kind=kind, message=exc.message)
             return RunResult.captured(
                 Outcome.FUNCTION_ERROR, Output(0), Output(0), exit_code=None, duration_ms=0.0, error=error
             )
@@ -160,12 +167,12 @@ class WasmRuntime:
             pre = await self._instance_pre(engine, guest.digest, interpreter_bytes)
             source = await self._source(spec.artifact)
             argv, entry, oom_markers = (
-                guest.argv(source, memory_mb=spec.limits.memory_mb),
+                guest.argv(source, memory_mb=spec.limits.memory_mb, http=http),
                 guest.entry,
                 guest.oom_markers,
             )
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
+        result = await loop.run_in_executor(
             self._pool,
             lambda: execute(
                 engine.wasm,
@@ -177,8 +184,10 @@ class WasmRuntime:
                 oom_markers=oom_markers,
                 env=spec.env,
                 read_dirs=read_dirs,
+                stdout_limit=envelope_limit(spec.limits.max_output_bytes) if http else None,
             ),
         )
+        return finish(result, spec.limits.max_output_bytes) if http else result
 
     async def warm_up(self) -> None:
         """Have every interpreter compiled (or fetched) before the first source function needs it."""
