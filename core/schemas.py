@@ -63,6 +63,7 @@ class Runtime(StrEnum):
     """What the function's code is; the scheduler maps it to a tier."""
 
     WASI = "wasi"  # a WASI preview-1 command module (`_start`, stdin -> stdout)
+    COMPONENT = "component"  # a WASI preview-2 component exporting `wasi:cli/run` (stdin -> stdout)
     QUICKJS = "quickjs"  # JavaScript source run by QuickJS-NG compiled to WASI
     MICROPYTHON = "micropython"  # Python source run by MicroPython compiled to WASI
     BUN = "bun"  # a JS/TS module on Bun: Workers-style `export default { fetch }`, or a script

@@ -38,7 +38,7 @@ from soulbox.core.schemas import Runtime
 
 from .handler import QJS_HTTP_BOOTSTRAP, micropython_runner
 
-Entry = Literal["start", "qjs"]
+Entry = Literal["start", "qjs", "component"]
 
 # Evaluates scriptArgs[0] (the source) as a global script; flushes output however it ends.
 QJS_BOOTSTRAP = "try { std.evalScript(scriptArgs[0]); } finally { std.out.flush(); std.err.flush(); }"

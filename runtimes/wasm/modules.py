@@ -18,14 +18,18 @@ from pathlib import Path
 from typing import Protocol
 
 import wasmtime
+import wasmtime.component as wc
 
 from soulbox.core.logging import get_logger
 
+from .components import ComponentPre, prepare
 from .engine import WasmEngine
 
 log = get_logger(__name__)
 
 FetchArtifact = Callable[[str], Awaitable[bytes]]
+Prepared = wasmtime.InstancePre | ComponentPre
+"""What a call instantiates: a module's InstancePre, or a component with its linker."""
 
 
 class CompiledStore(Protocol):
@@ -37,22 +41,34 @@ class CompiledStore(Protocol):
 
 
 class ModuleCache:
-    """Maps an artifact digest to a ready ``InstancePre`` (bounded LRU)."""
+    """Maps an artifact digest to a ready ``InstancePre`` or :class:`ComponentPre` (bounded LRU).
 
-    def __init__(self, engine: WasmEngine, linker: wasmtime.Linker, cache_dir: Path, *, size: int) -> None:
+    ``component=True`` in the loading methods: the artifact is a WASI p2 component.
+    """
+
+    def __init__(
+        self,
+        engine: WasmEngine,
+        linker: wasmtime.Linker,
+        cache_dir: Path,
+        *,
+        size: int,
+        component_linker: wc.Linker | None = None,
+    ) -> None:
         self._engine = engine
         self._linker = linker
+        self._component_linker = component_linker
         self._dir = cache_dir
         self._dir.mkdir(parents=True, exist_ok=True)
         self._size = size
-        self._lru: OrderedDict[str, wasmtime.InstancePre] = OrderedDict()
+        self._lru: OrderedDict[str, Prepared] = OrderedDict()
         self._lock = threading.Lock()
         self.compiled = 0
         self.deserialized = 0
         self.fetched = 0  # compiled artifacts taken from the shared store
         self.evicted = 0
 
-    def lookup(self, digest: str) -> wasmtime.InstancePre | None:
+    def lookup(self, digest: str) -> Prepared | None:
         with self._lock:
             pre = self._lru.get(digest)
             if pre is not None:
@@ -66,33 +82,38 @@ class ModuleCache:
     def _path(self, digest: str) -> Path:
         return self._dir / f"{self.key(digest)}.cwasm"
 
-    def load_compiled(self, digest: str) -> wasmtime.InstancePre | None:
+    def load_compiled(self, digest: str, *, component: bool = False) -> Prepared | None:
         """Deserialize a compiled artifact from disk, if one exists."""
         path = self._path(digest)
         if not path.exists():
             return None
         try:
-            module = wasmtime.Module.deserialize_file(self._engine.engine, str(path))
+            engine = self._engine.engine
+            if component:
+                artifact: wasmtime.Module | wc.Component = wc.Component.deserialize_file(engine, str(path))
+            else:
+                artifact = wasmtime.Module.deserialize_file(engine, str(path))
         except wasmtime.WasmtimeError as exc:
             log.warning("wasm.cache.corrupt", artifact=digest, error=str(exc))
             path.unlink(missing_ok=True)
             return None
         self.deserialized += 1
-        return self._insert(digest, module)
+        return self._insert(digest, artifact)
 
-    def compile(self, digest: str, data: bytes) -> tuple[wasmtime.InstancePre, bytes]:
+    def compile(self, digest: str, data: bytes, *, component: bool = False) -> tuple[Prepared, bytes]:
         """Compile, keep on disk; returns the compiled bytes too, for sharing."""
-        module = wasmtime.Module(self._engine.engine, data)
+        engine = self._engine.engine
+        artifact = wc.Component(engine, data) if component else wasmtime.Module(engine, data)
         self.compiled += 1
-        compiled = bytes(module.serialize())
+        compiled = bytes(artifact.serialize())
         self._write(digest, compiled)
-        return self._insert(digest, module), compiled
+        return self._insert(digest, artifact), compiled
 
-    def adopt(self, digest: str, compiled: bytes) -> wasmtime.InstancePre | None:
+    def adopt(self, digest: str, compiled: bytes, *, component: bool = False) -> Prepared | None:
         """Take a compiled artifact another worker shared: to disk, then deserialize."""
         self._write(digest, compiled)
         self.fetched += 1
-        return self.load_compiled(digest)
+        return self.load_compiled(digest, component=component)
 
     def _write(self, digest: str, compiled: bytes) -> None:
         path = self._path(digest)
@@ -100,8 +121,13 @@ class ModuleCache:
         tmp.write_bytes(compiled)
         os.replace(tmp, path)  # atomic: concurrent workers never see half a file
 
-    def _insert(self, digest: str, module: wasmtime.Module) -> wasmtime.InstancePre:
-        pre = self._linker.instantiate_pre(module)
+    def _insert(self, digest: str, artifact: wasmtime.Module | wc.Component) -> Prepared:
+        pre: Prepared
+        if isinstance(artifact, wc.Component):
+            assert self._component_linker is not None, "a cache for components needs their linker"
+            pre = prepare(artifact, self._component_linker, self._engine.engine)
+        else:
+            pre = self._linker.instantiate_pre(artifact)
         with self._lock:
             self._lru[digest] = pre
             self._lru.move_to_end(digest)

@@ -29,12 +29,13 @@ from soulbox.core.schemas import FunctionSpec, Handler, InvocationError, Outcome
 
 from ..protocol import Output, RunResult
 from ..singleflight import SingleFlight
+from . import components
 from .engine import WasmEngine
 from .execute import execute
 from .grants import GrantRefused, resolve_read_grants
 from .guests import Entry, Interpreter, define_host_imports, interpreter, source_text
 from .handler import envelope_limit, finish, request_document
-from .modules import CompiledStore, FetchArtifact, ModuleCache
+from .modules import CompiledStore, FetchArtifact, ModuleCache, Prepared
 
 SOURCE_CACHE_SIZE = 256
 
@@ -55,7 +56,10 @@ def _make_engine(cache_dir: Path, *, tick_ms: int, fuel: bool, module_cache_size
     linker = wasmtime.Linker(wasm.engine)
     linker.define_wasi()
     define_host_imports(linker)
-    return _Engine(wasm, linker, ModuleCache(wasm, linker, cache_dir, size=module_cache_size))
+    modules = ModuleCache(
+        wasm, linker, cache_dir, size=module_cache_size, component_linker=components.make_linker(wasm.engine)
+    )
+    return _Engine(wasm, linker, modules)
 
 
 class WasmRuntime:
@@ -82,7 +86,7 @@ class WasmRuntime:
         self._fueled: _Engine | None = None
         self.modules = self._plain.modules
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="wasm")
-        self._loading: SingleFlight[str, wasmtime.InstancePre] = SingleFlight()
+        self._loading: SingleFlight[str, Prepared] = SingleFlight()
         self._sources: OrderedDict[str, str] = OrderedDict()
         self._closed = False
 
@@ -101,26 +105,30 @@ class WasmRuntime:
         return self._fueled
 
     async def _instance_pre(
-        self, engine: _Engine, digest: str, load: Callable[[], Awaitable[bytes]]
-    ) -> wasmtime.InstancePre:
+        self, engine: _Engine, digest: str, load: Callable[[], Awaitable[bytes]], *, component: bool = False
+    ) -> Prepared:
         pre = engine.modules.lookup(digest)
         if pre is not None:
             return pre
         # Keyed by the compiled artifact's name: the same module loads once per engine.
-        return await self._loading.run(engine.modules.key(digest), lambda: self._load(engine.modules, digest, load))
+        return await self._loading.run(
+            engine.modules.key(digest), lambda: self._load(engine.modules, digest, load, component=component)
+        )
 
     async def _load(
-        self, modules: ModuleCache, digest: str, load: Callable[[], Awaitable[bytes]]
-    ) -> wasmtime.InstancePre:
+        self, modules: ModuleCache, digest: str, load: Callable[[], Awaitable[bytes]], *, component: bool
+    ) -> Prepared:
         loop = asyncio.get_running_loop()
-        pre = await loop.run_in_executor(self._pool, modules.load_compiled, digest)
+        pre = await loop.run_in_executor(self._pool, lambda: modules.load_compiled(digest, component=component))
         if pre is None and self._shared is not None:
             shared = await self._shared.get(modules.key(digest))
             if shared is not None:
-                pre = await loop.run_in_executor(self._pool, modules.adopt, digest, shared)
+                pre = await loop.run_in_executor(self._pool, lambda: modules.adopt(digest, shared, component=component))
         if pre is None:
             data = await load()
-            fresh, compiled = await loop.run_in_executor(self._pool, modules.compile, digest, data)
+            fresh, compiled = await loop.run_in_executor(
+                self._pool, lambda: modules.compile(digest, data, component=component)
+            )
             if self._shared is not None:
                 await self._shared.put(modules.key(digest), compiled)
             pre = fresh
@@ -157,8 +165,11 @@ class WasmRuntime:
         entry: Entry
         oom_markers: tuple[str, ...]
         if guest is None:
-            pre = await self._instance_pre(engine, spec.artifact, lambda: self._fetch(spec.artifact))
-            argv, entry, oom_markers = [spec.name], "start", ()
+            component = spec.runtime is Runtime.COMPONENT
+            pre = await self._instance_pre(
+                engine, spec.artifact, lambda: self._fetch(spec.artifact), component=component
+            )
+            argv, entry, oom_markers = [spec.name], "component" if component else "start", ()
         else:
 
             async def interpreter_bytes() -> bytes:

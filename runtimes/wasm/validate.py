@@ -5,10 +5,12 @@ from __future__ import annotations
 import functools
 
 import wasmtime
+import wasmtime.component as wc
 
 from soulbox.core.errors import InvalidModule, InvalidRequest
 from soulbox.core.schemas import Limits, Runtime
 
+from .components import COMPONENT_MAGIC, check_imports, run_export
 from .engine import WasmEngine
 from .execute import execute
 from .guests import define_host_imports, interpreter, source_text
@@ -36,6 +38,20 @@ def validate_module(data: bytes) -> None:
         raise InvalidModule(f"module imports functions SoulBox does not provide: {', '.join(unknown)}")
     if "_start" not in {exp.name for exp in module.exports}:
         raise InvalidModule("module has no `_start` export (build it as a WASI command)")
+
+
+def validate_component(data: bytes) -> None:
+    """Raise :class:`InvalidModule` unless ``data`` is a WASI p2 component SoulBox can run (``wasi:cli/run``)."""
+    if not data.startswith(COMPONENT_MAGIC):
+        hint = " (this is a core module: deploy it as runtime wasi)" if data.startswith(b"\0asm\x01\0\0\0") else ""
+        raise InvalidModule(f"not a WebAssembly component{hint}")
+    engine = _validation_engine()
+    try:
+        component = wc.Component(engine, data)
+    except wasmtime.WasmtimeError as exc:
+        raise InvalidModule(f"invalid WebAssembly component: {exc}") from exc
+    check_imports(component, engine)
+    run_export(component, engine)
 
 
 # Programs that compile (not run) the source arriving on stdin, and say where it is wrong.
