@@ -27,6 +27,8 @@ def validate_module(data: bytes) -> None:
     """Raise :class:`InvalidModule` unless ``data`` is a runnable WASI command module."""
     if not data.startswith(b"\0asm"):
         raise InvalidModule("not a WebAssembly module (missing the \\0asm magic)")
+    if data.startswith(COMPONENT_MAGIC):
+        raise InvalidModule("this is a WASI preview-2 component: deploy it with runtime=component")
     engine = _validation_engine()
     try:
         wasmtime.Module.validate(engine, data)

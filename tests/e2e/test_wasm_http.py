@@ -1,4 +1,4 @@
-"""Wasmtime HTTP handlers (handler=http) through the gateway: HTTP route triggers and the invoke API."""
+"""Wasmtime HTTP handlers (handler=http) and WASI p2 components through the gateway: routes and invoke."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import httpx
 import pytest
 
 from tests.guests import wasm
+from tests.guests.components import component
 
 HANDLERS = {
     "quickjs": (
@@ -80,3 +81,22 @@ def test_handler_mode_is_only_for_the_wasmtime_tier(api: httpx.Client) -> None:
         files={"code": ("x.js", b"1")},
     )
     assert unknown.status_code == 400 and "handler must be one of stdio, http" in unknown.json()["error"]["message"]
+
+
+def test_components_deploy_and_run_plain_and_as_http_handlers(api: httpx.Client) -> None:
+    plain = api.post(
+        "/v1/functions",
+        data={"name": "comp-echo", "runtime": "component"},
+        files={"code": ("c.wasm", component("echo"))},
+    )
+    assert plain.status_code in (200, 201), plain.text
+    assert api.post("/v1/functions/comp-echo/invoke", content=b"through p2").content == b"through p2"
+    _deploy(api, "comp-http", "component", component("http_created"))
+    answered = api.post("/v1/functions/comp-http/invoke")
+    assert answered.status_code == 201 and answered.headers["x-guest"] == "component"
+    refused = api.post(
+        "/v1/functions",
+        data={"name": "comp-bad", "runtime": "component"},
+        files={"code": ("c.wasm", component("bad_import"))},
+    )
+    assert refused.status_code == 400 and "wasi:http/outgoing-handler" in refused.json()["error"]["message"]
