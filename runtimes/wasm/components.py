@@ -37,12 +37,14 @@ class ComponentPre:
 
     component: wc.Component
     linker: wc.Linker
-    run: wc.ExportIndex
+    run_index: wc.ExportIndex
 
-    def call_run(self, store: wasmtime.Store) -> bool:
-        """Instantiate in ``store`` and call ``wasi:cli/run``; True if it returned ``ok``."""
-        instance = self.linker.instantiate(store, self.component)
-        run = instance.get_func(store, self.run)
+    def instantiate(self, store: wasmtime.Store) -> wc.Instance:
+        return self.linker.instantiate(store, self.component)
+
+    def run(self, store: wasmtime.Store, instance: wc.Instance) -> bool:
+        """Call ``wasi:cli/run``; True if it returned ``ok``."""
+        run = instance.get_func(store, self.run_index)
         assert run is not None, "checked when the component was prepared"
         result = run(store)
         return not (isinstance(result, wc.Variant) and result.tag == "err")

@@ -82,10 +82,13 @@ def execute(
     exit_code: int | None = 0
     error: InvocationError | None = None
     instance = None
+    component_running = False  # a component instantiated: its errors are the guest's from then on
     started = time.perf_counter()
     try:
         if isinstance(pre, ComponentPre):
-            if not pre.call_run(store):
+            running = pre.instantiate(store)
+            component_running = True
+            if not pre.run(store, running):
                 exit_code = 1
                 outcome = Outcome.FUNCTION_ERROR
                 tail = _tail(stderr)
@@ -135,6 +138,10 @@ def execute(
         elif trap is not None:
             outcome = Outcome.FUNCTION_ERROR
             error = InvocationError(kind="trap", message=f"wasm trap: {trap}")
+        elif component_running:
+            # A WASI call the host refused (e.g. a write over the stream's 4 KiB budget): the guest's fault.
+            outcome = Outcome.FUNCTION_ERROR
+            error = InvocationError(kind="trap", message=message.split("Caused by:")[-1].strip())
         elif instance is None and "memory" in message and ("limit" in message or "minimum" in message):
             outcome = Outcome.OUT_OF_MEMORY
             error = InvocationError(kind="out_of_memory", message=message)

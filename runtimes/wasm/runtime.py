@@ -2,9 +2,11 @@
 
 A WASI command module runs with the request body as stdin and a bounded
 capture of stdout/stderr; source functions (QuickJS, MicroPython) run their
-interpreter module the same way with the source as an argument. Every call
-gets a new Store with its own memory limit and epoch deadline; the module's
-InstancePre is shared.
+interpreter module the same way with the source as an argument, and a WASI p2
+component (``runtime=component``) its ``wasi:cli/run``. Every call gets a new
+Store with its own memory limit and epoch deadline; the module's InstancePre
+(or the component and its linker) is shared. A function deployed with
+``handler=http`` gets the HTTP handler contract of handler.py on stdin/stdout.
 
 A function with a fuel budget (``limits.fuel``) runs on a second, fuel-metering
 engine made on first use, with its own linker and module cache (compiled

@@ -116,6 +116,10 @@ BODIES: dict[str, str] = {
     "grow": """(func (export "run") (result i32)
       (loop $more (br_if $more (i32.ne (memory.grow (i32.const 1)) (i32.const -1))))
       unreachable)""",
+    # One write of 8 KiB: more than a blocking-write-and-flush may take (4 KiB); the host refuses it.
+    "big_write": """(func (export "run") (result i32)
+      (call $write (call $get_stdout) (i32.const 0) (i32.const 8192) (i32.const 32))
+      (i32.const 0))""",
     # An HTTP handler (handler=http): the same JSON response to every request.
     "http_created": f"""(data (i32.const 64) "{_ESCAPED}")
     (func (export "run") (result i32)

@@ -17,7 +17,7 @@ from soulbox.runtimes.wasm.validate import validate_component
 from tests.guests import wasm
 from tests.guests.components import component
 
-NAMES = ("hello", "echo", "fails", "exits", "loop", "grow", "http_created")
+NAMES = ("hello", "echo", "fails", "exits", "loop", "grow", "big_write", "http_created")
 ARTIFACTS = {hashlib.sha256(component(n)).hexdigest(): component(n) for n in NAMES}
 
 
@@ -73,6 +73,12 @@ async def test_deadline_fuel_and_memory(runtime: WasmRuntime) -> None:
     # The limit refuses memory.grow; the guest traps (peak memory is not visible through a component).
     assert growing.outcome is Outcome.FUNCTION_ERROR
     assert growing.error is not None and growing.error.message == "wasm trap: wasm `unreachable` instruction executed"
+
+
+async def test_a_wasi_call_the_host_refuses_fails_the_guest(runtime: WasmRuntime) -> None:
+    refused = await runtime.run(_spec("big_write"), b"")
+    assert refused.outcome is Outcome.FUNCTION_ERROR and refused.error is not None
+    assert refused.error.kind == "trap" and refused.error.message.startswith("Buffer too large")
 
 
 async def test_output_is_capped(runtime: WasmRuntime) -> None:
