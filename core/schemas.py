@@ -66,6 +66,7 @@ class Runtime(StrEnum):
     COMPONENT = "component"  # a WASI preview-2 component exporting `wasi:cli/run` (stdin -> stdout)
     QUICKJS = "quickjs"  # JavaScript source run by QuickJS-NG compiled to WASI
     MICROPYTHON = "micropython"  # Python source run by MicroPython compiled to WASI
+    CPYTHON = "cpython"  # Python 3.14 source run by the CPython WASI p2 component (frozen stdlib subset)
     BUN = "bun"  # a JS/TS module on Bun: Workers-style `export default { fetch }`, or a script
     DENO = "deno"  # the same on Deno, with Deno's permissions (nothing unless granted)
     PYTHON = "python"  # a Python 3 script in a Linux namespace sandbox

@@ -14,7 +14,13 @@ from soulbox.core.schemas import Runtime, Tier
 
 from .js.source import validate_source
 from .linux.validate import validate_script
-from .wasm.validate import validate_component, validate_javascript, validate_micropython, validate_module
+from .wasm.validate import (
+    validate_component,
+    validate_cpython,
+    validate_javascript,
+    validate_micropython,
+    validate_module,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +48,12 @@ CATALOG: Mapping[Runtime, RuntimeInfo] = {
     ),
     Runtime.MICROPYTHON: RuntimeInfo(
         Runtime.MICROPYTHON, (Tier.WASM,), validate_micropython, "a Python script run by MicroPython in Wasmtime"
+    ),
+    Runtime.CPYTHON: RuntimeInfo(
+        Runtime.CPYTHON,
+        (Tier.WASM,),
+        validate_cpython,
+        "a Python 3.14 script run by CPython compiled to a WASI component, in Wasmtime (frozen stdlib subset)",
     ),
     Runtime.BUN: RuntimeInfo(
         Runtime.BUN,

@@ -15,6 +15,7 @@ from soulbox.core.schemas import InvocationError, Limits, Outcome
 
 from ..protocol import Output, RunResult
 from .components import ComponentPre
+from .cpython import CPythonPre
 from .engine import WasmEngine
 from .guests import Entry
 from .modules import Prepared
@@ -48,12 +49,13 @@ def execute(
     memory_limit = limits.memory_mb * MIB
     # A component is several core instances (its modules, adapter shims), each may have a memory
     # and tables; memory_size still bounds every memory of the store.
-    many = 64 if entry == "component" else 4
+    component = entry in ("component", "cpython")
+    many = 64 if component else 4
     store.set_limits(
         memory_size=memory_limit,
         instances=many,
         tables=many,
-        memories=many if entry == "component" else 1,
+        memories=many if component else 1,
         table_elements=100_000,
     )
     wasi = wasmtime.WasiConfig()
@@ -85,7 +87,18 @@ def execute(
     component_running = False  # a component instantiated: its errors are the guest's from then on
     started = time.perf_counter()
     try:
-        if isinstance(pre, ComponentPre):
+        if isinstance(pre, CPythonPre):
+            running_python = pre.instantiate(store)
+            component_running = True
+            out, err, code = pre.run(store, running_python, argv[1])
+            stdout.write(out.encode("utf-8", errors="replace"))
+            stderr.write(err.encode("utf-8", errors="replace"))
+            if code != 0:
+                exit_code = code
+                outcome = Outcome.FUNCTION_ERROR
+                tail = _tail(stderr)
+                error = InvocationError(kind="exception", message=tail or f"exited with code {code}")
+        elif isinstance(pre, ComponentPre):
             running = pre.instantiate(store)
             component_running = True
             if not pre.run(store, running):
@@ -128,7 +141,7 @@ def execute(
     except wasmtime.WasmtimeError as exc:
         exit_code = None
         message = str(exc)
-        trap = _trap_of(message) if isinstance(pre, ComponentPre) else None
+        trap = _trap_of(message) if component else None
         if trap == "interrupt":
             outcome = Outcome.TIMEOUT
             error = InvocationError(kind="timeout", message=f"deadline of {limits.timeout_ms} ms exceeded")

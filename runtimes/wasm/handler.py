@@ -174,7 +174,7 @@ try {
 } finally { std.out.flush(); std.err.flush(); }
 """
 
-# MicroPython: the source runs as function.py (its own line numbers) in a namespace where print
+# MicroPython and CPython: the source runs as function.py (its own line numbers) in a namespace where print
 # writes to stderr; then `handler(request)` is called and its return value written as JSON.
 _PY_HTTP_RUNNER = """import sys, json, binascii
 def __sb_print(*args, **kwargs):
@@ -193,8 +193,8 @@ sys.stdout.write(json.dumps(__sb_response))
 """
 
 
-def micropython_runner(source: str) -> str:
-    """The ``-c`` program of a MicroPython http handler, with the source as a string literal.
+def python_runner(source: str) -> str:
+    """The program of a MicroPython (``-c``) or CPython http handler, with the source as a string literal.
 
     JSON string syntax with non-ASCII kept as is is valid Python string syntax.
     """

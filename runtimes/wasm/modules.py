@@ -13,23 +13,26 @@ from __future__ import annotations
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 import wasmtime
 import wasmtime.component as wc
 
 from soulbox.core.logging import get_logger
 
-from .components import ComponentPre, prepare
+from .components import ComponentPre
+from .cpython import CPythonPre
 from .engine import WasmEngine
 
 log = get_logger(__name__)
 
 FetchArtifact = Callable[[str], Awaitable[bytes]]
-Prepared = wasmtime.InstancePre | ComponentPre
+Prepared = wasmtime.InstancePre | ComponentPre | CPythonPre
 """What a call instantiates: a module's InstancePre, or a component with its linker."""
+Kind = Literal["module", "component", "cpython"]
+"""What an artifact is: a core module, a ``wasi:cli/run`` component, or the CPython component."""
 
 
 class CompiledStore(Protocol):
@@ -43,7 +46,8 @@ class CompiledStore(Protocol):
 class ModuleCache:
     """Maps an artifact digest to a ready ``InstancePre`` or :class:`ComponentPre` (bounded LRU).
 
-    ``component=True`` in the loading methods: the artifact is a WASI p2 component.
+    ``kind`` in the loading methods says what the artifact is; components are prepared by
+    ``preparers[kind]`` (with the linker of their kind).
     """
 
     def __init__(
@@ -53,11 +57,11 @@ class ModuleCache:
         cache_dir: Path,
         *,
         size: int,
-        component_linker: wc.Linker | None = None,
+        preparers: Mapping[Kind, Callable[[wc.Component], Prepared]] | None = None,
     ) -> None:
         self._engine = engine
         self._linker = linker
-        self._component_linker = component_linker
+        self._preparers = dict(preparers or {})
         self._dir = cache_dir
         self._dir.mkdir(parents=True, exist_ok=True)
         self._size = size
@@ -82,14 +86,14 @@ class ModuleCache:
     def _path(self, digest: str) -> Path:
         return self._dir / f"{self.key(digest)}.cwasm"
 
-    def load_compiled(self, digest: str, *, component: bool = False) -> Prepared | None:
+    def load_compiled(self, digest: str, *, kind: Kind = "module") -> Prepared | None:
         """Deserialize a compiled artifact from disk, if one exists."""
         path = self._path(digest)
         if not path.exists():
             return None
         try:
             engine = self._engine.engine
-            if component:
+            if kind != "module":
                 artifact: wasmtime.Module | wc.Component = wc.Component.deserialize_file(engine, str(path))
             else:
                 artifact = wasmtime.Module.deserialize_file(engine, str(path))
@@ -98,22 +102,22 @@ class ModuleCache:
             path.unlink(missing_ok=True)
             return None
         self.deserialized += 1
-        return self._insert(digest, artifact)
+        return self._insert(digest, artifact, kind)
 
-    def compile(self, digest: str, data: bytes, *, component: bool = False) -> tuple[Prepared, bytes]:
+    def compile(self, digest: str, data: bytes, *, kind: Kind = "module") -> tuple[Prepared, bytes]:
         """Compile, keep on disk; returns the compiled bytes too, for sharing."""
         engine = self._engine.engine
-        artifact = wc.Component(engine, data) if component else wasmtime.Module(engine, data)
+        artifact = wasmtime.Module(engine, data) if kind == "module" else wc.Component(engine, data)
         self.compiled += 1
         compiled = bytes(artifact.serialize())
         self._write(digest, compiled)
-        return self._insert(digest, artifact), compiled
+        return self._insert(digest, artifact, kind), compiled
 
-    def adopt(self, digest: str, compiled: bytes, *, component: bool = False) -> Prepared | None:
+    def adopt(self, digest: str, compiled: bytes, *, kind: Kind = "module") -> Prepared | None:
         """Take a compiled artifact another worker shared: to disk, then deserialize."""
         self._write(digest, compiled)
         self.fetched += 1
-        return self.load_compiled(digest, component=component)
+        return self.load_compiled(digest, kind=kind)
 
     def _write(self, digest: str, compiled: bytes) -> None:
         path = self._path(digest)
@@ -121,11 +125,10 @@ class ModuleCache:
         tmp.write_bytes(compiled)
         os.replace(tmp, path)  # atomic: concurrent workers never see half a file
 
-    def _insert(self, digest: str, artifact: wasmtime.Module | wc.Component) -> Prepared:
+    def _insert(self, digest: str, artifact: wasmtime.Module | wc.Component, kind: Kind) -> Prepared:
         pre: Prepared
         if isinstance(artifact, wc.Component):
-            assert self._component_linker is not None, "a cache for components needs their linker"
-            pre = prepare(artifact, self._component_linker, self._engine.engine)
+            pre = self._preparers[kind](artifact)
         else:
             pre = self._linker.instantiate_pre(artifact)
         with self._lock:

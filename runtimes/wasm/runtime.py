@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import wasmtime
+import wasmtime.component as wc
 
 from soulbox.core.errors import SchemaError
 from soulbox.core.logging import get_logger
@@ -31,13 +32,13 @@ from soulbox.core.schemas import FunctionSpec, Handler, InvocationError, Outcome
 
 from ..protocol import Output, RunResult
 from ..singleflight import SingleFlight
-from . import components
+from . import components, cpython
 from .engine import WasmEngine
 from .execute import execute
 from .grants import GrantRefused, resolve_read_grants
 from .guests import Entry, Interpreter, define_host_imports, interpreter, source_text
 from .handler import envelope_limit, finish, request_document
-from .modules import CompiledStore, FetchArtifact, ModuleCache, Prepared
+from .modules import CompiledStore, FetchArtifact, Kind, ModuleCache, Prepared
 
 SOURCE_CACHE_SIZE = 256
 
@@ -58,9 +59,13 @@ def _make_engine(cache_dir: Path, *, tick_ms: int, fuel: bool, module_cache_size
     linker = wasmtime.Linker(wasm.engine)
     linker.define_wasi()
     define_host_imports(linker)
-    modules = ModuleCache(
-        wasm, linker, cache_dir, size=module_cache_size, component_linker=components.make_linker(wasm.engine)
-    )
+    component_linker = components.make_linker(wasm.engine)
+    cpython_linker = cpython.make_linker(wasm.engine)
+    preparers: dict[Kind, Callable[[wc.Component], Prepared]] = {
+        "component": lambda c: components.prepare(c, component_linker, wasm.engine),
+        "cpython": lambda c: cpython.prepare(c, cpython_linker),
+    }
+    modules = ModuleCache(wasm, linker, cache_dir, size=module_cache_size, preparers=preparers)
     return _Engine(wasm, linker, modules)
 
 
@@ -77,6 +82,7 @@ class WasmRuntime:
         tick_ms: int = 10,
         shared: CompiledStore | None = None,
         read_roots: Sequence[Path] = (),
+        warm_cpython: bool = False,
     ) -> None:
         self._fetch = fetch_artifact
         self._shared = shared
@@ -84,6 +90,7 @@ class WasmRuntime:
         self._tick_ms = tick_ms
         self._module_cache_size = module_cache_size
         self._read_roots = tuple(read_roots)
+        self._warm_cpython = warm_cpython  # its compile takes ~15 s of CPU: only where asked
         self._plain = _make_engine(cache_dir, tick_ms=tick_ms, fuel=False, module_cache_size=module_cache_size)
         self._fueled: _Engine | None = None
         self.modules = self._plain.modules
@@ -107,30 +114,28 @@ class WasmRuntime:
         return self._fueled
 
     async def _instance_pre(
-        self, engine: _Engine, digest: str, load: Callable[[], Awaitable[bytes]], *, component: bool = False
+        self, engine: _Engine, digest: str, load: Callable[[], Awaitable[bytes]], *, kind: Kind = "module"
     ) -> Prepared:
         pre = engine.modules.lookup(digest)
         if pre is not None:
             return pre
         # Keyed by the compiled artifact's name: the same module loads once per engine.
         return await self._loading.run(
-            engine.modules.key(digest), lambda: self._load(engine.modules, digest, load, component=component)
+            engine.modules.key(digest), lambda: self._load(engine.modules, digest, load, kind=kind)
         )
 
     async def _load(
-        self, modules: ModuleCache, digest: str, load: Callable[[], Awaitable[bytes]], *, component: bool
+        self, modules: ModuleCache, digest: str, load: Callable[[], Awaitable[bytes]], *, kind: Kind
     ) -> Prepared:
         loop = asyncio.get_running_loop()
-        pre = await loop.run_in_executor(self._pool, lambda: modules.load_compiled(digest, component=component))
+        pre = await loop.run_in_executor(self._pool, lambda: modules.load_compiled(digest, kind=kind))
         if pre is None and self._shared is not None:
             shared = await self._shared.get(modules.key(digest))
             if shared is not None:
-                pre = await loop.run_in_executor(self._pool, lambda: modules.adopt(digest, shared, component=component))
+                pre = await loop.run_in_executor(self._pool, lambda: modules.adopt(digest, shared, kind=kind))
         if pre is None:
             data = await load()
-            fresh, compiled = await loop.run_in_executor(
-                self._pool, lambda: modules.compile(digest, data, component=component)
-            )
+            fresh, compiled = await loop.run_in_executor(self._pool, lambda: modules.compile(digest, data, kind=kind))
             if self._shared is not None:
                 await self._shared.put(modules.key(digest), compiled)
             pre = fresh
@@ -156,8 +161,8 @@ class WasmRuntime:
         except (GrantRefused, SchemaError) as exc:
             # A grant accepted at deploy but not allowed (or absent) on this worker, or a request
             # envelope that does not decode: a failure of this invocation, not of the worker.
-            kind = "grant_refused" if isinstance(exc, GrantRefused) else "bad_request"
-            error = InvocationError(kind=kind, message=exc.message)
+            reason = "grant_refused" if isinstance(exc, GrantRefused) else "bad_request"
+            error = InvocationError(kind=reason, message=exc.message)
             return RunResult.captured(
                 Outcome.FUNCTION_ERROR, Output(0), Output(0), exit_code=None, duration_ms=0.0, error=error
             )
@@ -169,7 +174,7 @@ class WasmRuntime:
         if guest is None:
             component = spec.runtime is Runtime.COMPONENT
             pre = await self._instance_pre(
-                engine, spec.artifact, lambda: self._fetch(spec.artifact), component=component
+                engine, spec.artifact, lambda: self._fetch(spec.artifact), kind="component" if component else "module"
             )
             argv, entry, oom_markers = [spec.name], "component" if component else "start", ()
         else:
@@ -177,7 +182,9 @@ class WasmRuntime:
             async def interpreter_bytes() -> bytes:
                 return guest.module_bytes
 
-            pre = await self._instance_pre(engine, guest.digest, interpreter_bytes)
+            pre = await self._instance_pre(
+                engine, guest.digest, interpreter_bytes, kind="cpython" if guest.entry == "cpython" else "module"
+            )
             source = await self._source(spec.artifact)
             argv, entry, oom_markers = (
                 guest.argv(source, memory_mb=spec.limits.memory_mb, http=http),
@@ -206,14 +213,15 @@ class WasmRuntime:
         """Have every interpreter compiled (or fetched) before the first source function needs it."""
         for runtime in Runtime:
             guest = interpreter(runtime)
-            if guest is None:
+            if guest is None or (guest.entry == "cpython" and not self._warm_cpython):
                 continue
 
             async def module_bytes(guest: Interpreter = guest) -> bytes:
                 return guest.module_bytes
 
             try:
-                await self._instance_pre(self._plain, guest.digest, module_bytes)
+                kind: Kind = "cpython" if guest.entry == "cpython" else "module"
+                await self._instance_pre(self._plain, guest.digest, module_bytes, kind=kind)
             except Exception as exc:  # it will be compiled on first use instead
                 log.warning("wasm.warm_up_failed", runtime=runtime.value, error=repr(exc))
 

@@ -109,6 +109,15 @@ def validate_javascript(code: bytes) -> None:
     _check_source(Runtime.QUICKJS, _JS_CHECK, code)
 
 
+def validate_cpython(code: bytes) -> None:
+    """Raise InvalidRequest unless ``code`` is UTF-8 text without NUL bytes.
+
+    Syntax is not checked at deploy: the only Python 3.14 parser at hand is the guest's,
+    whose compile takes seconds; a syntax error is the first call's ``exception``.
+    """
+    source_text(code)
+
+
 def validate_micropython(code: bytes) -> None:
     """Raise InvalidRequest (with the line) unless ``code`` is Python MicroPython compiles."""
     _check_source(Runtime.MICROPYTHON, _PY_CHECK, code)
