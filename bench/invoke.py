@@ -2,11 +2,11 @@
 
 Starts a private stack with ``soulbox up`` (own NATS on a free port, temp data
 dir) and measures, for a hello function in each Wasmtime-tier runtime (a raw
-WASI module, QuickJS source, MicroPython source, a WASI p2 component):
+WASI module, QuickJS source, MicroPython source, a WASI p2 component, CPython source):
 
 * in-process: compile and deserialize times of the module (the interpreter's,
   for source functions) and a warm call (shared InstancePre, new Store per
-  call), plus bare wasmtime-py calls of the WASI module and of the component;
+  call), plus bare wasmtime-py calls of the WASI module, the component and CPython;
 * end to end over HTTP: the first invoke after deploy (compiles), then warm
   sequential invokes over one keep-alive connection (p50/p99);
 * throughput: concurrent sync invokes of the WASI hello from a lean HTTP/1.1
@@ -37,7 +37,7 @@ import wasmtime.component as wc
 
 from soulbox.core.natsserver import free_port
 from soulbox.core.schemas import Limits, Runtime
-from soulbox.runtimes.wasm import components
+from soulbox.runtimes.wasm import components, cpython
 from soulbox.runtimes.wasm.engine import WasmEngine
 from soulbox.runtimes.wasm.execute import execute
 from soulbox.runtimes.wasm.guests import Entry, define_host_imports, interpreter
@@ -97,6 +97,7 @@ FUNCTIONS = {  # name: (runtime, code, expected stdout)
         bytes(wasmtime.wat2wasm(HELLO_COMPONENT_WAT)),
         b"hello from a component\n",
     ),
+    "hello-cpython": (Runtime.CPYTHON, b"print('hello from cpython')", b"hello from cpython\n"),
 }
 
 
@@ -132,9 +133,11 @@ def in_process(n: int) -> dict[str, dict[str, float]]:
     define_host_imports(linker)
     limits = Limits()
     rows: dict[str, dict[str, float]] = {}
+    prepared: dict[str, Prepared] = {}
     for name, (runtime, code, expected) in FUNCTIONS.items():
         guest = interpreter(runtime)
         compile_ms, deserialize_ms, pre = load(engine, linker, runtime, guest.module_bytes if guest else code)
+        prepared[name] = pre
         argv = guest.argv(code.decode(), memory_mb=limits.memory_mb) if guest else [name]
         entry = entry_of(runtime)
 
@@ -144,6 +147,9 @@ def in_process(n: int) -> dict[str, dict[str, float]]:
 
         call()
         rows[name] = {"compile": compile_ms, "deserialize": deserialize_ms, "warm": statistics.median(timed(call, n))}
+    python_pre = prepared["hello-cpython"]
+    assert isinstance(python_pre, cpython.CPythonPre)
+    rows["hello-cpython"]["bare"] = statistics.median(bare_cpython(engine, python_pre, n))
     engine.close()
     rows["hello-wasi"]["bare"] = statistics.median(bare_wasmtime(FUNCTIONS["hello-wasi"][1], n))
     rows["hello-component"]["bare"] = statistics.median(bare_component(FUNCTIONS["hello-component"][1], n))
@@ -157,7 +163,7 @@ def entry_of(runtime: Runtime) -> Entry:
 
 def load(engine: WasmEngine, linker: wasmtime.Linker, runtime: Runtime, data: bytes) -> tuple[float, float, Prepared]:
     """Compile ms, deserialize ms and what a call instantiates, as the worker's module cache does."""
-    kind = wc.Component if runtime is Runtime.COMPONENT else wasmtime.Module
+    kind = wc.Component if runtime in (Runtime.COMPONENT, Runtime.CPYTHON) else wasmtime.Module
     started = time.perf_counter()
     artifact = kind(engine.engine, data)
     compile_ms = (time.perf_counter() - started) * 1000
@@ -165,6 +171,8 @@ def load(engine: WasmEngine, linker: wasmtime.Linker, runtime: Runtime, data: by
     started = time.perf_counter()
     artifact = kind.deserialize(engine.engine, serialized)
     deserialize_ms = (time.perf_counter() - started) * 1000
+    if isinstance(artifact, wc.Component) and runtime is Runtime.CPYTHON:
+        return compile_ms, deserialize_ms, cpython.prepare(artifact, cpython.make_linker(engine.engine))
     if isinstance(artifact, wc.Component):
         return (
             compile_ms,
@@ -274,6 +282,21 @@ def bare_component(component: bytes, n: int) -> list[float]:
     return timed(call, n)
 
 
+def bare_cpython(engine: WasmEngine, pre: cpython.CPythonPre, n: int) -> list[float]:
+    """wasmtime-py alone, the same compiled CPython component: a new Store, instance, WASI context per call."""
+
+    def call() -> None:
+        store = wasmtime.Store(engine.engine)
+        store.set_epoch_deadline(100_000)
+        store.set_wasi(wasmtime.WasiConfig())
+        store.set_wasi_http()
+        run = pre.linker.instantiate(store, pre.component).get_func(store, pre.run_index)
+        assert run is not None
+        run(store, "print('hello from cpython')")
+
+    return timed(call, n)
+
+
 def start_stack(root: Path, workers: int) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     log = open(root / "up.log", "wb")  # noqa: SIM115
@@ -316,9 +339,9 @@ def end_to_end(url: str, n: int) -> dict[str, dict[str, float]]:
     rows: dict[str, dict[str, float]] = {}
     with httpx.Client(base_url=url, timeout=60) as client:
         for name, (runtime, code, expected) in FUNCTIONS.items():
-            deployed = client.post(
-                "/v1/functions", data={"name": name, "runtime": runtime.value}, files={"code": (name, code)}
-            )
+            # A generous deadline: the worker compiles the CPython component on its first call.
+            form = {"name": name, "runtime": runtime.value, "timeout_ms": "300000"}
+            deployed = client.post("/v1/functions", data=form, files={"code": (name, code)})
             assert deployed.status_code in (200, 201), deployed.text
 
             def call(name=name, expected=expected) -> None:  # type: ignore[no-untyped-def]
