@@ -408,7 +408,11 @@ def main() -> None:
     print(f"bare wasmtime-py call of the WASI hello (InstancePre, new Store): {local['hello-wasi']['bare']:.3f} ms p50")
     print(
         "bare wasmtime-py call of the component hello (component Linker, new Store): "
-        f"{local['hello-component']['bare']:.3f} ms p50\n"
+        f"{local['hello-component']['bare']:.3f} ms p50"
+    )
+    print(
+        "bare wasmtime-py call of the CPython hello (same compiled component, new Store): "
+        f"{local['hello-cpython']['bare']:.3f} ms p50\n"
     )
     print(
         "| function | compile ms | deserialize ms | warm in-process ms | first HTTP invoke ms "
