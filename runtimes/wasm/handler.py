@@ -1,7 +1,7 @@
 """The HTTP handler contract of the Wasmtime tier: a JSON request on stdin, a JSON response on stdout.
 
-The same for a raw WASI module, a QuickJS and a MicroPython guest (the
-interpreters get a small prelude that calls the user's ``handler(request)``
+The same for a raw WASI module or component, a QuickJS, a MicroPython and a
+CPython guest (the interpreters get a small prelude that calls the user's ``handler(request)``
 and writes what it returns). The worker receives the invocation input as the
 JS tier does (an ``http.request`` envelope, or raw bytes: the body of a
 ``POST /``), hands the guest :func:`request_document`, and turns the guest's
