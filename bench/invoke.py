@@ -2,11 +2,11 @@
 
 Starts a private stack with ``soulbox up`` (own NATS on a free port, temp data
 dir) and measures, for a hello function in each Wasmtime-tier runtime (a raw
-WASI module, QuickJS source, MicroPython source):
+WASI module, QuickJS source, MicroPython source, a WASI p2 component, CPython source):
 
 * in-process: compile and deserialize times of the module (the interpreter's,
   for source functions) and a warm call (shared InstancePre, new Store per
-  call), plus a bare wasmtime-py call of the WASI module;
+  call), plus bare wasmtime-py calls of the WASI module, the component and CPython;
 * end to end over HTTP: the first invoke after deploy (compiles), then warm
   sequential invokes over one keep-alive connection (p50/p99);
 * throughput: concurrent sync invokes of the WASI hello from a lean HTTP/1.1
@@ -33,12 +33,15 @@ from pathlib import Path
 
 import httpx
 import wasmtime
+import wasmtime.component as wc
 
 from soulbox.core.natsserver import free_port
 from soulbox.core.schemas import Limits, Runtime
+from soulbox.runtimes.wasm import components, cpython
 from soulbox.runtimes.wasm.engine import WasmEngine
 from soulbox.runtimes.wasm.execute import execute
-from soulbox.runtimes.wasm.guests import define_host_imports, interpreter
+from soulbox.runtimes.wasm.guests import Entry, define_host_imports, interpreter
+from soulbox.runtimes.wasm.modules import Prepared
 
 HELLO_WAT = """(module
   (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
@@ -49,10 +52,52 @@ HELLO_WAT = """(module
     (i32.store (i32.const 4) (i32.const 16))
     (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))"""
 
+# The same hello as a WASI p2 component: wasi:cli/run writes to wasi:cli/stdout.
+HELLO_COMPONENT_WAT = """(component
+  (import "wasi:io/error@0.2.0" (instance $error (export "error" (type (sub resource)))))
+  (alias export $error "error" (type $err))
+  (import "wasi:io/streams@0.2.0" (instance $streams
+    (alias outer 1 $err (type $e))
+    (export "error" (type $e2 (eq $e)))
+    (type $se (variant (case "last-operation-failed" (own $e2)) (case "closed")))
+    (export "stream-error" (type $se2 (eq $se)))
+    (export "output-stream" (type $os (sub resource)))
+    (export "[method]output-stream.blocking-write-and-flush"
+      (func (param "self" (borrow $os)) (param "contents" (list u8)) (result (result (error $se2)))))))
+  (alias export $streams "output-stream" (type $output-stream))
+  (import "wasi:cli/stdout@0.2.0" (instance $stdout
+    (alias outer 1 $output-stream (type $os))
+    (export "output-stream" (type $os2 (eq $os)))
+    (export "get-stdout" (func (result (own $os2))))))
+  (core module $Mem (memory (export "memory") 1))
+  (core instance $mem (instantiate $Mem))
+  (alias core export $mem "memory" (core memory $memory))
+  (core func $get (canon lower (func $stdout "get-stdout")))
+  (core func $write (canon lower (func $streams "[method]output-stream.blocking-write-and-flush") (memory $memory)))
+  (core module $M
+    (import "env" "memory" (memory 1))
+    (import "io" "get-stdout" (func $get (result i32)))
+    (import "io" "write" (func $write (param i32 i32 i32 i32)))
+    (data (i32.const 16) "hello from a component\\n")
+    (func (export "run") (result i32)
+      (call $write (call $get) (i32.const 16) (i32.const 23) (i32.const 64))
+      (i32.const 0)))
+  (core instance $io (export "get-stdout" (func $get)) (export "write" (func $write)))
+  (core instance $main (instantiate $M (with "env" (instance $mem)) (with "io" (instance $io))))
+  (func $run (result (result)) (canon lift (core func $main "run")))
+  (instance $run_inst (export "run" (func $run)))
+  (export "wasi:cli/run@0.2.0" (instance $run_inst)))"""
+
 FUNCTIONS = {  # name: (runtime, code, expected stdout)
     "hello-wasi": (Runtime.WASI, bytes(wasmtime.wat2wasm(HELLO_WAT)), b"hello from wasm\n"),
     "hello-js": (Runtime.QUICKJS, b"console.log('hello from quickjs')", b"hello from quickjs\n"),
     "hello-py": (Runtime.MICROPYTHON, b"print('hello from micropython')", b"hello from micropython\n"),
+    "hello-component": (
+        Runtime.COMPONENT,
+        bytes(wasmtime.wat2wasm(HELLO_COMPONENT_WAT)),
+        b"hello from a component\n",
+    ),
+    "hello-cpython": (Runtime.CPYTHON, b"print('hello from cpython')", b"hello from cpython\n"),
 }
 
 
@@ -88,19 +133,13 @@ def in_process(n: int) -> dict[str, dict[str, float]]:
     define_host_imports(linker)
     limits = Limits()
     rows: dict[str, dict[str, float]] = {}
+    prepared: dict[str, Prepared] = {}
     for name, (runtime, code, expected) in FUNCTIONS.items():
         guest = interpreter(runtime)
-        module_bytes = guest.module_bytes if guest else code
-        started = time.perf_counter()
-        module = wasmtime.Module(engine.engine, module_bytes)
-        compile_ms = (time.perf_counter() - started) * 1000
-        serialized = module.serialize()
-        started = time.perf_counter()
-        module = wasmtime.Module.deserialize(engine.engine, serialized)
-        deserialize_ms = (time.perf_counter() - started) * 1000
-        pre = linker.instantiate_pre(module)
+        compile_ms, deserialize_ms, pre = load(engine, linker, runtime, guest.module_bytes if guest else code)
+        prepared[name] = pre
         argv = guest.argv(code.decode(), memory_mb=limits.memory_mb) if guest else [name]
-        entry = guest.entry if guest else "start"
+        entry = entry_of(runtime)
 
         def call(pre=pre, argv=argv, entry=entry, expected=expected) -> None:  # type: ignore[no-untyped-def]
             result = execute(engine, pre, argv=argv, entry=entry, input=b"", limits=limits)
@@ -108,9 +147,39 @@ def in_process(n: int) -> dict[str, dict[str, float]]:
 
         call()
         rows[name] = {"compile": compile_ms, "deserialize": deserialize_ms, "warm": statistics.median(timed(call, n))}
+    python_pre = prepared["hello-cpython"]
+    assert isinstance(python_pre, cpython.CPythonPre)
+    rows["hello-cpython"]["bare"] = statistics.median(bare_cpython(engine, python_pre, n))
     engine.close()
     rows["hello-wasi"]["bare"] = statistics.median(bare_wasmtime(FUNCTIONS["hello-wasi"][1], n))
+    rows["hello-component"]["bare"] = statistics.median(bare_component(FUNCTIONS["hello-component"][1], n))
     return rows
+
+
+def entry_of(runtime: Runtime) -> Entry:
+    guest = interpreter(runtime)
+    return guest.entry if guest else "component" if runtime is Runtime.COMPONENT else "start"
+
+
+def load(engine: WasmEngine, linker: wasmtime.Linker, runtime: Runtime, data: bytes) -> tuple[float, float, Prepared]:
+    """Compile ms, deserialize ms and what a call instantiates, as the worker's module cache does."""
+    kind = wc.Component if runtime in (Runtime.COMPONENT, Runtime.CPYTHON) else wasmtime.Module
+    started = time.perf_counter()
+    artifact = kind(engine.engine, data)
+    compile_ms = (time.perf_counter() - started) * 1000
+    serialized = artifact.serialize()
+    started = time.perf_counter()
+    artifact = kind.deserialize(engine.engine, serialized)
+    deserialize_ms = (time.perf_counter() - started) * 1000
+    if isinstance(artifact, wc.Component) and runtime is Runtime.CPYTHON:
+        return compile_ms, deserialize_ms, cpython.prepare(artifact, cpython.make_linker(engine.engine))
+    if isinstance(artifact, wc.Component):
+        return (
+            compile_ms,
+            deserialize_ms,
+            components.prepare(artifact, components.make_linker(engine.engine), engine.engine),
+        )
+    return compile_ms, deserialize_ms, linker.instantiate_pre(artifact)
 
 
 def fuel_overhead(n: int) -> dict[str, dict[str, float]]:
@@ -120,20 +189,16 @@ def fuel_overhead(n: int) -> dict[str, dict[str, float]]:
     rows: dict[str, dict[str, float]] = {}
     for name, (runtime, code, expected) in functions.items():
         guest = interpreter(runtime)
-        module_bytes = guest.module_bytes if guest else code
         row: dict[str, float] = {}
         calls = {}
         for fuel, engine in engines.items():
             linker = wasmtime.Linker(engine.engine)
             linker.define_wasi()
             define_host_imports(linker)
-            started = time.perf_counter()
-            module = wasmtime.Module(engine.engine, module_bytes)
-            row[f"compile_{int(fuel)}"] = (time.perf_counter() - started) * 1000
-            pre = linker.instantiate_pre(module)
+            row[f"compile_{int(fuel)}"], _, pre = load(engine, linker, runtime, guest.module_bytes if guest else code)
             limits = Limits(fuel=FUEL_BUDGET if fuel else None)
             argv = guest.argv(code.decode(), memory_mb=limits.memory_mb) if guest else [name]
-            entry = guest.entry if guest else "start"
+            entry = entry_of(runtime)
 
             def call(  # type: ignore[no-untyped-def]
                 engine=engine, pre=pre, argv=argv, entry=entry, limits=limits, expected=expected
@@ -191,6 +256,47 @@ def bare_wasmtime(module: bytes, n: int) -> list[float]:
     return timed(call, n)
 
 
+def bare_component(component: bytes, n: int) -> list[float]:
+    """wasmtime-py alone: shared component Linker with WASI p2, a new Store, instance and WASI context per call."""
+    config = wasmtime.Config()
+    config.epoch_interruption = True
+    engine = wasmtime.Engine(config)
+    linker = wc.Linker(engine)
+    linker.add_wasip2()
+    compiled = wc.Component(engine, component)
+    run_interface = compiled.get_export_index("wasi:cli/run@0.2.0")
+    run_index = compiled.get_export_index("run", run_interface)
+    assert run_index is not None
+
+    def call() -> None:
+        out: list[bytes] = []
+        store = wasmtime.Store(engine)
+        store.set_epoch_deadline(1000)
+        wasi = wasmtime.WasiConfig()
+        wasi.stdout_custom = out.append
+        store.set_wasi(wasi)
+        run = linker.instantiate(store, compiled).get_func(store, run_index)
+        assert run is not None
+        run(store)
+
+    return timed(call, n)
+
+
+def bare_cpython(engine: WasmEngine, pre: cpython.CPythonPre, n: int) -> list[float]:
+    """wasmtime-py alone, the same compiled CPython component: a new Store, instance, WASI context per call."""
+
+    def call() -> None:
+        store = wasmtime.Store(engine.engine)
+        store.set_epoch_deadline(100_000)
+        store.set_wasi(wasmtime.WasiConfig())
+        store.set_wasi_http()
+        run = pre.linker.instantiate(store, pre.component).get_func(store, pre.run_index)
+        assert run is not None
+        run(store, "print('hello from cpython')")
+
+    return timed(call, n)
+
+
 def start_stack(root: Path, workers: int) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     log = open(root / "up.log", "wb")  # noqa: SIM115
@@ -233,9 +339,9 @@ def end_to_end(url: str, n: int) -> dict[str, dict[str, float]]:
     rows: dict[str, dict[str, float]] = {}
     with httpx.Client(base_url=url, timeout=60) as client:
         for name, (runtime, code, expected) in FUNCTIONS.items():
-            deployed = client.post(
-                "/v1/functions", data={"name": name, "runtime": runtime.value}, files={"code": (name, code)}
-            )
+            # A generous deadline: the worker compiles the CPython component on its first call.
+            form = {"name": name, "runtime": runtime.value, "timeout_ms": "300000"}
+            deployed = client.post("/v1/functions", data=form, files={"code": (name, code)})
             assert deployed.status_code in (200, 201), deployed.text
 
             def call(name=name, expected=expected) -> None:  # type: ignore[no-untyped-def]
@@ -286,7 +392,7 @@ def main() -> None:
         print(f"## Wasmtime in-process — {time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores\n")
         for name, lo in local.items():
             print(f"{name}: compile {lo['compile']:.1f} ms, deserialize {lo['deserialize']:.2f} ms, ", end="")
-            print(f"warm {lo['warm']:.3f} ms")
+            print(f"warm {lo['warm']:.3f} ms" + (f", bare wasmtime-py {lo['bare']:.3f} ms" if "bare" in lo else ""))
         print_fuel(fuel)
         return
     with tempfile.TemporaryDirectory(prefix="soulbox-bench-") as tmp:
@@ -299,8 +405,14 @@ def main() -> None:
             process.wait(30)
 
     print(f"## Invoke, Wasmtime tier — {time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores\n")
+    print(f"bare wasmtime-py call of the WASI hello (InstancePre, new Store): {local['hello-wasi']['bare']:.3f} ms p50")
     print(
-        f"bare wasmtime-py call of the WASI hello (InstancePre, new Store): {local['hello-wasi']['bare']:.3f} ms p50\n"
+        "bare wasmtime-py call of the component hello (component Linker, new Store): "
+        f"{local['hello-component']['bare']:.3f} ms p50"
+    )
+    print(
+        "bare wasmtime-py call of the CPython hello (same compiled component, new Store): "
+        f"{local['hello-cpython']['bare']:.3f} ms p50\n"
     )
     print(
         "| function | compile ms | deserialize ms | warm in-process ms | first HTTP invoke ms "

@@ -63,13 +63,22 @@ class Runtime(StrEnum):
     """What the function's code is; the scheduler maps it to a tier."""
 
     WASI = "wasi"  # a WASI preview-1 command module (`_start`, stdin -> stdout)
+    COMPONENT = "component"  # a WASI preview-2 component exporting `wasi:cli/run` (stdin -> stdout)
     QUICKJS = "quickjs"  # JavaScript source run by QuickJS-NG compiled to WASI
     MICROPYTHON = "micropython"  # Python source run by MicroPython compiled to WASI
+    CPYTHON = "cpython"  # Python 3.14 source run by the CPython WASI p2 component (frozen stdlib subset)
     BUN = "bun"  # a JS/TS module on Bun: Workers-style `export default { fetch }`, or a script
     DENO = "deno"  # the same on Deno, with Deno's permissions (nothing unless granted)
     PYTHON = "python"  # a Python 3 script in a Linux namespace sandbox
     SHELL = "shell"  # a bash script in a Linux namespace sandbox
     NODE = "node"  # a JavaScript file run by node in a Linux namespace sandbox
+
+
+class Handler(StrEnum):
+    """How a function takes its input and gives its result (the Wasmtime tier's guests)."""
+
+    STDIO = "stdio"  # the input is stdin, stdout is the result
+    HTTP = "http"  # stdin is a JSON request (method, path, headers, body), stdout a JSON response
 
 
 class Status(StrEnum):
@@ -176,6 +185,7 @@ class FunctionSpec(Message):
         default_factory=dict, description="env var -> secret name; the worker opens the values at run time"
     )
     permissions: Permissions = Permissions()
+    handler: Handler = Field(Handler.STDIO, description="stdio, or http: the HTTP handler contract (Wasmtime tier)")
     retry: RetryPolicy | None = Field(None, description="retries of failed asynchronous invocations")
     max_concurrency: int | None = Field(None, ge=1, description="invocations running at once, over all schedulers")
     packages: dict[str, str] = Field(

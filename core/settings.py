@@ -116,6 +116,9 @@ class WasmSettings(BaseModel):
         default_factory=list,
         description="directories under which functions may be granted read-only access (empty: no grants)",
     )
+    warm_up_cpython: bool = Field(
+        False, description="compile the cpython guest as a worker starts (~15 s of CPU unless cached or shared)"
+    )
 
 
 class SchedulerSettings(BaseModel):

@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from soulbox.core.errors import InvalidRequest, PayloadTooLarge
-from soulbox.core.schemas import NAME_RE, Limits, Permissions, RetryPolicy, Runtime, Tier
+from soulbox.core.schemas import NAME_RE, Handler, Limits, Permissions, RetryPolicy, Runtime, Tier
 from soulbox.core.settings import Settings
 from soulbox.runtimes.catalog import CATALOG
 from soulbox.runtimes.js.bundle import BuildFailed, Bundler, dependencies_of
@@ -116,6 +116,17 @@ def _int_field(form_value: object, field: str) -> int | None:
         raise InvalidRequest(f"{field} must be an integer, got {form_value!r}") from None
 
 
+_FETCH = (Runtime.BUN, Runtime.DENO)
+
+
+def _handler(form_value: object) -> Handler:
+    if form_value is None or form_value == "":
+        return Handler.STDIO
+    if not isinstance(form_value, str) or form_value not in {h.value for h in Handler}:
+        raise InvalidRequest(f"handler must be one of {', '.join(h.value for h in Handler)}")
+    return Handler(form_value)
+
+
 async def deploy(request: Request) -> Response:
     """Deploy (or redeploy) a function from a multipart form: name, runtime, code (or module), limits.
 
@@ -123,7 +134,8 @@ async def deploy(request: Request) -> Response:
     optional ``package_json``/``deno_json``/``bunfig_toml`` text fields (runtimes/js/detect.py).
 
     Limits: ``memory_mb``, ``timeout_ms``, ``max_output_bytes`` and, on the Wasmtime
-    tier, ``fuel`` (a CPU budget; absent: none).
+    tier, ``fuel`` (a CPU budget; absent: none). ``handler``: ``stdio`` (default) or, on the
+    Wasmtime tier, ``http`` (runtimes/wasm/handler.py: JSON request in, JSON response out).
 
     ``secrets`` (JSON ``{"ENV_VAR": "secret-name"}``) binds the tenant's secrets by name; each
     must exist (else 400 ``unknown_secret``). The worker puts the values into the function's
@@ -158,6 +170,7 @@ async def deploy(request: Request) -> Response:
         retry = _json_field(form.get("retry"), "retry", RetryPolicy)
         max_concurrency = _int_field(form.get("max_concurrency"), "max_concurrency")
         fuel = _int_field(form.get("fuel"), "fuel")
+        handler = _handler(form.get("handler"))
     detected: Detection | None = None
     if named is None:  # the spec stores the concrete runtime chosen here, never `js`
         default = Runtime(settings.js.default_runtime)
@@ -175,6 +188,11 @@ async def deploy(request: Request) -> Response:
         raise InvalidRequest("max_output_bytes must be between 0 and 67108864")
     if fuel is not None and not _wasm(runtime):
         raise InvalidRequest(f"fuel is a budget of the Wasmtime tier: {runtime.value} functions take no fuel")
+    if handler is not Handler.STDIO and not _wasm(runtime):
+        hint = " (a module with `export default { fetch }` is a fetch handler)" if runtime in _FETCH else ""
+        raise InvalidRequest(
+            f"handler={handler.value} is the Wasmtime tier's HTTP contract: {runtime.value} functions take none{hint}"
+        )
     if fuel is not None and not 1 <= fuel <= settings.wasm.max_fuel:
         raise InvalidRequest(f"fuel must be between 1 and {settings.wasm.max_fuel} (SOULBOX_WASM__MAX_FUEL)")
     limits = Limits(
@@ -205,6 +223,7 @@ async def deploy(request: Request) -> Response:
         retry=retry,
         max_concurrency=max_concurrency,
         packages=packages,
+        handler=handler,
     )
     out = FunctionOut.of(spec).model_copy(update={"detected_from": detected and detected.reason})
     return JSONResponse(out.model_dump(mode="json"), status_code=201 if created else 200)

@@ -33,7 +33,7 @@ from soulbox.triggers.signatures import SignatureError, verify
 
 from .bodies import read_body
 from .errors import error_response
-from .invocations import HTTP_RUNTIMES, accepted_response, finished_response
+from .invocations import accepted_response, finished_response, speaks_http
 from .middleware import AUTH_FAILURE_KEY
 from .platform import platform
 from .principal import principal
@@ -73,7 +73,7 @@ async def route(request: Request) -> Response:
     trigger, _ = found
     body = await read_body(request, p.settings.gateway.max_body_bytes)
     spec = await p.registry.get(principal(request).tenant, trigger.function)
-    if spec.runtime in HTTP_RUNTIMES:
+    if speaks_http(spec):
         headers = tuple((k, v) for k, v in request.headers.items() if k not in _DROPPED_HEADERS)
         body = HttpRequest(method=request.method, url=str(request.url), headers=headers, body=body).encode()
     return await _invoke(request, trigger, body, wait=True)

@@ -17,7 +17,7 @@ from soulbox.core.errors import (
     InvocationTimeout,
     SchemaError,
 )
-from soulbox.core.schemas import FunctionSpec, InvocationRecord, Runtime, Status
+from soulbox.core.schemas import FunctionSpec, Handler, InvocationRecord, Runtime, Status
 from soulbox.core.store import get_model
 from soulbox.runtimes.js.http import HttpResponse
 
@@ -118,13 +118,19 @@ async def finished_response(
             p.waiter.discard(invocation_id)
     if record is None:
         raise InvocationTimeout(invocation_id, spec.limits.timeout_ms)
-    if spec.runtime in HTTP_RUNTIMES and record.status is Status.COMPLETED:
+    if speaks_http(spec) and record.status is Status.COMPLETED:
         return handler_response(record)
     return result_response(record)
 
 
 # Runtimes whose Workers-style handlers answer with an HTTP response envelope.
 HTTP_RUNTIMES = frozenset({Runtime.BUN, Runtime.DENO})
+
+
+def speaks_http(spec: FunctionSpec) -> bool:
+    """A fetch handler (Bun, Deno) or a Wasmtime guest deployed with ``handler=http``: it gets the
+    whole request as an ``http.request`` envelope and answers with an ``http.response`` one."""
+    return spec.runtime in HTTP_RUNTIMES or spec.handler is Handler.HTTP
 _HOP_BY_HOP = frozenset({"connection", "content-length", "transfer-encoding", "keep-alive"})
 
 

@@ -39,6 +39,7 @@ class FunctionOut(BaseModel):
     packages: dict[str, str] = Field(
         default_factory=dict, description="npm packages bundled at deploy from package_json dependencies"
     )
+    handler: str = Field("stdio", description="stdio, or http: the Wasmtime tier's HTTP handler contract")
     version: str | None = Field(None, description="content hash of this deploy; invoke it with ?version=")
     detected_from: str | None = Field(
         None, description="deploy responses only: why Bun or Deno was chosen for a `js`/`ts` deploy"
@@ -60,6 +61,7 @@ class FunctionOut(BaseModel):
             retry=spec.retry,
             max_concurrency=spec.max_concurrency,
             packages=spec.packages,
+            handler=spec.handler.value,
             version=spec.version,
             created_at=spec.created_at,
             updated_at=spec.updated_at,

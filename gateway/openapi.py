@@ -82,6 +82,12 @@ _DEPLOY_FORM = {
                         "minimum": 1,
                         "description": "Wasmtime tier: CPU budget in fuel units; out of it, error kind out_of_fuel",
                     },
+                    "handler": {
+                        "type": "string",
+                        "enum": ["stdio", "http"],
+                        "default": "stdio",
+                        "description": "Wasmtime tier: `http` = JSON request on stdin, JSON response on stdout",
+                    },
                 },
             }
         }

@@ -16,7 +16,7 @@ from soulbox.core.codec import encode
 from soulbox.core.errors import FunctionNotFound
 from soulbox.core.kvmirror import KvMirror
 from soulbox.core.logging import get_logger
-from soulbox.core.schemas import FunctionSpec, Limits, Permissions, RetryPolicy, Runtime, utcnow
+from soulbox.core.schemas import FunctionSpec, Handler, Limits, Permissions, RetryPolicy, Runtime, utcnow
 from soulbox.core.store import get_model, scan
 
 from .versions import remember_version, version_of
@@ -64,6 +64,7 @@ class FunctionRegistry:
         retry: RetryPolicy | None = None,
         max_concurrency: int | None = None,
         packages: dict[str, str] | None = None,
+        handler: Handler = Handler.STDIO,
     ) -> tuple[FunctionSpec, bool]:
         """Store the module (content-addressed) and the spec; True if the function is new."""
         digest = hashlib.sha256(module).hexdigest()
@@ -84,6 +85,7 @@ class FunctionRegistry:
             retry=retry,
             max_concurrency=max_concurrency,
             packages=packages or {},
+            handler=handler,
             created_at=previous.created_at if previous else now,
             updated_at=now,
         )

@@ -20,7 +20,7 @@ from nats.js.kv import KeyValue
 from soulbox.core import names
 from soulbox.core.codec import encode
 from soulbox.core.errors import InvalidRequest, NotFound
-from soulbox.core.schemas import NAME_RE, FunctionAlias, FunctionSpec
+from soulbox.core.schemas import NAME_RE, FunctionAlias, FunctionSpec, Handler
 from soulbox.core.store import get_model
 
 if TYPE_CHECKING:
@@ -46,6 +46,8 @@ def version_of(spec: FunctionSpec) -> str:
     identity = spec.model_dump(mode="json", include=set(_IDENTITY))
     if spec.secrets:  # only when set: the versions of functions without secrets stay as they were
         identity["secrets"] = spec.secrets
+    if spec.handler is not Handler.STDIO:  # only when set: versions deployed before it keep their hash
+        identity["handler"] = spec.handler.value
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
 
 

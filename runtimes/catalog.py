@@ -14,7 +14,13 @@ from soulbox.core.schemas import Runtime, Tier
 
 from .js.source import validate_source
 from .linux.validate import validate_script
-from .wasm.validate import validate_javascript, validate_micropython, validate_module
+from .wasm.validate import (
+    validate_component,
+    validate_cpython,
+    validate_javascript,
+    validate_micropython,
+    validate_module,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,11 +37,23 @@ CATALOG: Mapping[Runtime, RuntimeInfo] = {
     Runtime.WASI: RuntimeInfo(
         Runtime.WASI, (Tier.WASM,), validate_module, "a WASI preview-1 command module: stdin in, stdout out"
     ),
+    Runtime.COMPONENT: RuntimeInfo(
+        Runtime.COMPONENT,
+        (Tier.WASM,),
+        validate_component,
+        "a WASI preview-2 component exporting wasi:cli/run: stdin in, stdout out",
+    ),
     Runtime.QUICKJS: RuntimeInfo(
         Runtime.QUICKJS, (Tier.WASM,), validate_javascript, "a JavaScript script run by QuickJS in Wasmtime"
     ),
     Runtime.MICROPYTHON: RuntimeInfo(
         Runtime.MICROPYTHON, (Tier.WASM,), validate_micropython, "a Python script run by MicroPython in Wasmtime"
+    ),
+    Runtime.CPYTHON: RuntimeInfo(
+        Runtime.CPYTHON,
+        (Tier.WASM,),
+        validate_cpython,
+        "a Python 3.14 script run by CPython compiled to a WASI component, in Wasmtime (frozen stdlib subset)",
     ),
     Runtime.BUN: RuntimeInfo(
         Runtime.BUN,

@@ -327,6 +327,7 @@ async def run(settings: Settings) -> None:
         tick_ms=settings.worker.epoch_tick_ms,
         shared=artifacts,
         read_roots=settings.wasm.read_roots,
+        warm_cpython=settings.wasm.warm_up_cpython,
     )
     warm_up = asyncio.create_task(wasm.warm_up())  # interpreters compile while the worker serves
     runtimes: dict[Tier, Runtime] = {Tier.WASM: wasm, **create_js_runtimes(settings, artifacts.fetch)}

