@@ -29,6 +29,7 @@ from .sandboxes import api as sandbox_api
 from .sandboxes import e2b
 from .sandboxes.control import SandboxControlPlane
 from .sandboxes.dataplane import SandboxRouter
+from .tracing import TraceRequests
 
 
 async def healthz(request: Request) -> Response:
@@ -115,6 +116,7 @@ def create_app(settings: Settings) -> Starlette:
         routes=routes(),
         middleware=[
             Middleware(SandboxRouter, domain=settings.sandboxes.domain),
+            Middleware(TraceRequests),  # outside the trail: its log line carries the trace id
             Middleware(RequestTrail),  # outside the gate: refused calls are audited too
             Middleware(ApiKeyGate, settings=settings),
         ],

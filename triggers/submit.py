@@ -10,7 +10,7 @@ import asyncio
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from soulbox.core import names
+from soulbox.core import names, tracing
 from soulbox.core.bus import Buckets
 from soulbox.core.enqueue import accepted_record, enqueue, new_invocation_id
 from soulbox.core.errors import FunctionNotFound
@@ -39,20 +39,25 @@ class Submitter:
     ) -> tuple[str, asyncio.Future[Msg] | None]:
         """The invocation's id, and when ``wait``, the future of its finished record's message."""
         invocation_id = invocation_id or new_invocation_id()
-        request = InvocationRequest(
-            id=invocation_id,
-            tenant=spec.tenant,
-            function=spec,
-            input=body,
-            reply_to=self._inbox.subject(invocation_id) if wait else None,
-            trigger=trigger,
-        )
-        result = self._inbox.expect(invocation_id) if wait else None
-        try:
-            await enqueue(self._js, self._buckets.invocations, request, accepted_record(request), write_record=not wait)
-        except BaseException:
-            self._inbox.discard(invocation_id)
-            raise
+        # A trigger's invocation starts its own trace (its id is the invocation's trace id).
+        with tracing.span("trigger", attributes={"soulbox.trigger": trigger}):
+            request = InvocationRequest(
+                id=invocation_id,
+                tenant=spec.tenant,
+                function=spec,
+                input=body,
+                reply_to=self._inbox.subject(invocation_id) if wait else None,
+                trigger=trigger,
+                trace_id=tracing.current_trace_id(),
+            )
+            result = self._inbox.expect(invocation_id) if wait else None
+            try:
+                await enqueue(
+                    self._js, self._buckets.invocations, request, accepted_record(request), write_record=not wait
+                )
+            except BaseException:
+                self._inbox.discard(invocation_id)
+                raise
         return invocation_id, result
 
     def discard(self, invocation_id: str) -> None:
