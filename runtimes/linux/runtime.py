@@ -12,6 +12,7 @@ import os
 import signal
 from pathlib import Path
 
+from soulbox.core import tracing
 from soulbox.core.schemas import FunctionSpec, InvocationError, Outcome, Tier
 from soulbox.core.settings import LinuxSettings, Settings
 
@@ -66,6 +67,7 @@ class LinuxRuntime:
         if runtime not in self.available:
             raise SandboxUnavailable(f"{command[0]} is not installed on this worker")
         interpreter, code = command
+        tracing.set_attribute("soulbox.cold_start", True)  # a new sandbox for every run
         path = await self.artifacts.path(spec.artifact)
         limits = spec.limits
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)

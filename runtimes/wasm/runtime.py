@@ -23,6 +23,7 @@ from pathlib import Path
 
 import wasmtime
 
+from soulbox.core import tracing
 from soulbox.core.logging import get_logger
 from soulbox.core.schemas import FunctionSpec, InvocationError, Outcome, Runtime, Tier
 
@@ -102,6 +103,7 @@ class WasmRuntime:
         self, engine: _Engine, digest: str, load: Callable[[], Awaitable[bytes]]
     ) -> wasmtime.InstancePre:
         pre = engine.modules.lookup(digest)
+        tracing.set_attribute("soulbox.cold_start", pre is None)  # compiled (or loaded) for this run
         if pre is not None:
             return pre
         # Keyed by the compiled artifact's name: the same module loads once per engine.

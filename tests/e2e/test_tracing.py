@@ -1,0 +1,161 @@
+"""Tracing end to end: real processes export to a real OTLP/HTTP receiver, one trace per invocation.
+
+gateway (server span, producer of the JetStream message) -> scheduler (consumer,
+dispatch client) -> worker (server span, lifecycle event producers) -> billing
+(consumer), joined by W3C trace context in NATS headers; the invocation's
+record and log lines carry the same trace id.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.e2e.conftest import API_KEY, deploy
+from tests.guests import wasm
+from tests.otlp import OtlpReceiver, ReceivedSpan
+from tests.stack import Stack
+
+CALLER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+
+
+def _stack(root: Path, receiver: OtlpReceiver, *, enabled: bool) -> Stack:
+    env = {
+        "SOULBOX_GATEWAY__API_KEYS": f'["{API_KEY}"]',
+        "SOULBOX_TRACING__ENABLED": "true" if enabled else "false",
+        "SOULBOX_TRACING__ENDPOINT": receiver.endpoint,
+        "SOULBOX_TRACING__EXPORT_DELAY_S": "0.2",
+    }
+    return Stack(root, workers=1, triggers=0, env=env)
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[OtlpReceiver]:
+    with OtlpReceiver() as r:
+        yield r
+
+
+@pytest.fixture(scope="module")
+def traced(tmp_path_factory: pytest.TempPathFactory, receiver: OtlpReceiver) -> Iterator[Stack]:
+    s = _stack(tmp_path_factory.mktemp("traced"), receiver, enabled=True)
+    s.start()
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+@pytest.fixture
+def api(traced: Stack) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=traced.url, headers={"X-API-KEY": API_KEY}, timeout=30) as client:
+        yield client
+
+
+def _one(spans: list[ReceivedSpan], service: str, name: str) -> ReceivedSpan:
+    found = [s for s in spans if s.service == service and s.name == name]
+    assert len(found) == 1, (service, name, [(s.service, s.name) for s in spans])
+    return found[0]
+
+
+def _log_lines(stack: Stack, name: str, event: str) -> list[dict[str, object]]:
+    lines = []
+    for line in stack.log(name).splitlines():
+        if line.startswith("{") and f'"{event}"' in line:
+            lines.append(json.loads(line))
+    return lines
+
+
+def test_one_trace_from_gateway_to_billing(api: httpx.Client, traced: Stack, receiver: OtlpReceiver) -> None:
+    assert deploy(api, "hello", wasm("hello")).status_code in (200, 201)
+    response = api.post("/v1/functions/hello/invoke")
+    assert response.status_code == 200, response.text
+    invocation_id = response.headers["x-invocation-id"]
+    record = api.get(f"/v1/invocations/{invocation_id}").json()
+    trace_id = record["trace_id"]
+    assert isinstance(trace_id, str) and len(trace_id) == 32
+
+    def complete(spans: list[ReceivedSpan]) -> bool:
+        mine = [s for s in spans if s.trace_id == trace_id]
+        return any(s.name == "invoke hello" for s in mine) and any(
+            s.name == "billing process"
+            and s.attributes.get("messaging.destination.name") == "sb.events.invocation.completed"
+            for s in mine
+        )
+
+    spans = [s for s in receiver.wait_for(complete) if s.trace_id == trace_id]
+    by_id = {s.span_id: s for s in spans}
+
+    server = _one(spans, "soulbox-gateway", "POST /v1/functions/{name}/invoke")
+    assert server.kind == "SERVER" and server.parent_id == ""
+    assert server.attributes["http.route"] == "/v1/functions/{name}/invoke"
+    assert server.attributes["http.response.status_code"] == 200
+    enqueue = _one(spans, "soulbox-gateway", "publish SB_INVOCATIONS")
+    assert enqueue.kind == "PRODUCER" and enqueue.parent_id == server.span_id
+    assert enqueue.attributes["soulbox.invocation_id"] == invocation_id
+
+    consume = _one(spans, "soulbox-scheduler", "process sb.invocations.default")
+    assert consume.kind == "CONSUMER" and consume.parent_id == enqueue.span_id
+    dispatch = _one(spans, "soulbox-scheduler", "dispatch wasm")
+    assert dispatch.kind == "CLIENT" and dispatch.parent_id == consume.span_id
+    assert dispatch.attributes["soulbox.dispatch"] == "accepted"
+
+    run = _one(spans, "soulbox-worker", "invoke hello")
+    assert run.kind == "SERVER" and run.parent_id == dispatch.span_id
+    assert run.attributes["soulbox.tier"] == "wasm" and run.attributes["soulbox.runtime"] == "wasi"
+    assert run.attributes["soulbox.function"] == "hello" and run.attributes["soulbox.outcome"] == "success"
+    assert run.attributes["soulbox.cold_start"] is True  # the module was compiled for this first run
+    completed = _one(spans, "soulbox-worker", "publish invocation.completed")
+    assert completed.kind == "PRODUCER" and completed.parent_id == run.span_id
+    assert _one(spans, "soulbox-worker", "publish invocation.started").parent_id == run.span_id
+    assert _one(spans, "soulbox-scheduler", "publish invocation.scheduled").parent_id == dispatch.span_id
+
+    billed = [s for s in spans if s.name == "billing process"]
+    assert all(s.service == "soulbox-events" and s.kind == "CONSUMER" for s in billed)
+    assert completed.span_id in {s.parent_id for s in billed}
+    # every billing span hangs under one of this trace's event producers
+    assert all(by_id[s.parent_id].kind == "PRODUCER" for s in billed)
+
+    # logs join the trace: the gateway's access line and the worker's lines carry its id
+    requests = [line for line in _log_lines(traced, "gateway", "request") if line.get("trace_id") == trace_id]
+    assert requests and requests[0]["path"] == "/v1/functions/hello/invoke"
+    finished = [
+        line for line in _log_lines(traced, "worker-0", "invocation.finished") if line["invocation_id"] == invocation_id
+    ]
+    assert finished and finished[0]["trace_id"] == trace_id
+
+
+def test_a_callers_trace_is_continued_and_warm_runs_say_so(api: httpx.Client, receiver: OtlpReceiver) -> None:
+    assert deploy(api, "hello", wasm("hello")).status_code in (200, 201)
+    api.post("/v1/functions/hello/invoke")  # compiled by now
+    response = api.post("/v1/functions/hello/invoke", headers={"traceparent": f"00-{CALLER_TRACE}-00f067aa0ba902b7-01"})
+    assert response.status_code == 200
+    assert api.get(f"/v1/invocations/{response.headers['x-invocation-id']}").json()["trace_id"] == CALLER_TRACE
+    spans = receiver.wait_for(lambda s: any(x.trace_id == CALLER_TRACE and x.name == "invoke hello" for x in s))
+    server = _one(
+        [s for s in spans if s.trace_id == CALLER_TRACE], "soulbox-gateway", "POST /v1/functions/{name}/invoke"
+    )
+    assert server.parent_id == "00f067aa0ba902b7"
+    run = _one([s for s in spans if s.trace_id == CALLER_TRACE], "soulbox-worker", "invoke hello")
+    assert run.attributes["soulbox.cold_start"] is False
+
+
+def test_tracing_off_sends_nothing(tmp_path: Path) -> None:
+    with OtlpReceiver() as receiver:
+        s = _stack(tmp_path, receiver, enabled=False)
+        s.start()
+        try:
+            with httpx.Client(base_url=s.url, headers={"X-API-KEY": API_KEY}, timeout=30) as client:
+                assert deploy(client, "hello", wasm("hello")).status_code in (200, 201)
+                response = client.post("/v1/functions/hello/invoke", headers={"x-trace-id": "caller-chosen"})
+                assert response.status_code == 200
+                record = client.get(f"/v1/invocations/{response.headers['x-invocation-id']}").json()
+                assert record["trace_id"] == "caller-chosen"  # as before tracing existed
+            time.sleep(1.0)  # five export intervals, had an exporter been running
+        finally:
+            s.stop()  # the processes exit: a running exporter would flush now
+        assert receiver.requests == 0
