@@ -18,7 +18,7 @@ from nats.aio.subscription import Subscription
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 
-from soulbox.core import names
+from soulbox.core import names, tracing
 from soulbox.core.codec import decode, encode
 from soulbox.core.errors import SchemaError
 from soulbox.core.logging import get_logger
@@ -55,7 +55,11 @@ class SandboxPlacer:
         except SchemaError as exc:
             await msg.respond(encode(SandboxReply(error_code=exc.code, error_message=exc.message)))
             return
-        await msg.respond(await self._place(request, msg.data))
+        with tracing.span("sandbox place", kind=tracing.SpanKind.SERVER, parent=tracing.extract(msg.headers)) as span:
+            if span.is_recording():
+                span.set_attributes({"soulbox.sandbox_id": request.sandbox_id, "soulbox.template": request.template})
+            answer = await self._place(request, msg.data)
+        await msg.respond(answer)
 
     async def _place(self, request: SandboxCreate, data: bytes) -> bytes:
         timeout = self._settings.sandboxes.ready_timeout_s + 5.0
@@ -70,7 +74,7 @@ class SandboxPlacer:
             self._placed[worker.worker_id] += 1
             subject = names.worker_sandbox_subject(worker.worker_id, "create")
             try:
-                reply = await self._nc.request(subject, data, timeout=timeout)
+                reply = await self._nc.request(subject, data, timeout=timeout, headers=tracing.inject())
             except (NoRespondersError, NatsTimeoutError) as exc:
                 log.warning("scheduler.sandbox_worker_failed", worker=worker.worker_id, error=type(exc).__name__)
                 continue

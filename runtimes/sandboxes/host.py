@@ -26,7 +26,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js.kv import KeyValue
 
-from soulbox.core import names
+from soulbox.core import names, tracing
 from soulbox.core.codec import decode, encode
 from soulbox.core.errors import Conflict, InvalidRequest, NotFound, Overloaded, SoulboxError
 from soulbox.core.logging import get_logger
@@ -146,14 +146,18 @@ class SandboxHost:
     # Requests --------------------------------------------------------------------------------
 
     async def _on_create(self, msg: Msg) -> None:
-        try:
-            record = await self.create(decode(SandboxCreate, msg.data))
-            reply = SandboxReply(record=record)
-        except SoulboxError as exc:
-            reply = SandboxReply(error_code=exc.code, error_message=exc.message)
-        except Exception as exc:
-            log.exception("sandbox.create_failed")
-            reply = SandboxReply(error_code="sandbox_error", error_message=f"the sandbox could not start: {exc}")
+        traced = tracing.span("sandbox create", kind=tracing.SpanKind.SERVER, parent=tracing.extract(msg.headers))
+        with traced as span:
+            try:
+                record = await self.create(decode(SandboxCreate, msg.data))
+                reply = SandboxReply(record=record)
+            except SoulboxError as exc:
+                reply = SandboxReply(error_code=exc.code, error_message=exc.message)
+            except Exception as exc:
+                log.exception("sandbox.create_failed")
+                reply = SandboxReply(error_code="sandbox_error", error_message=f"the sandbox could not start: {exc}")
+            if span.is_recording():
+                span.set_attributes({"soulbox.worker": self.worker_id, "soulbox.error": reply.error_code or ""})
         await msg.respond(encode(reply.model_copy(update={"sandboxes": self.in_use})))
 
     async def _on_control(self, msg: Msg) -> None:
@@ -177,6 +181,7 @@ class SandboxHost:
                 raise Overloaded(f"worker {self.worker_id} hosts {self.settings.capacity} sandboxes already")
             box = await self._start_box(template)
             kind = "cold"
+        tracing.set_attribute("soulbox.cold_start", kind == "cold")
         envd = EnvdClient(box.socket)
         token = secrets.token_urlsafe(24)
         try:

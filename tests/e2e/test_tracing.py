@@ -144,6 +144,26 @@ def test_a_callers_trace_is_continued_and_warm_runs_say_so(api: httpx.Client, re
     assert run.attributes["soulbox.cold_start"] is False
 
 
+def test_sandbox_create_is_one_trace(api: httpx.Client, receiver: OtlpReceiver) -> None:
+    created = api.post("/v1/sandboxes", json={"timeout_s": 30})
+    assert created.status_code == 201, created.text
+    sandbox_id = created.json()["sandbox_id"]
+    assert api.delete(f"/v1/sandboxes/{sandbox_id}").status_code == 204
+
+    def placed(spans: list[ReceivedSpan]) -> bool:
+        return any(s.name == "sandbox place" and s.attributes.get("soulbox.sandbox_id") == sandbox_id for s in spans)
+
+    spans = receiver.wait_for(placed)
+    place = next(s for s in spans if s.name == "sandbox place" and s.attributes["soulbox.sandbox_id"] == sandbox_id)
+    trace = [s for s in spans if s.trace_id == place.trace_id]
+    server = _one(trace, "soulbox-gateway", "POST /v1/sandboxes")
+    assert place.service == "soulbox-scheduler" and place.parent_id == server.span_id
+    create = _one(trace, "soulbox-worker", "sandbox create")
+    assert create.kind == "SERVER" and create.parent_id == place.span_id
+    assert isinstance(create.attributes["soulbox.cold_start"], bool) and create.attributes["soulbox.error"] == ""
+    assert _one(trace, "soulbox-worker", "publish sandbox.created").parent_id == create.span_id
+
+
 def test_tracing_off_sends_nothing(tmp_path: Path) -> None:
     with OtlpReceiver() as receiver:
         s = _stack(tmp_path, receiver, enabled=False)
