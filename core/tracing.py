@@ -36,6 +36,7 @@ from opentelemetry.util.types import AttributeValue
 from .settings import TracingSettings
 
 __all__ = [
+    "Context",
     "Span",
     "SpanKind",
     "Status",
@@ -44,6 +45,7 @@ __all__ = [
     "current_trace_id",
     "enabled",
     "extract",
+    "fail",
     "inject",
     "set_attribute",
     "setup",
@@ -134,6 +136,12 @@ def set_attribute(key: str, value: AttributeValue) -> None:
     """Set ``key`` on the current span (e.g. from a runtime, which only knows it is inside one)."""
     if _state.enabled:
         trace.get_current_span().set_attribute(key, value)
+
+
+def fail(description: str) -> None:
+    """Mark the current span as failed (an error handled without an exception leaving the span)."""
+    if _state.enabled:
+        trace.get_current_span().set_status(Status(StatusCode.ERROR, description))
 
 
 def current_trace_id() -> str | None:

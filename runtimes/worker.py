@@ -227,7 +227,7 @@ class Worker:
                 # scheduler sees the dispatch unanswered and retries it.
                 log.warning("invocation.unconfirmed", error=repr(exc))
                 span.record_exception(exc)
-                span.set_status(tracing.Status(tracing.StatusCode.ERROR, "unconfirmed"))
+                tracing.fail("the record or events could not be made durable")
             finally:
                 self._in_flight -= 1
 

@@ -335,6 +335,7 @@ class Scheduler:
 
     async def _fail(self, request: InvocationRequest, msg: Msg, *, attempt: int, message: str) -> None:
         log.error("scheduler.invocation_failed", error=message)
+        tracing.fail(message)
         record = InvocationRecord(
             id=request.id,
             tenant=request.tenant,

@@ -35,12 +35,21 @@ class Submitter:
         return spec
 
     async def submit(
-        self, spec: FunctionSpec, body: bytes, *, trigger: str, invocation_id: str | None = None, wait: bool = False
+        self,
+        spec: FunctionSpec,
+        body: bytes,
+        *,
+        trigger: str,
+        invocation_id: str | None = None,
+        wait: bool = False,
+        parent: tracing.Context | None = None,
     ) -> tuple[str, asyncio.Future[Msg] | None]:
-        """The invocation's id, and when ``wait``, the future of its finished record's message."""
+        """The invocation's id, and when ``wait``, the future of its finished record's message.
+
+        ``parent``: the trace context the triggering message carried; None: a new trace.
+        """
         invocation_id = invocation_id or new_invocation_id()
-        # A trigger's invocation starts its own trace (its id is the invocation's trace id).
-        with tracing.span("trigger", attributes={"soulbox.trigger": trigger}):
+        with tracing.span("trigger", parent=parent, attributes={"soulbox.trigger": trigger}):
             request = InvocationRequest(
                 id=invocation_id,
                 tenant=spec.tenant,

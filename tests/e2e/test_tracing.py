@@ -8,13 +8,17 @@ record and log lines carry the same trace id.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import nats
 import pytest
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
 
 from tests.e2e.conftest import API_KEY, deploy
 from tests.guests import wasm
@@ -22,6 +26,18 @@ from tests.otlp import OtlpReceiver, ReceivedSpan
 from tests.stack import Stack
 
 CALLER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+INVOKE = "POST /v1/functions/{name}/invoke"
+EXPECTED = {
+    ("soulbox-gateway", INVOKE),
+    ("soulbox-gateway", "publish SB_INVOCATIONS"),
+    ("soulbox-gateway", "publish invocation.accepted"),
+    ("soulbox-scheduler", "process sb.invocations.default"),
+    ("soulbox-scheduler", "dispatch wasm"),
+    ("soulbox-scheduler", "publish invocation.scheduled"),
+    ("soulbox-worker", "invoke hello"),
+    ("soulbox-worker", "publish invocation.started"),
+    ("soulbox-worker", "publish invocation.completed"),
+}
 
 
 def _stack(root: Path, receiver: OtlpReceiver, *, enabled: bool) -> Stack:
@@ -31,7 +47,7 @@ def _stack(root: Path, receiver: OtlpReceiver, *, enabled: bool) -> Stack:
         "SOULBOX_TRACING__ENDPOINT": receiver.endpoint,
         "SOULBOX_TRACING__EXPORT_DELAY_S": "0.2",
     }
-    return Stack(root, workers=1, triggers=0, env=env)
+    return Stack(root, workers=1, triggers=1 if enabled else 0, env=env)
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +78,15 @@ def _one(spans: list[ReceivedSpan], service: str, name: str) -> ReceivedSpan:
     return found[0]
 
 
+def _trace(receiver: OtlpReceiver, trace_id: str, *required: tuple[str, str]) -> list[ReceivedSpan]:
+    """The spans of ``trace_id`` once every (service, name) of ``required`` is among them."""
+
+    def complete(spans: list[ReceivedSpan]) -> bool:
+        return set(required) <= {(s.service, s.name) for s in spans if s.trace_id == trace_id}
+
+    return [s for s in receiver.wait_for(complete) if s.trace_id == trace_id]
+
+
 def _log_lines(stack: Stack, name: str, event: str) -> list[dict[str, object]]:
     lines = []
     for line in stack.log(name).splitlines():
@@ -81,16 +106,14 @@ def test_one_trace_from_gateway_to_billing(api: httpx.Client, traced: Stack, rec
 
     def complete(spans: list[ReceivedSpan]) -> bool:
         mine = [s for s in spans if s.trace_id == trace_id]
-        return any(s.name == "invoke hello" for s in mine) and any(
-            s.name == "billing process"
-            and s.attributes.get("messaging.destination.name") == "sb.events.invocation.completed"
-            for s in mine
-        )
+        seen = {(s.service, s.name) for s in mine}
+        billed = {s.attributes.get("messaging.destination.name") for s in mine if s.name == "billing process"}
+        return seen >= EXPECTED and "sb.events.invocation.completed" in billed
 
     spans = [s for s in receiver.wait_for(complete) if s.trace_id == trace_id]
     by_id = {s.span_id: s for s in spans}
 
-    server = _one(spans, "soulbox-gateway", "POST /v1/functions/{name}/invoke")
+    server = _one(spans, "soulbox-gateway", INVOKE)
     assert server.kind == "SERVER" and server.parent_id == ""
     assert server.attributes["http.route"] == "/v1/functions/{name}/invoke"
     assert server.attributes["http.response.status_code"] == 200
@@ -135,13 +158,45 @@ def test_a_callers_trace_is_continued_and_warm_runs_say_so(api: httpx.Client, re
     response = api.post("/v1/functions/hello/invoke", headers={"traceparent": f"00-{CALLER_TRACE}-00f067aa0ba902b7-01"})
     assert response.status_code == 200
     assert api.get(f"/v1/invocations/{response.headers['x-invocation-id']}").json()["trace_id"] == CALLER_TRACE
-    spans = receiver.wait_for(lambda s: any(x.trace_id == CALLER_TRACE and x.name == "invoke hello" for x in s))
-    server = _one(
-        [s for s in spans if s.trace_id == CALLER_TRACE], "soulbox-gateway", "POST /v1/functions/{name}/invoke"
-    )
-    assert server.parent_id == "00f067aa0ba902b7"
-    run = _one([s for s in spans if s.trace_id == CALLER_TRACE], "soulbox-worker", "invoke hello")
+    trace = _trace(receiver, CALLER_TRACE, *EXPECTED)
+    assert _one(trace, "soulbox-gateway", INVOKE).parent_id == "00f067aa0ba902b7"
+    run = _one(trace, "soulbox-worker", "invoke hello")
     assert run.attributes["soulbox.cold_start"] is False
+
+
+async def _request(url: str, subject: str, traceparent: str) -> bytes:
+    nc = await nats.connect(url)
+    try:
+        for _ in range(100):  # until the trigger service has the new trigger
+            try:
+                reply = await nc.request(subject, b"", timeout=5, headers={"traceparent": traceparent})
+                return reply.data
+            except (NoRespondersError, NatsTimeoutError):
+                await asyncio.sleep(0.1)
+        raise AssertionError("the trigger never answered")
+    finally:
+        await nc.close()
+
+
+def test_a_nats_trigger_continues_the_publishers_trace(
+    api: httpx.Client, traced: Stack, receiver: OtlpReceiver
+) -> None:
+    publisher = "1234567890abcdef1234567890abcdef"
+    assert deploy(api, "hello", wasm("hello")).status_code in (200, 201)
+    trigger = {"id": "traced-orders", "function": "hello", "kind": "nats", "nats": {"subject": "traced.orders"}}
+    assert api.post("/v1/triggers", json=trigger).status_code == 201
+    reply = asyncio.run(_request(traced.nats.url, "traced.orders", f"00-{publisher}-a1a2a3a4a5a6a7a8-01"))
+    assert reply == b"hello from wasm\n"
+    trace = _trace(
+        receiver,
+        publisher,
+        ("soulbox-triggers", "trigger"),
+        ("soulbox-triggers", "publish SB_INVOCATIONS"),
+        ("soulbox-worker", "invoke hello"),
+    )
+    fired = _one(trace, "soulbox-triggers", "trigger")
+    assert fired.parent_id == "a1a2a3a4a5a6a7a8" and fired.attributes["soulbox.trigger"] == "traced-orders"
+    assert _one(trace, "soulbox-triggers", "publish SB_INVOCATIONS").parent_id == fired.span_id
 
 
 def test_sandbox_create_is_one_trace(api: httpx.Client, receiver: OtlpReceiver) -> None:
@@ -155,7 +210,13 @@ def test_sandbox_create_is_one_trace(api: httpx.Client, receiver: OtlpReceiver) 
 
     spans = receiver.wait_for(placed)
     place = next(s for s in spans if s.name == "sandbox place" and s.attributes["soulbox.sandbox_id"] == sandbox_id)
-    trace = [s for s in spans if s.trace_id == place.trace_id]
+    trace = _trace(
+        receiver,
+        place.trace_id,
+        ("soulbox-gateway", "POST /v1/sandboxes"),
+        ("soulbox-worker", "sandbox create"),
+        ("soulbox-worker", "publish sandbox.created"),
+    )
     server = _one(trace, "soulbox-gateway", "POST /v1/sandboxes")
     assert place.service == "soulbox-scheduler" and place.parent_id == server.span_id
     create = _one(trace, "soulbox-worker", "sandbox create")
