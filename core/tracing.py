@@ -182,14 +182,22 @@ class _Carrier(Protocol):
 
 @contextlib.contextmanager
 def _consume(name: str, msgs: Sequence[_Carrier], attributes: Attributes) -> Iterator[None]:
+    latest: dict[str, tuple[_Carrier, int]] = {}  # by trace id: its last message in the batch, its messages
+    for msg in msgs:
+        carried = msg.headers.get(TRACEPARENT) if msg.headers else None
+        if carried:
+            trace_id = carried[3:35]  # version "00-", then the trace id
+            seen = latest.get(trace_id)
+            latest[trace_id] = (msg, seen[1] + 1 if seen else 1)
     spans: list[Span] = []
     tracer = _state.tracer
     if tracer is not None:
-        for msg in msgs:
-            parent = extract(msg.headers)
-            if parent is not None:
-                attrs = {**attributes, "messaging.destination.name": msg.subject}
-                spans.append(tracer.start_span(name, context=parent, kind=SpanKind.CONSUMER, attributes=attrs))
+        for msg, count in latest.values():
+            parent = _PROPAGATOR.extract(msg.headers or {})
+            if not trace.get_current_span(parent).get_span_context().is_valid:
+                continue  # a malformed header: no trace to join
+            attrs = {**attributes, "messaging.destination.name": msg.subject, "messaging.batch.message_count": count}
+            spans.append(tracer.start_span(name, context=parent, kind=SpanKind.CONSUMER, attributes=attrs))
     try:
         yield
     except BaseException as exc:
@@ -203,10 +211,13 @@ def _consume(name: str, msgs: Sequence[_Carrier], attributes: Attributes) -> Ite
 
 
 def consume(name: str, msgs: Sequence[_Carrier], attributes: Attributes) -> contextlib.AbstractContextManager[None]:
-    """One consumer span per traced message of a batch, each a child of its sender's span, for the block.
+    """Consumer spans for the block that handles a batch: one per trace the batch's messages carry.
 
-    A batch mixes many traces, so each message gets its own span (of the same
-    length: the batch is handled at once) rather than one span with links.
+    Each is a child of the span that sent that trace's last message in the
+    batch (``messaging.batch.message_count``: how many of the batch's messages
+    belong to it), so a consumer shows in every trace it handled, at one span
+    per trace and batch rather than one per message (a span costs tens of
+    microseconds of CPU, made and exported).
     """
     if not _state.enabled:
         return _NOOP_BLOCK

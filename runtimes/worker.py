@@ -255,7 +255,7 @@ def _trace_outcome(span: tracing.Span, final: InvocationRecord) -> None:
         }
     )
     if final.outcome is not Outcome.SUCCESS:
-        # A guest's own failure is an error of the invocation, not of this span's code: keep the kind.
+        # A failed invocation shows as an error in trace views, described by its error kind.
         span.set_status(tracing.Status(tracing.StatusCode.ERROR, final.error.kind if final.error else "failed"))
 
 

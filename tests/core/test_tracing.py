@@ -132,31 +132,44 @@ async def test_context_crosses_core_nats_and_jetstream(traced: OtlpReceiver, nc:
     with tracing.consume("reader process", msgs, {"messaging.consumer.group.name": "reader"}):
         pass
 
-    spans = traced.wait_for(lambda s: len(s) >= 4)
+    spans = traced.wait_for(lambda s: len(s) >= 3)
     send = next(s for s in spans if s.name == "send")
     receive = next(s for s in spans if s.name == "receive")
-    consumed = [s for s in spans if s.name == "reader process"]
+    (consumed,) = [s for s in spans if s.name == "reader process"]  # one per trace of the batch
     assert receive.trace_id == send.trace_id and receive.parent_id == send.span_id
-    assert len(consumed) == 2
-    assert {s.attributes["messaging.destination.name"] for s in consumed} == {"traced.a", "traced.b"}
-    for s in consumed:
-        assert s.kind == "CONSUMER" and s.trace_id == send.trace_id and s.parent_id == send.span_id
+    assert consumed.kind == "CONSUMER" and consumed.trace_id == send.trace_id and consumed.parent_id == send.span_id
+    assert consumed.attributes == {
+        "messaging.consumer.group.name": "reader",
+        "messaging.destination.name": "traced.b",  # the trace's last message in the batch
+        "messaging.batch.message_count": 2,
+    }
 
 
-def test_consume_marks_every_span_of_a_failed_batch(traced: OtlpReceiver) -> None:
+def test_consume_makes_a_span_per_trace_and_marks_a_failed_batch(traced: OtlpReceiver) -> None:
     class Carried:
-        def __init__(self, subject: str) -> None:
+        def __init__(self, subject: str, trace_id: str | None, span_id: str = "b7ad6b7169203331") -> None:
             self.subject = subject
-            self.headers: dict[str, str] | None = {"traceparent": TRACEPARENT}
+            self.headers = {"traceparent": f"00-{trace_id}-{span_id}-01"} if trace_id else None
 
-    untraced = Carried("c")
-    untraced.headers = None
-    with pytest.raises(ValueError), tracing.consume("batch", [Carried("a"), Carried("b"), untraced], {}):
+    one, two = "1" * 32, "2" * 32
+    batch = [
+        Carried("a", one, "a" * 16),
+        Carried("b", two),
+        Carried("c", one, "c" * 16),
+        Carried("d", None),  # no context: no span
+        Carried("e", "not-hex"),  # a malformed one: no span either
+    ]
+    with pytest.raises(ValueError), tracing.consume("batch", batch, {}):
         raise ValueError("recorder failed")
     spans = traced.wait_for(lambda s: len(s) >= 2)
     time.sleep(0.3)
-    assert len(traced.spans) == 2  # the message without a context has no span
-    assert all(s.status == "ERROR" and s.parent_id == "b7ad6b7169203331" for s in spans)
+    assert len(traced.spans) == 2
+    by_trace = {s.trace_id: s for s in spans}
+    assert by_trace[one].parent_id == "c" * 16 and by_trace[one].attributes["messaging.batch.message_count"] == 2
+    assert (
+        by_trace[two].parent_id == "b7ad6b7169203331" and by_trace[two].attributes["messaging.destination.name"] == "b"
+    )
+    assert all(s.status == "ERROR" for s in spans)
 
 
 def test_sampled_out_traces_keep_their_ids_but_send_nothing(receiver: OtlpReceiver) -> None:
