@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-from collections.abc import Iterator, Mapping, Sequence
+import functools
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from opentelemetry import trace
 from opentelemetry.context import Context
@@ -46,6 +47,7 @@ __all__ = [
     "enabled",
     "extract",
     "fail",
+    "handler",
     "inject",
     "set_attribute",
     "setup",
@@ -170,6 +172,33 @@ def extract(headers: Mapping[str, str] | None) -> Context | None:
     if not _state.enabled or not headers or TRACEPARENT not in headers:
         return None
     return _PROPAGATOR.extract(headers)
+
+
+class _Headers(Protocol):
+    @property
+    def headers(self) -> dict[str, str] | None: ...
+
+
+S = TypeVar("S")
+C = TypeVar("C", bound=_Headers)
+Handler = Callable[[S, C], Awaitable[None]]
+
+
+def handler(name: str, *, kind: SpanKind = SpanKind.SERVER) -> Callable[[Handler[S, C]], Handler[S, C]]:
+    """Decorate a method that handles a NATS message: its span, a child of the sender's, covers the call."""
+
+    def decorate(method: Handler[S, C]) -> Handler[S, C]:
+        @functools.wraps(method)
+        async def traced(self: S, msg: C) -> None:
+            if not _state.enabled:
+                await method(self, msg)
+                return
+            with span(name, kind=kind, parent=extract(msg.headers)):
+                await method(self, msg)
+
+        return traced
+
+    return decorate
 
 
 class _Carrier(Protocol):

@@ -49,17 +49,15 @@ class SandboxPlacer:
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()
 
+    @tracing.handler("sandbox place")
     async def _on_create(self, msg: Msg) -> None:
         try:
             request = decode(SandboxCreate, msg.data)
         except SchemaError as exc:
             await msg.respond(encode(SandboxReply(error_code=exc.code, error_message=exc.message)))
             return
-        with tracing.span("sandbox place", kind=tracing.SpanKind.SERVER, parent=tracing.extract(msg.headers)) as span:
-            if span.is_recording():
-                span.set_attributes({"soulbox.sandbox_id": request.sandbox_id, "soulbox.template": request.template})
-            answer = await self._place(request, msg.data)
-        await msg.respond(answer)
+        tracing.set_attribute("soulbox.sandbox_id", request.sandbox_id)
+        await msg.respond(await self._place(request, msg.data))
 
     async def _place(self, request: SandboxCreate, data: bytes) -> bytes:
         timeout = self._settings.sandboxes.ready_timeout_s + 5.0

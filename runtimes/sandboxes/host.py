@@ -145,19 +145,16 @@ class SandboxHost:
 
     # Requests --------------------------------------------------------------------------------
 
+    @tracing.handler("sandbox create")
     async def _on_create(self, msg: Msg) -> None:
-        traced = tracing.span("sandbox create", kind=tracing.SpanKind.SERVER, parent=tracing.extract(msg.headers))
-        with traced as span:
-            try:
-                record = await self.create(decode(SandboxCreate, msg.data))
-                reply = SandboxReply(record=record)
-            except SoulboxError as exc:
-                reply = SandboxReply(error_code=exc.code, error_message=exc.message)
-            except Exception as exc:
-                log.exception("sandbox.create_failed")
-                reply = SandboxReply(error_code="sandbox_error", error_message=f"the sandbox could not start: {exc}")
-            if span.is_recording():
-                span.set_attributes({"soulbox.worker": self.worker_id, "soulbox.error": reply.error_code or ""})
+        try:
+            record = await self.create(decode(SandboxCreate, msg.data))
+            reply = SandboxReply(record=record)
+        except SoulboxError as exc:
+            reply = SandboxReply(error_code=exc.code, error_message=exc.message)
+        except Exception as exc:
+            log.exception("sandbox.create_failed")
+            reply = SandboxReply(error_code="sandbox_error", error_message=f"the sandbox could not start: {exc}")
         await msg.respond(encode(reply.model_copy(update={"sandboxes": self.in_use})))
 
     async def _on_control(self, msg: Msg) -> None:

@@ -195,3 +195,28 @@ def test_shutdown_flushes_what_is_queued(receiver: OtlpReceiver) -> None:
     assert [s.name for s in receiver.spans] == ["last words"]
     assert not tracing.enabled() and _exporter_threads() == []
     tracing.shutdown()  # again: nothing happens
+
+
+async def test_a_decorated_handler_runs_in_a_child_of_the_senders_span(receiver: OtlpReceiver) -> None:
+    class Received:
+        def __init__(self) -> None:
+            self.headers = {"traceparent": TRACEPARENT}
+
+    class Service:
+        def __init__(self) -> None:
+            self.seen: list[str | None] = []
+
+        @tracing.handler("handle")
+        async def on_msg(self, msg: Received) -> None:
+            self.seen.append(tracing.current_trace_id())
+
+    service = Service()
+    await service.on_msg(Received())  # off: called as it is
+    tracing.setup(TracingSettings(enabled=True, endpoint=receiver.endpoint, export_delay_s=0.1), component="test")
+    try:
+        await service.on_msg(Received())
+    finally:
+        tracing.shutdown()
+    assert service.seen == [None, "0af7651916cd43dd8448eb211c80319c"]
+    (span,) = receiver.spans
+    assert (span.name, span.kind, span.parent_id) == ("handle", "SERVER", "b7ad6b7169203331")
