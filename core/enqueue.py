@@ -18,7 +18,7 @@ from nats.js.api import PubAck
 from nats.js.errors import APIError
 from nats.js.kv import KeyValue
 
-from . import names
+from . import names, tracing
 from .codec import encode
 from .errors import Overloaded, Unavailable
 from .schemas import EventType, InvocationRecord, InvocationRequest, LifecycleEvent, Status
@@ -39,6 +39,7 @@ def accepted_record(request: InvocationRequest) -> InvocationRecord:
         tenant=request.tenant,
         function=spec.name,
         status=Status.ACCEPTED,
+        trace_id=request.trace_id,
         accepted_at=request.accepted_at,
         timeout_ms=spec.limits.timeout_ms,
     )
@@ -54,13 +55,35 @@ async def enqueue(
     retry_after: float = 1.0,
 ) -> PubAck:
     """Accept ``request``: its event (and ``record`` if ``write_record``), then the stream; the stream's ack."""
+    subject = names.invocation_subject(request.tenant)
+    with tracing.span(f"publish {names.INVOCATIONS_STREAM}", kind=tracing.SpanKind.PRODUCER) as span:
+        if span.is_recording():
+            span.set_attributes(
+                {
+                    "messaging.system": "nats",
+                    "messaging.destination.name": subject,
+                    "soulbox.invocation_id": request.id,
+                    "soulbox.function": request.function.name,
+                    "soulbox.tenant": request.tenant,
+                }
+            )
+        return await _enqueue(js, invocations, request, record, subject, write_record, retry_after)
+
+
+async def _enqueue(
+    js: JetStreamContext,
+    invocations: KeyValue,
+    request: InvocationRequest,
+    record: InvocationRecord,
+    subject: str,
+    write_record: bool,
+    retry_after: float,
+) -> PubAck:
     try:
         pending = [await publish_event(js, LifecycleEvent.for_record(EventType.ACCEPTED, record))]
         if write_record:
             pending.append(await put_nowait(js, names.INVOCATIONS_BUCKET, request.id, record))
-        ack = await js.publish(
-            names.invocation_subject(request.tenant), encode(request), headers={"Nats-Msg-Id": request.id}
-        )
+        ack = await js.publish(subject, encode(request), headers=tracing.inject({"Nats-Msg-Id": request.id}))
         await settle(pending)
     except APIError as exc:  # nats-py reports a full stream as a 503 ServiceUnavailableError
         if exc.err_code in QUEUE_FULL_CODES:

@@ -261,6 +261,7 @@ class InvocationRecord(Message):
     duration_ms: float | None = None
     peak_memory_bytes: int | None = None
     timeout_ms: int | None = None
+    trace_id: str | None = Field(None, description="the request's trace id (W3C when tracing is on)")
 
 
 LIFECYCLE_EVENT_VERSION: Literal[2] = 2

@@ -349,6 +349,19 @@ class SignedUrlSettings(BaseModel):
     )
 
 
+class TracingSettings(BaseModel):
+    """OpenTelemetry spans exported over OTLP/HTTP (Jaeger, Tempo, an OTel collector); off by default."""
+
+    enabled: bool = False
+    endpoint: str = Field("http://127.0.0.1:4318/v1/traces", description="OTLP/HTTP traces URL (path included)")
+    headers: dict[str, str] = Field(default_factory=dict, description="sent with every export, e.g. authorization")
+    sample_ratio: float = Field(1.0, ge=0, le=1, description="share of new traces kept; callers' decisions are kept")
+    service_name: str | None = Field(None, description="default: soulbox-<process> (gateway, scheduler, worker...)")
+    export_delay_s: float = Field(2.0, gt=0, description="longest a finished span waits before its batch is sent")
+    max_queue_size: int = Field(8192, ge=1, description="spans queued for export at most (more are dropped)")
+    timeout_s: float = Field(10.0, gt=0, description="timeout of one export request")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SOULBOX_", env_nested_delimiter="__", env_file=".env", extra="ignore")
 
@@ -377,3 +390,4 @@ class Settings(BaseSettings):
     signed_urls: SignedUrlSettings = SignedUrlSettings()
     logs: LogsSettings = LogsSettings()
     identity: IdentitySettings = IdentitySettings()
+    tracing: TracingSettings = TracingSettings()

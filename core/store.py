@@ -14,6 +14,7 @@ from nats.js.api import PubAck
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
+from . import tracing
 from .codec import M, decode, encode
 from .errors import Unavailable
 from .names import event_subject
@@ -31,7 +32,11 @@ async def put_nowait(js: JetStreamContext, bucket: str, key: str, message: M) ->
 
 async def publish_event(js: JetStreamContext, event: LifecycleEvent) -> asyncio.Future[PubAck]:
     """Publish a lifecycle event (de-duplicated by its id); await the future to be sure."""
-    return await js.publish_async(event_subject(event.type.value), encode(event), headers={"Nats-Msg-Id": event.id})
+    with tracing.span(f"publish {event.type.value}", kind=tracing.SpanKind.PRODUCER) as span:
+        if span.is_recording():
+            span.set_attributes({"messaging.system": "nats", "soulbox.event_id": event.id})
+        headers = tracing.inject({"Nats-Msg-Id": event.id})
+        return await js.publish_async(event_subject(event.type.value), encode(event), headers=headers)
 
 
 async def get_model(kv: KeyValue, key: str, model: type[M]) -> M | None:

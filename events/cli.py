@@ -16,6 +16,7 @@ import json
 import signal
 import sys
 
+from soulbox.core import tracing
 from soulbox.core.bus import connect, ensure_topology
 from soulbox.core.errors import SoulboxError
 from soulbox.core.logging import configure_logging, get_logger
@@ -131,7 +132,11 @@ def main(argv: list[str]) -> int:
     configure_logging(settings.log_level, settings.log_format, component=f"events.{command}")
     try:
         if is_kind(command):
-            asyncio.run(_run_until_signalled(command, settings))
+            tracing.setup(settings.tracing, component="events")
+            try:
+                asyncio.run(_run_until_signalled(command, settings))
+            finally:
+                tracing.shutdown()
             log.info("events.exited")
             return 0
         if command == "export-usage":

@@ -26,7 +26,7 @@ from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 from pydantic import TypeAdapter, ValidationError
 
-from soulbox.core import names
+from soulbox.core import names, tracing
 from soulbox.core.codec import decode
 from soulbox.core.errors import SchemaError
 from soulbox.core.logging import get_logger
@@ -120,6 +120,7 @@ class EventConsumer(Generic[M]):
         self._retry_delay = retry_delay
         self._error_backoff = error_backoff
         self._log = log.bind(consumer=durable, stream=stream)
+        self._span_attributes = {"messaging.system": "nats", "messaging.consumer.group.name": durable}
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set; the batch in hand is always settled first."""
@@ -199,7 +200,8 @@ class EventConsumer(Generic[M]):
             return
         self._log.debug("events.batch", count=len(events), kinds=dict(Counter(_kind(e) for e in events)))
         try:
-            await self._recorder.record(events)
+            with tracing.consume(f"{self._durable} process", accepted, self._span_attributes):
+                await self._recorder.record(events)
         except Exception as exc:  # any failure: the whole batch comes back later
             self._log.warning("events.record_failed", count=len(events), error=repr(exc))
             await _reply_all(accepted, retry_delay=self._retry_delay)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uvicorn
 
+from soulbox.core import tracing
 from soulbox.core.logging import configure_logging
 from soulbox.core.settings import Settings
 
@@ -13,15 +14,19 @@ from .app import create_app
 def main() -> None:
     settings = Settings()
     configure_logging(settings.log_level, settings.log_format, component="gateway")
-    uvicorn.run(
-        create_app(settings),
-        host=settings.gateway.host,
-        port=settings.gateway.port,
-        log_config=None,
-        access_log=False,
-        lifespan="on",
-        timeout_graceful_shutdown=10,
-    )
+    tracing.setup(settings.tracing, component="gateway")
+    try:
+        uvicorn.run(
+            create_app(settings),
+            host=settings.gateway.host,
+            port=settings.gateway.port,
+            log_config=None,
+            access_log=False,
+            lifespan="on",
+            timeout_graceful_shutdown=10,
+        )
+    finally:
+        tracing.shutdown()
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ from .sandboxes import api as sandbox_api
 from .sandboxes import e2b
 from .sandboxes.control import SandboxControlPlane
 from .sandboxes.dataplane import SandboxRouter
+from .tracing import TraceRequests
 
 log = get_logger(__name__)
 
@@ -144,6 +145,7 @@ def create_app(settings: Settings) -> Starlette:
         routes=routes(),
         middleware=[
             Middleware(SandboxRouter, domain=settings.sandboxes.domain),
+            Middleware(TraceRequests),  # outside the trail: its log line carries the trace id
             Middleware(RequestTrail),  # outside the gate: refused calls are audited too
             Middleware(signed.SignedUrlGate, max_expires_s=settings.signed_urls.max_expires_s),
             Middleware(AuthGate),

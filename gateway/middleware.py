@@ -31,6 +31,7 @@ log = get_logger("soulbox.gateway.access")
 
 _UNAUDITED = frozenset({"/healthz", "/readyz", "/openapi.json", "/metrics"})
 _ACK_TIMEOUT_S = 10.0
+ROUTE_KEY = "soulbox.route"  # the matched route's template, left in the scope for the tracing middleware
 
 
 class RequestTrail:
@@ -67,6 +68,7 @@ class RequestTrail:
                 )
                 structlog.contextvars.unbind_contextvars("invocation_id")
                 template = _route_template(scope)
+                scope[ROUTE_KEY] = template
                 if instruments is not None:
                     instruments.finished(scope["method"], template or UNMATCHED_ROUTE, status, elapsed)
                 if scope["path"] not in _UNAUDITED:

@@ -111,6 +111,7 @@ class InvocationOut(BaseModel):
     duration_ms: float | None
     peak_memory_bytes: int | None
     timeout_ms: int | None
+    trace_id: str | None = Field(None, description="the request's trace id (W3C when tracing is on)")
 
     @classmethod
     def of(cls, record: InvocationRecord) -> InvocationOut:
@@ -134,6 +135,7 @@ class InvocationOut(BaseModel):
             duration_ms=record.duration_ms,
             peak_memory_bytes=record.peak_memory_bytes,
             timeout_ms=record.timeout_ms,
+            trace_id=record.trace_id,
         )
 
 

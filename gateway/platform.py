@@ -12,6 +12,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import KeyWrongLastSequenceError
 from starlette.requests import HTTPConnection
 
+from soulbox.core import tracing
 from soulbox.core.bus import Buckets
 from soulbox.core.codec import encode
 from soulbox.core.enqueue import accepted_record, enqueue, new_invocation_id
@@ -73,7 +74,7 @@ class Platform:
             function=spec,
             input=body,
             reply_to=self.waiter.reply_subject(invocation_id) if wait else None,
-            trace_id=trace_id,
+            trace_id=tracing.current_trace_id() or trace_id,  # the W3C one when tracing: logs join traces
             trigger=trigger,
             callback_url=callback_url,
         )

@@ -25,7 +25,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import PubAck
 
-from soulbox.core import names
+from soulbox.core import names, tracing
 from soulbox.core.bus import Buckets, connect, ensure_topology
 from soulbox.core.codec import decode, encode
 from soulbox.core.errors import SchemaError
@@ -166,7 +166,20 @@ class Worker:
         bound = structlog.contextvars.bound_contextvars(
             invocation_id=request.id, function=spec.name, tenant=request.tenant, trace_id=request.trace_id
         )
-        with bound:
+        traced = tracing.span(f"invoke {spec.name}", kind=tracing.SpanKind.SERVER, parent=tracing.extract(msg.headers))
+        with bound, traced as span:
+            if span.is_recording():
+                span.set_attributes(
+                    {
+                        "soulbox.invocation_id": request.id,
+                        "soulbox.function": spec.name,
+                        "soulbox.tenant": request.tenant,
+                        "soulbox.tier": dispatch.tier.value,
+                        "soulbox.runtime": spec.runtime.value,
+                        "soulbox.attempt": dispatch.attempt,
+                        "soulbox.worker": self.id,
+                    }
+                )
             output: OutputPublisher | None = None
             try:
                 record = InvocationRecord(
@@ -181,6 +194,7 @@ class Worker:
                     scheduled_at=dispatch.scheduled_at,
                     started_at=utcnow(),
                     timeout_ms=spec.limits.timeout_ms,
+                    trace_id=request.trace_id,
                 )
                 # The guest starts first; its "started" event goes out while it runs (off
                 # the event loop). The "running" record is written only if the run outlasts
@@ -204,6 +218,8 @@ class Worker:
                 pending.append(await self._put_record(final))
                 await asyncio.gather(settle(pending), output.confirmed())  # the output is stored by the reply
                 self.instruments.finished(dispatch.tier, final.outcome, final.duration_ms)
+                if span.is_recording():
+                    _trace_outcome(span, final)
                 # Only now the caller: whoever gets the result can read the record at once.
                 if request.reply_to:
                     await self._nc.publish(request.reply_to, encode(final))
@@ -220,6 +236,8 @@ class Worker:
                 # The record or events could not be made durable: no reply, so the
                 # scheduler sees the dispatch unanswered and retries it.
                 log.warning("invocation.unconfirmed", error=repr(exc))
+                span.record_exception(exc)
+                tracing.fail("the record or events could not be made durable")
             finally:
                 self._in_flight -= 1
                 if output is not None:
@@ -273,6 +291,19 @@ class Worker:
     async def _event(self, type_: EventType, record: InvocationRecord, memory_mb: int) -> asyncio.Future[PubAck]:
         event = LifecycleEvent.for_record(type_, record, memory_limit_mb=memory_mb)
         return await publish_event(self._js, event)
+
+
+def _trace_outcome(span: tracing.Span, final: InvocationRecord) -> None:
+    span.set_attributes(
+        {
+            "soulbox.status": final.status.value,
+            "soulbox.outcome": final.outcome.value if final.outcome else "",
+            "soulbox.duration_ms": final.duration_ms or 0.0,
+        }
+    )
+    if final.outcome is not Outcome.SUCCESS:
+        # A failed invocation shows as an error in trace views, described by its error kind.
+        span.set_status(tracing.Status(tracing.StatusCode.ERROR, final.error.kind if final.error else "failed"))
 
 
 def _platform_failure(exc: Exception) -> RunResult:
@@ -381,7 +412,11 @@ def main() -> None:
     settings = Settings()
     configure_logging(settings.log_level, settings.log_format, component="worker")
     structlog.contextvars.bind_contextvars(worker=settings.worker.id)
-    uvloop.run(run(settings))
+    tracing.setup(settings.tracing, component="worker")
+    try:
+        uvloop.run(run(settings))
+    finally:
+        tracing.shutdown()
 
 
 if __name__ == "__main__":

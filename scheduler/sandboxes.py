@@ -18,7 +18,7 @@ from nats.aio.subscription import Subscription
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 
-from soulbox.core import names
+from soulbox.core import names, tracing
 from soulbox.core.codec import decode, encode
 from soulbox.core.errors import SchemaError
 from soulbox.core.logging import get_logger
@@ -49,12 +49,14 @@ class SandboxPlacer:
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()
 
+    @tracing.handler("sandbox place")
     async def _on_create(self, msg: Msg) -> None:
         try:
             request = decode(SandboxCreate, msg.data)
         except SchemaError as exc:
             await msg.respond(encode(SandboxReply(error_code=exc.code, error_message=exc.message)))
             return
+        tracing.set_attribute("soulbox.sandbox_id", request.sandbox_id)
         await msg.respond(await self._place(request, msg.data))
 
     async def _place(self, request: SandboxCreate, data: bytes) -> bytes:
@@ -70,7 +72,7 @@ class SandboxPlacer:
             self._placed[worker.worker_id] += 1
             subject = names.worker_sandbox_subject(worker.worker_id, "create")
             try:
-                reply = await self._nc.request(subject, data, timeout=timeout)
+                reply = await self._nc.request(subject, data, timeout=timeout, headers=tracing.inject())
             except (NoRespondersError, NatsTimeoutError) as exc:
                 log.warning("scheduler.sandbox_worker_failed", worker=worker.worker_id, error=type(exc).__name__)
                 continue

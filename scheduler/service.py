@@ -29,7 +29,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import PubAck
 
-from soulbox.core import names
+from soulbox.core import names, tracing
 from soulbox.core.bus import Buckets
 from soulbox.core.codec import decode, encode
 from soulbox.core.errors import SchemaError, SoulboxError
@@ -138,9 +138,13 @@ class Scheduler:
             await msg.term()
             return
         delivered = msg.metadata.num_delivered or 1
-        with structlog.contextvars.bound_contextvars(
-            invocation_id=request.id, function=request.function.name, tenant=request.tenant
-        ):
+        bound = structlog.contextvars.bound_contextvars(
+            invocation_id=request.id, function=request.function.name, tenant=request.tenant, trace_id=request.trace_id
+        )
+        parent = tracing.extract(msg.headers)
+        with bound, tracing.span(f"process {msg.subject}", kind=tracing.SpanKind.CONSUMER, parent=parent) as span:
+            if span.is_recording():
+                span.set_attributes(_span_attributes(request, msg, delivered))
             attempt = delivered
             if delivered > 1:
                 existing = await get_model(self._buckets.invocations, request.id, InvocationRecord)
@@ -278,6 +282,16 @@ class Scheduler:
 
     async def _dispatch(self, worker: str, dispatch: Dispatch, msg: Msg, *, announce: bool) -> DispatchReply | None:
         """Send, announce (once per invocation), and wait. None: the worker died or never answered."""
+        with tracing.span(f"dispatch {dispatch.tier.value}", kind=tracing.SpanKind.CLIENT) as span:
+            if span.is_recording():
+                span.set_attributes({"soulbox.worker": worker, "soulbox.attempt": dispatch.attempt})
+            answer = await self._send(worker, dispatch, msg, announce=announce)
+            if span.is_recording():
+                result = "lost" if answer is None else "accepted" if answer.accepted else "refused"
+                span.set_attribute("soulbox.dispatch", result)
+            return answer
+
+    async def _send(self, worker: str, dispatch: Dispatch, msg: Msg, *, announce: bool) -> DispatchReply | None:
         loop = asyncio.get_running_loop()
         give_up = loop.time() + dispatch.request.function.limits.timeout_ms / 1000
         give_up += self.settings.scheduler.dispatch_grace_s
@@ -287,7 +301,12 @@ class Scheduler:
         waiting: set[asyncio.Future[Any]] = {reply, death}
         self._dispatched[worker] += 1
         try:
-            await self._nc.publish(names.worker_run_subject(worker), encode(dispatch), reply=self._inbox.subject(token))
+            await self._nc.publish(
+                names.worker_run_subject(worker),
+                encode(dispatch),
+                reply=self._inbox.subject(token),
+                headers=tracing.inject(),
+            )
             if announce:
                 await self._announce(dispatch.request, dispatch, worker)
             while True:
@@ -316,6 +335,7 @@ class Scheduler:
 
     async def _fail(self, request: InvocationRequest, msg: Msg, *, attempt: int, message: str) -> None:
         log.error("scheduler.invocation_failed", error=message)
+        tracing.fail(message)
         record = InvocationRecord(
             id=request.id,
             tenant=request.tenant,
@@ -327,6 +347,7 @@ class Scheduler:
             accepted_at=request.accepted_at,
             finished_at=utcnow(),
             timeout_ms=request.function.limits.timeout_ms,
+            trace_id=request.trace_id,
         )
         event = LifecycleEvent.for_record(EventType.FAILED, record)
         pending = [
@@ -340,3 +361,15 @@ class Scheduler:
             await retries.dead_letter(self._js, request, record, attempt=attempt)
         await queue_callback(self._js, request)
         await msg.ack()
+
+
+def _span_attributes(request: InvocationRequest, msg: Msg, delivered: int) -> dict[str, str | int]:
+    return {
+        "messaging.system": "nats",
+        "messaging.destination.name": msg.subject,
+        "messaging.consumer.group.name": names.SCHEDULER_CONSUMER,
+        "messaging.message.delivery_count": delivered,
+        "soulbox.invocation_id": request.id,
+        "soulbox.function": request.function.name,
+        "soulbox.tenant": request.tenant,
+    }

@@ -7,6 +7,7 @@ import signal
 
 import uvloop
 
+from soulbox.core import tracing
 from soulbox.core.bus import connect, ensure_topology
 from soulbox.core.inbox import Inbox
 from soulbox.core.logging import configure_logging
@@ -41,7 +42,11 @@ async def run(settings: Settings) -> None:
 def main() -> None:
     settings = Settings()
     configure_logging(settings.log_level, settings.log_format, component="triggers")
-    uvloop.run(run(settings))
+    tracing.setup(settings.tracing, component="triggers")
+    try:
+        uvloop.run(run(settings))
+    finally:
+        tracing.shutdown()
 
 
 if __name__ == "__main__":

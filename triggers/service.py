@@ -26,7 +26,7 @@ from nats.aio.subscription import Subscription
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from soulbox.core import names
+from soulbox.core import names, tracing
 from soulbox.core.codec import decode, encode
 from soulbox.core.errors import SchemaError, SoulboxError
 from soulbox.core.logging import get_logger
@@ -152,7 +152,9 @@ class TriggerService:
         wait = bool(msg.reply)
         try:
             spec = await self._submitter.function(trigger.tenant, trigger.function)
-            invocation_id, result = await self._submitter.submit(spec, msg.data, trigger=trigger.id, wait=wait)
+            invocation_id, result = await self._submitter.submit(
+                spec, msg.data, trigger=trigger.id, wait=wait, parent=tracing.extract(msg.headers)
+            )
         except SoulboxError as exc:
             log.warning("triggers.submit_failed", trigger=key, error=exc.message)
             if msg.reply:

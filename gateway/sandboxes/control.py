@@ -17,7 +17,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.errors import KeyNotFoundError, NoKeysError
 from nats.js.kv import KeyValue
 
-from soulbox.core import names
+from soulbox.core import names, tracing
 from soulbox.core.codec import decode, encode
 from soulbox.core.errors import (
     Conflict,
@@ -210,7 +210,7 @@ class SandboxControlPlane:
 
     async def _request(self, subject: str, data: bytes, timeout: float, unavailable: str) -> SandboxReply:
         try:
-            msg = await self._nc.request(subject, data, timeout=timeout)
+            msg = await self._nc.request(subject, data, timeout=timeout, headers=tracing.inject())
         except (NoRespondersError, NatsTimeoutError):
             raise Unavailable(unavailable) from None
         reply = decode(SandboxReply, msg.data)

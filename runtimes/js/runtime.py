@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from soulbox.core import tracing
 from soulbox.core.errors import InvalidRequest, SchemaError, Unavailable
 from soulbox.core.logging import get_logger
 from soulbox.core.schemas import FunctionSpec, InvocationError, Limits, Outcome, Runtime, Tier
@@ -120,6 +121,7 @@ class JsRuntime:
             except SchemaError as exc:
                 return _failed(started, "bad_input", exc.message)
         proc = self.pool.take(key)
+        tracing.set_attribute("soulbox.cold_start", proc is None)
         if proc is not None:
             self.reused += 1
         else:

@@ -14,6 +14,7 @@ import os
 import signal
 from pathlib import Path
 
+from soulbox.core import tracing
 from soulbox.core.schemas import FunctionSpec, InvocationError, Outcome, Tier
 from soulbox.core.settings import LinuxSettings, Settings
 
@@ -74,6 +75,7 @@ class LinuxRuntime:
         if runtime not in self.available:
             raise SandboxUnavailable(f"{command[0]} is not installed on this worker")
         interpreter, code = command
+        tracing.set_attribute("soulbox.cold_start", True)  # a new sandbox for every run
         path = await self.artifacts.path(spec.artifact)
         limits = spec.limits
         grant = await resolve_grants(spec.permissions.net) if spec.permissions.net else None

@@ -26,7 +26,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js.kv import KeyValue
 
-from soulbox.core import names
+from soulbox.core import names, tracing
 from soulbox.core.codec import decode, encode
 from soulbox.core.errors import Conflict, InvalidRequest, NotFound, Overloaded, SoulboxError
 from soulbox.core.logging import get_logger
@@ -153,6 +153,7 @@ class SandboxHost:
 
     # Requests --------------------------------------------------------------------------------
 
+    @tracing.handler("sandbox create")
     async def _on_create(self, msg: Msg) -> None:
         try:
             record = await self.create(decode(SandboxCreate, msg.data))
@@ -201,6 +202,7 @@ class SandboxHost:
                 raise Overloaded(f"worker {self.worker_id} hosts {self.settings.capacity} sandboxes already")
             box = await self._start_box(template, egress)
             kind = "cold"
+        tracing.set_attribute("soulbox.cold_start", kind == "cold")
         envd = EnvdClient(box.socket)
         token = secrets.token_urlsafe(24)
         try:

@@ -26,6 +26,7 @@ from pathlib import Path
 import wasmtime
 import wasmtime.component as wc
 
+from soulbox.core import tracing
 from soulbox.core.errors import SchemaError
 from soulbox.core.logging import get_logger
 from soulbox.core.schemas import FunctionSpec, Handler, InvocationError, Outcome, Runtime, Tier
@@ -117,6 +118,7 @@ class WasmRuntime:
         self, engine: _Engine, digest: str, load: Callable[[], Awaitable[bytes]], *, kind: Kind = "module"
     ) -> Prepared:
         pre = engine.modules.lookup(digest)
+        tracing.set_attribute("soulbox.cold_start", pre is None)  # compiled (or loaded) for this run
         if pre is not None:
             return pre
         # Keyed by the compiled artifact's name: the same module loads once per engine.
