@@ -106,6 +106,10 @@ def api_record(scope: Scope, status: int, route: str) -> AuditRecord | None:
     refused = scope.get(AUTH_FAILURE_KEY)
     detail: dict[str, str | int | float | bool | None] = {}
     tenant = who.tenant if who else platform.settings.tenant
+    if who is not None and who.operator:
+        # The operator acting for a tenant: the call is the operator's (its log names the tenant by pseudonym),
+        # and an erased tenant's log gets no new record.
+        tenant = platform.settings.tenant
     if isinstance(refused, dict):
         detail = {"auth_failure": refused["code"], "key_id": refused["key_id"]}
         # A refused key's own tenant sees the attempt; unattributable ones go to the operator's tenant.

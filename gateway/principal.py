@@ -28,6 +28,7 @@ class Principal:
     role: Role = "owner"
     scopes: frozenset[str] = field(default_factory=frozenset)  # empty: everything the role allows
     key_id: str | None = None  # the API key's id (its visible prefix), when the caller used one
+    operator: bool = False  # the platform operator (a key of gateway.api_keys, or anybody when none is required)
 
 
 def principal(connection: HTTPConnection) -> Principal:
@@ -37,4 +38,4 @@ def principal(connection: HTTPConnection) -> Principal:
         return found
     # Read off the app state, not through .platform: modules it imports import this one.
     tenant: str = connection.app.state.platform.settings.tenant
-    return Principal(tenant=tenant, subject="anonymous")
+    return Principal(tenant=tenant, subject="anonymous", operator=True)

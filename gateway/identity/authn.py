@@ -84,7 +84,7 @@ class Authenticator:
 
     def anonymous(self) -> Authenticated:
         """A request without credentials where none are required: the operator (a developer's own machine)."""
-        return Authenticated(Principal(tenant=self.settings.tenant, subject="anonymous"), operator=True)
+        return Authenticated(Principal(tenant=self.settings.tenant, subject="anonymous", operator=True), operator=True)
 
     def _operator(self, credential: str) -> Authenticated | None:
         supplied = hashlib.sha256(credential.encode()).digest()
@@ -94,7 +94,9 @@ class Authenticator:
                 found = index
         if found is None:
             return None
-        who = Principal(tenant=self.settings.tenant, subject=OPERATOR, role="owner", key_id=f"operator-{found}")
+        who = Principal(
+            tenant=self.settings.tenant, subject=OPERATOR, role="owner", key_id=f"operator-{found}", operator=True
+        )
         return Authenticated(who, operator=True)
 
     async def authenticate(self, credential: str | None) -> Authenticated | None:

@@ -42,9 +42,9 @@ def test_route_and_invoke_answer_with_the_handlers_response(api: httpx.Client, r
     trigger = {"id": name, "function": name, "kind": "http", "http": {"method": "PATCH", "path": f"/{name}/{{id}}"}}
     assert api.post("/v1/triggers", json=trigger).status_code == 201
 
-    routed = api.patch(f"/run/{name}/7?q=1", content=b"payload", headers={"x-agent": "tests"})
+    routed = api.patch(f"/run/default/{name}/7?q=1", content=b"payload", headers={"x-agent": "tests"})
     assert routed.status_code == 201, routed.text
-    assert routed.headers["x-path"] == f"/run/{name}/7" and routed.headers["x-query"] == "q=1"
+    assert routed.headers["x-path"] == f"/run/default/{name}/7" and routed.headers["x-query"] == "q=1"
     assert routed.headers["x-agent"] == "tests" and routed.headers["x-invocation-id"]
     assert routed.content == b"PATCH payload"
 
