@@ -94,6 +94,7 @@ class Buckets:
     tenant_keys: KeyValue
     audit_state: KeyValue
     webhooks_seen: KeyValue
+    limits: KeyValue
 
 
 async def _ensure_stream(js: JetStreamContext, config: api.StreamConfig) -> None:
@@ -199,6 +200,18 @@ async def ensure_topology(js: JetStreamContext, settings: Settings) -> Buckets:
             num_replicas=replicas,
         ),
     )
+    await _ensure_stream(
+        js,
+        api.StreamConfig(
+            name=names.RATELIMIT_STREAM,
+            subjects=[names.RATELIMIT_SUBJECTS],
+            allow_msg_counter=True,  # atomic increments: one round trip, whatever the contention
+            storage=api.StorageType.MEMORY,  # short-lived windows; losing them resets rate limits, nothing else
+            max_msgs_per_subject=1,
+            max_age=max(10.0, 4 * settings.limits.window_s),
+            num_replicas=replicas,
+        ),
+    )
     await _ensure_consumer(
         js,
         names.CALLBACKS_STREAM,
@@ -266,6 +279,7 @@ async def ensure_topology(js: JetStreamContext, settings: Settings) -> Buckets:
         webhooks_seen=await _ensure_kv(
             js, kv(bucket=names.WEBHOOKS_SEEN_BUCKET, history=1, ttl=WEBHOOKS_SEEN_TTL_S, replicas=replicas)
         ),
+        limits=await _ensure_kv(js, kv(bucket=names.LIMITS_BUCKET, history=1, replicas=replicas)),
     )
 
 

@@ -38,6 +38,10 @@ AUDIT_INTAKE_STREAM: Final = "SB_AUDIT_INTAKE"
 AUDIT_INTAKE_SUBJECTS: Final = "sb.audit_in.>"
 AUDIT_INTAKE_API_SUBJECT: Final = "sb.audit_in.api"
 
+RATELIMIT_STREAM: Final = "SB_RATELIMITS"
+"""Counters (``Nats-Incr``) of the requests admitted per rate-limit scope and time window, shared by every gateway."""
+RATELIMIT_SUBJECTS: Final = "sb.ratelimit.>"
+
 # Durable consumers ----------------------------------------------------------
 SCHEDULER_CONSUMER: Final = "scheduler"
 EVENT_CONSUMERS: Final = ("billing", "audit", "metrics")
@@ -66,6 +70,8 @@ TENANT_KEYS_BUCKET: Final = "sb_tenant_keys"
 AUDIT_STATE_BUCKET: Final = "sb_audit_state"
 """The audit exporter's progress (last exported sequence and hash)."""
 AUDIT_CONSUMER: Final = "audit"
+LIMITS_BUCKET: Final = "sb_limits"
+"""Rate limits and quotas configured per tenant (``tenant.<tenant>``) and per API key (``key.<key id>``)."""
 
 
 def invocation_subject(tenant: str) -> str:
@@ -184,3 +190,16 @@ def version_key(tenant: str, function: str, version: str) -> str:
 
 def alias_key(tenant: str, function: str, alias: str) -> str:
     return f"{tenant}.{function}.{alias}"
+
+
+def ratelimit_subject(scope: str, window: int) -> str:
+    """The counter of one rate-limit scope (``t.<tenant>`` or ``k.<key token>``) in one time window."""
+    return f"sb.ratelimit.{scope}.{window}"
+
+
+def tenant_limits_key(tenant: str) -> str:
+    return f"tenant.{tenant}"
+
+
+def api_key_limits_key(key_token: str) -> str:
+    return f"key.{key_token}"

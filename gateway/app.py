@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -19,7 +20,9 @@ from soulbox.triggers.catalog import TriggerCatalog
 from . import aliases, deadletters, functions, hooks, invocations, reports, tenants, triggers
 from .auth import ApiKeyGate
 from .errors import EXCEPTION_HANDLERS, error_response
+from .hardening import Hardening
 from .instruments import GatewayInstruments, metrics
+from .limits import LimitsGate, LimitsService, get_limits
 from .middleware import RequestTrail
 from .openapi import openapi_document
 from .platform import Platform, platform
@@ -59,6 +62,7 @@ def routes() -> list[BaseRoute]:
         Route("/v1/functions/{name}/invoke", invocations.invoke, methods=["POST"]),
         Route("/v1/invocations/{invocation_id}", invocations.get_invocation, methods=["GET"], name="get_invocation"),
         Route("/v1/usage", reports.get_usage, methods=["GET"]),
+        Route("/v1/limits", get_limits, methods=["GET"]),
         Route("/v1/audit", reports.get_audit, methods=["GET"]),
         Route("/v1/audit/verify", reports.verify_audit, methods=["GET"]),
         Route("/v1/tenants/{tenant}/export", tenants.export_tenant, methods=["GET"]),
@@ -85,6 +89,20 @@ def routes() -> list[BaseRoute]:
 ROUTE_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
 
 
+def cors(settings: Settings) -> list[Middleware]:
+    """CORS only when origins are configured: by default browsers get no cross-origin access."""
+    origins = settings.gateway.cors_origins
+    if not origins:
+        return []
+    expose = ["Retry-After", "X-Invocation-Id", "X-Exit-Code", "X-Duration-Ms", "Location"]
+    every = ["*"]
+    return [
+        Middleware(
+            CORSMiddleware, allow_origins=origins, allow_methods=every, allow_headers=every, expose_headers=expose
+        )
+    ]
+
+
 def create_app(settings: Settings) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -100,11 +118,15 @@ def create_app(settings: Settings) -> Starlette:
         tunnel = TunnelClient(nc)
         await tunnel.start()
         await trigger_catalog.start()
+        limits = LimitsService(settings.limits, js, buckets.limits, buckets.billing)
+        await limits.start()
+        app.state.limits = limits
         app.state.platform = Platform(settings, nc, js, buckets, registry, waiter, sandboxes, tunnel)
         app.state.triggers = trigger_catalog
         try:
             yield
         finally:
+            await limits.stop()
             await trigger_catalog.stop()
             await tunnel.close()
             await waiter.stop()
@@ -115,8 +137,11 @@ def create_app(settings: Settings) -> Starlette:
         routes=routes(),
         middleware=[
             Middleware(SandboxRouter, domain=settings.sandboxes.domain),
+            Middleware(Hardening, settings=settings.gateway),  # headers, deadline, body cap: on every answer
+            *cors(settings),
             Middleware(RequestTrail),  # outside the gate: refused calls are audited too
             Middleware(ApiKeyGate, settings=settings),
+            Middleware(LimitsGate),  # inside the gate: knows the principal
         ],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
