@@ -47,6 +47,11 @@ _OWN_DEADLINE = re.compile(
 E2B_PREFIXES = ("/sandboxes", "/v2/sandboxes")
 
 
+def has_own_deadline(path: str) -> bool:
+    """Whether requests to ``path`` are exempt from the gateway's deadline (they keep a longer one of their own)."""
+    return _OWN_DEADLINE.match(path) is not None
+
+
 def _error(path: str, status: int, code: str, message: str) -> JSONResponse:
     if path.startswith(E2B_PREFIXES):
         return JSONResponse({"code": status, "message": message, "error_code": code}, status_code=status)
@@ -73,6 +78,7 @@ class Hardening:
         started = False
         received = 0
         deadline: asyncio.Timeout | None = None
+        running = False  # inside the deadline's scope
 
         async def guarded_receive() -> Message:
             nonlocal received
@@ -87,7 +93,7 @@ class Hardening:
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
-                if deadline is not None:
+                if running and deadline is not None:
                     deadline.reschedule(None)  # the deadline is until the response starts: streams may go on
                 headers = MutableHeaders(scope=message)
                 for name, value in extra.items():
@@ -101,11 +107,15 @@ class Hardening:
             await _error(path, 413, "payload_too_large", too_large)(scope, receive, guarded_send)
             return
         try:
-            if _OWN_DEADLINE.match(path):
+            if has_own_deadline(path):
                 await self.app(scope, guarded_receive, guarded_send)
             else:
                 async with asyncio.timeout(self.timeout_s) as deadline:
-                    await self.app(scope, guarded_receive, guarded_send)
+                    running = True
+                    try:
+                        await self.app(scope, guarded_receive, guarded_send)
+                    finally:
+                        running = False
         except TimeoutError:
             if started or deadline is None or not deadline.expired():
                 raise

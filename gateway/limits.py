@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
+from pydantic import BaseModel, Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -165,19 +166,45 @@ class LimitsGate:
         return None
 
 
+class LimitsShown(BaseModel):
+    """The limits in force; null: unlimited."""
+
+    requests_per_s: float | None
+    key_requests_per_s: float | None = Field(description="the caller's API key's own limit")
+    concurrent_sandboxes: int | None
+    invocations_per_day: int | None
+    gb_seconds_per_month: float | None
+
+
+class QuotaUsage(BaseModel):
+    """What counts against the quotas: billed usage of the current UTC day and month."""
+
+    invocations_today: int
+    gb_seconds_this_month: float
+
+
+class LimitsOut(BaseModel):
+    """``GET /v1/limits``: the caller's tenant's limits and its usage counted against them."""
+
+    tenant: str
+    limits: LimitsShown
+    usage: QuotaUsage
+
+
 async def get_limits(request: Request) -> Response:
-    """The caller's tenant's limits in force (null: unlimited) and its usage counted against the quotas."""
+    """The caller's tenant's limits in force and its usage counted against the quotas."""
     service: LimitsService = request.app.state.limits
     who = principal(request)
     limits = service.for_tenant(who.tenant)
-    key_rate = service.key_rate(key_token(who.key_id)) if who.key_id else None
-    return JSONResponse(
-        {
-            "tenant": who.tenant,
-            "limits": {**dataclasses.asdict(limits), "key_requests_per_s": key_rate},
-            "usage": {
-                "invocations_today": service.ledger.invocations_today(who.tenant),
-                "gb_seconds_this_month": service.ledger.gb_seconds_this_month(who.tenant),
-            },
-        }
+    out = LimitsOut(
+        tenant=who.tenant,
+        limits=LimitsShown(
+            **dataclasses.asdict(limits),
+            key_requests_per_s=service.key_rate(key_token(who.key_id)) if who.key_id else None,
+        ),
+        usage=QuotaUsage(
+            invocations_today=service.ledger.invocations_today(who.tenant),
+            gb_seconds_this_month=service.ledger.gb_seconds_this_month(who.tenant),
+        ),
     )
+    return JSONResponse(out.model_dump(mode="json"))

@@ -11,7 +11,7 @@ from starlette.routing import BaseRoute, Route
 from soulbox.core.schemas import NAME_PATTERN, AuditRecord
 from soulbox.events import UsageReport
 
-from . import openapi_admin, openapi_triggers
+from . import openapi_admin, openapi_limits, openapi_triggers
 from .models import ErrorResponse, FunctionList, FunctionOut, InvocationAccepted, InvocationOut
 from .platform import INVOCATION_ID_RE
 from .sandboxes import api as sandbox_api
@@ -27,6 +27,7 @@ _MODELS: list[type[BaseModel]] = [
     *sandbox_api.MODELS,
     *openapi_triggers.MODELS,
     *openapi_admin.MODELS,
+    *openapi_limits.MODELS,
 ]
 
 
@@ -181,6 +182,7 @@ def openapi_document(
         **sandbox_api.OPERATIONS,
         **openapi_triggers.OPERATIONS,
         **openapi_admin.OPERATIONS,
+        **openapi_limits.OPERATIONS,
         **(extra or {}),
     }
     paths: dict[str, dict[str, Any]] = {}
@@ -191,6 +193,7 @@ def openapi_document(
             op = operations.get((route.path, method.lower()))
             if op is not None:
                 paths.setdefault(route.path, {})[method.lower()] = op
+    openapi_limits.add_common_responses(paths)
     schemas: dict[str, Any] = {}
     for model in _MODELS:
         schema = model.model_json_schema(ref_template="#/components/schemas/{model}")

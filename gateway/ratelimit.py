@@ -37,6 +37,7 @@ _INCR = "Nats-Incr"
 @dataclass(slots=True)
 class _Window:
     index: int
+    limit: int
     allowance: int = 0
     exhausted: bool = False  # the shared counter reached the limit: refuse locally until the next window
     claiming: asyncio.Future[None] | None = field(default=None)
@@ -72,7 +73,10 @@ class RateLimiter:
             index = int(now // self.window_s)
             window = self._windows.get(scope)
             if window is None or window.index != index:
-                window = self._windows[scope] = _Window(index)
+                window = self._windows[scope] = _Window(index, limit)
+            elif window.limit != limit:  # the limit changed: the shared count decides again
+                window.limit = limit
+                window.exhausted = False
             if window.allowance > 0:
                 window.allowance -= 1
                 return None

@@ -34,7 +34,7 @@ from soulbox.core.schemas import (
 )
 from soulbox.core.settings import Settings
 from soulbox.events import run
-from soulbox.gateway import openapi, openapi_admin, openapi_triggers
+from soulbox.gateway import openapi, openapi_admin, openapi_limits, openapi_triggers
 from soulbox.gateway.app import create_app, routes
 from soulbox.triggers.signatures import sign_hmac
 
@@ -84,7 +84,8 @@ def test_every_operation_is_routed(document: dict[str, Any]) -> None:
         if isinstance(route, Route) and route.include_in_schema
         for method in route.methods or ()
     }
-    tables = (openapi.OPERATIONS, openapi.sandbox_api.OPERATIONS, openapi_triggers.OPERATIONS, openapi_admin.OPERATIONS)
+    tables = (openapi.OPERATIONS, openapi.sandbox_api.OPERATIONS, openapi_triggers.OPERATIONS, openapi_admin.OPERATIONS,
+              openapi_limits.OPERATIONS)  # fmt: skip
     merged = {key for table in tables for key in table}
     assert sorted(set(merged) - routed) == []
     assert {(path, method) for path, method, _ in operations(document)} == merged
