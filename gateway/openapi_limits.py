@@ -1,8 +1,9 @@
-"""OpenAPI of ``/v1/limits``, and the answers every operation may give because of the middleware.
+"""OpenAPI of ``/v1/limits``, and the answers every operation may give whatever its handler does.
 
-Every operation may be refused with a 429 (rate limit or quota, with
-``Retry-After``); every operation with a body may be refused with a 413; and
-every operation but the ones with their own deadline may time out with a 504.
+Every operation with inputs may answer 400 ``invalid_request``; every operation
+may be refused with a 429 (rate limit or quota, with ``Retry-After``); every
+operation with a body may be refused with a 413; and every operation but the
+ones with their own deadline may time out with a 504.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ _LIMITED = {
     ),
     "headers": _RETRY_AFTER,
 }
+_INVALID = error("a parameter or the body is not valid", "invalid_request")
 _TOO_LARGE = error("the request body is over the gateway's limit", "payload_too_large")
 _TIMEOUT = error("no response within the gateway's request deadline", "request_timeout")
 _UNLIMITED = frozenset({"/healthz", "/readyz"})
@@ -42,6 +44,8 @@ def add_common_responses(paths: dict[str, dict[str, Any]]) -> None:
         for method, op in item.items():
             responses: dict[str, Any] = dict(op.get("responses", {}))
             item[method] = {**op, "responses": responses}  # a copy: the operations tables stay as written
+            if op.get("parameters") or "requestBody" in op:
+                responses.setdefault("400", _INVALID)
             if path not in _UNLIMITED:
                 responses.setdefault("429", _LIMITED)
             if "requestBody" in op:

@@ -14,7 +14,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 
 from soulbox.core.errors import InvalidRequest
-from soulbox.core.sandboxes import SandboxLogLine, SandboxMetric, SandboxRecord, SandboxState
+from soulbox.core.sandboxes import SandboxLogLine, SandboxMetric, SandboxRecord, SandboxState, Template
 
 from ..bodies import M, json_body
 from ..platform import platform
@@ -27,7 +27,7 @@ from .terminal import terminal
 class CreateSandbox(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    template: str = Field("base", min_length=1, max_length=63)
+    template: Template = "base"
     timeout_s: int | None = Field(None, ge=1, description="default: sandboxes.default_timeout_s")
     auto_pause: bool = Field(False, description="pause instead of kill at the timeout")
     metadata: dict[str, str] = Field(default_factory=dict)
