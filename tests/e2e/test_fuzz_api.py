@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
 
 import hypothesis
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase
-from schemathesis import Case, CheckContext, GenerationMode, Response
+from schemathesis import APIOperation, Case, CheckContext, GenerationMode, Response
 from schemathesis.checks import not_a_server_error
 from schemathesis.core.failures import FailureGroup
 from schemathesis.specs.openapi.checks import (
@@ -61,42 +60,46 @@ def error_is_json(ctx: CheckContext, response: Response, case: Case) -> bool | N
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 
 
+def fuzz(operation: APIOperation, mode: GenerationMode, url: str, failures: dict[str, str]) -> None:
+    """Up to ``EXAMPLES`` generated calls of ``operation``; the first failure is kept in ``failures``."""
+    label = f"{operation.label} ({mode.value})"
+
+    @hypothesis.given(case=operation.as_strategy(generation_mode=mode))
+    @hypothesis.settings(
+        max_examples=EXAMPLES,
+        deadline=None,
+        database=None,
+        phases=[Phase.explicit, Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
+    def run(case: Case) -> None:
+        if label in failures:
+            return  # one failure per operation is enough to report
+        try:
+            case.call_and_validate(
+                base_url=url,
+                headers={"X-API-KEY": API_KEY},
+                checks=CHECKS,
+                additional_checks=[error_is_json],
+                timeout=30,
+            )
+        except (Exception, FailureGroup) as exc:  # every kind of check failure: collected, reported together
+            failures[label] = f"{exc}\n{case.as_curl_command({'X-API-KEY': API_KEY})}"[:3000]
+
+    try:
+        run()
+    except hypothesis.errors.Unsatisfiable:
+        assert mode is GenerationMode.NEGATIVE  # nothing to get wrong in an operation without inputs
+
+
 @pytest.mark.timeout(600)
-def test_every_operation_answers_as_documented(fuzz_stack: Stack, tmp_path: Path) -> None:
+def test_every_operation_answers_as_documented(fuzz_stack: Stack) -> None:
     schema = schemathesis.openapi.from_url(f"{fuzz_stack.url}/openapi.json", timeout=10)
     failures: dict[str, str] = {}
     operations = 0
     for result in schema.get_all_operations():
-        operation = result.ok()
         operations += 1
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
-
-            @hypothesis.given(case=operation.as_strategy(generation_mode=mode))
-            @hypothesis.settings(
-                max_examples=EXAMPLES,
-                deadline=None,
-                database=None,
-                phases=[Phase.explicit, Phase.generate],
-                suppress_health_check=list(HealthCheck),
-            )
-            def run(case: Case) -> None:
-                label = f"{case.operation.label} ({mode.value})"
-                if label in failures:
-                    return  # one failure per operation is enough to report
-                try:
-                    case.call_and_validate(
-                        base_url=fuzz_stack.url,
-                        headers={"X-API-KEY": API_KEY},
-                        checks=CHECKS,
-                        additional_checks=[error_is_json],
-                        timeout=30,
-                    )
-                except (Exception, FailureGroup) as exc:  # every kind of check failure: collected, reported together
-                    failures[label] = f"{exc}\n{case.as_curl_command({'X-API-KEY': API_KEY})}"[:3000]
-
-            try:
-                run()
-            except hypothesis.errors.Unsatisfiable:
-                assert mode is GenerationMode.NEGATIVE  # nothing to get wrong in an operation without inputs
+            fuzz(result.ok(), mode, fuzz_stack.url, failures)
     assert operations > 30
     assert not failures, "\n\n".join(f"{label}: {text}" for label, text in failures.items())

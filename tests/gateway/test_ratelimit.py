@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import time
 from collections.abc import AsyncIterator, Callable
@@ -21,7 +22,8 @@ from soulbox.core.sandboxes import SandboxRecord, SandboxState
 from soulbox.core.schemas import LimitsRecord, UsageEntry, WorkerHeartbeat
 from soulbox.core.settings import Settings
 from soulbox.gateway.app import create_app
-from soulbox.gateway.limits import put_limits
+from soulbox.gateway import limits_cli
+from soulbox.gateway.limits import LimitsService, key_token, put_limits
 from soulbox.gateway.principal import SCOPE_KEY, Principal
 from soulbox.gateway.quotas import UsageLedger, next_day, next_month
 from soulbox.gateway.ratelimit import RateLimiter
@@ -238,3 +240,28 @@ async def test_gateway_refuses_sandboxes_past_the_concurrency_quota(
     assert refused.headers["retry-after"] == str(math.ceil(10.0))
     e2b = await gateway.post("/v2/sandboxes", json={"templateID": "base"})
     assert e2b.status_code == 429 and e2b.json()["error_code"] == "quota_exceeded"
+
+
+async def test_operators_set_show_and_clear_limits(
+    settings: Settings, buckets: Buckets, js: JetStreamContext, capsys: pytest.CaptureFixture[str]
+) -> None:
+    service = LimitsService(settings.limits, js, buckets.limits, buckets.billing)
+    await service.start()
+    try:
+        argv = ["set", "--tenant", "acme", "--requests-per-s", "5", "--invocations-per-day", "100"]
+        assert await limits_cli._run(limits_cli._parser().parse_args(argv), settings) == 0
+        await eventually(lambda: service.for_tenant("acme").requests_per_s == 5)
+        assert service.for_tenant("acme").invocations_per_day == 100
+        assert service.for_tenant("acme").gb_seconds_per_month is None  # the settings' default: unlimited
+        assert service.for_tenant("other").requests_per_s is None
+        await limits_cli._run(
+            limits_cli._parser().parse_args(["set", "--key", "sb key/1", "--requests-per-s", "2"]), settings
+        )
+        await eventually(lambda: service.key_rate(key_token("sb key/1")) == 2)
+        capsys.readouterr()
+        await limits_cli._run(limits_cli._parser().parse_args(["show", "--tenant", "acme"]), settings)
+        assert json.loads(capsys.readouterr().out)["requests_per_s"] == 5
+        await limits_cli._run(limits_cli._parser().parse_args(["clear", "--tenant", "acme"]), settings)
+        await eventually(lambda: service.for_tenant("acme").requests_per_s is None)
+    finally:
+        await service.stop()
