@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import re
 
-from starlette.datastructures import MutableHeaders
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -65,16 +64,19 @@ class Hardening:
         self.app = app
         self.timeout_s = settings.request_timeout_s
         self.max_body = max(settings.max_body_bytes, settings.max_module_bytes) + _FORM_OVERHEAD
-        self.headers = {"x-content-type-options": "nosniff", "referrer-policy": "no-referrer"}
+        headers = {"x-content-type-options": "nosniff", "referrer-policy": "no-referrer"}
         if settings.hsts_max_age_s:
-            self.headers["strict-transport-security"] = f"max-age={settings.hsts_max_age_s}; includeSubDomains"
+            headers["strict-transport-security"] = f"max-age={settings.hsts_max_age_s}; includeSubDomains"
+        # Raw ASGI header pairs, built once: the hot path only appends them.
+        self.run_headers = [(k.encode(), v.encode()) for k, v in headers.items()]
+        self.api_headers = self.run_headers + [(k.encode(), v.encode()) for k, v in _API_ONLY.items()]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         path: str = scope["path"]
-        extra = self.headers if path.startswith("/run/") else {**self.headers, **_API_ONLY}
+        extra = self.run_headers if path.startswith("/run/") else self.api_headers
         started = False
         received = 0
         deadline: asyncio.Timeout | None = None
@@ -95,10 +97,10 @@ class Hardening:
                 started = True
                 if running and deadline is not None:
                     deadline.reschedule(None)  # the deadline is until the response starts: streams may go on
-                headers = MutableHeaders(scope=message)
-                for name, value in extra.items():
-                    if name not in headers:
-                        headers[name] = value
+                raw = list(message.get("headers", ()))
+                present = {name.lower() for name, _ in raw}
+                raw.extend(header for header in extra if header[0] not in present)
+                message["headers"] = raw
             await send(message)
 
         length = next((v for k, v in scope["headers"] if k == b"content-length"), b"")

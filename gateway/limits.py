@@ -78,8 +78,14 @@ class LimitsService:
     """What the gate consults: the limits records, the shared rate limiter and the usage ledger."""
 
     def __init__(self, settings: LimitsSettings, js: JetStreamContext, limits: KeyValue, billing: KeyValue) -> None:
-        self.settings = settings
-        self.records: KvMirror[LimitsRecord] = KvMirror(limits, LimitsRecord)
+        self._settings = settings
+        self.records: KvMirror[LimitsRecord] = KvMirror(
+            limits,
+            LimitsRecord,
+            on_put=lambda _k, _v: self._resolved.clear(),
+            on_delete=lambda _k: self._resolved.clear(),
+        )
+        self._resolved: dict[str, Limits] = {}  # per tenant, until a record changes
         self.limiter = RateLimiter(js, window_s=settings.window_s, chunk_fraction=settings.chunk_fraction)
         self.ledger = UsageLedger(billing)
 
@@ -91,7 +97,23 @@ class LimitsService:
         await self.ledger.stop()
         await self.records.stop()
 
+    @property
+    def settings(self) -> LimitsSettings:
+        """The defaults; a tenant's or key's record overrides them field by field."""
+        return self._settings
+
+    @settings.setter
+    def settings(self, settings: LimitsSettings) -> None:
+        self._settings = settings
+        self._resolved.clear()
+
     def for_tenant(self, tenant: str) -> Limits:
+        found = self._resolved.get(tenant)
+        if found is None:
+            found = self._resolved[tenant] = self._resolve(tenant)
+        return found
+
+    def _resolve(self, tenant: str) -> Limits:
         record = self.records.values.get(names.tenant_limits_key(tenant)) or LimitsRecord()
         d = self.settings
         return Limits(

@@ -21,8 +21,8 @@ from soulbox.core.codec import encode
 from soulbox.core.sandboxes import SandboxRecord, SandboxState
 from soulbox.core.schemas import LimitsRecord, UsageEntry, WorkerHeartbeat
 from soulbox.core.settings import Settings
-from soulbox.gateway.app import create_app
 from soulbox.gateway import limits_cli
+from soulbox.gateway.app import create_app
 from soulbox.gateway.limits import LimitsService, key_token, put_limits
 from soulbox.gateway.principal import SCOPE_KEY, Principal
 from soulbox.gateway.quotas import UsageLedger, next_day, next_month
