@@ -9,7 +9,9 @@ router, whose traffic belongs to the sandboxes):
   ``Content-Security-Policy`` that allows nothing; HSTS when configured;
 - a deadline until the response starts (``gateway.request_timeout_s``): past
   it the handler is cancelled and the answer is a 504 ``request_timeout``.
-  Calls that run functions or start sandboxes keep their own, longer deadlines;
+  Calls that run functions or start sandboxes keep their own, longer deadlines
+  once their body is in: for them the gateway's deadline ends with the body
+  (a client trickling a body in cannot hold a request open forever);
 - one cap on every request body (a deploy's module limit plus room for the
   form): a larger ``Content-Length`` is a 413 at once, a longer stream fails
   the handler's read with ``payload_too_large``;
@@ -81,6 +83,14 @@ class Hardening:
         received = 0
         deadline: asyncio.Timeout | None = None
         running = False  # inside the deadline's scope
+        length = b""
+        chunked = False
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                length = value
+            elif name == b"transfer-encoding":
+                chunked = True
+        own = has_own_deadline(path)
 
         async def guarded_receive() -> Message:
             nonlocal received
@@ -89,6 +99,8 @@ class Hardening:
                 received += len(message.get("body", b""))
                 if received > self.max_body:
                     raise PayloadTooLarge(f"the request body exceeds {self.max_body} bytes")
+                if own and running and deadline is not None and not message.get("more_body", False):
+                    deadline.reschedule(None)  # the whole body is in: the call's own deadline takes over
             return message
 
         async def guarded_send(message: Message) -> None:
@@ -103,13 +115,12 @@ class Hardening:
                 message["headers"] = raw
             await send(message)
 
-        length = next((v for k, v in scope["headers"] if k == b"content-length"), b"")
         if length.isdigit() and int(length) > self.max_body:
             too_large = f"the request body exceeds {self.max_body} bytes"
             await _error(path, 413, "payload_too_large", too_large)(scope, receive, guarded_send)
             return
         try:
-            if has_own_deadline(path):
+            if own and not chunked and length in (b"", b"0"):  # no body to wait for
                 await self.app(scope, guarded_receive, guarded_send)
             else:
                 async with asyncio.timeout(self.timeout_s) as deadline:

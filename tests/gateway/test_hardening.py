@@ -123,3 +123,18 @@ async def test_cors_only_when_origins_are_set(gateway: Gateway) -> None:
         assert answered.headers["access-control-allow-origin"] == "https://app.example"
         other = await client.options("/v1/functions", headers={**preflight, "origin": "https://evil.example"})
         assert other.status_code == 400
+
+
+async def test_a_trickled_body_meets_the_deadline_on_long_calls(gateway: Gateway) -> None:
+    async def trickle() -> AsyncIterator[bytes]:
+        for _ in range(20):
+            yield b" "
+            await asyncio.sleep(0.1)
+
+    async with gateway(request_timeout_s=0.5) as client:
+        # Sandbox creates keep their own (longer) deadline, but only once their body is in.
+        response = await client.post("/v1/sandboxes", content=trickle())
+        assert response.status_code == 504
+        assert response.json()["error"]["code"] == "request_timeout"
+        e2b = await client.post("/v2/sandboxes", content=trickle())
+        assert e2b.status_code == 504 and e2b.json()["error_code"] == "request_timeout"
