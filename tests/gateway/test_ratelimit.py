@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import time
@@ -265,3 +266,23 @@ async def test_operators_set_show_and_clear_limits(
         await eventually(lambda: service.for_tenant("acme").requests_per_s is None)
     finally:
         await service.stop()
+
+
+async def test_two_gateways_share_a_tenants_limit(settings: Settings, buckets: Buckets) -> None:
+    tuned = settings.model_copy(
+        update={"limits": settings.limits.model_copy(update={"window_s": 10.0, "requests_per_s": 3.0})}
+    )
+    apps = [create_app(tuned) for _ in range(2)]
+    async with contextlib.AsyncExitStack() as stack:
+        clients = []
+        for app in apps:
+            await stack.enter_async_context(app.router.lifespan_context(app))
+            transport = httpx.ASGITransport(app=app)
+            clients.append(
+                await stack.enter_async_context(httpx.AsyncClient(transport=transport, base_url="http://gw"))
+            )
+        await window_start(10.0, 6.0)
+        statuses = [(await clients[i % 2].get("/v1/functions")).status_code for i in range(60)]
+    # 3/s over a 10 s window: 30 requests admitted by the two gateways together, the rest refused.
+    assert statuses.count(200) == 30
+    assert statuses.count(429) == 30
