@@ -23,7 +23,7 @@ _DATETIME: TypeAdapter[datetime] = TypeAdapter(datetime)
 def _datetime(request: Request, *names: str) -> datetime | None:
     for name in names:
         raw = request.query_params.get(name)
-        if raw is None or raw == "":
+        if raw is None:
             continue
         try:
             return _DATETIME.validate_python(raw)

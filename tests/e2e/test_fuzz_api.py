@@ -2,8 +2,9 @@
 
 Every operation of ``/openapi.json`` gets a few generated requests, valid ones
 and invalid ones (schemathesis), with an API key. Each answer must not be a
-5xx, must have a documented status and content type, must fit its documented
-schema, and every 4xx must be JSON ``{"error": {"code", "message"}}``. The
+5xx, must have a documented status, content type and headers, must fit its
+documented schema, an invalid request must be refused (4xx), and every 4xx
+must be JSON ``{"error": {"code", "message"}}``. The
 examples per operation are few, so the run stays within a couple of minutes.
 """
 
@@ -21,6 +22,8 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.core.failures import FailureGroup
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
+    negative_data_rejection,
+    response_headers_conformance,
     response_schema_conformance,
     status_code_conformance,
 )
@@ -57,7 +60,14 @@ def error_is_json(ctx: CheckContext, response: Response, case: Case) -> bool | N
     return True
 
 
-CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+    response_headers_conformance,
+    negative_data_rejection,  # invalid input is refused, not half-accepted
+]
 
 
 def fuzz(operation: APIOperation, mode: GenerationMode, url: str, failures: dict[str, str]) -> None:
