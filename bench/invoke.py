@@ -215,7 +215,7 @@ def start_stack(root: Path, workers: int) -> tuple[subprocess.Popen[bytes], str]
         start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 180  # a loaded machine starts slowly
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError((root / "up.log").read_text())

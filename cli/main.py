@@ -1,4 +1,4 @@
-"""The ``soulbox`` command: ``up``, ``status``, ``down``, ``export-usage`` and ``verify-audit``.
+"""The ``soulbox`` command: ``up``, ``status``, ``down``, ``export-usage``, ``verify-audit``, ``tenants``, ``keys``.
 
 Settings are built once per command, from the environment (``SOULBOX_*``,
 ``.env``) with the command-line options on top, and passed down from here.
@@ -20,6 +20,7 @@ from soulbox.core.logging import configure_logging
 from soulbox.core.settings import Settings
 
 from .down import stop_stack
+from .identity import keys_app, tenants_app
 from .stack import default_nats_config, drop_busy_monitor, make_plan, resolve
 from .status import collect, print_status
 from .up import Stack, UpOptions
@@ -31,6 +32,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+app.add_typer(tenants_app, name="tenants")
+app.add_typer(keys_app, name="keys")
 
 DataDir = Annotated[
     Path | None,

@@ -94,6 +94,14 @@ class Buckets:
     tenant_keys: KeyValue
     audit_state: KeyValue
     webhooks_seen: KeyValue
+    secrets: KeyValue
+    url_keys: KeyValue
+    signed_nonces: KeyValue
+    tenants: KeyValue
+    users: KeyValue
+    api_keys: KeyValue
+    oauth_clients: KeyValue
+    jwt_keys: KeyValue
     limits: KeyValue
 
 
@@ -203,6 +211,19 @@ async def ensure_topology(js: JetStreamContext, settings: Settings) -> Buckets:
     await _ensure_stream(
         js,
         api.StreamConfig(
+            name=names.LOGS_STREAM,
+            subjects=[names.LOGS_SUBJECTS],
+            retention=api.RetentionPolicy.LIMITS,
+            storage=api.StorageType.FILE,
+            discard=api.DiscardPolicy.OLD,  # output never blocks a run: the oldest goes first
+            max_age=settings.logs.max_age_s,
+            max_bytes=settings.logs.max_bytes,
+            num_replicas=replicas,
+        ),
+    )
+    await _ensure_stream(
+        js,
+        api.StreamConfig(
             name=names.RATELIMIT_STREAM,
             subjects=[names.RATELIMIT_SUBJECTS],
             allow_msg_counter=True,  # atomic increments: one round trip, whatever the contention
@@ -279,6 +300,23 @@ async def ensure_topology(js: JetStreamContext, settings: Settings) -> Buckets:
         webhooks_seen=await _ensure_kv(
             js, kv(bucket=names.WEBHOOKS_SEEN_BUCKET, history=1, ttl=WEBHOOKS_SEEN_TTL_S, replicas=replicas)
         ),
+        secrets=await _ensure_kv(js, kv(bucket=names.SECRETS_BUCKET, history=1, replicas=replicas)),
+        url_keys=await _ensure_kv(js, kv(bucket=names.URL_KEYS_BUCKET, history=1, replicas=replicas)),
+        # A nonce is remembered past the longest expiry a URL may have, plus clock-skew margin.
+        signed_nonces=await _ensure_kv(
+            js,
+            kv(
+                bucket=names.SIGNED_NONCES_BUCKET,
+                history=1,
+                ttl=settings.signed_urls.max_expires_s + 10 * 60.0,
+                replicas=replicas,
+            ),
+        ),
+        tenants=await _ensure_kv(js, kv(bucket=names.TENANTS_BUCKET, history=1, replicas=replicas)),
+        users=await _ensure_kv(js, kv(bucket=names.USERS_BUCKET, history=1, replicas=replicas)),
+        api_keys=await _ensure_kv(js, kv(bucket=names.API_KEYS_BUCKET, history=1, replicas=replicas)),
+        oauth_clients=await _ensure_kv(js, kv(bucket=names.OAUTH_CLIENTS_BUCKET, history=1, replicas=replicas)),
+        jwt_keys=await _ensure_kv(js, kv(bucket=names.JWT_KEYS_BUCKET, history=1, replicas=replicas)),
         limits=await _ensure_kv(js, kv(bucket=names.LIMITS_BUCKET, history=1, replicas=replicas)),
     )
 

@@ -9,6 +9,7 @@ handler; nothing below the gateway knows about HTTP.
      │    ├── InvalidModule      the uploaded module does not compile
      │    └── PayloadTooLarge    a body over the configured limit
      ├── Unauthenticated         no or a wrong API key (code: unauthenticated)
+     ├── Forbidden               authenticated, but the role or scopes do not allow it (code: forbidden)
      ├── NotFound                unknown resource (code: not_found)
      │    ├── FunctionNotFound
      │    └── InvocationNotFound
@@ -54,6 +55,10 @@ class PayloadTooLarge(InvalidRequest):
 
 class Unauthenticated(SoulboxError):
     code = "unauthenticated"
+
+
+class Forbidden(SoulboxError):
+    code = "forbidden"
 
 
 class NotFound(SoulboxError):

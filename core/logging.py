@@ -6,6 +6,18 @@ import logging
 import sys
 
 import structlog
+from structlog.typing import EventDict, WrappedLogger
+
+ENV_KEYS = frozenset({"env", "env_vars", "envs", "envVars", "environment"})
+
+
+def redact_env(logger: WrappedLogger, method: str, event: EventDict) -> EventDict:
+    """Environment mappings are logged by name only: they may hold opened secrets."""
+    for key in ENV_KEYS & event.keys():
+        value = event[key]
+        if isinstance(value, dict):
+            event[key] = sorted(str(k) for k in value)
+    return event
 
 
 def configure_logging(level: str = "info", fmt: str = "json", *, component: str) -> None:
@@ -19,6 +31,7 @@ def configure_logging(level: str = "info", fmt: str = "json", *, component: str)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
+            redact_env,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,

@@ -37,6 +37,12 @@ AUDIT_INTAKE_STREAM: Final = "SB_AUDIT_INTAKE"
 """API-call records on their way into the chained audit log (written by the audit consumer only)."""
 AUDIT_INTAKE_SUBJECTS: Final = "sb.audit_in.>"
 AUDIT_INTAKE_API_SUBJECT: Final = "sb.audit_in.api"
+AUDIT_INTAKE_SECRETS_SUBJECT: Final = "sb.audit_in.secrets"
+"""Secret reads (one record per decrypt, made by the worker that decrypts)."""
+
+LOGS_STREAM: Final = "SB_LOGS"
+"""Output of invocations as it is produced (chunks, then an end entry per attempt), kept with retention."""
+LOGS_SUBJECTS: Final = "sb.logs.>"
 
 RATELIMIT_STREAM: Final = "SB_RATELIMITS"
 """Counters (``Nats-Incr``) of the requests admitted per rate-limit scope and time window, shared by every gateway."""
@@ -67,11 +73,28 @@ WEBHOOKS_SEEN_BUCKET: Final = "sb_webhooks_seen"
 
 TENANT_KEYS_BUCKET: Final = "sb_tenant_keys"
 """Per-tenant secrets behind the pseudonyms in the audit log (deleted on erasure)."""
+SECRETS_BUCKET: Final = "sb_secrets"
+"""Tenants' secrets, envelope-encrypted (``<tenant>.<name>``; see core/secrets.py)."""
+URL_KEYS_BUCKET: Final = "sb_url_keys"
+"""Per tenant, the keys that sign its URLs, envelope-encrypted (``<tenant>``)."""
+SIGNED_NONCES_BUCKET: Final = "sb_signed_nonces"
+"""Nonces of signed URLs already used (create-only: a replay is refused)."""
 AUDIT_STATE_BUCKET: Final = "sb_audit_state"
 """The audit exporter's progress (last exported sequence and hash)."""
 AUDIT_CONSUMER: Final = "audit"
 LIMITS_BUCKET: Final = "sb_limits"
 """Rate limits and quotas configured per tenant (``tenant.<tenant>``) and per API key (``key.<key id>``)."""
+
+TENANTS_BUCKET: Final = "sb_tenants"
+"""Tenants (teams), by name."""
+USERS_BUCKET: Final = "sb_users"
+"""Users (external OIDC identities) with their role, by ``<tenant>.<user id>``."""
+API_KEYS_BUCKET: Final = "sb_api_keys"
+"""API keys by their visible id (the prefix); only a SHA-256 of each secret is kept."""
+OAUTH_CLIENTS_BUCKET: Final = "sb_oauth_clients"
+"""OAuth2 client-credentials clients by client id; only a SHA-256 of each secret is kept."""
+JWT_KEYS_BUCKET: Final = "sb_jwt_keys"
+"""The private keys SoulBox signs JWTs with, by key id (kid)."""
 
 
 def invocation_subject(tenant: str) -> str:
@@ -155,6 +178,14 @@ def billing_key(tenant: str, function: str, unit_id: str) -> str:
     return f"{tenant}.{function}.{unit_id.replace('.', '_')}"
 
 
+def secret_key(tenant: str, name: str) -> str:
+    return f"{tenant}.{name}"
+
+
+def signed_nonce_key(tenant: str, nonce: str) -> str:
+    return f"{tenant}.{nonce}"
+
+
 def trigger_key(tenant: str, trigger_id: str) -> str:
     return f"{tenant}.{trigger_id}"
 
@@ -190,6 +221,20 @@ def version_key(tenant: str, function: str, version: str) -> str:
 
 def alias_key(tenant: str, function: str, alias: str) -> str:
     return f"{tenant}.{function}.{alias}"
+
+
+def invocation_logs_subject(tenant: str, invocation_id: str) -> str:
+    """``sb.logs.inv.<tenant>.<invocation id>``: one invocation's output; the tenant token scopes readers."""
+    return f"sb.logs.inv.{tenant_token(tenant)}.{invocation_id}"
+
+
+def sandbox_logs_subject(tenant: str, sandbox_id: str) -> str:
+    """``sb.logs.sbx.<tenant>.<sandbox id>``: a sandbox's log lines, kept after it ended."""
+    return f"sb.logs.sbx.{tenant_token(tenant)}.{sandbox_id}"
+
+
+def user_key(tenant: str, user_id: str) -> str:
+    return f"{tenant}.{user_id}"
 
 
 def ratelimit_subject(scope: str, window: int) -> str:

@@ -39,6 +39,26 @@ class SandboxState(StrEnum):
     PAUSED = "paused"
 
 
+class SandboxNetwork(BaseModel):
+    """Network egress asked for at create; none by default.
+
+    ``internet`` allows every public IPv4 destination; ``allow_out`` lists
+    destinations (``CIDR`` or address, optionally ``:port`` or ``:low-high``)
+    allowed even when ``deny_out`` (CIDRs) covers them, E2B's rule. Private,
+    loopback and link-local ranges and the host itself are refused whatever is
+    listed.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    internet: bool = False
+    allow_out: list[str] = Field(default_factory=list, max_length=256)
+    deny_out: list[str] = Field(default_factory=list, max_length=256)
+
+    @property
+    def enabled(self) -> bool:
+        return self.internet or bool(self.allow_out)
+
+
 class SandboxRecord(Message):
     """A live sandbox, as the gateway lists and describes it."""
 
@@ -58,6 +78,7 @@ class SandboxRecord(Message):
     envd_version: str
     access_token: str  # what envd wants in X-Access-Token; returned only to the creator / connector
     traffic_token: str = ""  # what guarded ports (the code interpreter) accept in E2B-Traffic-Access-Token
+    network: SandboxNetwork | None = None  # the egress it was given; None: no network
 
 
 class SandboxCreate(Message):
@@ -70,6 +91,10 @@ class SandboxCreate(Message):
     auto_pause: bool = False
     metadata: dict[str, str] = Field(default_factory=dict)
     env_vars: dict[str, str] = Field(default_factory=dict)
+    secrets: dict[str, str] = Field(
+        default_factory=dict, description="env var -> secret name; the hosting worker opens the values"
+    )
+    network: SandboxNetwork | None = None  # None: no network
 
 
 ControlOp = Literal["kill", "pause", "resume", "set_timeout", "metrics", "logs"]
@@ -93,6 +118,11 @@ class SandboxMetric(Message):
     mem_total: int
     disk_used: int
     disk_total: int
+    # Cumulative since the sandbox started: its veth (0 without egress) and its cgroup's block I/O.
+    net_rx_bytes: int = 0
+    net_tx_bytes: int = 0
+    disk_read_bytes: int = 0
+    disk_write_bytes: int = 0
 
 
 class SandboxUsage(BaseModel):
@@ -120,6 +150,13 @@ class SandboxLogLine(BaseModel):
     at: datetime
     level: str = "info"
     message: str
+
+
+class SandboxLogBatch(Message):
+    """Worker -> ``SB_LOGS``: lines of a handed-out sandbox's log, in order; ``end`` once the sandbox is gone."""
+
+    lines: list[SandboxLogLine] = Field(default_factory=list)
+    end: bool = False
 
 
 class SandboxReply(Message):

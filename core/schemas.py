@@ -172,9 +172,15 @@ class FunctionSpec(Message):
     artifact_size: int
     limits: Limits = Limits()
     env: dict[str, str] = Field(default_factory=dict, description="environment bindings given to the code")
+    secrets: dict[str, str] = Field(
+        default_factory=dict, description="env var -> secret name; the worker opens the values at run time"
+    )
     permissions: Permissions = Permissions()
     retry: RetryPolicy | None = Field(None, description="retries of failed asynchronous invocations")
     max_concurrency: int | None = Field(None, ge=1, description="invocations running at once, over all schedulers")
+    packages: dict[str, str] = Field(
+        default_factory=dict, description="npm packages bundled into the artifact at deploy (name -> version)"
+    )
     version: str | None = Field(None, description="content hash of everything that defines a run (immutable)")
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
@@ -577,3 +583,33 @@ class AuditExportState(Message):
     last_seq: int = 0
     last_hash: str = "0" * 64
     at: datetime = Field(default_factory=utcnow)
+
+
+OutputStream = Literal["stdout", "stderr"]
+
+
+class OutputEntry(Message):
+    """Worker -> ``SB_LOGS``: a piece of an invocation's output as it was produced, or an attempt's end.
+
+    Entries are numbered by ``seq`` from 1 within an ``attempt``. An attempt's
+    last entry has ``kind="end"`` and carries how it ended (``status`` is
+    ``retrying`` when another attempt follows). ``data`` is raw bytes: the
+    worker publishes at most the function's ``max_output_bytes`` per stream.
+    """
+
+    invocation_id: str
+    attempt: int = 1
+    seq: int
+    at: datetime = Field(default_factory=utcnow)
+    kind: Literal["output", "end"] = "output"
+    stream: OutputStream | None = None
+    data: bytes = b""
+    status: Status | None = None
+    outcome: Outcome | None = None
+    exit_code: int | None = None
+    error: InvocationError | None = None
+    duration_ms: float | None = None
+    stdout_bytes: int | None = None
+    stderr_bytes: int | None = None
+    stdout_truncated: bool = False
+    stderr_truncated: bool = False

@@ -64,6 +64,31 @@ class GatewaySettings(BaseModel):
     hsts_max_age_s: int = Field(0, ge=0, description="Strict-Transport-Security max-age (0: no HSTS header)")
 
 
+class OidcIssuerSettings(BaseModel):
+    """An external OpenID Connect issuer whose tokens the gateway accepts for registered users."""
+
+    issuer: str = Field(description="the tokens' iss claim, e.g. https://login.example.com/")
+    jwks_url: str = Field(description="where the issuer publishes its signing keys (JWKS)")
+    audience: str = Field(description="the aud claim SoulBox's tokens from this issuer carry")
+    tenant_claim: str = Field("soulbox_tenant", description="the claim naming the tenant")
+    tenant: str | None = Field(None, description="the tenant of every token of this issuer (instead of a claim)")
+
+
+class IdentitySettings(BaseModel):
+    """Tenants, API keys, JWTs and OAuth2 clients (gateway/identity)."""
+
+    required: bool = Field(False, description="refuse requests without credentials even when gateway.api_keys is empty")
+    issuer: str = Field("soulbox", description="iss (and aud) of the JWTs SoulBox signs")
+    token_ttl_s: int = Field(900, ge=30, le=24 * 3600, description="lifetime of client-credentials tokens")
+    signing_key_files: list[Path] = Field(
+        default_factory=list,
+        description="PEM private keys (EC P-256) for JWTs; the first signs, all verify (empty: one kept in NATS KV)",
+    )
+    oidc_issuers: list[OidcIssuerSettings] = Field(default_factory=list)
+    jwks_cache_s: float = Field(300.0, ge=0, description="how long an external issuer's JWKS is reused")
+    leeway_s: float = Field(10.0, ge=0, description="clock skew allowed on exp/nbf/iat")
+
+
 class QueueSettings(BaseModel):
     """Bounds of the invocation stream; past them the gateway answers 429."""
 
@@ -144,6 +169,16 @@ class EventsSettings(BaseModel):
     metrics_port: int = 9470
 
 
+class LogsSettings(BaseModel):
+    """Invocation output kept in JetStream (stream ``SB_LOGS``): the logs API and streamed invocations read it."""
+
+    max_age_s: float = Field(24 * 3600, gt=0, description="how long output is kept")
+    max_bytes: int = Field(1024**3, ge=-1, description="size cap of the stream; oldest output goes first (-1: none)")
+    flush_ms: float = Field(20.0, gt=0, description="how long a worker gathers output before publishing it")
+    chunk_bytes: int = Field(64 * 1024, ge=1024, le=1024 * 1024, description="largest output piece per message")
+    follow_max_s: float = Field(3600.0, gt=0, description="longest a ?follow=true request stays open")
+
+
 class S3Settings(BaseModel):
     """An S3-compatible object store for usage and audit exports; no bucket: no exports."""
 
@@ -198,11 +233,42 @@ class JsSettings(BaseModel):
         description="run every Bun/Deno process in a bubblewrap sandbox built from `linux` settings (needs user "
         "namespaces, bwrap, setpriv, libseccomp; without them the tier warns and runs processes bare)",
     )
+    npm_registry: str = Field(
+        "https://registry.npmjs.org/", description="where deploys with package.json dependencies install from"
+    )
+    build_timeout_s: float = Field(120.0, gt=0, description="longest install or bundle step of a deploy")
+    build_dir: Path = Field(
+        Path("/var/tmp/soulbox-js-builds"),
+        description="builds and the package cache; every directory above it must be traversable by `nobody`",
+    )
+    max_concurrent_builds: int = Field(2, ge=1, description="dependency builds at once per gateway")
 
 
 # Above every range a distribution hands out by default: /etc/subuid ranges start at
 # 100000, systemd's container range ends at 1879048191, its foreign range starts at 2^31.
 DEFAULT_UID_BASE = 1_950_000_000
+
+
+class NetSettings(BaseModel):
+    """Sandbox network egress: a pool of network namespaces wired to the host by veth pairs, under nftables."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    enabled: bool = Field(True, description="offer egress (needs nftables' libnftables); off: sandboxes never get one")
+    pool_size: int = Field(2, ge=0, description="idle namespaces + veths kept ready (setup costs tens of ms)")
+    max_slots: int = Field(256, ge=1, le=16384, description="namespaces one worker wires at most")
+    subnet: str = Field(
+        "10.231.0.0/16",
+        description="IPv4 range of the veths (a /30 each); each worker of a host claims a block of it",
+    )
+    deny: tuple[str, ...] = Field(
+        (), description="CIDRs refused to every sandbox, on top of the private, loopback and link-local ranges"
+    )
+    dns_servers: tuple[str, ...] = Field(
+        ("1.1.1.1", "8.8.8.8"),
+        description="resolvers a sandbox with egress may ask (port 53, even in a denied range) and finds in its "
+        "/etc/resolv.conf; empty: names only from /etc/hosts",
+    )
 
 
 class LinuxSettings(BaseModel):
@@ -252,6 +318,7 @@ class LinuxSettings(BaseModel):
         description="entries of the host's /etc bound read-only when they exist",
     )
     # fmt: on
+    net: NetSettings = Field(default_factory=NetSettings, description="network egress of sandboxes")
 
 
 class SandboxSettings(BaseModel):
@@ -278,13 +345,38 @@ class SandboxSettings(BaseModel):
     )
 
 
+class SecretsSettings(BaseModel):
+    """The master key (key-encryption key) of the secrets store and of the signed-URL keys."""
+
+    master_key: SecretStr | None = Field(
+        None, description="base64 of 32 random bytes; default: the key in master_key_file"
+    )
+    master_key_file: Path | None = Field(
+        None,
+        description="file holding the base64 master key, made (mode 0600) on first start when absent; "
+        "default: <data_dir>/secrets/master.key",
+    )
+    previous_master_keys: list[SecretStr] = Field(
+        default_factory=list,
+        description="retired master keys (base64), kept to unwrap data keys until the gateway has rewrapped them",
+    )
+
+
+class SignedUrlSettings(BaseModel):
+    max_expires_s: int = Field(7 * 24 * 3600, ge=1, description="longest lifetime a signed URL may be given")
+    default_expires_s: int = Field(3600, ge=1)
+    rotation_grace_s: float = Field(
+        24 * 3600.0, ge=0, description="how long URLs signed with a tenant's previous key stay valid after rotation"
+    )
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SOULBOX_", env_nested_delimiter="__", env_file=".env", extra="ignore")
 
     data_dir: Path = Path(".soulbox")
     log_level: str = "info"
     log_format: str = Field("json", pattern="^(json|console)$")
-    tenant: str = Field("default", description="tenant assumed for requests until auth lands")
+    tenant: str = Field("default", description="the default tenant: the platform operator's (gateway.api_keys)")
     invocation_ttl_s: float = Field(24 * 3600, gt=0, description="how long invocation records are kept")
     nats: NatsSettings = NatsSettings()
     embedded_nats: EmbeddedNatsSettings = EmbeddedNatsSettings()
@@ -302,4 +394,8 @@ class Settings(BaseSettings):
     sandboxes: SandboxSettings = SandboxSettings()
     queue: QueueSettings = QueueSettings()
     triggers: TriggerSettings = TriggerSettings()
+    secrets: SecretsSettings = SecretsSettings()
+    signed_urls: SignedUrlSettings = SignedUrlSettings()
+    logs: LogsSettings = LogsSettings()
+    identity: IdentitySettings = IdentitySettings()
     limits: LimitsSettings = LimitsSettings()

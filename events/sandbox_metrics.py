@@ -3,6 +3,8 @@
     soulbox_sandbox_cpu_used_ratio{sandbox_id,tenant,template}     CPU used over the last second / cores
     soulbox_sandbox_memory_used_bytes{sandbox_id,tenant,template}  memory charged to its cgroup
     soulbox_sandbox_disk_used_bytes{sandbox_id,tenant,template}    bytes in its home tmpfs
+    soulbox_sandbox_network_{received,sent}_bytes{...}            on its veth since it started (egress only)
+    soulbox_sandbox_disk_{read,written}_bytes{...}                block I/O of its processes since it started
     soulbox_sandboxes_running{worker}                              running sandboxes per worker
 
 Each batch is a worker's whole set of running sandboxes, so a sandbox that
@@ -38,6 +40,16 @@ class SandboxGauges:
             "soulbox_sandbox_memory_used_bytes", "Memory charged to a sandbox's cgroup.", LABELS, registry=registry
         )
         self.disk = Gauge("soulbox_sandbox_disk_used_bytes", "Bytes in a sandbox's home.", LABELS, registry=registry)
+        # Cumulative, but set from the samples (a sandbox's series ends with it): gauges, not counters.
+        self.counters = {
+            name: Gauge(f"soulbox_sandbox_{name}_bytes", help_, LABELS, registry=registry)
+            for name, help_ in (
+                ("network_received", "Bytes a sandbox received on its veth since it started."),
+                ("network_sent", "Bytes a sandbox sent on its veth since it started."),
+                ("disk_read", "Block device bytes a sandbox's processes read since it started."),
+                ("disk_written", "Block device bytes a sandbox's processes wrote since it started."),
+            )
+        }
         self.running = Gauge(
             "soulbox_sandboxes_running", "Running sandboxes, by worker.", ["worker"], registry=registry
         )
@@ -68,6 +80,12 @@ class SandboxGauges:
             self.cpu.labels(*labels).set(usage.metric.cpu_used_pct / 100)
             self.memory.labels(*labels).set(usage.metric.mem_used)
             self.disk.labels(*labels).set(usage.metric.disk_used)
+            m = usage.metric
+            for name, bytes_ in (
+                ("network_received", m.net_rx_bytes), ("network_sent", m.net_tx_bytes),
+                ("disk_read", m.disk_read_bytes), ("disk_written", m.disk_write_bytes),
+            ):  # fmt: skip
+                self.counters[name].labels(*labels).set(bytes_)
         _, before = self._by_worker.get(batch.worker_id, (now, set()))
         self._drop(before - current)
         self._by_worker[batch.worker_id] = (now, current)
@@ -81,6 +99,6 @@ class SandboxGauges:
 
     def _drop(self, series: set[tuple[str, str, str]]) -> None:
         for labels in series:
-            for gauge in (self.cpu, self.memory, self.disk):
+            for gauge in (self.cpu, self.memory, self.disk, *self.counters.values()):
                 with contextlib.suppress(KeyError):
                     gauge.remove(*labels)

@@ -23,6 +23,7 @@ _STATUS: list[tuple[type[errors.SoulboxError], int]] = [
     (errors.PayloadTooLarge, 413),
     (errors.InvalidRequest, 400),
     (errors.Unauthenticated, 401),
+    (errors.Forbidden, 403),
     (errors.NotFound, 404),
     (errors.Conflict, 409),
     (errors.Overloaded, 429),

@@ -15,6 +15,7 @@ from soulbox.core.errors import InvalidRequest, PayloadTooLarge
 from soulbox.core.schemas import NAME_RE, Limits, Permissions, RetryPolicy, Runtime, Tier
 from soulbox.core.settings import Settings
 from soulbox.runtimes.catalog import CATALOG
+from soulbox.runtimes.js.bundle import BuildFailed, Bundler, dependencies_of
 from soulbox.runtimes.js.config import ENV_NAME_RE, FunctionConfig
 from soulbox.runtimes.js.config import Permissions as JsPermissions
 from soulbox.runtimes.js.detect import ABSTRACT as ABSTRACT_JS
@@ -92,6 +93,18 @@ def _check_bindings(settings: Settings, runtime: Runtime, env: dict[str, str], p
         raise InvalidRequest(f"{runtime.value} functions take no permissions: they get no host access at all")
 
 
+def bundler(request: Request) -> Bundler:
+    """The gateway's dependency bundler, made on first use; without one a deploy with dependencies is refused."""
+    state = request.app.state
+    found: Bundler | str | None = getattr(state, "bundler", None)
+    if found is None:
+        settings = platform(request).settings
+        found = state.bundler = Bundler.find(settings.js)
+    if isinstance(found, str):
+        raise BuildFailed(found)
+    return found
+
+
 def _int_field(form_value: object, field: str) -> int | None:
     if form_value is None or form_value == "":
         return None
@@ -111,6 +124,10 @@ async def deploy(request: Request) -> Response:
 
     Limits: ``memory_mb``, ``timeout_ms``, ``max_output_bytes`` and, on the Wasmtime
     tier, ``fuel`` (a CPU budget; absent: none).
+
+    ``secrets`` (JSON ``{"ENV_VAR": "secret-name"}``) binds the tenant's secrets by name; each
+    must exist (else 400 ``unknown_secret``). The worker puts the values into the function's
+    environment at run time; the spec holds only the names.
     """
     p = platform(request)
     settings = p.settings
@@ -136,6 +153,7 @@ async def deploy(request: Request) -> Response:
         timeout_ms = _int_field(form.get("timeout_ms"), "timeout_ms") or defaults.timeout_ms
         max_output = _int_field(form.get("max_output_bytes"), "max_output_bytes")
         env = _json_field(form.get("env"), "env", dict[str, str]) or {}
+        secret_refs = _json_field(form.get("secrets"), "secrets", dict[str, str]) or {}
         permissions = _json_field(form.get("permissions"), "permissions", Permissions) or Permissions()
         retry = _json_field(form.get("retry"), "retry", RetryPolicy)
         max_concurrency = _int_field(form.get("max_concurrency"), "max_concurrency")
@@ -165,7 +183,15 @@ async def deploy(request: Request) -> Response:
         max_output_bytes=defaults.max_output_bytes if max_output is None else max_output,
         fuel=fuel,
     )
-    _check_bindings(settings, runtime, env, permissions)
+    if set(env) & set(secret_refs):
+        raise InvalidRequest(f"env and secrets both bind {', '.join(sorted(set(env) & set(secret_refs)))}")
+    _check_bindings(settings, runtime, {**env, **dict.fromkeys(secret_refs, "")}, permissions)
+    await request.app.state.secrets.check_exist(principal(request).tenant, set(secret_refs.values()))
+    packages: dict[str, str] = {}
+    deps = dependencies_of(manifests["package_json"]) if runtime in (Runtime.BUN, Runtime.DENO) else {}
+    if deps:  # resolved now, once: the bundle is the artifact and invocations fetch nothing
+        built = await bundler(request).build(module, upload.filename, deps, max_bytes=settings.gateway.max_module_bytes)
+        module, packages = built.module, built.packages
     await asyncio.to_thread(CATALOG[runtime].validate, module)  # compiling is CPU work: off the event loop
     spec, created = await p.registry.deploy(
         principal(request).tenant,
@@ -174,9 +200,11 @@ async def deploy(request: Request) -> Response:
         module,
         limits,
         env=env,
+        secrets=secret_refs,
         permissions=permissions,
         retry=retry,
         max_concurrency=max_concurrency,
+        packages=packages,
     )
     out = FunctionOut.of(spec).model_copy(update={"detected_from": detected and detected.reason})
     return JSONResponse(out.model_dump(mode="json"), status_code=201 if created else 200)

@@ -42,7 +42,7 @@ _API_ONLY = {
 }
 # Their own deadlines: the function's timeout plus a grace, a sandbox's start.
 _OWN_DEADLINE = re.compile(
-    r"^(/v1/functions/[^/]+/invoke|/v1/hooks/[^/]+|/run/.*|/v1/sandboxes|/(v2/)?sandboxes"
+    r"^(/v1/functions/[^/]+/invoke|/v1/hooks/[^/]+/[^/]+|/run/.*|/v1/sandboxes|/(v2/)?sandboxes"
     r"|/v1/sandboxes/[^/]+/resume|/(v2/)?sandboxes/[^/]+/(resume|connect))$"
 )
 E2B_PREFIXES = ("/sandboxes", "/v2/sandboxes")

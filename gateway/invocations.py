@@ -21,11 +21,13 @@ from soulbox.core.schemas import FunctionSpec, InvocationRecord, Runtime, Status
 from soulbox.core.store import get_model
 from soulbox.runtimes.js.http import HttpResponse
 
+from . import logs
 from .bodies import read_body
 from .functions import function_name
 from .models import InvocationAccepted, InvocationOut
 from .platform import INVOCATION_ID_RE, Platform, Submission, platform
 from .principal import principal
+from .streaming import StreamMode, stream_mode, streamed_response
 from .versions import resolve
 
 
@@ -35,11 +37,12 @@ def _wants_async(request: Request) -> bool:
 
 
 async def invoke(request: Request) -> Response:
-    """Run a function: the body is its stdin; sync returns its stdout, async a 202 with the id."""
+    """Run a function: the body is its stdin; sync returns its stdout (streamed if asked), async a 202 with the id."""
     p = platform(request)
     spec = await resolve(p, request, function_name(request))
     body = await read_body(request, p.settings.gateway.max_body_bytes)
     wait = not _wants_async(request)
+    stream = stream_mode(request, wait=wait)
     invocation_id = request.headers.get("x-invocation-id")
     key = request.headers.get("idempotency-key")
     if invocation_id is None and key is not None:
@@ -57,7 +60,7 @@ async def invoke(request: Request) -> Response:
     if not wait:
         response = accepted_response(request, invocation_id)
     else:
-        response = await finished_response(p, spec, submission)
+        response = await finished_response(p, spec, submission, stream)
     if submission.duplicate:
         response.headers["Idempotent-Replayed"] = "true"
     return response
@@ -95,8 +98,14 @@ def accepted_response(request: Request, invocation_id: str) -> Response:
     return JSONResponse(accepted.model_dump(), status_code=202, headers={"Location": url})
 
 
-async def finished_response(p: Platform, spec: FunctionSpec, submission: Submission) -> Response:
-    """Wait for a synchronous submission's record and answer with the function's result."""
+async def finished_response(
+    p: Platform, spec: FunctionSpec, submission: Submission, stream: StreamMode | None = None
+) -> Response:
+    """Wait for a synchronous submission's record and answer with the function's result.
+
+    ``stream``: answer with the output as it is produced instead (:mod:`.streaming`)."""
+    if stream is not None:
+        return await streamed_response(p, spec, submission, stream, lambda: finished_response(p, spec, submission))
     invocation_id = submission.request.id
     timeout = spec.limits.timeout_ms / 1000 + p.settings.gateway.sync_grace_s
     record: InvocationRecord | None = None
@@ -160,3 +169,6 @@ async def get_invocation(request: Request) -> Response:
     if record is None or record.tenant != principal(request).tenant:
         raise InvocationNotFound(invocation_id)
     return JSONResponse(InvocationOut.of(record).model_dump(mode="json"))
+
+
+get_invocation_logs = logs.get_invocation_logs  # routed beside get_invocation (app.py)

@@ -43,7 +43,7 @@ from .quotas import Refusal, UsageLedger
 from .ratelimit import RateLimiter
 
 _UNLIMITED_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json"})
-_INVOKING = re.compile(r"^(/v1/functions/[^/]+/invoke|/v1/hooks/[^/]+|/v1/dead-letters/[^/]+/replay)$")
+_INVOKING = re.compile(r"^(/v1/functions/[^/]+/invoke|/v1/hooks/[^/]+/[^/]+|/v1/dead-letters/[^/]+/replay)$")
 _SANDBOX_CREATE = frozenset({"/v1/sandboxes", "/sandboxes", "/v2/sandboxes"})
 
 

@@ -18,10 +18,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from soulbox.core.logging import get_logger
 from soulbox.core.schemas import AuditRecord
+from soulbox.core.store import settle
 from soulbox.events import new_record_id, record_api_call
 
 from .instruments import UNMATCHED_ROUTE, instruments_of
 from .principal import SCOPE_KEY, Principal
+
+AUTH_FAILURE_KEY = "soulbox.auth_failure"
+"""Set by the authentication gate on a refused request: ``{"code", "tenant", "key_id"}``."""
 
 log = get_logger("soulbox.gateway.access")
 
@@ -69,21 +73,10 @@ class RequestTrail:
                     await self._audit(scope, status, template or scope["path"])
 
     async def _audit(self, scope: Scope, status: int, route: str) -> None:
-        platform = getattr(scope["app"].state, "platform", None)
-        if platform is None:
+        record = api_record(scope, status, route)
+        if record is None:
             return
-        found = scope.get(SCOPE_KEY)  # set by the authentication gate inside this middleware
-        who = found if isinstance(found, Principal) else None
-        record = AuditRecord(
-            id=new_record_id(),
-            kind="api",
-            tenant=who.tenant if who else platform.settings.tenant,
-            actor=who.subject if who else None,
-            action=f"{scope['method']} {route}",
-            resource=scope["path"],
-            result=str(status),
-            source=scope["client"][0] if scope.get("client") else None,
-        )
+        platform = scope["app"].state.platform
         try:
             ack = await record_api_call(platform.js, record)
         except Exception as exc:
@@ -99,6 +92,44 @@ class RequestTrail:
             await asyncio.wait_for(ack, _ACK_TIMEOUT_S)
         except Exception as exc:
             log.warning("audit.api_call_not_confirmed", error=repr(exc))
+
+
+def api_record(scope: Scope, status: int, route: str) -> AuditRecord | None:
+    """The audit record of a request (None before the platform is up); a refusal says why in ``detail``."""
+    platform = getattr(scope["app"].state, "platform", None)
+    if platform is None:
+        return None
+    found = scope.get(SCOPE_KEY)  # set by the authentication gate inside this middleware
+    who = found if isinstance(found, Principal) else None
+    refused = scope.get(AUTH_FAILURE_KEY)
+    detail: dict[str, str | int | float | bool | None] = {}
+    tenant = who.tenant if who else platform.settings.tenant
+    if isinstance(refused, dict):
+        detail = {"auth_failure": refused["code"], "key_id": refused["key_id"]}
+        # A refused key's own tenant sees the attempt; unattributable ones go to the operator's tenant.
+        tenant = refused["tenant"] or tenant
+    return AuditRecord(
+        id=new_record_id(),
+        kind="api",
+        tenant=tenant,
+        actor=who.subject if who else None,
+        action=f"{scope.get('method', 'WEBSOCKET')} {route}",
+        resource=scope["path"],
+        result=str(status),
+        source=scope["client"][0] if scope.get("client") else None,
+        detail=detail,
+    )
+
+
+async def audit_websocket_refusal(scope: Scope, status: int, route: str) -> None:
+    """Audit a WebSocket refused before its upgrade (the trail above sees HTTP requests only)."""
+    record = api_record(scope, status, route)
+    if record is None:
+        return
+    try:
+        await settle([await record_api_call(scope["app"].state.platform.js, record)])
+    except Exception as exc:
+        log.warning("audit.api_call_not_recorded", error=repr(exc))
 
 
 def _route_template(scope: Scope) -> str | None:

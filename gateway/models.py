@@ -32,9 +32,13 @@ class FunctionOut(BaseModel):
     artifact: ArtifactOut
     limits: Limits
     env: list[str] = Field(description="names of the environment bindings (values are not shown)")
+    secrets: dict[str, str] = Field(default_factory=dict, description="env var -> name of the secret bound to it")
     permissions: Permissions
     retry: RetryPolicy | None = None
     max_concurrency: int | None = None
+    packages: dict[str, str] = Field(
+        default_factory=dict, description="npm packages bundled at deploy from package_json dependencies"
+    )
     version: str | None = Field(None, description="content hash of this deploy; invoke it with ?version=")
     detected_from: str | None = Field(
         None, description="deploy responses only: why Bun or Deno was chosen for a `js`/`ts` deploy"
@@ -51,9 +55,11 @@ class FunctionOut(BaseModel):
             artifact=ArtifactOut(sha256=spec.artifact, size=spec.artifact_size),
             limits=spec.limits,
             env=sorted(spec.env),
+            secrets=spec.secrets,
             permissions=spec.permissions,
             retry=spec.retry,
             max_concurrency=spec.max_concurrency,
+            packages=spec.packages,
             version=spec.version,
             created_at=spec.created_at,
             updated_at=spec.updated_at,

@@ -11,7 +11,7 @@ from starlette.routing import BaseRoute, Route
 from soulbox.core.schemas import NAME_PATTERN, AuditRecord
 from soulbox.events import UsageReport
 
-from . import openapi_admin, openapi_limits, openapi_triggers
+from . import openapi_admin, openapi_identity, openapi_limits, openapi_logs, openapi_secrets, openapi_triggers
 from .models import ErrorResponse, FunctionList, FunctionOut, InvocationAccepted, InvocationOut
 from .platform import INVOCATION_ID_RE
 from .sandboxes import api as sandbox_api
@@ -27,6 +27,9 @@ _MODELS: list[type[BaseModel]] = [
     *sandbox_api.MODELS,
     *openapi_triggers.MODELS,
     *openapi_admin.MODELS,
+    *openapi_secrets.MODELS,
+    *openapi_logs.MODELS,
+    *openapi_identity.MODELS,
     *openapi_limits.MODELS,
 ]
 
@@ -59,7 +62,11 @@ _DEPLOY_FORM = {
                         "default": "wasi",
                         "description": "`js`/`ts` (or none with a .js/.ts/.mjs/.tsx file): Bun or Deno, detected",
                     },
-                    "package_json": {"type": "string", "description": "with `js`/`ts`: package.json text"},
+                    "package_json": {
+                        "type": "string",
+                        "description": "package.json text: picks Bun (`js`/`ts`); its `dependencies` are "
+                        "installed and bundled into the artifact at deploy (bun/deno)",
+                    },
                     "deno_json": {"type": "string", "description": "with `js`/`ts`: deno.json text"},
                     "bunfig_toml": {"type": "string", "description": "with `js`/`ts`: bunfig.toml text"},
                     "code": {"type": "string", "format": "binary", "description": "the function's file"},
@@ -67,6 +74,10 @@ _DEPLOY_FORM = {
                     "memory_mb": {"type": "integer", "minimum": 1},
                     "timeout_ms": {"type": "integer", "minimum": 1},
                     "max_output_bytes": {"type": "integer", "minimum": 0},
+                    "secrets": {
+                        "type": "string",
+                        "description": 'JSON {"ENV_VAR": "secret-name"}: secrets put into the environment at run time',
+                    },
                     "fuel": {
                         "type": "integer",
                         "minimum": 1,
@@ -117,12 +128,16 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
                 "description": "caller-chosen id; a repeat runs nothing and returns the first result",
             },
             {"name": "Prefer", "in": "header", "schema": {"type": "string"}, "description": "respond-async"},
+            *openapi_logs.STREAM_PARAMETERS,
         ],
         "requestBody": {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
         "responses": {
             "200": {
                 "description": "the function's stdout",
-                "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+                "content": {
+                    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+                    **openapi_logs.STREAM_CONTENT,
+                },
             },
             "202": _json(InvocationAccepted, "accepted (async)"),
             "404": _error("no such function"),
@@ -182,6 +197,9 @@ def openapi_document(
         **sandbox_api.OPERATIONS,
         **openapi_triggers.OPERATIONS,
         **openapi_admin.OPERATIONS,
+        **openapi_secrets.OPERATIONS,
+        **openapi_logs.OPERATIONS,
+        **openapi_identity.OPERATIONS,
         **openapi_limits.OPERATIONS,
         **(extra or {}),
     }

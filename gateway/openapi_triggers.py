@@ -96,7 +96,7 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
         "parameters": [_TRIGGER_ID],
         "responses": {"204": {"description": "deleted"}, "404": error("no such trigger", "trigger_not_found")},
     },
-    ("/v1/hooks/{trigger_id}", "post"): {
+    ("/v1/hooks/{tenant}/{trigger_id}", "post"): {
         "summary": "Invoke a webhook trigger's function: the raw body, once its signature checks, is its input",
         "description": "Signed per the trigger's `webhook.scheme`: `hmac` (X-Soulbox-Timestamp and "
         "X-Soulbox-Signature, hex HMAC-SHA256 of `<timestamp>.<body>`), `github` (X-Hub-Signature-256, "
@@ -104,6 +104,7 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
         "HMAC-SHA256 of <t>.<body>>`); timestamps older than `tolerance_s` are refused. "
         "Asynchronous (202) unless the trigger is `sync`.",
         "parameters": [
+            path_param("tenant", description="the trigger's tenant (webhooks carry no API key)"),
             _TRIGGER_ID,
             _header(HMAC_TIMESTAMP_HEADER, "scheme `hmac`: Unix seconds of the signature"),
             _header(HMAC_SIGNATURE_HEADER, "scheme `hmac`: hex HMAC-SHA256 (an optional `sha256=` prefix)"),
@@ -131,9 +132,10 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
                 "signature_replayed",
             ),
             "404": error(
-                "no enabled webhook trigger with this id, or its function is gone",
+                "no enabled webhook trigger with this id in this tenant, or its function is gone",
                 "trigger_not_found",
                 "function_not_found",
+                "tenant_not_found",
             ),
             "413": error("body over gateway.max_body_bytes", "payload_too_large"),
             "429": overloaded(),

@@ -15,12 +15,14 @@ from starlette.requests import HTTPConnection
 from soulbox.core.bus import Buckets
 from soulbox.core.codec import encode
 from soulbox.core.enqueue import accepted_record, enqueue, new_invocation_id
-from soulbox.core.errors import InvalidRequest
+from soulbox.core.errors import Conflict, InvalidRequest
 from soulbox.core.schemas import (
     FunctionSpec,
+    InvocationRecord,
     InvocationRequest,
 )
 from soulbox.core.settings import Settings
+from soulbox.core.store import get_model
 from soulbox.core.tunnel import TunnelClient
 
 from .registry import FunctionRegistry
@@ -81,6 +83,10 @@ class Platform:
             try:
                 await self.buckets.invocations.create(invocation_id, encode(record))
             except KeyWrongLastSequenceError:
+                first = await get_model(self.buckets.invocations, invocation_id, InvocationRecord)
+                if first is not None and first.tenant != spec.tenant:
+                    # Another tenant's id: never hand over its record as this call's result.
+                    raise Conflict(f"invocation id {invocation_id!r} is taken; choose another") from None
                 return Submission(request, duplicate=True)
         result = self.waiter.expect(invocation_id) if wait else None
         try:

@@ -59,9 +59,11 @@ class FunctionRegistry:
         limits: Limits,
         *,
         env: dict[str, str] | None = None,
+        secrets: dict[str, str] | None = None,
         permissions: Permissions | None = None,
         retry: RetryPolicy | None = None,
         max_concurrency: int | None = None,
+        packages: dict[str, str] | None = None,
     ) -> tuple[FunctionSpec, bool]:
         """Store the module (content-addressed) and the spec; True if the function is new."""
         digest = hashlib.sha256(module).hexdigest()
@@ -77,9 +79,11 @@ class FunctionRegistry:
             artifact_size=len(module),
             limits=limits,
             env=env or {},
+            secrets=secrets or {},
             permissions=permissions or Permissions(),
             retry=retry,
             max_concurrency=max_concurrency,
+            packages=packages or {},
             created_at=previous.created_at if previous else now,
             updated_at=now,
         )

@@ -3,7 +3,7 @@
 Export gathers everything recorded about a tenant (functions, invocation
 records, usage entries, audit records) into one JSON document, returned or
 (``?to=s3``) written to the export store. Erasure removes the tenant's
-functions, invocation records and usage entries (every revision), appends a
+functions, invocation records, usage entries, secrets and URL-signing keys (every revision), appends a
 ``tenant.erased`` tombstone to the audit log, waits until it is chained, and
 then deletes the tenant's pseudonym secret, which unlinks the audit records
 from the tenant without touching the hash chain (see
@@ -25,6 +25,8 @@ from starlette.responses import JSONResponse, Response
 from soulbox.core import names
 from soulbox.core.errors import InvalidRequest, Unavailable
 from soulbox.core.schemas import AuditRecord, FunctionSpec, InvocationRecord, checked_name, utcnow
+from soulbox.core.secrets_signing import SigningKeyRing
+from soulbox.core.secrets_store import SecretEntry
 from soulbox.core.store import scan, settle
 from soulbox.events import ExportStore, TenantKeys, new_record_id, read_audit, record_api_call, usage_entries
 
@@ -114,6 +116,12 @@ async def delete_tenant_data(request: Request) -> Response:
         ),
         "usage_entries": await _purge(
             p.buckets.billing, [k for k, _ in await usage_entries(p.buckets.billing, tenant)]
+        ),
+        "secrets": await _purge(
+            p.buckets.secrets, [k async for k, _ in scan(p.buckets.secrets, f"{tenant}.>", SecretEntry)]
+        ),
+        "url_keys": await _purge(
+            p.buckets.url_keys, [k async for k, _ in scan(p.buckets.url_keys, tenant, SigningKeyRing)]
         ),
     }
     tombstone = AuditRecord(

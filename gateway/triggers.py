@@ -91,9 +91,9 @@ class TriggerOut(BaseModel):
         )
         url = None
         if spec.webhook is not None:
-            url = f"/v1/hooks/{spec.id}"
+            url = f"/v1/hooks/{spec.tenant}/{spec.id}"
         elif spec.http is not None:
-            url = "/run" + spec.http.path
+            url = f"/run/{spec.tenant}{spec.http.path}"
         return cls(
             id=spec.id,
             function=spec.function,

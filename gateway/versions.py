@@ -44,6 +44,8 @@ class AliasNotFound(NotFound):
 def version_of(spec: FunctionSpec) -> str:
     """12 hex digits of sha256 over the spec's defining fields (not its name or timestamps)."""
     identity = spec.model_dump(mode="json", include=set(_IDENTITY))
+    if spec.secrets:  # only when set: the versions of functions without secrets stay as they were
+        identity["secrets"] = spec.secrets
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
 
 

@@ -12,28 +12,45 @@ OpenWhisk's container factory, each backend must provide:
   not an exception; an exception from ``run`` means SoulBox itself failed;
 * ``run`` may be called concurrently, up to the worker's capacity;
 * ``close``: release every resource; safe to call twice.
+
+A tier that can surface output while the guest runs is a
+:class:`StreamingRuntime`: its ``run_streaming`` hands every byte it keeps
+(what the caps allow, in the order the guest wrote it) to an
+:class:`OutputSink` as it arrives. The worker publishes the output of the
+other tiers once their run ends.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
-from soulbox.core.schemas import FunctionSpec, InvocationError, Outcome, Tier
+from soulbox.core.schemas import FunctionSpec, InvocationError, Outcome, OutputStream, Tier
+
+
+class OutputSink(Protocol):
+    """Takes output as it is produced; ``write`` must not block (it runs on the tier's read path)."""
+
+    def write(self, stream: OutputStream, data: bytes) -> None: ...
 
 
 @dataclass(slots=True)
 class Output:
-    """A bounded capture of one output stream."""
+    """A bounded capture of one output stream; what it keeps also goes to ``sink`` at once."""
 
     limit: int
     chunks: list[bytes] = field(default_factory=list)
     size: int = 0  # bytes the guest wrote, kept or not
+    sink: OutputSink | None = None
+    stream: OutputStream = "stdout"
 
     def write(self, data: bytes) -> None:
         room = self.limit - min(self.size, self.limit)
-        if room > 0:
-            self.chunks.append(data[:room])
+        if room > 0 and data:
+            kept = data[:room]
+            self.chunks.append(kept)
+            if self.sink is not None:
+                self.sink.write(self.stream, kept)
         self.size += len(data)
 
     @property
@@ -97,3 +114,10 @@ class Runtime(Protocol):
     async def run(self, spec: FunctionSpec, input: bytes) -> RunResult: ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class StreamingRuntime(Runtime, Protocol):
+    """A tier that hands output to a sink while the guest runs (see the module docstring)."""
+
+    async def run_streaming(self, spec: FunctionSpec, input: bytes, sink: OutputSink) -> RunResult: ...

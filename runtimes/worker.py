@@ -31,12 +31,15 @@ from soulbox.core.codec import decode, encode
 from soulbox.core.errors import SchemaError
 from soulbox.core.logging import configure_logging, get_logger
 from soulbox.core.metrics_server import MetricsServer
+from soulbox.core.outputlog import OutputPublisher
 from soulbox.core.schemas import (
     Dispatch,
     DispatchReply,
     EventType,
+    FunctionSpec,
     InvocationError,
     InvocationRecord,
+    InvocationRequest,
     LifecycleEvent,
     Outcome,
     Status,
@@ -44,6 +47,8 @@ from soulbox.core.schemas import (
     WorkerHeartbeat,
     utcnow,
 )
+from soulbox.core.secrets import MasterKeys, SecretsError
+from soulbox.core.secrets_store import SecretStore
 from soulbox.core.settings import Settings
 from soulbox.core.store import publish_event, put_nowait, settle
 from soulbox.core.tunnel import TunnelServer
@@ -53,7 +58,7 @@ from .instruments import WorkerInstruments
 from .js.factory import create_js_runtimes
 from .linux.errors import SandboxUnavailable
 from .linux.runtime import LinuxRuntime, create_linux_runtime
-from .protocol import RunResult, Runtime
+from .protocol import OutputSink, RunResult, Runtime, StreamingRuntime
 from .sandboxes.dataplane import SandboxDataPlane
 from .sandboxes.host import SandboxHost
 from .sandboxes.templates import Templates
@@ -78,8 +83,10 @@ class Worker:
         runtimes: dict[Tier, Runtime],
         sandboxes: SandboxHost | None = None,
         instruments: WorkerInstruments | None = None,
+        secrets: SecretStore | None = None,
     ) -> None:
         self.settings = settings
+        self._secrets = secrets
         self.id = settings.worker.id
         self.capacity = settings.worker.capacity
         self._nc = nc
@@ -160,6 +167,7 @@ class Worker:
             invocation_id=request.id, function=spec.name, tenant=request.tenant, trace_id=request.trace_id
         )
         with bound:
+            output: OutputPublisher | None = None
             try:
                 record = InvocationRecord(
                     id=request.id,
@@ -177,7 +185,8 @@ class Worker:
                 # The guest starts first; its "started" event goes out while it runs (off
                 # the event loop). The "running" record is written only if the run outlasts
                 # RUNNING_RECORD_AFTER_S: a short invocation goes straight to its final record.
-                run = asyncio.ensure_future(self._run(dispatch))
+                output = self._output_publisher(dispatch)
+                run = asyncio.ensure_future(self._run(dispatch, output))
                 pending = [await self._event(EventType.STARTED, record, spec.limits.memory_mb)]
                 log.info("invocation.started", attempt=dispatch.attempt)
                 done, _ = await asyncio.wait({run}, timeout=RUNNING_RECORD_AFTER_S)
@@ -188,11 +197,12 @@ class Worker:
                     # The scheduler tries again: this attempt's end is not the invocation's.
                     final = final.model_copy(update={"status": Status.RETRYING})
                     event_type = EventType.RETRYING
+                await output.finish(final)  # the output's end precedes the record and the caller's reply
                 # The event before the record: a finished record without its event is
                 # repaired by the scheduler, but the other way round would be invisible.
                 pending.append(await self._event(event_type, final, spec.limits.memory_mb))
                 pending.append(await self._put_record(final))
-                await settle(pending)
+                await asyncio.gather(settle(pending), output.confirmed())  # the output is stored by the reply
                 self.instruments.finished(dispatch.tier, final.outcome, final.duration_ms)
                 # Only now the caller: whoever gets the result can read the record at once.
                 if request.reply_to:
@@ -212,13 +222,50 @@ class Worker:
                 log.warning("invocation.unconfirmed", error=repr(exc))
             finally:
                 self._in_flight -= 1
+                if output is not None:
+                    await output.close()
 
-    async def _run(self, dispatch: Dispatch) -> RunResult:
+    def _output_publisher(self, dispatch: Dispatch) -> OutputPublisher:
+        return OutputPublisher(
+            self._js,
+            tenant=dispatch.request.tenant,
+            invocation_id=dispatch.request.id,
+            attempt=dispatch.attempt,
+            flush_s=self.settings.logs.flush_ms / 1000,
+            chunk_bytes=self.settings.logs.chunk_bytes,
+        )
+
+    async def _run(self, dispatch: Dispatch, output: OutputSink) -> RunResult:
+        spec, input = dispatch.request.function, dispatch.request.input
         try:
-            return await self._runtimes[dispatch.tier].run(dispatch.request.function, dispatch.request.input)
+            spec = await self._with_secrets(dispatch.request)
+            runtime = self._runtimes[dispatch.tier]
+            if isinstance(runtime, StreamingRuntime):
+                return await runtime.run_streaming(spec, input, output)
+            result = await runtime.run(spec, input)
+            output.write("stdout", result.stdout)  # this tier has its output only at the end
+            output.write("stderr", result.stderr)
+            return result
         except Exception as exc:  # SoulBox failed, not the guest
             log.exception("invocation.platform_error")
             return _platform_failure(exc)
+
+    async def _with_secrets(self, request: InvocationRequest) -> FunctionSpec:
+        """The spec to run: its secrets opened into its env, in this process only (never logged or sent)."""
+        spec = request.function
+        if not spec.secrets:
+            return spec
+        if self._secrets is None:
+            raise SecretsError("this worker has no secrets store")
+        values = await self._secrets.reveal(
+            self._js,
+            request.tenant,
+            spec.secrets,
+            actor=f"function:{spec.name}",
+            source=f"worker:{self.id}",
+            detail={"function": spec.name, "invocation_id": request.id},
+        )
+        return spec.model_copy(update={"env": {**spec.env, **values}})
 
     async def _put_record(self, record: InvocationRecord) -> asyncio.Future[PubAck]:
         return await put_nowait(self._js, names.INVOCATIONS_BUCKET, record.id, record)
@@ -266,8 +313,10 @@ def _finish(record: InvocationRecord, result: RunResult) -> tuple[InvocationReco
 
 
 async def run(settings: Settings) -> None:
+    master_keys = MasterKeys.from_settings(settings)
     nc = await connect(settings, name=f"soulbox-worker-{settings.worker.id}")
     buckets = await ensure_topology(nc.jetstream(), settings)
+    secrets = SecretStore(buckets.secrets, master_keys)
 
     artifacts = Artifacts(buckets.artifacts)
     wasm = WasmRuntime(
@@ -297,11 +346,12 @@ async def run(settings: Settings) -> None:
             linux.launcher,
             Templates(settings, linux.launcher.guest_dir()),
             instruments=instruments,
+            secrets=secrets,
         )
         await sandboxes.start()
         tunnel = TunnelServer(nc, names.worker_tunnel_subject(settings.worker.id), SandboxDataPlane(sandboxes).handle)
         await tunnel.start()
-    worker = Worker(settings, nc, buckets, runtimes, sandboxes, instruments)
+    worker = Worker(settings, nc, buckets, runtimes, sandboxes, instruments, secrets)
     metrics: MetricsServer | None = None
     if settings.worker.metrics_port:
         metrics = MetricsServer(

@@ -91,7 +91,7 @@ class Stack:
             self.stop()
             raise
 
-    def wait_ready(self, timeout: float = 90.0) -> None:  # a shared, loaded box starts slowly
+    def wait_ready(self, timeout: float = 180.0) -> None:  # a shared, loaded box starts slowly
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for name, process in self.processes.items():

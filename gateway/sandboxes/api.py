@@ -6,21 +6,32 @@ exception handlers); the data plane of a sandbox is the same for both APIs.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
 from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 
 from soulbox.core.errors import InvalidRequest
-from soulbox.core.sandboxes import SandboxLogLine, SandboxMetric, SandboxRecord, SandboxState, Template
+from soulbox.core.outputlog import until
+from soulbox.core.sandboxes import (
+    SandboxLogLine,
+    SandboxMetric,
+    SandboxNetwork,
+    SandboxRecord,
+    SandboxState,
+    Template,
+)
 
 from ..bodies import M, json_body
 from ..platform import platform
 from ..principal import principal
 from .control import SandboxControlPlane
 from .e2b import MAX_JSON_BYTES
+from .files import SandboxFiles
 from .terminal import terminal
 
 
@@ -32,6 +43,11 @@ class CreateSandbox(BaseModel):
     auto_pause: bool = Field(False, description="pause instead of kill at the timeout")
     metadata: dict[str, str] = Field(default_factory=dict)
     env_vars: dict[str, str] = Field(default_factory=dict, description="environment of every process started")
+    secrets: dict[str, str] = Field(
+        default_factory=dict,
+        description="env var -> name of one of the tenant's secrets: put into the environment of every process",
+    )
+    network: SandboxNetwork | None = Field(None, description="network egress; default: none")
 
 
 class SetTimeout(BaseModel):
@@ -51,6 +67,7 @@ class SandboxOut(BaseModel):
     disk_mb: int
     envd_version: str
     access_token: str | None = Field(None, description="for the data plane's X-Access-Token; on create only")
+    network: SandboxNetwork | None = Field(None, description="the egress it was given; absent: no network")
 
     @classmethod
     def of(cls, record: SandboxRecord, *, with_token: bool = False) -> SandboxOut:
@@ -66,6 +83,7 @@ class SandboxOut(BaseModel):
             disk_mb=record.disk_mb,
             envd_version=record.envd_version,
             access_token=record.access_token if with_token else None,
+            network=record.network,
         )
 
 
@@ -97,6 +115,9 @@ def _out(model: BaseModel, status: int = 200) -> JSONResponse:
 async def create(request: Request) -> Response:
     plane, tenant = _ctx(request)
     body = await _json(request, CreateSandbox)
+    if both := sorted(set(body.env_vars) & set(body.secrets)):
+        raise InvalidRequest(f"env_vars and secrets both bind {', '.join(both)}")
+    await request.app.state.secrets.check_exist(tenant, set(body.secrets.values()))
     record = await plane.create(
         tenant,
         body.template,
@@ -104,6 +125,8 @@ async def create(request: Request) -> Response:
         metadata=body.metadata,
         env_vars=body.env_vars,
         auto_pause=body.auto_pause,
+        secrets=body.secrets,
+        network=body.network,
     )
     return _out(SandboxOut.of(record, with_token=True), 201)
 
@@ -159,7 +182,16 @@ async def metrics(request: Request) -> Response:
 
 async def logs(request: Request) -> Response:
     plane, tenant = _ctx(request)
+    if request.query_params.get("follow", "").lower() in ("1", "true", "yes"):
+        lines = await plane.follow_logs(tenant, request.path_params["sandbox_id"])
+        deadline = asyncio.get_running_loop().time() + platform(request).settings.logs.follow_max_s
+        return StreamingResponse(_ndjson(until(lines, deadline)), media_type="application/x-ndjson")
     return _out(LogsOut(logs=await plane.logs(tenant, request.path_params["sandbox_id"])))
+
+
+async def _ndjson(lines: AsyncIterator[SandboxLogLine]) -> AsyncIterator[str]:
+    async for line in lines:
+        yield line.model_dump_json() + "\n"
 
 
 def routes() -> list[BaseRoute]:
@@ -174,6 +206,7 @@ def routes() -> list[BaseRoute]:
         Route(f"{one}/resume", resume, methods=["POST"]),
         Route(f"{one}/metrics", metrics, methods=["GET"]),
         Route(f"{one}/logs", logs, methods=["GET"]),
+        Route(f"{one}/files", SandboxFiles(), methods=["GET", "POST"]),
         WebSocketRoute(f"{one}/pty", terminal),
     ]
 
@@ -242,9 +275,26 @@ OPERATIONS: dict[tuple[str, str], dict[str, object]] = {
         "responses": {"200": _json_body(SandboxOut, "running"), "404": _error("no such sandbox")},
     },
     ("/v1/sandboxes/{sandbox_id}/logs", "get"): {
-        "summary": "The sandbox's log: its daemons' output and lifecycle, timestamped (the last 2,000 lines)",
-        "parameters": [_ID],
-        "responses": {"200": _json_body(LogsOut, "lines"), "404": _error("no such sandbox")},
+        "summary": "The sandbox's log: its daemons' output and lifecycle, timestamped (kept after it ends)",
+        "parameters": [
+            _ID,
+            {
+                "name": "follow",
+                "in": "query",
+                "schema": {"type": "boolean"},
+                "description": "NDJSON, one SandboxLogLine per line as it comes, until the sandbox ends",
+            },
+        ],
+        "responses": {
+            "200": {
+                **_json_body(LogsOut, "lines (JSON), or followed live (NDJSON)"),
+                "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/LogsOut"}},
+                    "application/x-ndjson": {"schema": {"$ref": "#/components/schemas/SandboxLogLine"}},
+                },
+            },
+            "404": _error("no such sandbox"),
+        },
     },
     ("/v1/sandboxes/{sandbox_id}/metrics", "get"): {
         "summary": "CPU, memory and disk samples of the sandbox (every 5 s, the last hour)",

@@ -9,7 +9,7 @@ is treated as gone and removed.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Mapping
+from collections.abc import AsyncGenerator, Mapping
 
 from nats.aio.client import Client as NATS
 from nats.errors import NoRespondersError
@@ -35,13 +35,16 @@ from soulbox.core.sandboxes import (
     SandboxCreate,
     SandboxLogLine,
     SandboxMetric,
+    SandboxNetwork,
     SandboxRecord,
     SandboxReply,
     SandboxState,
     checked_sandbox_id,
 )
+from soulbox.core.sandboxlog import has_sandbox_log, read_sandbox_log
 from soulbox.core.schemas import WorkerHeartbeat, utcnow
 from soulbox.core.settings import Settings
+from soulbox.runtimes.linux.netpolicy import EgressPolicy
 
 log = get_logger(__name__)
 
@@ -91,7 +94,11 @@ class SandboxControlPlane:
         metadata: Mapping[str, str],
         env_vars: Mapping[str, str],
         auto_pause: bool = False,
+        secrets: Mapping[str, str] | None = None,
+        network: SandboxNetwork | None = None,
     ) -> SandboxRecord:
+        if network is not None:  # a bad entry is the caller's error, before any scheduler sees it
+            EgressPolicy.of_request(internet=network.internet, allow_out=network.allow_out, deny_out=network.deny_out)
         request = SandboxCreate(
             sandbox_id=new_sandbox_id(),
             tenant=tenant,
@@ -100,6 +107,8 @@ class SandboxControlPlane:
             auto_pause=auto_pause,
             metadata=dict(metadata),
             env_vars=dict(env_vars),
+            secrets=dict(secrets or {}),
+            network=network,
         )
         wait = self.settings.sandboxes.ready_timeout_s * 2 + 10
         reply = await self._request(names.SANDBOX_CREATE_SUBJECT, encode(request), wait, "no scheduler answered")
@@ -176,7 +185,20 @@ class SandboxControlPlane:
         return (await self.control(tenant, sandbox_id, "metrics")).metrics
 
     async def logs(self, tenant: str, sandbox_id: str) -> list[SandboxLogLine]:
+        """The sandbox's log as stored in SB_LOGS (also after it ended); from its worker if nothing is stored."""
+        checked_sandbox_id(sandbox_id)
+        stored = [line async for line in read_sandbox_log(self._nc.jetstream(), tenant, sandbox_id, follow=False)]
+        if stored:
+            return stored
         return (await self.control(tenant, sandbox_id, "logs")).logs
+
+    async def follow_logs(self, tenant: str, sandbox_id: str) -> AsyncGenerator[SandboxLogLine, None]:
+        """The sandbox's log lines, stored and to come, until it ends; ``SandboxNotFound`` if there is none."""
+        checked_sandbox_id(sandbox_id)
+        js = self._nc.jetstream()
+        if not await has_sandbox_log(js, tenant, sandbox_id):
+            await self.get(tenant, sandbox_id)  # running but nothing stored yet, or not this tenant's: 404
+        return read_sandbox_log(js, tenant, sandbox_id, follow=True)
 
     def _timeout(self, timeout_s: int | None) -> int:
         limits = self.settings.sandboxes

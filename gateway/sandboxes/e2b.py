@@ -3,7 +3,9 @@
 Paths, JSON field names and status codes follow E2B's OpenAPI (the generated
 client in the ``e2b`` package is the reference); errors use E2B's shape
 ``{"code": <http status>, "message": ..., "error_code": <SoulBox's stable code>}``.
-The SDK authenticates with ``X-API-KEY``; keys are checked by :mod:`soulbox.gateway.auth`.
+The SDK authenticates with ``X-API-KEY`` (any SoulBox API key or operator key), checked with
+every other route's credentials by the gate in :mod:`soulbox.gateway.auth`, which answers E2B's paths
+in this shape too.
 Point the SDK at SoulBox with ``E2B_API_URL`` and ``E2B_SANDBOX_URL`` (both the
 gateway's URL).
 """
@@ -23,9 +25,8 @@ from starlette.routing import Route
 
 from soulbox.core.errors import InvalidRequest, SoulboxError
 from soulbox.core.logging import get_logger
-from soulbox.core.sandboxes import SandboxRecord, SandboxState, Template
+from soulbox.core.sandboxes import SandboxNetwork, SandboxRecord, SandboxState, Template
 
-from ..auth import authenticate
 from ..bodies import M, json_body
 from ..errors import status_of
 from ..platform import platform
@@ -41,6 +42,15 @@ MAX_PAGE = 1000
 Handler = Callable[[Request], Awaitable[Response]]
 
 
+class E2bNetwork(BaseModel):
+    """The egress part of E2B's ``SandboxNetworkConfig`` (CIDRs and addresses; domain names are refused)."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    allow_out: list[str] = Field(default_factory=list, alias="allowOut", max_length=256)
+    deny_out: list[str] = Field(default_factory=list, alias="denyOut", max_length=256)
+
+
 class NewSandbox(BaseModel):
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
 
@@ -49,6 +59,15 @@ class NewSandbox(BaseModel):
     auto_pause: bool = Field(False, alias="autoPause")
     metadata: dict[str, str] | None = None
     env_vars: dict[str, str] | None = Field(None, alias="envVars")
+    allow_internet_access: bool | None = None  # SoulBox's default (unset): no network
+    network: E2bNetwork | None = None
+
+    def egress(self) -> SandboxNetwork | None:
+        network = self.network or E2bNetwork()
+        wanted = SandboxNetwork(
+            internet=bool(self.allow_internet_access), allow_out=network.allow_out, deny_out=network.deny_out
+        )
+        return wanted if wanted.enabled else None
 
 
 class TimeoutBody(BaseModel):
@@ -71,12 +90,11 @@ def e2b_error(status: int, code: str, message: str) -> JSONResponse:
 
 
 def e2b_route(handler: Handler) -> Handler:
-    """Authenticate, and render every error in E2B's shape."""
+    """Render every error in E2B's shape (the gate has authenticated the request)."""
 
     @functools.wraps(handler)
     async def wrapped(request: Request) -> Response:
         try:
-            authenticate(request)
             return await handler(request)
         except SoulboxError as exc:
             return e2b_error(status_of(exc), exc.code, exc.message)
@@ -142,7 +160,7 @@ def detail(record: SandboxRecord, domain: str) -> dict[str, Any]:
         **listed(record),
         "envdAccessToken": record.access_token,
         "domain": domain,
-        "allowInternetAccess": False,
+        "allowInternetAccess": bool(record.network and record.network.internet),
     }
 
 
@@ -157,6 +175,7 @@ async def create_sandbox(request: Request) -> Response:
         metadata=body.metadata or {},
         env_vars=body.env_vars or {},
         auto_pause=body.auto_pause,
+        network=body.egress(),
     )
     return JSONResponse(created(record, plane.settings.sandboxes.domain), status_code=201)
 

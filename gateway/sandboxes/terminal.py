@@ -9,8 +9,9 @@ Client -> server: binary frames are keystrokes; text frames are JSON
 ``{"type": "resize", "cols": C, "rows": R}``. Server -> client: binary frames
 are terminal output; a last text frame ``{"type": "exit", "exit_code": N}``
 when the shell ends. Query: ``cols``, ``rows`` (default 80x24), ``cmd``
-(default ``/bin/bash``). Authenticated like the rest of the API (``X-API-KEY``,
-or ``?api_key=`` where a browser cannot set headers). When the client goes
+(default ``/bin/bash``). Authenticated like the rest of the API, before the
+upgrade, by the gate (:mod:`soulbox.gateway.auth`: ``X-API-KEY``, a Bearer
+token, or ``?api_key=`` where a browser cannot set headers). When the client goes
 away, the shell is killed.
 """
 
@@ -31,7 +32,6 @@ from soulbox.core.schemas import TunnelRequestHead
 from soulbox.core.tunnel import TunnelClient, TunnelStream
 from soulbox.runtimes.linux.envd.connect import END_STREAM, EnvelopeReader, envelope
 
-from ..auth import check_key
 from ..errors import status_of
 from ..platform import Platform
 from ..principal import principal
@@ -91,8 +91,6 @@ def _size(websocket: WebSocket, name: str, default: int) -> int:
 async def terminal(websocket: WebSocket) -> None:
     platform: Platform = websocket.app.state.platform
     try:
-        check_key(platform.settings, websocket.headers.get("x-api-key") or websocket.query_params.get("api_key"),
-                  websocket.headers.get("authorization"))  # fmt: skip
         record = await platform.sandboxes.get(principal(websocket).tenant, websocket.path_params["sandbox_id"])
         cols, rows = _size(websocket, "cols", 80), _size(websocket, "rows", 24)
     except SoulboxError as exc:

@@ -23,7 +23,7 @@ import time
 
 from soulbox.core.schemas import InvocationError, Limits, Outcome
 
-from ..protocol import Output, RunResult
+from ..protocol import Output, OutputSink, RunResult
 from .http import HttpRequest, HttpResponse
 from .process import Breach, JsProcess
 from .wire import Frame
@@ -103,9 +103,12 @@ def _last_error(proc: JsProcess) -> Frame | None:
     return report
 
 
-async def run_script(proc: JsProcess, input: bytes, limits: Limits, started: float) -> RunResult:
-    """Run the script in a spare process: input on stdin, raw stdout/stderr, the exit status."""
-    stdout, stderr = Output(limits.max_output_bytes), Output(limits.max_output_bytes)
+async def run_script(
+    proc: JsProcess, input: bytes, limits: Limits, started: float, sink: OutputSink | None = None
+) -> RunResult:
+    """Run the script in a spare process: input on stdin, raw stdout/stderr (also to ``sink``), the exit status."""
+    stdout = Output(limits.max_output_bytes, sink=sink, stream="stdout")
+    stderr = Output(limits.max_output_bytes, sink=sink, stream="stderr")
     proc.sinks = (stdout, stderr)
     try:
         proc.send({"type": "run"})
@@ -141,10 +144,12 @@ async def _reply(proc: JsProcess, seq: int) -> Frame | None:
 
 
 async def run_fetch(
-    proc: JsProcess, request: HttpRequest, limits: Limits, started: float, seq: int
+    proc: JsProcess, request: HttpRequest, limits: Limits, started: float, seq: int, sink: OutputSink | None = None
 ) -> tuple[RunResult, bool]:
-    """Serve one request on a warm process; also says whether the process may serve again."""
-    body, logs = Output(limits.max_output_bytes), Output(limits.max_output_bytes)
+    """Serve one request on a warm process; also says whether the process may serve again.
+
+    ``sink`` gets the logs (stray writes as they come, console output with the reply) as stderr."""
+    body, logs = Output(limits.max_output_bytes), Output(limits.max_output_bytes, sink=sink, stream="stderr")
     proc.sinks = (logs, logs)  # raw writes past console go to the logs too
     proc.memory.reset_peak()
     meta = {

@@ -21,7 +21,7 @@ from soulbox.core.errors import InvalidRequest, SchemaError, Unavailable
 from soulbox.core.logging import get_logger
 from soulbox.core.schemas import FunctionSpec, InvocationError, Limits, Outcome, Runtime, Tier
 
-from ..protocol import Output, RunResult
+from ..protocol import Output, OutputSink, RunResult
 from .config import TIER, FunctionConfig, Mode, config_from_spec
 from .engines import SHIM, Engine
 from .http import HttpRequest
@@ -80,6 +80,11 @@ class JsRuntime:
         self.reused = 0  # invocations served by a process that was already up
 
     async def run(self, spec: FunctionSpec, input: bytes) -> RunResult:
+        return await self.run_streaming(spec, input, None)
+
+    async def run_streaming(self, spec: FunctionSpec, input: bytes, sink: OutputSink | None) -> RunResult:
+        """``run``, handing output to ``sink`` as the process writes it: a script's stdout and stderr,
+        a fetch handler's stray writes and (at its end) console logs as stderr; never a Response body."""
         engine = self.engines.get(spec.runtime)
         if engine is None:
             raise Unavailable(f"runtime {spec.runtime!r} is not installed on this worker")
@@ -92,13 +97,20 @@ class JsRuntime:
             spec.runtime, spec.tenant, spec.name, spec.artifact, config.fingerprint, spec.limits.memory_mb, module.mode
         )
         async with self._slots:
-            result = await self._serve(engine, module, key, config, spec.limits, input)
+            result = await self._serve(engine, module, key, config, spec.limits, input, sink)
         if key.mode is Mode.SCRIPT and self._spare_scripts:
             self._prepare_spare(engine, module, key, config, spec.limits)
         return result
 
     async def _serve(
-        self, engine: Engine, module: Module, key: PoolKey, config: FunctionConfig, limits: Limits, input: bytes
+        self,
+        engine: Engine,
+        module: Module,
+        key: PoolKey,
+        config: FunctionConfig,
+        limits: Limits,
+        input: bytes,
+        sink: OutputSink | None,
     ) -> RunResult:
         started = time.perf_counter()
         request = None
@@ -112,14 +124,14 @@ class JsRuntime:
             self.reused += 1
         else:
             timeout_s = limits.timeout_ms / 1000  # the deadline covers a cold start
-            proc, failure = await self._start(engine, module, key, config, limits, timeout_s, started)
+            proc, failure = await self._start(engine, module, key, config, limits, timeout_s, started, sink)
             if failure is not None:
                 return failure
         reusable = False
         try:
             if request is None:
-                return await run_script(proc, input, limits, started)
-            result, reusable = await run_fetch(proc, request, limits, started, next(self._seq))
+                return await run_script(proc, input, limits, started, sink)
+            result, reusable = await run_fetch(proc, request, limits, started, next(self._seq), sink)
             return result
         finally:
             if reusable and not self._closed:
@@ -136,6 +148,7 @@ class JsRuntime:
         limits: Limits,
         timeout_s: float,
         started: float,
+        sink: OutputSink | None = None,
     ) -> tuple[JsProcess, RunResult | None]:
         spawn = None
         if self.sandbox is None:
@@ -165,7 +178,7 @@ class JsRuntime:
                 launch.argv,
                 binary=engine.binary,
                 files={SHIM.name: SHIM, module.path.name: module.path},
-                net=bool(config.permissions.net),
+                net=config.permissions.net,
                 write_paths=config.permissions.write,
                 tmpfs_bytes=limits.memory_mb * MIB,
             )
@@ -188,7 +201,7 @@ class JsRuntime:
         if ended is not None and not isinstance(ended, Breach) and ended.type == "ready":
             return proc, None
         await proc.exited()
-        stderr = Output(limits.max_output_bytes)
+        stderr = Output(limits.max_output_bytes, sink=sink, stream="stderr")
         stderr.write(bytes(proc.stderr_tail))
         if isinstance(ended, Breach):
             outcome, error = breach_error(ended, limits)
@@ -227,7 +240,7 @@ class JsRuntime:
         await asyncio.gather(*self._background, return_exceptions=True)
         await self.pool.close()
         if self.sandbox is not None:
-            self.sandbox.close()
+            await self.sandbox.close()
         if self._own_run_dir:
             shutil.rmtree(self._run_dir, ignore_errors=True)
 

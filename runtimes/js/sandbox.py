@@ -8,9 +8,12 @@ process runs under the Linux tier's pieces (:mod:`soulbox.runtimes.linux`):
   process keeps it), so two processes never share a uid at the same time;
 * new user, pid, mount, uts, ipc and network namespaces (``--as-pid-1``: the
   runtime is pid 1 there, so the watchdog samples it and one kill ends
-  everything it started); the host network namespace only when the
-  function's permissions grant ``net`` (Deno still applies its allow-list;
-  Bun then reaches whatever the host reaches: no egress filtering);
+  everything it started); when the function's permissions grant ``net``,
+  a network namespace of the Linux tier's pool instead
+  (:mod:`soulbox.runtimes.linux.netpool`): egress to the granted
+  destinations only, never to the host or private ranges, names resolved at
+  start into the sandbox's ``/etc/hosts`` (:mod:`~soulbox.runtimes.linux.netgrants`;
+  Deno also applies its own allow-list);
 * the root of :class:`~soulbox.runtimes.linux.rootfs.RootLayout`: read-only
   ``/usr`` and libraries, a generated ``/etc``, fresh ``/proc``, minimal
   ``/dev``, private size-capped ``/tmp`` and ``/work``; the runtime binary
@@ -40,8 +43,11 @@ from soulbox.core.settings import LinuxSettings
 
 from ..linux.errors import SandboxUnavailable
 from ..linux.host import which
+from ..linux.netgrants import resolve_grants, resolver_binds
+from ..linux.netns import NetUnavailable
+from ..linux.netpool import NetLease, NetPool
 from ..linux.rootfs import RootLayout
-from ..linux.sandbox import UID_LOCKS
+from ..linux.sandbox import NET_LOCKS, UID_LOCKS
 from ..linux.seccomp import build_filter
 from ..linux.streams import StatusReader
 from ..linux.uids import UidBlock, UidPool
@@ -67,6 +73,7 @@ class Spawn:
     status: StatusReader
     block_w: int
     _sandbox: JsSandbox = field(repr=False)
+    net: NetLease | None = None  # its network namespace, when granted egress
 
     @property
     def run_dir(self) -> Path:
@@ -107,6 +114,9 @@ class Spawn:
             shutil.rmtree(self.root, ignore_errors=True)
             self._sandbox.release(self.uid)
             self.uid = -1
+        if self.net is not None:
+            self._sandbox.release_net(self.net)
+            self.net = None
 
 
 class JsSandbox:
@@ -119,13 +129,16 @@ class JsSandbox:
         self._settings = settings
         self._layout = RootLayout(settings)
         try:
-            self._dns = _add_dns(self._layout.skeleton)
             self._uid_block = UidBlock(settings.uid_base, settings.uid_block, self._layout.skeleton.parent / UID_LOCKS)
         except BaseException:
             self._layout.close()
             raise
         # Every uid of the block: idle warm processes keep theirs, and their number is bounded by the pool.
         self._uids = UidPool(self._uid_block.start, settings.uid_block)
+        self._net: NetPool | None = None
+        self._net_binds: list[str] = []
+        self._net_lock = asyncio.Lock()
+        self._releasing: set[asyncio.Task[None]] = set()
         self._closed = False
 
     @classmethod
@@ -143,21 +156,56 @@ class JsSandbox:
         *,
         binary: Path,
         files: Mapping[str, Path],
-        net: bool,
+        net: Sequence[str],
         write_paths: Sequence[str],
         tmpfs_bytes: int,
     ) -> Spawn:
         """A host uid and the command line running ``command`` (whose argv[0] is ``binary``) sandboxed.
 
-        ``files`` maps names to host files copied in, read-only under ``/code``; ``write_paths`` (Deno's write
-        grants) get their directory made when it lies in the private ``/tmp`` or ``/work``.
+        ``files`` maps names to host files copied in, read-only under ``/code``; ``net`` are the function's
+        network grants (none: only its own loopback); ``write_paths`` (Deno's write grants) get their
+        directory made when it lies in the private ``/tmp`` or ``/work``.
         """
-        uid = await self._uids.acquire()
+        grant = await resolve_grants(net) if net else None
+        lease = None
+        if grant is not None and grant.policy.enabled:
+            lease = await (await self.network()).acquire(grant.policy)
         try:
-            return self._spawn(uid, command, binary, files, net, write_paths, tmpfs_bytes)
+            uid = await self._uids.acquire()
+        except BaseException:
+            if lease is not None:
+                self.release_net(lease)
+            raise
+        hosts = grant.hosts_file(self._settings.hostname) if grant is not None and grant.hosts else None
+        try:
+            spawn = self._spawn(uid, command, binary, files, lease, hosts, write_paths, tmpfs_bytes)
         except BaseException:
             self._uids.release(uid)
+            if lease is not None:
+                self.release_net(lease)
             raise
+        spawn.net = lease
+        return spawn
+
+    async def network(self) -> NetPool:
+        """The pool of network namespaces for processes granted ``net``, set up on first use."""
+        if not self._settings.net.enabled:
+            raise NetUnavailable("network egress is off on this worker (linux.net.enabled)")
+        async with self._net_lock:
+            if self._net is None:
+                which("nsenter")
+                net = await NetPool.open(self._settings.net, self._layout.skeleton.parent / NET_LOCKS)
+                self._net_binds = resolver_binds(self._layout.skeleton / "net", net.dns)
+                self._net = net
+            return self._net
+
+    def release_net(self, lease: NetLease) -> None:
+        """Give ``lease`` back to the pool (in the background: the process is gone, its rules are reset)."""
+        if self._net is None:
+            return
+        task = asyncio.ensure_future(self._net.release(lease))
+        self._releasing.add(task)
+        task.add_done_callback(self._releasing.discard)
 
     def _spawn(
         self,
@@ -165,7 +213,8 @@ class JsSandbox:
         command: Sequence[str],
         binary: Path,
         files: Mapping[str, Path],
-        net: bool,
+        lease: NetLease | None,
+        hosts: bytes | None,
         write_paths: Sequence[str],
         tmpfs_bytes: int,
     ) -> Spawn:
@@ -192,8 +241,12 @@ class JsSandbox:
                 dirs=dirs,
             )
             root_args += ["--as-pid-1"]
-            if net:  # the host's network namespace, and name resolution through the host's resolver
-                root_args += ["--share-net", "--ro-bind", str(self._dns), "/etc/nsswitch.conf"]
+            if lease is not None:  # bubblewrap keeps the namespace nsenter puts it in
+                root_args += ["--share-net", *self._net_binds]
+            if hosts is not None:
+                (root / "hosts").write_bytes(hosts)
+                (root / "hosts").chmod(0o444)
+                root_args += ["--ro-bind", str(root / "hosts"), "/etc/hosts"]
             status_r, status_w = os.pipe2(os.O_CLOEXEC)
             block_r, block_w = os.pipe2(os.O_CLOEXEC)
             opened += [status_r, status_w, block_r, block_w]
@@ -202,6 +255,7 @@ class JsSandbox:
             argv = sandbox_argv(
                 self.setpriv, self.bwrap, uid, root_args, [real, *command[1:]],
                 status_fd=status_w, block_fd=block_r, seccomp_fd=seccomp_r,
+                netns=str(lease.path) if lease is not None else None,
             )  # fmt: skip
             child = (status_w, block_r, seccomp_r)
             return Spawn(argv, uid, root, child, StatusReader(status_r), block_w, self)
@@ -221,33 +275,17 @@ class JsSandbox:
         if not self._closed:
             self._uids.release(uid)
 
-    def close(self) -> None:
+    async def close(self) -> None:
         """After every process is gone."""
         if self._closed:
             return
         self._closed = True
+        await asyncio.gather(*self._releasing, return_exceptions=True)
+        if self._net is not None:
+            await self._net.close()
         self._layout.close()
         self._uid_block.close()
 
 
 def _under_writable(path: PurePosixPath) -> bool:
     return any(path.parent == base or base in path.parent.parents for base in WRITABLE)
-
-
-def _add_dns(skeleton: Path) -> Path:
-    """The host's resolver configuration in the skeleton's /etc, and an nsswitch.conf that uses DNS.
-
-    The shared skeleton resolves names from files only (no network there); a
-    process granted ``net`` gets the returned nsswitch.conf bound over it.
-    """
-    try:
-        resolv = Path("/etc/resolv.conf").read_bytes()  # through a symlink (systemd-resolved's stub file)
-    except OSError:
-        resolv = b""
-    (skeleton / "etc" / "resolv.conf").write_bytes(resolv)
-    (skeleton / "etc" / "resolv.conf").chmod(0o644)
-    nsswitch = skeleton / "nsswitch-dns.conf"
-    files_only = (skeleton / "etc" / "nsswitch.conf").read_bytes()
-    nsswitch.write_bytes(files_only.replace(b"hosts: files", b"hosts: files dns"))
-    nsswitch.chmod(0o644)
-    return nsswitch

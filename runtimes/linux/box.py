@@ -3,7 +3,8 @@
 A box is a bubblewrap sandbox like a function's, kept running: its command is
 the in-sandbox daemon (``envd``), which the worker reaches on a unix socket in
 a per-box host directory bound at ``/run/soulbox`` — nothing else crosses the
-boundary, and the sandbox has no network but its own loopback. The box lives
+boundary, and the sandbox has no network but its own loopback unless it was
+started with egress (:mod:`.netpool`). The box lives
 until it is killed (or its pid 1 dies); the cgroup freezer pauses it with its
 processes and memory kept.
 """
@@ -23,6 +24,7 @@ from soulbox.core.logging import get_logger
 from .cgroup import CgroupUsage
 from .errors import SandboxError, SandboxSetupFailed
 from .linelog import LineLog
+from .netpool import NetLease
 from .session import DRAIN_S, Session
 from .streams import pump
 
@@ -52,8 +54,10 @@ class Box:
         run_dir: Path,
         *,
         teardown: contextlib.AsyncExitStack,
+        net: NetLease | None = None,
     ) -> None:
         self.id = box_id
+        self.net = net
         self.session = session
         self.run_dir = run_dir
         self.started = time.time()
@@ -128,6 +132,10 @@ class Box:
 
     def usage(self) -> CgroupUsage:
         return self.session.cgroup.usage()
+
+    def net_counters(self) -> tuple[int, int]:
+        """(received, sent) bytes on the box's veth since it started; (0, 0) without network."""
+        return self.net.counters() if self.net is not None else (0, 0)
 
     def disk_used(self, path: str) -> int:
         """Bytes used on the filesystem at ``path`` inside the box (a tmpfs), seen through its pid 1's root."""

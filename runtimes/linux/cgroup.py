@@ -56,6 +56,8 @@ class CgroupStats:
 class CgroupUsage:
     cpu_ns: int | None  # CPU time used so far; None: no CPU accounting on this host
     memory_bytes: int  # memory charged now (RSS, page cache, tmpfs)
+    io_read_bytes: int | None = None  # block device bytes read so far; None: no I/O accounting here
+    io_write_bytes: int | None = None  # and written (tmpfs writes are memory, not I/O)
 
 
 class SandboxCgroup(Protocol):
@@ -154,6 +156,51 @@ def read_keyed(path: Path) -> dict[str, int]:
     for line in path.read_text().splitlines():
         key, _, value = line.partition(" ")
         if value.strip().lstrip("-").isdigit():
+            out[key] = int(value)
+    return out
+
+
+def read_io(lines: str) -> tuple[int, int]:
+    """Bytes read and written over all devices in v2's ``io.stat`` (or v1's ``blkio.*io_service_bytes``)."""
+    read = written = 0
+    for line in lines.splitlines():
+        fields = line.split()
+        if len(fields) == 3 and fields[1] in ("Read", "Write") and fields[2].isdigit():  # v1: "8:0 Read 4096"
+            if fields[1] == "Read":
+                read += int(fields[2])
+            else:
+                written += int(fields[2])
+            continue
+        for field in fields[1:]:  # v2: "8:0 rbytes=4096 wbytes=0 rios=1 ..."
+            key, _, value = field.partition("=")
+            if key == "rbytes" and value.isdigit():
+                read += int(value)
+            elif key == "wbytes" and value.isdigit():
+                written += int(value)
+    return read, written
+
+
+def process_io(pids: list[int]) -> tuple[int, int]:
+    """Storage bytes read and written by ``pids`` and the children they reaped (``/proc/<pid>/io``).
+
+    The sandbox's pid 1 reaps every orphan, so a box's exited processes stay counted.
+    """
+    read = written = 0
+    for pid in pids:
+        try:
+            fields = read_keyed_colon(Path(f"/proc/{pid}/io"))
+        except OSError:  # exited meanwhile
+            continue
+        read += fields.get("read_bytes", 0)
+        written += fields.get("write_bytes", 0)
+    return read, written
+
+
+def read_keyed_colon(path: Path) -> dict[str, int]:
+    out = {}
+    for line in path.read_text().splitlines():
+        key, _, value = line.partition(":")
+        if value.strip().isdigit():
             out[key] = int(value)
     return out
 

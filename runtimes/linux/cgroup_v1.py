@@ -23,6 +23,7 @@ from .cgroup import (
     collect_stale,
     kill_all,
     parent_dir,
+    process_io,
     read_keyed,
     read_pids,
     remove_dirs,
@@ -61,9 +62,13 @@ class SandboxCgroupV1:
 
     def usage(self) -> CgroupUsage:
         cpu = self.dirs.get("cpuacct")
+        # Not blkio.throttle.io_service_bytes: on 6.x kernels it stays at 0 unless a throttle limit is set.
+        io = process_io(self.pids())
         return CgroupUsage(
             cpu_ns=int((cpu / "cpuacct.usage").read_text()) if cpu is not None else None,
             memory_bytes=int((self.dirs["memory"] / "memory.usage_in_bytes").read_text()),
+            io_read_bytes=io[0],
+            io_write_bytes=io[1],
         )
 
     def freeze(self, frozen: bool) -> None:

@@ -29,6 +29,7 @@ from .cgroup import (
     collect_stale,
     kill_all,
     parent_dir,
+    read_io,
     read_keyed,
     read_pids,
     remove_dirs,
@@ -39,7 +40,7 @@ from .errors import SandboxUnavailable
 log = get_logger(__name__)
 
 REQUIRED = ("memory", "pids")
-OPTIONAL = ("cpu",)
+OPTIONAL = ("cpu", "io")
 WORKER_LEAF = "soulbox-worker"
 
 
@@ -68,9 +69,13 @@ class SandboxCgroupV2:
 
     def usage(self) -> CgroupUsage:
         cpu = read_keyed(self.path / "cpu.stat").get("usage_usec")
+        stat = self.path / "io.stat"
+        io = read_io(stat.read_text()) if stat.exists() else None
         return CgroupUsage(
             cpu_ns=cpu * 1000 if cpu is not None else None,
             memory_bytes=int((self.path / "memory.current").read_text()),
+            io_read_bytes=io[0] if io is not None else None,
+            io_write_bytes=io[1] if io is not None else None,
         )
 
     def freeze(self, frozen: bool) -> None:

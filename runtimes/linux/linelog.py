@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -24,6 +25,7 @@ class LineLog:
     def __init__(self, max_lines: int = 2000) -> None:
         self._lines: deque[LogLine] = deque(maxlen=max_lines)
         self._partial = b""
+        self.sink: Callable[[LogLine], None] | None = None  # also gets every line from now on
 
     def write(self, data: bytes) -> None:
         *complete, self._partial = (self._partial + data).split(b"\n")
@@ -31,11 +33,16 @@ class LineLog:
             complete.append(self._partial)
             self._partial = b""
         for raw in complete:
-            self._lines.append(LogLine(utcnow(), raw[:MAX_LINE].decode(errors="replace").rstrip("\r")))
+            self._add(LogLine(utcnow(), raw[:MAX_LINE].decode(errors="replace").rstrip("\r")))
 
     def note(self, text: str, level: str = "info") -> None:
         """A line of the platform's own (lifecycle), among the daemons' lines."""
-        self._lines.append(LogLine(utcnow(), text, level))
+        self._add(LogLine(utcnow(), text, level))
+
+    def _add(self, line: LogLine) -> None:
+        self._lines.append(line)
+        if self.sink is not None:
+            self.sink(line)
 
     def lines(self) -> list[LogLine]:
         return list(self._lines)

@@ -42,6 +42,7 @@ def generated_etc(hostname: str) -> dict[str, bytes]:
         "/etc/hosts": f"127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost\n".encode(),
         "/etc/hostname": f"{hostname}\n".encode(),
         "/etc/nsswitch.conf": b"passwd: files\ngroup: files\nhosts: files\n",
+        "/etc/resolv.conf": b"",  # a mount point: sandboxes with egress get a resolver bound over it
     }
 
 

@@ -4,6 +4,8 @@ A ``python`` function is a script run by the host's python3, a ``shell``
 function a bash script, a ``node`` function a JavaScript file run by node —
 each in a fresh sandbox (:mod:`.sandbox`) with the invocation input on stdin,
 the function's memory limit on its cgroup and its deadline on the wall clock.
+No network unless the function's ``permissions.net`` grants destinations
+(:mod:`.netgrants`): then egress to those only, through :mod:`.netpool`.
 """
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ from pathlib import Path
 from soulbox.core.schemas import FunctionSpec, InvocationError, Outcome, Tier
 from soulbox.core.settings import LinuxSettings, Settings
 
-from ..protocol import RunResult
+from ..protocol import OutputSink, RunResult
 from . import names
 from .artifacts import ArtifactCache, FetchArtifact
 from .errors import SandboxUnavailable, UnsupportedRuntime
+from .netgrants import resolve_grants
 from .rootfs import CODE_DIR
 from .sandbox import Launcher, SandboxLimits, SandboxResult
 
@@ -29,6 +32,7 @@ GUEST_ENV = {
     "TMPDIR": "/tmp",
     "LANG": "C.UTF-8",
     "PYTHONDONTWRITEBYTECODE": "1",
+    "PYTHONUNBUFFERED": "1",  # print() reaches a streamed invocation as it happens, as on other FaaS
 }
 
 
@@ -59,6 +63,10 @@ class LinuxRuntime:
         self._closed = False
 
     async def run(self, spec: FunctionSpec, input: bytes) -> RunResult:
+        return await self.run_streaming(spec, input, None)
+
+    async def run_streaming(self, spec: FunctionSpec, input: bytes, sink: OutputSink | None) -> RunResult:
+        """``run``, handing stdout and stderr to ``sink`` as the pipes deliver them."""
         runtime = str(spec.runtime)
         command = self._commands.get(runtime)
         if command is None:
@@ -68,7 +76,11 @@ class LinuxRuntime:
         interpreter, code = command
         path = await self.artifacts.path(spec.artifact)
         limits = spec.limits
+        grant = await resolve_grants(spec.permissions.net) if spec.permissions.net else None
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        files = {code: fd}
+        if grant is not None and grant.hosts:  # the granted names, for a sandbox without DNS
+            files["/etc/hosts"] = data_fd(grant.hosts_file(self.settings.hostname))
         try:
             result = await self.launcher.run(
                 [interpreter, code],
@@ -79,11 +91,14 @@ class LinuxRuntime:
                     max_output_bytes=limits.max_output_bytes,
                     tmpfs_bytes=self.settings.tmpfs_mb * MIB if self.settings.tmpfs_mb else None,
                 ),
-                env=GUEST_ENV,
-                files={code: fd},
+                env={**GUEST_ENV, **spec.env},  # the function's bindings (and opened secrets)
+                files=files,
+                sink=sink,
+                egress=grant.policy if grant is not None else None,
             )
         finally:
-            os.close(fd)
+            for opened in files.values():
+                os.close(opened)
         return to_run_result(result, spec)
 
     async def close(self) -> None:
@@ -91,6 +106,14 @@ class LinuxRuntime:
             return
         self._closed = True
         await self.launcher.close()
+
+
+def data_fd(data: bytes) -> int:
+    """A memory file holding ``data``, at offset 0 (for ``--ro-bind-data``)."""
+    fd = os.memfd_create("soulbox-data", os.MFD_CLOEXEC)
+    os.write(fd, data)
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
 
 
 def to_run_result(result: SandboxResult, spec: FunctionSpec) -> RunResult:

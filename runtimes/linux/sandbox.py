@@ -44,11 +44,15 @@ from pathlib import Path
 from soulbox.core.logging import get_logger
 from soulbox.core.settings import LinuxSettings
 
-from ..protocol import Output
+from ..protocol import Output, OutputSink
 from .box import RUN_DIR, Box, BoxLimits, make_run_dir, remove_run_dir
 from .cgroup import CgroupDriver, CgroupLimits, SandboxCgroup, detect
 from .errors import SandboxError, SandboxSetupFailed, SandboxUnavailable
 from .host import become_subreaper, seal_inherited_fds, which
+from .netgrants import resolver_binds
+from .netns import NetUnavailable
+from .netpolicy import EgressPolicy
+from .netpool import NetLease, NetPool
 from .reaper import sweep
 from .rootfs import RootLayout
 from .seccomp import build_filter
@@ -58,6 +62,7 @@ from .uids import UidBlock, UidPool
 from .wrap import sandbox_argv, seccomp_pipe
 
 UID_LOCKS = "soulbox-uids"  # beside the rootfs skeletons: one lock file per uid block
+NET_LOCKS = "soulbox-net"  # and one per address block of the network pools
 
 log = get_logger(__name__)
 
@@ -112,7 +117,27 @@ class Launcher:
         self._uids = UidPool(start, concurrency)
         self._box_uids = UidPool(start + concurrency, box_capacity) if box_capacity else None
         self._leftovers: list[SandboxCgroup] = []
+        self._net: NetPool | None = None
+        self._net_binds: list[str] = []  # the resolver files of sandboxes with egress
+        self._net_lock = asyncio.Lock()
         self._closed = False
+
+    async def network(self) -> NetPool:
+        """The pool of network namespaces for sandboxes with egress, set up on first use."""
+        if not self.settings.net.enabled:
+            raise NetUnavailable("network egress is off on this worker (linux.net.enabled)")
+        async with self._net_lock:
+            if self._net is None:
+                which("nsenter")
+                net = await NetPool.open(self.settings.net, self._layout.skeleton.parent / NET_LOCKS)
+                self._net_binds = resolver_binds(self._layout.skeleton / "net", net.dns)
+                self._net = net
+            return self._net
+
+    async def _lease(self, egress: EgressPolicy | None) -> NetLease | None:
+        if egress is None or not egress.enabled:
+            return None
+        return await (await self.network()).acquire(egress)
 
     @property
     def cgroup_version(self) -> int:
@@ -130,10 +155,33 @@ class Launcher:
         limits: SandboxLimits,
         env: Mapping[str, str],
         files: Mapping[str, int] | None = None,
+        sink: OutputSink | None = None,
+        egress: EgressPolicy | None = None,
     ) -> SandboxResult:
-        """Run ``command`` to the end (or the deadline). ``files``: sandbox path -> readable fd (the caller's)."""
+        """Run ``command`` to the end (or the deadline). ``files``: sandbox path -> readable fd (the caller's).
+
+        ``sink`` gets the kept output as the pipes deliver it. Without ``egress`` (or with an empty one) the
+        sandbox has only its own loopback.
+        """
         if self._closed:
             raise SandboxError("the launcher is closed")
+        lease = await self._lease(egress)
+        try:
+            return await self._run_leased(command, stdin, limits, env, files or {}, lease, sink)
+        finally:
+            if lease is not None and self._net is not None:
+                await self._net.release(lease)
+
+    async def _run_leased(
+        self,
+        command: Sequence[str],
+        stdin: bytes,
+        limits: SandboxLimits,
+        env: Mapping[str, str],
+        files: Mapping[str, int],
+        lease: NetLease | None,
+        sink: OutputSink | None,
+    ) -> SandboxResult:
         uid = await self._uids.acquire()
         cgroup: SandboxCgroup | None = None
         try:
@@ -141,7 +189,7 @@ class Launcher:
                 f"sb-{uuid.uuid4().hex[:16]}",
                 CgroupLimits(limits.memory_bytes, self.settings.pids_max, self.settings.cpu_quota),
             )
-            return await self._run(command, uid, cgroup, stdin, limits, env, files or {})
+            return await self._run(command, uid, cgroup, stdin, limits, env, files, lease, sink)
         finally:
             if cgroup is not None and not await self._remove(cgroup):
                 await sweep(uid, exclude=-1)  # whatever escaped the cgroup must not outlive the uid's lease
@@ -158,11 +206,14 @@ class Launcher:
         home: str,
         ready: tuple[bytes, ...],
         ready_timeout: float,
+        egress: EgressPolicy | None = None,
     ) -> Box:
         """Start a long-lived sandbox running ``command``; it is ready once its stdout printed every line of ``ready``.
 
         Boxes take their host uids from a pool of their own (``box_capacity``
         uids after the functions' ones), so sandboxes never starve functions.
+        With ``egress``, the box runs in a network namespace of :meth:`network`
+        letting that policy through, returned to the pool when the box closes.
         """
         if self._closed:
             raise SandboxError("the launcher is closed")
@@ -173,6 +224,9 @@ class Launcher:
         teardown = contextlib.AsyncExitStack()
         try:
             teardown.callback(uids.release, uid)
+            lease = await self._lease(egress)
+            if lease is not None:
+                teardown.push_async_callback(self._release_net, lease)
             cgroup = self._cgroups.create(
                 f"box-{box_id}", CgroupLimits(limits.memory_bytes, limits.pids_max, limits.cpu_quota)
             )
@@ -182,8 +236,8 @@ class Launcher:
             root_args = self._layout.box_args(
                 tmpfs_bytes=limits.disk_bytes, ro_binds=ro_binds, rw_binds={str(run_dir): RUN_DIR}, home=home
             )
-            session = await teardown.enter_async_context(self._session(command, root_args, uid, cgroup, env, ()))
-            box = Box(box_id, session, run_dir, teardown=teardown)
+            session = await teardown.enter_async_context(self._session(command, root_args, uid, cgroup, env, (), lease))
+            box = Box(box_id, session, run_dir, teardown=teardown, net=lease)
         except BaseException:
             await teardown.aclose()
             raise
@@ -200,6 +254,10 @@ class Launcher:
         path.mkdir(mode=0o755, exist_ok=True)
         return path
 
+    async def _release_net(self, lease: NetLease) -> None:
+        if self._net is not None:
+            await self._net.release(lease)
+
     async def _remove_box_cgroup(self, cgroup: SandboxCgroup, uid: int) -> None:
         if not await self._remove(cgroup):
             await sweep(uid, exclude=-1)
@@ -213,13 +271,16 @@ class Launcher:
         limits: SandboxLimits,
         env: Mapping[str, str],
         files: Mapping[str, int],
+        lease: NetLease | None,
+        sink: OutputSink | None,
     ) -> SandboxResult:
         root_args = self._layout.args(tmpfs_bytes=limits.tmpfs_bytes or limits.memory_bytes // 2, files=files)
         tasks: list[asyncio.Task[None]] = []
-        async with self._session(command, root_args, uid, cgroup, env, files.values()) as session:
+        async with self._session(command, root_args, uid, cgroup, env, files.values(), lease) as session:
             try:
                 proc = session.proc
-                stdout, stderr = Output(limits.max_output_bytes), Output(limits.max_output_bytes)
+                stdout = Output(limits.max_output_bytes, sink=sink, stream="stdout")
+                stderr = Output(limits.max_output_bytes, sink=sink, stream="stderr")
                 io = [
                     asyncio.create_task(pump(proc.stdout, stdout)),
                     asyncio.create_task(pump(proc.stderr, stderr)),
@@ -268,14 +329,21 @@ class Launcher:
         cgroup: SandboxCgroup,
         env: Mapping[str, str],
         extra_fds: Iterable[int],
+        lease: NetLease | None = None,
     ) -> contextlib.AbstractAsyncContextManager[Session]:
-        """bwrap as ``uid`` with ``root_args`` around ``command``, under the seccomp filter, in ``cgroup``."""
+        """bwrap as ``uid`` with ``root_args`` around ``command``, under the seccomp filter, in ``cgroup``.
+
+        With ``lease``, in its network namespace instead of a new empty one.
+        """
         status_r, status_w = os.pipe2(os.O_CLOEXEC)
         block_r, block_w = os.pipe2(os.O_CLOEXEC)
         seccomp_r = seccomp_pipe(self._seccomp)
+        if lease is not None:
+            root_args = [*root_args, "--share-net", *self._net_binds]
         argv = sandbox_argv(
             self.setpriv, self.bwrap, uid, root_args, command,
             status_fd=status_w, block_fd=block_r, seccomp_fd=seccomp_r,
+            netns=str(lease.path) if lease is not None else None,
         )  # fmt: skip
         return open_session(
             argv,
@@ -308,6 +376,8 @@ class Launcher:
         leftovers, self._leftovers = self._leftovers, []
         for cgroup in leftovers:
             await self._remove(cgroup)
+        if self._net is not None:
+            await self._net.close()
         self._cgroups.close()
         self._layout.close()
         self._uid_block.close()

@@ -41,6 +41,7 @@ from soulbox.core.sandboxes import (
     SandboxState,
     SandboxUsage,
 )
+from soulbox.core.sandboxlog import SandboxLogPublisher
 from soulbox.core.schemas import (
     LIFECYCLE_EVENT_VERSION,
     EventType,
@@ -49,12 +50,15 @@ from soulbox.core.schemas import (
     Tier,
     utcnow,
 )
+from soulbox.core.secrets_store import SecretStore
 from soulbox.core.settings import Settings
 from soulbox.core.store import publish_event, settle
 
 from ..instruments import StartKind, WorkerInstruments
 from ..linux.box import Box, BoxLimits
 from ..linux.envd.main import VERSION as ENVD_VERSION
+from ..linux.linelog import LogLine
+from ..linux.netpolicy import EgressPolicy
 from ..linux.sandbox import Launcher
 from .envd import EnvdClient
 from .templates import HOME, Template, Templates
@@ -77,7 +81,9 @@ class Hosted:
     # The billed running period: since creation or the last resume, up to a pause or the end.
     period_started: float = field(default_factory=time.monotonic)
     period_cpu_ns: int = 0
+    period_tx: int = 0  # bytes the sandbox had sent when the period started (billed as egress)
     events: int = 0  # lifecycle events published, numbering their ids
+    log_out: SandboxLogPublisher | None = None  # its log on SB_LOGS, kept after it ends
 
 
 class SandboxHost:
@@ -90,8 +96,10 @@ class SandboxHost:
         templates: Templates,
         *,
         instruments: WorkerInstruments | None = None,
+        secrets: SecretStore | None = None,
     ) -> None:
         self.settings = settings.sandboxes
+        self._secrets = secrets
         self.worker_id = settings.worker.id
         self._nc = nc
         self._js = nc.jetstream()
@@ -168,19 +176,35 @@ class SandboxHost:
             raise Overloaded("this worker is stopping")
         if request.sandbox_id in self._hosted:
             return self._hosted[request.sandbox_id].record  # a retried create: the same sandbox
+        env = dict(request.env_vars)
+        if request.secrets:  # opened here, before a box is taken: a missing secret costs nothing
+            if self._secrets is None:
+                raise InvalidRequest("this worker has no secrets store")
+            env.update(
+                await self._secrets.reveal(
+                    self._js,
+                    request.tenant,
+                    request.secrets,
+                    actor=f"sandbox:{request.sandbox_id}",
+                    source=f"worker:{self.worker_id}",
+                    detail={"sandbox_id": request.sandbox_id},
+                )
+            )
         template = await self._templates.get(request.template)
-        pool = self._pool.get(template.name, [])
+        egress = _egress(request)
+        # Warm boxes have no network; one with egress starts in a namespace of the launcher's pool.
+        pool = self._pool.get(template.name, []) if egress is None else []
         box = pool.pop() if pool else None
         kind: StartKind = "warm"
         if box is None:
             if self.count >= self.settings.capacity:
                 raise Overloaded(f"worker {self.worker_id} hosts {self.settings.capacity} sandboxes already")
-            box = await self._start_box(template)
+            box = await self._start_box(template, egress)
             kind = "cold"
         envd = EnvdClient(box.socket)
         token = secrets.token_urlsafe(24)
         try:
-            await envd.init(request.env_vars, token)
+            await envd.init(env, token)
         except BaseException:
             await envd.aclose()
             await box.close()
@@ -202,9 +226,11 @@ class SandboxHost:
             envd_version=ENVD_VERSION,
             access_token=token,
             traffic_token=secrets.token_urlsafe(24),
+            network=request.network if egress is not None else None,
         )
         hosted = Hosted(box, record, envd, period_cpu_ns=_cpu_ns(box))
         self._hosted[request.sandbox_id] = hosted
+        hosted.log_out = self._publish_log(box, request.tenant, request.sandbox_id)
         self._arm(hosted, request.timeout_s)
         await self._save(record)
         await self._event(hosted, EventType.SANDBOX_CREATED)
@@ -246,6 +272,7 @@ class SandboxHost:
                 hosted, state=SandboxState.RUNNING, end_at=utcnow() + timedelta(seconds=remaining), remaining_s=None
             )
             hosted.period_started, hosted.period_cpu_ns = time.monotonic(), _cpu_ns(hosted.box)
+            hosted.period_tx = hosted.box.net_counters()[1]
             await self._event(hosted, EventType.SANDBOX_RESUMED)
             log.info("sandbox.resumed", sandbox=request.sandbox_id)
         elif request.op == "set_timeout":
@@ -260,7 +287,7 @@ class SandboxHost:
 
     # Lifecycle -------------------------------------------------------------------------------
 
-    async def _start_box(self, template: Template) -> Box:
+    async def _start_box(self, template: Template, egress: EgressPolicy | None = None) -> Box:
         self._starting += 1
         started = time.monotonic()
         try:
@@ -279,6 +306,7 @@ class SandboxHost:
                 home=HOME,
                 ready=template.ready,
                 ready_timeout=self.settings.ready_timeout_s,
+                egress=egress,
             )
         finally:
             self._starting -= 1
@@ -341,21 +369,38 @@ class SandboxHost:
             await self._event(hosted, EventType.SANDBOX_KILLED, billed=running, reason=reason)
         except Exception as exc:  # NATS away: the sandbox still ends (the event is lost, logged)
             log.warning("sandbox.event_not_published", sandbox=sandbox_id, error=repr(exc))
+        if hosted.log_out is not None:
+            hosted.box.log.sink = None
+            await hosted.log_out.close()
         await hosted.envd.aclose()
         await hosted.box.close()
         with contextlib.suppress(Exception):  # NATS away: the record dies with this worker's liveness
             await self._kv.delete(sandbox_id)
         log.info("sandbox.ended", sandbox=sandbox_id, reason=reason)
 
+    def _publish_log(self, box: Box, tenant: str, sandbox_id: str) -> SandboxLogPublisher:
+        """From now on the box's log goes to SB_LOGS too, starting with what it printed in the pool."""
+        out = SandboxLogPublisher(self._js, tenant=tenant, sandbox_id=sandbox_id)
+
+        def publish(line: LogLine) -> None:
+            out.write(SandboxLogLine(at=line.at, level=line.level, message=line.text))
+
+        for line in box.log.lines():
+            publish(line)
+        box.log.sink = publish
+        return out
+
     async def _event(
         self, hosted: Hosted, type_: EventType, *, billed: bool = False, reason: str | None = None
     ) -> None:
         """Publish a lifecycle event and wait until it is stored; billed ones close the running period."""
         record = hosted.record
-        seconds = cpu_ms = None
+        seconds = cpu_ms = egress_bytes = None
         if billed:
             seconds = round(time.monotonic() - hosted.period_started, 3)
             cpu_ms = max(0, _cpu_ns(hosted.box) - hosted.period_cpu_ns) / 1e6
+            if hosted.box.net is not None:
+                egress_bytes = max(0, hosted.box.net_counters()[1] - hosted.period_tx)
         event = LifecycleEvent(
             v=LIFECYCLE_EVENT_VERSION,
             id=f"{record.sandbox_id}.{type_.value.removeprefix('sandbox.')}.{hosted.events}",
@@ -367,6 +412,7 @@ class SandboxHost:
             memory_limit_mb=record.memory_mb,
             seconds=seconds,
             cpu_ms=cpu_ms,
+            egress_bytes=egress_bytes,
             error=InvocationError(kind="ended", message=reason) if reason and reason != "killed" else None,
         )
         hosted.events += 1
@@ -392,6 +438,7 @@ class SandboxHost:
                 pct = max(0.0, 100.0 * used_s / (now - hosted.last_cpu[0]) / hosted.record.cpu_count)
             hosted.last_cpu = (now, usage.cpu_ns)
         disk_total = hosted.record.disk_mb * MIB
+        rx, tx = hosted.box.net_counters()
         return SandboxMetric(
             cpu_count=hosted.record.cpu_count,
             cpu_used_pct=round(pct, 2),
@@ -399,6 +446,10 @@ class SandboxHost:
             mem_total=hosted.record.memory_mb * MIB,
             disk_used=hosted.box.disk_used(HOME),
             disk_total=disk_total,
+            net_rx_bytes=rx,
+            net_tx_bytes=tx,
+            disk_read_bytes=usage.io_read_bytes or 0,
+            disk_write_bytes=usage.io_write_bytes or 0,
         )
 
     async def _sample_forever(self) -> None:
@@ -427,6 +478,14 @@ class SandboxHost:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def _egress(request: SandboxCreate) -> EgressPolicy | None:
+    """The request's egress policy (``InvalidRequest`` for a bad entry), or None: no network."""
+    network = request.network
+    if network is None or not network.enabled:
+        return None
+    return EgressPolicy.of_request(internet=network.internet, allow_out=network.allow_out, deny_out=network.deny_out)
 
 
 def _cpu_ns(box: Box) -> int:

@@ -5,16 +5,53 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from tests.npm_registry import NpmRegistry, Package
 from tests.stack import Stack
 
 API_KEY = "sb_test_key_0123456789"
 
 
+# What the stack's deploys install from (registry.npmjs.org is outside the machine).
+NPM_PACKAGES = {
+    "tiny-upper": {
+        "1.0.0": Package({"index.js": 'export const upper = (s) => s.toUpperCase() + "?";\n'}),
+        "1.2.0": Package({"index.js": 'export const upper = (s) => s.toUpperCase() + "!";\n'}),
+        "2.0.0": Package({"index.js": 'export const upper = (s) => s.toLowerCase();\n'}),
+    },
+    "@acme/greet": {
+        "0.3.1": Package(
+            {"index.js": 'import { upper } from "tiny-upper";\nexport const greet = (n) => `hello ${upper(n)}`;\n'},
+            {"dependencies": {"tiny-upper": "~1.2.0"}},
+        ),
+    },
+    "with-postinstall": {
+        "1.0.0": Package(
+            {"index.js": "export const ok = 1;\n", "install.sh": "touch /tmp/soulbox-postinstall-ran\n"},
+            {"scripts": {"postinstall": "sh install.sh"}},
+        ),
+    },
+}
+
+
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def npm_registry() -> Iterator[NpmRegistry]:
+    registry = NpmRegistry(NPM_PACKAGES)
+    registry.start()
+    try:
+        yield registry
+    finally:
+        registry.stop()
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory, npm_registry: NpmRegistry) -> Iterator[Stack]:
     root = tmp_path_factory.mktemp("stack")
     (root / "grants").mkdir()  # the one place functions may be granted (read-only) access to
-    env = {"SOULBOX_GATEWAY__API_KEYS": f'["{API_KEY}"]', "SOULBOX_WASM__READ_ROOTS": f'["{root / "grants"}"]'}
+    env = {
+        "SOULBOX_GATEWAY__API_KEYS": f'["{API_KEY}"]',
+        "SOULBOX_WASM__READ_ROOTS": f'["{root / "grants"}"]',
+        "SOULBOX_JS__NPM_REGISTRY": npm_registry.url,
+    }
     s = Stack(root, workers=2, env=env)
     s.start()
     try:

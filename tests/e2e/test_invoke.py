@@ -405,7 +405,7 @@ def test_api_keys_guard_every_v1_route(stack: Stack) -> None:
         wrong = httpx.request(method, f"{stack.url}{path}", headers={"X-API-KEY": "nope"}, timeout=10)
         assert wrong.status_code == 401, path
     assert httpx.get(f"{stack.url}/v1/functions", headers={"Authorization": f"Bearer {API_KEY}"}).status_code == 200
-    assert httpx.post(f"{stack.url}/v1/hooks/nope", content=b"{}", timeout=10).json()["error"]["code"] != (
+    assert httpx.post(f"{stack.url}/v1/hooks/default/nope", content=b"{}", timeout=10).json()["error"]["code"] != (
         "unauthenticated"
     )
     assert httpx.get(f"{stack.url}/healthz", timeout=10).status_code == 200

@@ -103,7 +103,7 @@ async def test_usage_verify_export_and_erasure(
     erased = await api.delete("/v1/tenants/acme/data")
     assert erased.status_code == 200, erased.text
     body = erased.json()
-    assert body["deleted"] == {"functions": 1, "invocations": 2, "usage_entries": 2}
+    assert body["deleted"] == {"functions": 1, "invocations": 2, "usage_entries": 2, "secrets": 0, "url_keys": 0}
     assert body["pseudonym"] == pseudonym and body["tombstone_seq"] > 0
     after = (await api.get("/v1/tenants/acme/export")).json()
     assert (after["functions"], after["invocations"], after["usage"], after["audit"]) == ([], [], [], [])

@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 import pytest_asyncio
+from pydantic import SecretStr
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -53,7 +54,7 @@ def assert_hardened(response: httpx.Response, *, api: bool = True) -> None:
 
 
 async def test_security_headers_on_every_answer(gateway: Gateway) -> None:
-    async with gateway(api_keys=["k" * 20]) as client:
+    async with gateway(api_keys=[SecretStr("k" * 20)]) as client:
         for response in (
             await client.get("/healthz"),
             await client.get("/v1/functions", headers={"x-api-key": "k" * 20}),

@@ -34,7 +34,15 @@ from soulbox.core.schemas import (
 )
 from soulbox.core.settings import Settings
 from soulbox.events import run
-from soulbox.gateway import openapi, openapi_admin, openapi_limits, openapi_triggers
+from soulbox.gateway import (
+    openapi,
+    openapi_admin,
+    openapi_identity,
+    openapi_limits,
+    openapi_logs,
+    openapi_secrets,
+    openapi_triggers,
+)
 from soulbox.gateway.app import create_app, routes
 from soulbox.triggers.signatures import sign_hmac
 
@@ -84,8 +92,16 @@ def test_every_operation_is_routed(document: dict[str, Any]) -> None:
         if isinstance(route, Route) and route.include_in_schema
         for method in route.methods or ()
     }
-    tables = (openapi.OPERATIONS, openapi.sandbox_api.OPERATIONS, openapi_triggers.OPERATIONS, openapi_admin.OPERATIONS,
-              openapi_limits.OPERATIONS)  # fmt: skip
+    tables = (
+        openapi.OPERATIONS,
+        openapi.sandbox_api.OPERATIONS,
+        openapi_triggers.OPERATIONS,
+        openapi_admin.OPERATIONS,
+        openapi_secrets.OPERATIONS,
+        openapi_logs.OPERATIONS,
+        openapi_identity.OPERATIONS,
+        openapi_limits.OPERATIONS,
+    )
     merged = {key for table in tables for key in table}
     assert sorted(set(merged) - routed) == []
     assert {(path, method) for path, method, _ in operations(document)} == merged
@@ -133,8 +149,8 @@ def test_new_operations_reference_their_models(document: dict[str, Any]) -> None
     alias_body = paths["/v1/functions/{name}/aliases/{alias}"]["put"]["requestBody"]["content"]["application/json"]
     assert alias_body["schema"] == {"$ref": "#/components/schemas/AliasIn"}
     assert set(paths["/v1/triggers/{trigger_id}"]) == {"get", "put", "delete"}
-    assert set(paths["/v1/hooks/{trigger_id}"]["post"]["responses"]) >= {"202", "401", "404"}
-    assert "trigger_not_found" in paths["/v1/hooks/{trigger_id}"]["post"]["responses"]["404"]["description"]
+    assert set(paths["/v1/hooks/{tenant}/{trigger_id}"]["post"]["responses"]) >= {"202", "401", "404"}
+    assert "trigger_not_found" in paths["/v1/hooks/{tenant}/{trigger_id}"]["post"]["responses"]["404"]["description"]
     schemas = document["components"]["schemas"]
     assert schemas["TriggerList"]["properties"]["triggers"]["items"] == {"$ref": "#/components/schemas/TriggerOut"}
 
@@ -217,15 +233,15 @@ async def test_answers_fit_the_document(gateway: Documented, buckets: Buckets, j
     await g.call("DELETE", one, "/v1/triggers/tick", 204)
     await g.call("DELETE", one, "/v1/triggers/tick", 404)
 
-    hooks = "/v1/hooks/{trigger_id}"
-    await g.call("POST", hooks, "/v1/hooks/on-push", 401, content=b"{}")
+    hooks = "/v1/hooks/{tenant}/{trigger_id}"
+    await g.call("POST", hooks, "/v1/hooks/default/on-push", 401, content=b"{}")
     stamp = int(time.time())
     signed = {
         "X-Soulbox-Timestamp": str(stamp),
         "X-Soulbox-Signature": sign_hmac(created["webhook"]["secret"], b"{}", stamp),
     }
-    await g.call("POST", hooks, "/v1/hooks/on-push", 202, content=b"{}", headers=signed)
-    await g.call("POST", hooks, "/v1/hooks/absent", 404, content=b"{}")
+    await g.call("POST", hooks, "/v1/hooks/default/on-push", 202, content=b"{}", headers=signed)
+    await g.call("POST", hooks, "/v1/hooks/default/absent", 404, content=b"{}")
 
     base = "/v1/functions/{name}"
     versions = await g.call("GET", f"{base}/versions", "/v1/functions/resize/versions", 200)

@@ -202,8 +202,8 @@ async def test_gateway_refuses_invocations_past_a_quota(gateway: httpx.AsyncClie
     until_midnight = (next_day(now) - now).total_seconds()
     assert abs(int(refused.headers["retry-after"]) - until_midnight) < 10
     # Webhooks and HTTP routes start invocations too; reads do not.
-    assert (await gateway.post("/v1/hooks/any")).status_code == 429
-    assert (await gateway.get("/run/anything")).status_code == 429
+    assert (await gateway.post("/v1/hooks/acme/any")).status_code == 429
+    assert (await gateway.get("/run/acme/anything")).status_code == 429
     shown = (await gateway.get("/v1/limits")).json()
     assert shown["limits"]["invocations_per_day"] == 2
     assert shown["usage"]["invocations_today"] == 2

@@ -40,16 +40,16 @@ async def test_same_request_twice_runs_once(api: httpx.AsyncClient, client: NATS
     published = await Published().start(client)
     body = b'{"event":"paid"}'
     headers = signed("hmac", body, at=int(time.time()))
-    first = await api.post("/v1/hooks/replayed", content=body, headers=headers)
+    first = await api.post("/v1/hooks/default/replayed", content=body, headers=headers)
     assert first.status_code == 202, first.text
     await finished(api, first.json()["id"])
-    again = await api.post("/v1/hooks/replayed", content=body, headers=headers)
+    again = await api.post("/v1/hooks/default/replayed", content=body, headers=headers)
     assert again.status_code == 401
     replayed = {"code": "signature_replayed", "message": "this signed request was already received"}
     assert again.json()["error"] == replayed
     # The same signature spelt differently (sha256= prefix, upper case) is the same request.
     respelt = {**headers, "X-Soulbox-Signature": "sha256=" + headers["X-Soulbox-Signature"].upper()}
-    assert (await api.post("/v1/hooks/replayed", content=body, headers=respelt)).status_code == 401
+    assert (await api.post("/v1/hooks/default/replayed", content=body, headers=respelt)).status_code == 401
     await asyncio.sleep(0.5)  # a wrongly accepted replay would have been published by now
     await published.stop()
     ids = [r.id for r in published.of("replayed")]
@@ -57,12 +57,16 @@ async def test_same_request_twice_runs_once(api: httpx.AsyncClient, client: NATS
     assert await started(client, ids) == 1
 
     async def refusals() -> list[dict[str, Any]]:
-        found = [r for r in await audit_records(api) if r["resource"] == "/v1/hooks/replayed" and r["result"] == "401"]
+        found = [
+            r
+            for r in await audit_records(api)
+            if r["resource"] == "/v1/hooks/default/replayed" and r["result"] == "401"
+        ]
         return found if len(found) >= 2 else []
 
     # Audited like any refused call: the API-call record with the route and the status.
     refused = await eventually(refusals)
-    assert {r["action"] for r in refused} == {"POST /v1/hooks/{trigger_id}"}
+    assert {r["action"] for r in refused} == {"POST /v1/hooks/{tenant}/{trigger_id}"}
 
 
 async def test_concurrent_replays_accept_one(api: httpx.AsyncClient, client: NATS) -> None:
@@ -70,7 +74,9 @@ async def test_concurrent_replays_accept_one(api: httpx.AsyncClient, client: NAT
     published = await Published().start(client)
     body = b'{"event":"raced"}'
     headers = signed("stripe", body, at=int(time.time()))
-    answers = await asyncio.gather(*(api.post("/v1/hooks/raced", content=body, headers=headers) for _ in range(8)))
+    answers = await asyncio.gather(
+        *(api.post("/v1/hooks/default/raced", content=body, headers=headers) for _ in range(8))
+    )
     statuses = sorted(r.status_code for r in answers)
     assert statuses == [202] + [401] * 7, [r.text for r in answers]
     assert {r.json()["error"]["code"] for r in answers if r.status_code == 401} == {"signature_replayed"}
@@ -86,7 +92,7 @@ async def test_different_requests_in_the_window_all_run(api: httpx.AsyncClient) 
     stamps = [now, now, now + 1]
     ids = []
     for body, at in zip(bodies, stamps, strict=True):
-        r = await api.post("/v1/hooks/distinct", content=body, headers=signed("stripe", body, at=at))
+        r = await api.post("/v1/hooks/default/distinct", content=body, headers=signed("stripe", body, at=at))
         assert r.status_code == 202, r.text
         ids.append(r.json()["id"])
     for invocation_id, body in zip(ids, bodies, strict=True):
@@ -99,7 +105,7 @@ async def test_github_replays_are_told_apart_by_delivery(api: httpx.AsyncClient,
     published = await Published().start(client)
     body = b'{"action":"opened"}'
     headers = signed("github", body, at=0)
-    url = "/v1/hooks/gh-deliveries"
+    url = "/v1/hooks/default/gh-deliveries"
     one = await api.post(url, content=body, headers={**headers, "X-GitHub-Delivery": "7f3c-0001"})
     two = await api.post(url, content=body, headers={**headers, "X-GitHub-Delivery": "7f3c-0002"})
     assert one.status_code == 202 and two.status_code == 202
@@ -124,12 +130,12 @@ async def test_request_that_queued_nothing_may_be_retried(api: httpx.AsyncClient
     body = b"retry me"
     headers = signed("hmac", body, at=int(time.time()))
     assert (await api.delete("/v1/functions/comes-back")).status_code == 204
-    gone = await api.post("/v1/hooks/retried", content=body, headers=headers)
+    gone = await api.post("/v1/hooks/default/retried", content=body, headers=headers)
     assert gone.status_code == 404 and gone.json()["error"]["code"] == "function_not_found"
     await deploy(api, "comes-back", wasm("echo"))
 
     async def accepted() -> httpx.Response | None:
-        r = await api.post("/v1/hooks/retried", content=body, headers=headers)
+        r = await api.post("/v1/hooks/default/retried", content=body, headers=headers)
         return r if r.status_code == 202 else None
 
     r = await eventually(accepted)  # the registry may serve the deleted function for a moment

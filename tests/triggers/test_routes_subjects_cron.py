@@ -21,14 +21,14 @@ async def test_http_route(api: httpx.AsyncClient) -> None:
             json={"id": tid, "function": "echo", "kind": "http", "http": {"method": method, "path": path}},
         )
         assert r.status_code == 201, r.text
-    r = await api.post("/run/orders/42", content=b"order 42")
+    r = await api.post("/run/default/orders/42", content=b"order 42")
     assert r.status_code == 200 and r.content == b"order 42"
     record = (await api.get(f"/v1/invocations/{r.headers['x-invocation-id']}")).json()
     assert record["function"] == "echo" and record["status"] == "completed"
-    literal = await api.post("/run/orders/new", content=b"new")  # the literal route wins over {id}
+    literal = await api.post("/run/default/orders/new", content=b"new")  # the literal route wins over {id}
     assert literal.status_code == 200
-    assert (await api.get("/run/orders/42")).json()["error"]["code"] == "route_not_found"  # method matters
-    assert (await api.post("/run/nothing/here")).status_code == 404
+    assert (await api.get("/run/default/orders/42")).json()["error"]["code"] == "route_not_found"  # method matters
+    assert (await api.post("/run/default/nothing/here")).status_code == 404
     clash = await api.post(
         "/v1/triggers",
         json={"id": "dup", "function": "echo", "kind": "http", "http": {"method": "POST", "path": "/orders/{x}"}},

@@ -33,14 +33,16 @@ async def make_hook(api: httpx.AsyncClient, trigger_id: str, scheme: str, **extr
         "/v1/triggers", json={"id": trigger_id, "function": "echo", "kind": "webhook", "webhook": webhook}
     )
     assert r.status_code == 201, r.text
-    assert r.json()["url"] == f"/v1/hooks/{trigger_id}"
+    assert r.json()["url"] == f"/v1/hooks/default/{trigger_id}"
 
 
 @pytest.mark.parametrize("scheme", ["hmac", "github", "stripe"])
 async def test_valid_signature_invokes_async(api: httpx.AsyncClient, scheme: str) -> None:
     await make_hook(api, f"hook-{scheme}", scheme)
     body = b'{"event":"push","n":1}'
-    r = await api.post(f"/v1/hooks/hook-{scheme}", content=body, headers=signed(scheme, body, at=int(time.time())))
+    r = await api.post(
+        f"/v1/hooks/default/hook-{scheme}", content=body, headers=signed(scheme, body, at=int(time.time()))
+    )
     assert r.status_code == 202, r.text
     record = await finished(api, r.json()["id"])
     assert record["status"] == "completed" and record["stdout"]["data"] == body.decode()
@@ -51,13 +53,13 @@ async def test_wrong_signature_is_401(api: httpx.AsyncClient, scheme: str) -> No
     await make_hook(api, f"forged-{scheme}", scheme)
     body = b'{"event":"push"}'
     forged = signed(scheme, body, at=int(time.time()), secret="not-the-secret-at-all")
-    r = await api.post(f"/v1/hooks/forged-{scheme}", content=body, headers=forged)
+    r = await api.post(f"/v1/hooks/default/forged-{scheme}", content=body, headers=forged)
     assert r.status_code == 401
     assert r.json()["error"]["code"] == "signature_invalid"
     tampered = signed(scheme, body, at=int(time.time()))
-    r = await api.post(f"/v1/hooks/forged-{scheme}", content=body + b" ", headers=tampered)
+    r = await api.post(f"/v1/hooks/default/forged-{scheme}", content=body + b" ", headers=tampered)
     assert r.status_code == 401 and r.json()["error"]["code"] == "signature_invalid"
-    r = await api.post(f"/v1/hooks/forged-{scheme}", content=body)
+    r = await api.post(f"/v1/hooks/default/forged-{scheme}", content=body)
     assert r.status_code == 401 and r.json()["error"]["code"] == "signature_missing"
 
 
@@ -66,7 +68,7 @@ async def test_stale_signature_is_401(api: httpx.AsyncClient, scheme: str) -> No
     await make_hook(api, f"stale-{scheme}", scheme)
     body = b"{}"
     r = await api.post(
-        f"/v1/hooks/stale-{scheme}", content=body, headers=signed(scheme, body, at=int(time.time()) - 120)
+        f"/v1/hooks/default/stale-{scheme}", content=body, headers=signed(scheme, body, at=int(time.time()) - 120)
     )
     assert r.status_code == 401
     assert r.json()["error"] == {"code": "signature_stale", "message": "the signature timestamp is more than 60s away"}
@@ -75,7 +77,7 @@ async def test_stale_signature_is_401(api: httpx.AsyncClient, scheme: str) -> No
 async def test_sync_webhook_answers_with_output(api: httpx.AsyncClient) -> None:
     await make_hook(api, "hook-sync", "github", sync=True)
     body = b"ping"
-    r = await api.post("/v1/hooks/hook-sync", content=body, headers=signed("github", body, at=0))
+    r = await api.post("/v1/hooks/default/hook-sync", content=body, headers=signed("github", body, at=0))
     assert r.status_code == 200 and r.content == b"ping" and r.headers["x-invocation-id"]
 
 
@@ -92,7 +94,7 @@ async def test_trigger_crud_and_generated_secret(api: httpx.AsyncClient) -> None
     assert "secret" not in shown["webhook"] and shown["kind"] == "webhook"
     assert "gen" in [t["id"] for t in (await api.get("/v1/triggers")).json()["triggers"]]
     body = b"x"
-    ok = await api.post("/v1/hooks/gen", content=body, headers=signed("github", body, at=0, secret=secret))
+    ok = await api.post("/v1/hooks/default/gen", content=body, headers=signed("github", body, at=0, secret=secret))
     assert ok.status_code == 202
 
     bad = await api.post("/v1/triggers", json={"id": "bad", "function": "echo", "kind": "cron", "webhook": {}})
@@ -108,5 +110,5 @@ async def test_trigger_crud_and_generated_secret(api: httpx.AsyncClient) -> None
 
     assert (await api.delete("/v1/triggers/gen")).status_code == 204
     assert (await api.get("/v1/triggers/gen")).json()["error"]["code"] == "trigger_not_found"
-    gone = await api.post("/v1/hooks/gen", content=body, headers=signed("github", body, at=0, secret=secret))
+    gone = await api.post("/v1/hooks/default/gen", content=body, headers=signed("github", body, at=0, secret=secret))
     assert gone.status_code == 404

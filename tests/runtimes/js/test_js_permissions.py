@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 
 from soulbox.core.schemas import FunctionSpec, Outcome
 from soulbox.runtimes.js.config import DENO, FunctionConfig, Permissions
 
+from ..linux.netfixtures import Upstream, upstream_network
 from .conftest import Make
 from .guests import engine_or_skip
 
@@ -15,7 +18,8 @@ const what = new TextDecoder().decode(await new Response(Deno.stdin.readable).ar
 const probes: Record<string, () => Promise<unknown>> = {
   read: () => Deno.readTextFile("/etc/hostname"),
   write: () => Deno.writeTextFile(Deno.env.get("OUT") ?? "/tmp/soulbox-denied", "x"),
-  net: async () => (await fetch(`http://127.0.0.1:${Deno.env.get("PORT") ?? "9"}/`)).text(),
+  net: async () =>
+    (await fetch(`http://${Deno.env.get("HOST") ?? "127.0.0.1"}:${Deno.env.get("PORT") ?? "9"}/`)).text(),
   env: async () => Deno.env.get("PORT") ?? Deno.env.get("HOME"),
   run: () => new Deno.Command("/bin/true").output(),
 };
@@ -37,18 +41,25 @@ async def test_deno_denies_by_default(make: Make, probe: str, local_server: int)
     assert result.stdout == b"denied NotCapable\n"
 
 
-async def test_deno_allows_what_is_granted(make: Make, local_server: int, tmp_path: object) -> None:
+@pytest.fixture
+def upstream() -> Iterator[Upstream]:
+    with upstream_network() as net:  # the sandbox's egress: never the host's loopback
+        yield net
+
+
+async def test_deno_allows_what_is_granted(make: Make, upstream: Upstream, tmp_path: object) -> None:
     engine_or_skip(DENO)
     out = f"{tmp_path}/granted.txt"
+    up = upstream
 
     def configure(spec: FunctionSpec) -> FunctionConfig:
-        grants = Permissions(net=(f"127.0.0.1:{local_server}",), read=("/etc/hostname",), write=(out,))
-        return FunctionConfig(env={"PORT": str(local_server), "OUT": out}, permissions=grants)
+        grants = Permissions(net=(f"{up.public}:{up.port}",), read=("/etc/hostname",), write=(out,))
+        return FunctionConfig(env={"HOST": str(up.public), "PORT": str(up.port), "OUT": out}, permissions=grants)
 
     js, guests = make(DENO, {"probe": PROBE}, configure=configure)
     results = {probe: await js.run(guests.spec("probe"), probe.encode()) for probe in ("read", "write", "net", "env")}
     assert results["net"].stdout == b"allowed pong\n"
-    assert results["env"].stdout == f"allowed {local_server}\n".encode()  # a binding, nothing else
+    assert results["env"].stdout == f"allowed {up.port}\n".encode()  # a binding, nothing else
     assert results["read"].stdout.startswith(b"allowed")
     assert results["write"].stdout == b"allowed \n"
     assert (await js.run(guests.spec("probe"), b"run")).stdout == b"denied NotCapable\n"

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+
+import pytest
 
 from soulbox.core.schemas import FunctionSpec, Outcome, Runtime
 from soulbox.core.settings import LinuxSettings
@@ -15,6 +17,7 @@ from soulbox.runtimes.js.http import HttpRequest, HttpResponse
 from soulbox.runtimes.js.runtime import JsRuntime
 from soulbox.runtimes.js.sandbox import JsSandbox
 
+from ..linux.netfixtures import Upstream, upstream_network
 from .conftest import Make
 from .guests import Guests, engine_or_skip
 
@@ -46,9 +49,9 @@ export default {
 """
 CONNECTS = """
 export default {
-  async fetch(request: Request, env: { PORT: string }): Promise<Response> {
+  async fetch(request: Request, env: { HOST: string; PORT: string }): Promise<Response> {
     try {
-      return new Response("allowed " + await (await fetch(`http://127.0.0.1:${env.PORT}/`)).text());
+      return new Response("allowed " + await (await fetch(`http://${env.HOST}:${env.PORT}/`)).text());
     } catch (err) {
       return new Response("denied " + (err as Error).name);
     }
@@ -64,8 +67,10 @@ async def call(js: JsRuntime, guests: Guests, name: str, body: bytes = b"") -> b
     return HttpResponse.decode(result.stdout).body
 
 
-def grants(port: int = 0, **permissions: tuple[str, ...]) -> Callable[[FunctionSpec], FunctionConfig]:
-    config = FunctionConfig(env={"PORT": str(port)}, permissions=Permissions(**permissions))
+def grants(
+    port: int = 0, host: object = "127.0.0.1", **permissions: tuple[str, ...]
+) -> Callable[[FunctionSpec], FunctionConfig]:
+    config = FunctionConfig(env={"HOST": str(host), "PORT": str(port)}, permissions=Permissions(**permissions))
     return lambda spec: config
 
 
@@ -89,13 +94,27 @@ async def test_only_its_own_processes_are_visible(make: Make) -> None:
     assert json.loads(await call(js, guests, "procs")) == ["1"]
 
 
-async def test_bun_reaches_the_host_network_only_when_granted(make: Make, local_server: int) -> None:
+@pytest.fixture
+def upstream() -> Iterator[Upstream]:
+    with upstream_network() as net:  # pyroute2's sync API runs its own event loop: not inside a test's
+        yield net
+
+
+async def test_bun_reaches_only_the_granted_destinations(make: Make, local_server: int, upstream: Upstream) -> None:
     engine_or_skip(BUN)
-    port = local_server
-    js, guests = make(BUN, {"connects": CONNECTS}, configure=grants(port=port))
+    up = upstream
+    js, guests = make(BUN, {"connects": CONNECTS}, configure=grants(port=local_server))
     assert (await call(js, guests, "connects")).startswith(b"denied")  # its own loopback: nobody listens
-    js, guests = make(BUN, {"connects": CONNECTS}, configure=grants(port=port, net=(f"127.0.0.1:{local_server}",)))
+    granted = grants(host=up.public, port=up.port, net=(f"{up.public}:{up.port}",))
+    js, guests = make(BUN, {"connects": CONNECTS}, configure=granted)
     assert await call(js, guests, "connects") == b"allowed pong"
+    # Granted the host's loopback: the sandbox's namespace has its own, and loopback is never egress.
+    loopback = grants(port=local_server, net=(f"127.0.0.1:{local_server}",))
+    js, guests = make(BUN, {"connects": CONNECTS}, configure=loopback)
+    assert (await call(js, guests, "connects")).startswith(b"denied")
+    other = grants(host=up.public, port=up.other_port, net=(f"{up.public}:{up.port}",))
+    js, guests = make(BUN, {"connects": CONNECTS}, configure=other)
+    assert (await call(js, guests, "connects")).startswith(b"denied")  # another port of the granted host
 
 
 def _children(pid: int) -> list[int]:

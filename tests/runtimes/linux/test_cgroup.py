@@ -19,6 +19,7 @@ from soulbox.runtimes.linux.cgroup import (
     parent_dir,
     parse_mountinfo,
     parse_proc_cgroup,
+    read_io,
 )
 from soulbox.runtimes.linux.cgroup_v2 import WORKER_LEAF, CgroupV2, SandboxCgroupV2
 from soulbox.runtimes.linux.errors import SandboxUnavailable
@@ -78,7 +79,7 @@ def test_v2_enables_controllers_down_to_the_sandboxes(tmp_path: Path) -> None:
     driver = CgroupV2.setup(mount, f"/system.slice/worker.service/{WORKER_LEAF}", None, "w1")  # after evacuating
     assert driver.parents == (instance,)
     for path in (own, instance.parent, instance):
-        assert (path / "cgroup.subtree_control").read_text() == "+memory +pids +cpu"
+        assert (path / "cgroup.subtree_control").read_text() == "+memory +pids +cpu +io"
 
 
 def test_v2_refuses_without_delegated_controllers(tmp_path: Path) -> None:
@@ -101,3 +102,17 @@ def test_v2_sandbox_files(tmp_path: Path) -> None:
         1, 12, 32 << 20, 3,
     )  # fmt: skip
     assert CgroupLimits(1, 8, 0.5).cpu_quota == 0.5
+
+
+def test_io_bytes_from_v2_io_stat_and_v1_blkio(tmp_path: Path) -> None:
+    v2 = "8:0 rbytes=4096 wbytes=8192 rios=1 wios=2 dbytes=0 dios=0\n259:0 rbytes=1 wbytes=2 rios=1 wios=1\n"
+    assert read_io(v2) == (4097, 8194)
+    v1 = "8:0 Read 4096\n8:0 Write 512\n8:0 Sync 0\n8:0 Total 4608\n8:16 Read 1\nTotal 4609\n"
+    assert read_io(v1) == (4097, 512)
+    assert read_io("") == (0, 0)
+    cg = SandboxCgroupV2("sb-1", tmp_path)
+    (tmp_path / "cpu.stat").write_text("usage_usec 5\n")
+    (tmp_path / "memory.current").write_text("100\n")
+    assert (cg.usage().io_read_bytes, cg.usage().io_write_bytes) == (None, None)  # no io controller
+    (tmp_path / "io.stat").write_text(v2)
+    assert (cg.usage().io_read_bytes, cg.usage().io_write_bytes) == (4097, 8194)
