@@ -1,6 +1,7 @@
 """OpenAPI of ``/v1/limits``, and the answers every operation may give whatever its handler does.
 
-Every operation with inputs may answer 400 ``invalid_request``; every operation
+Every operation but the public ones may answer 401 (and 403, when it has a
+caller); every operation with inputs may answer 400 ``invalid_request``; every operation
 may be refused with a 429 (rate limit or quota, with ``Retry-After``); every
 operation with a body may be refused with a 413; and every operation but the
 ones with their own deadline may time out with a 504.
@@ -13,6 +14,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from .hardening import has_own_deadline
+from .identity.rbac import PUBLIC, TENANT_PUBLIC
 from .limits import LimitsOut
 from .openapi_parts import error, json_response
 
@@ -32,6 +34,8 @@ _LIMITED = {
     ),
     "headers": _RETRY_AFTER,
 }
+_UNAUTHENTICATED = error("no valid credential (or a bad signed URL)", "unauthenticated", "invalid_signature")
+_FORBIDDEN = error("the caller's role or scopes do not allow this", "forbidden")
 _INVALID = error("a parameter or the body is not valid", "invalid_request")
 _TOO_LARGE = error("the request body is over the gateway's limit", "payload_too_large")
 _TIMEOUT = error("no response within the gateway's request deadline", "request_timeout")
@@ -44,6 +48,10 @@ def add_common_responses(paths: dict[str, dict[str, Any]]) -> None:
         for method, op in item.items():
             responses: dict[str, Any] = dict(op.get("responses", {}))
             item[method] = {**op, "responses": responses}  # a copy: the operations tables stay as written
+            if path not in PUBLIC:
+                responses.setdefault("401", _UNAUTHENTICATED)
+                if path not in TENANT_PUBLIC:
+                    responses.setdefault("403", _FORBIDDEN)
             if op.get("parameters") or "requestBody" in op:
                 responses.setdefault("400", _INVALID)
             if path not in _UNLIMITED:
