@@ -135,7 +135,7 @@ async def list_sandboxes(request: Request) -> Response:
     plane, tenant = _ctx(request)
     raw_state = request.query_params.get("state")
     try:
-        state = SandboxState(raw_state) if raw_state else None
+        state = SandboxState(raw_state) if raw_state is not None else None
     except ValueError:
         raise InvalidRequest(f"state must be running or paused, got {raw_state!r}") from None
     records = await plane.list_records(tenant, state=state)
