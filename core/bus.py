@@ -102,6 +102,7 @@ class Buckets:
     api_keys: KeyValue
     oauth_clients: KeyValue
     jwt_keys: KeyValue
+    limits: KeyValue
 
 
 async def _ensure_stream(js: JetStreamContext, config: api.StreamConfig) -> None:
@@ -222,6 +223,18 @@ async def ensure_topology(js: JetStreamContext, settings: Settings) -> Buckets:
             num_replicas=replicas,
         ),
     )
+    await _ensure_stream(
+        js,
+        api.StreamConfig(
+            name=names.RATELIMIT_STREAM,
+            subjects=[names.RATELIMIT_SUBJECTS],
+            allow_msg_counter=True,  # atomic increments: one round trip, whatever the contention
+            storage=api.StorageType.MEMORY,  # short-lived windows; losing them resets rate limits, nothing else
+            max_msgs_per_subject=1,
+            max_age=max(10.0, 4 * settings.limits.window_s),
+            num_replicas=replicas,
+        ),
+    )
     await _ensure_consumer(
         js,
         names.CALLBACKS_STREAM,
@@ -306,6 +319,7 @@ async def ensure_topology(js: JetStreamContext, settings: Settings) -> Buckets:
         api_keys=await _ensure_kv(js, kv(bucket=names.API_KEYS_BUCKET, history=1, replicas=replicas)),
         oauth_clients=await _ensure_kv(js, kv(bucket=names.OAUTH_CLIENTS_BUCKET, history=1, replicas=replicas)),
         jwt_keys=await _ensure_kv(js, kv(bucket=names.JWT_KEYS_BUCKET, history=1, replicas=replicas)),
+        limits=await _ensure_kv(js, kv(bucket=names.LIMITS_BUCKET, history=1, replicas=replicas)),
     )
 
 

@@ -44,6 +44,10 @@ LOGS_STREAM: Final = "SB_LOGS"
 """Output of invocations as it is produced (chunks, then an end entry per attempt), kept with retention."""
 LOGS_SUBJECTS: Final = "sb.logs.>"
 
+RATELIMIT_STREAM: Final = "SB_RATELIMITS"
+"""Counters (``Nats-Incr``) of the requests admitted per rate-limit scope and time window, shared by every gateway."""
+RATELIMIT_SUBJECTS: Final = "sb.ratelimit.>"
+
 # Durable consumers ----------------------------------------------------------
 SCHEDULER_CONSUMER: Final = "scheduler"
 EVENT_CONSUMERS: Final = ("billing", "audit", "metrics")
@@ -78,6 +82,8 @@ SIGNED_NONCES_BUCKET: Final = "sb_signed_nonces"
 AUDIT_STATE_BUCKET: Final = "sb_audit_state"
 """The audit exporter's progress (last exported sequence and hash)."""
 AUDIT_CONSUMER: Final = "audit"
+LIMITS_BUCKET: Final = "sb_limits"
+"""Rate limits and quotas configured per tenant (``tenant.<tenant>``) and per API key (``key.<key id>``)."""
 
 TENANTS_BUCKET: Final = "sb_tenants"
 """Tenants (teams), by name."""
@@ -225,5 +231,20 @@ def invocation_logs_subject(tenant: str, invocation_id: str) -> str:
 def sandbox_logs_subject(tenant: str, sandbox_id: str) -> str:
     """``sb.logs.sbx.<tenant>.<sandbox id>``: a sandbox's log lines, kept after it ended."""
     return f"sb.logs.sbx.{tenant_token(tenant)}.{sandbox_id}"
+
+
 def user_key(tenant: str, user_id: str) -> str:
     return f"{tenant}.{user_id}"
+
+
+def ratelimit_subject(scope: str, window: int) -> str:
+    """The counter of one rate-limit scope (``t.<tenant>`` or ``k.<key token>``) in one time window."""
+    return f"sb.ratelimit.{scope}.{window}"
+
+
+def tenant_limits_key(tenant: str) -> str:
+    return f"tenant.{tenant}"
+
+
+def api_key_limits_key(key_token: str) -> str:
+    return f"key.{key_token}"

@@ -391,6 +391,15 @@ class UsageEntry(Message):
     egress_bytes: int = 0
 
 
+class LimitsRecord(Message):
+    """Limits of one tenant or API key (KV ``sb_limits``); a field left None takes the settings' default."""
+
+    requests_per_s: float | None = Field(None, gt=0)
+    concurrent_sandboxes: int | None = Field(None, ge=0)
+    invocations_per_day: int | None = Field(None, ge=0)
+    gb_seconds_per_month: float | None = Field(None, ge=0)
+
+
 class TunnelFrameKind(StrEnum):
     OPEN = "open"  # client -> server: request head (+ the whole body when it fits one frame)
     HEAD = "head"  # server -> client: response head (+ the whole body when it fits one frame)

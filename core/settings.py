@@ -55,6 +55,13 @@ class GatewaySettings(BaseModel):
     api_keys: list[SecretStr] = Field(
         default_factory=list, description="keys accepted in X-API-KEY / Authorization: Bearer (none: no check)"
     )
+    request_timeout_s: float = Field(
+        30.0, gt=0, description="deadline until a response starts (504 after it); invocations keep their own"
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list, description="origins allowed by CORS (none: no CORS headers at all)"
+    )
+    hsts_max_age_s: int = Field(0, ge=0, description="Strict-Transport-Security max-age (0: no HSTS header)")
 
 
 class OidcIssuerSettings(BaseModel):
@@ -88,6 +95,24 @@ class QueueSettings(BaseModel):
     max_msgs: int = Field(1_000_000, ge=1)
     max_bytes: int = Field(-1, ge=-1, description="-1: unbounded")
     retry_after_s: float = Field(1.0, gt=0, description="Retry-After of a 429 when the queue is full")
+
+
+class LimitsSettings(BaseModel):
+    """Default rate limits and quotas; a tenant's or API key's record in KV ``sb_limits`` overrides them.
+
+    None: unlimited. Quotas (sandboxes, invocations, GB-seconds) are per tenant; requests/s per tenant and per key.
+    """
+
+    requests_per_s: float | None = Field(None, gt=0, description="requests per second of a tenant")
+    key_requests_per_s: float | None = Field(None, gt=0, description="requests per second of one API key")
+    concurrent_sandboxes: int | None = Field(None, ge=0, description="live (running or paused) sandboxes")
+    invocations_per_day: int | None = Field(None, ge=0, description="billed invocations per UTC day")
+    gb_seconds_per_month: float | None = Field(None, ge=0, description="billed GB-seconds per UTC month")
+    window_s: float = Field(1.0, gt=0, le=60, description="rate-limit window; its limit is requests_per_s * window_s")
+    chunk_fraction: float = Field(
+        0.05, gt=0, le=1, description="share of a window's limit a gateway claims at once from the shared counter"
+    )
+    sandbox_retry_after_s: float = Field(10.0, gt=0, description="Retry-After when the sandbox quota is full")
 
 
 class TriggerSettings(BaseModel):
@@ -391,3 +416,4 @@ class Settings(BaseSettings):
     logs: LogsSettings = LogsSettings()
     identity: IdentitySettings = IdentitySettings()
     tracing: TracingSettings = TracingSettings()
+    limits: LimitsSettings = LimitsSettings()

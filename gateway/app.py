@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -23,9 +24,11 @@ from soulbox.triggers.catalog import TriggerCatalog
 from . import aliases, deadletters, functions, hooks, invocations, reports, secrets, signed, tenants, triggers
 from .auth import AuthGate, unlisted_routes
 from .errors import EXCEPTION_HANDLERS, error_response
+from .hardening import Hardening
 from .identity import api as identity_api
 from .identity import open_identity
 from .instruments import GatewayInstruments, metrics
+from .limits import LimitsGate, LimitsService, get_limits
 from .middleware import RequestTrail
 from .openapi import openapi_document
 from .platform import Platform, platform
@@ -69,6 +72,7 @@ def routes() -> list[BaseRoute]:
         Route("/v1/invocations/{invocation_id}", invocations.get_invocation, methods=["GET"], name="get_invocation"),
         Route("/v1/invocations/{invocation_id}/logs", invocations.get_invocation_logs, methods=["GET"]),
         Route("/v1/usage", reports.get_usage, methods=["GET"]),
+        Route("/v1/limits", get_limits, methods=["GET"]),
         Route("/v1/audit", reports.get_audit, methods=["GET"]),
         Route("/v1/audit/verify", reports.verify_audit, methods=["GET"]),
         Route("/v1/tenants/{tenant}/export", tenants.export_tenant, methods=["GET"]),
@@ -102,6 +106,20 @@ def routes() -> list[BaseRoute]:
 ROUTE_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
 
 
+def cors(settings: Settings) -> list[Middleware]:
+    """CORS only when origins are configured: by default browsers get no cross-origin access."""
+    origins = settings.gateway.cors_origins
+    if not origins:
+        return []
+    expose = ["Retry-After", "X-Invocation-Id", "X-Exit-Code", "X-Duration-Ms", "Location"]
+    every = ["*"]
+    return [
+        Middleware(
+            CORSMiddleware, allow_origins=origins, allow_methods=every, allow_headers=every, expose_headers=expose
+        )
+    ]
+
+
 def create_app(settings: Settings) -> Starlette:
     master_keys = MasterKeys.from_settings(settings)  # at once: a bad master key stops the start
 
@@ -122,6 +140,9 @@ def create_app(settings: Settings) -> Starlette:
         app.state.authenticator = await open_identity(settings, buckets)
         for route in unlisted_routes(app.routes):
             log.warning("auth.route_without_permission", route=route, allowed="operator only")
+        limits = LimitsService(settings.limits, js, buckets.limits, buckets.billing)
+        await limits.start()
+        app.state.limits = limits
         app.state.platform = Platform(settings, nc, js, buckets, registry, waiter, sandboxes, tunnel)
         app.state.triggers = trigger_catalog
         app.state.secrets = SecretStore(buckets.secrets, master_keys)
@@ -135,6 +156,7 @@ def create_app(settings: Settings) -> Starlette:
             yield
         finally:
             await app.state.authenticator.issuers.aclose()
+            await limits.stop()
             await trigger_catalog.stop()
             await tunnel.close()
             await waiter.stop()
@@ -145,10 +167,13 @@ def create_app(settings: Settings) -> Starlette:
         routes=routes(),
         middleware=[
             Middleware(SandboxRouter, domain=settings.sandboxes.domain),
+            Middleware(Hardening, settings=settings.gateway),  # headers, deadline, body cap: on every answer
+            *cors(settings),
             Middleware(TraceRequests),  # outside the trail: its log line carries the trace id
             Middleware(RequestTrail),  # outside the gate: refused calls are audited too
             Middleware(signed.SignedUrlGate, max_expires_s=settings.signed_urls.max_expires_s),
             Middleware(AuthGate),
+            Middleware(LimitsGate),  # inside the gate: knows the principal
         ],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,

@@ -35,10 +35,16 @@ _STATUS: list[tuple[type[errors.SoulboxError], int]] = [
 
 _HTTP_CODES = {
     400: "invalid_request",
+    401: "unauthenticated",
+    403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
+    406: "not_acceptable",
+    409: "conflict",
     413: "payload_too_large",
     415: "unsupported_media_type",
+    422: "invalid_request",
+    429: "rate_limited",
 }
 
 

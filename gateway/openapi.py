@@ -11,7 +11,7 @@ from starlette.routing import BaseRoute, Route
 from soulbox.core.schemas import NAME_PATTERN, AuditRecord
 from soulbox.events import UsageReport
 
-from . import openapi_admin, openapi_identity, openapi_logs, openapi_secrets, openapi_triggers
+from . import openapi_admin, openapi_identity, openapi_limits, openapi_logs, openapi_secrets, openapi_triggers
 from .models import ErrorResponse, FunctionList, FunctionOut, InvocationAccepted, InvocationOut
 from .platform import INVOCATION_ID_RE
 from .sandboxes import api as sandbox_api
@@ -30,6 +30,7 @@ _MODELS: list[type[BaseModel]] = [
     *openapi_secrets.MODELS,
     *openapi_logs.MODELS,
     *openapi_identity.MODELS,
+    *openapi_limits.MODELS,
 ]
 
 
@@ -205,6 +206,7 @@ def openapi_document(
         **openapi_secrets.OPERATIONS,
         **openapi_logs.OPERATIONS,
         **openapi_identity.OPERATIONS,
+        **openapi_limits.OPERATIONS,
         **(extra or {}),
     }
     paths: dict[str, dict[str, Any]] = {}
@@ -215,6 +217,7 @@ def openapi_document(
             op = operations.get((route.path, method.lower()))
             if op is not None:
                 paths.setdefault(route.path, {})[method.lower()] = op
+    openapi_limits.add_common_responses(paths)
     schemas: dict[str, Any] = {}
     for model in _MODELS:
         schema = model.model_json_schema(ref_template="#/components/schemas/{model}")

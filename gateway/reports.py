@@ -23,7 +23,7 @@ _DATETIME: TypeAdapter[datetime] = TypeAdapter(datetime)
 def _datetime(request: Request, *names: str) -> datetime | None:
     for name in names:
         raw = request.query_params.get(name)
-        if raw is None or raw == "":
+        if raw is None:
             continue
         try:
             return _DATETIME.validate_python(raw)
@@ -34,7 +34,7 @@ def _datetime(request: Request, *names: str) -> datetime | None:
 
 def _int(request: Request, name: str, default: int, *, low: int, high: int) -> int:
     raw = request.query_params.get(name)
-    if raw is None or raw == "":
+    if raw is None:
         return default
     try:
         value = int(raw)

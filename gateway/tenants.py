@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from soulbox.core import names
-from soulbox.core.errors import Unavailable
+from soulbox.core.errors import InvalidRequest, Unavailable
 from soulbox.core.schemas import AuditRecord, FunctionSpec, InvocationRecord, checked_name, utcnow
 from soulbox.core.secrets_signing import SigningKeyRing
 from soulbox.core.secrets_store import SecretEntry
@@ -82,8 +82,11 @@ async def tenant_document(p: Platform, tenant: str) -> dict[str, Any]:
 async def export_tenant(request: Request) -> Response:
     p = platform(request)
     tenant = checked_name(request.path_params["tenant"], what="tenant")
+    to = request.query_params.get("to")
+    if to not in (None, "s3"):
+        raise InvalidRequest(f"to must be s3, got {to!r}")
     document = await tenant_document(p, tenant)
-    if request.query_params.get("to") == "s3":
+    if to == "s3":
         store = ExportStore(p.settings.s3)
         stamp = utcnow().strftime("%Y%m%dT%H%M%SZ")
         key = await store.put(

@@ -77,6 +77,7 @@ ROUTES: Final[dict[tuple[str, str], str]] = {
     ("GET", "/v1/invocations/{invocation_id}"): "invocations:read",
     ("GET", "/v1/invocations/{invocation_id}/logs"): "invocations:read",
     ("GET", "/v1/usage"): "usage:read",
+    ("GET", "/v1/limits"): "usage:read",
     ("GET", "/v1/audit"): "audit:read",
     ("GET", "/v1/audit/verify"): "audit:read",
     ("GET", "/v1/tenants"): "tenants:manage",

@@ -17,7 +17,14 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 
 from soulbox.core.errors import InvalidRequest
 from soulbox.core.outputlog import until
-from soulbox.core.sandboxes import SandboxLogLine, SandboxMetric, SandboxNetwork, SandboxRecord, SandboxState
+from soulbox.core.sandboxes import (
+    SandboxLogLine,
+    SandboxMetric,
+    SandboxNetwork,
+    SandboxRecord,
+    SandboxState,
+    Template,
+)
 
 from ..bodies import M, json_body
 from ..platform import platform
@@ -31,7 +38,7 @@ from .terminal import terminal
 class CreateSandbox(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    template: str = Field("base", min_length=1, max_length=63)
+    template: Template = "base"
     timeout_s: int | None = Field(None, ge=1, description="default: sandboxes.default_timeout_s")
     auto_pause: bool = Field(False, description="pause instead of kill at the timeout")
     metadata: dict[str, str] = Field(default_factory=dict)
@@ -128,7 +135,7 @@ async def list_sandboxes(request: Request) -> Response:
     plane, tenant = _ctx(request)
     raw_state = request.query_params.get("state")
     try:
-        state = SandboxState(raw_state) if raw_state else None
+        state = SandboxState(raw_state) if raw_state is not None else None
     except ValueError:
         raise InvalidRequest(f"state must be running or paused, got {raw_state!r}") from None
     records = await plane.list_records(tenant, state=state)

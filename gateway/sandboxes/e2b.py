@@ -25,7 +25,7 @@ from starlette.routing import Route
 
 from soulbox.core.errors import InvalidRequest, SoulboxError
 from soulbox.core.logging import get_logger
-from soulbox.core.sandboxes import SandboxNetwork, SandboxRecord, SandboxState
+from soulbox.core.sandboxes import SandboxNetwork, SandboxRecord, SandboxState, Template
 
 from ..bodies import M, json_body
 from ..errors import status_of
@@ -54,7 +54,7 @@ class E2bNetwork(BaseModel):
 class NewSandbox(BaseModel):
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
 
-    template_id: str = Field(alias="templateID", min_length=1, max_length=63)
+    template_id: Template = Field(alias="templateID")
     timeout: int | None = Field(None, ge=1)
     auto_pause: bool = Field(False, alias="autoPause")
     metadata: dict[str, str] | None = None

@@ -34,7 +34,15 @@ from soulbox.core.schemas import (
 )
 from soulbox.core.settings import Settings
 from soulbox.events import run
-from soulbox.gateway import openapi, openapi_admin, openapi_identity, openapi_logs, openapi_secrets, openapi_triggers
+from soulbox.gateway import (
+    openapi,
+    openapi_admin,
+    openapi_identity,
+    openapi_limits,
+    openapi_logs,
+    openapi_secrets,
+    openapi_triggers,
+)
 from soulbox.gateway.app import create_app, routes
 from soulbox.triggers.signatures import sign_hmac
 
@@ -92,6 +100,7 @@ def test_every_operation_is_routed(document: dict[str, Any]) -> None:
         openapi_secrets.OPERATIONS,
         openapi_logs.OPERATIONS,
         openapi_identity.OPERATIONS,
+        openapi_limits.OPERATIONS,
     )
     merged = {key for table in tables for key in table}
     assert sorted(set(merged) - routed) == []
