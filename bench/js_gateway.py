@@ -40,7 +40,7 @@ from soulbox.core.natsserver import free_port
 from soulbox.runtimes.js.engines import TOOLS_DIRS, find_binary
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # invoke.py beside it: the stack start-up is shared
-from invoke import pct, start_stack, timed
+from invoke import pct, request_rate, start_stack, timed
 
 HANDLER = 'export default { fetch(request) { return new Response("hello"); } };\n'
 WORKERD_VERSION = "1.20261117.1"
@@ -121,28 +121,6 @@ def measure(url: str, path: str, method: str, n: int) -> dict[str, float]:
     return {"first": first, "p50": statistics.median(samples), "p99": pct(samples, 0.99)}
 
 
-async def rate(url: str, path: str, method: str, total: int, concurrency: int) -> float:
-    host, port = url.removeprefix("http://").split(":")
-    request = f"{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\n\r\n".encode()
-    remaining = total
-
-    async def connection() -> None:
-        nonlocal remaining
-        reader, writer = await asyncio.open_connection(host, int(port))
-        while remaining > 0:
-            remaining -= 1
-            writer.write(request)
-            head = await reader.readuntil(b"\r\n\r\n")
-            assert head.startswith(b"HTTP/1.1 200"), head
-            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
-            await reader.readexactly(length)
-        writer.close()
-
-    started = time.perf_counter()
-    await asyncio.gather(*(connection() for _ in range(concurrency)))
-    return total / (time.perf_counter() - started)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-n", type=int, default=500, help="sequential warm requests per path")
@@ -156,7 +134,7 @@ def main() -> None:
         for kind in kinds:
             with bare_server(kind, Path(tmp)) as url:
                 rows[f"bare {kind}"] = measure(url, "/", "GET", args.n)
-                rows[f"bare {kind}"]["rate"] = asyncio.run(rate(url, "/", "GET", args.total, args.concurrency))
+                rows[f"bare {kind}"]["rate"] = asyncio.run(request_rate(url, "GET", "/", args.total, args.concurrency))
         process, url = start_stack(Path(tmp), 1)
         try:
             with httpx.Client(base_url=url, timeout=60) as client:
@@ -171,7 +149,7 @@ def main() -> None:
                 path = f"/v1/functions/hello-{runtime}/invoke"
                 rows[f"SoulBox {runtime}"] = measure(url, path, "POST", args.n)
                 rows[f"SoulBox {runtime}"]["rate"] = asyncio.run(
-                    rate(url, path, "POST", args.total, args.concurrency)
+                    request_rate(url, "POST", path, args.total, args.concurrency)
                 )
         finally:
             os.killpg(process.pid, signal.SIGTERM)
