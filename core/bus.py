@@ -19,8 +19,8 @@ from nats.js.object_store import ObjectStore
 from . import names
 from .errors import Unavailable
 from .logging import get_logger
-from .schemas import MAX_WEBHOOK_TOLERANCE_S
 from .settings import Settings
+from .triggerspecs import MAX_WEBHOOK_TOLERANCE_S
 
 log = get_logger(__name__)
 

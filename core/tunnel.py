@@ -37,10 +37,10 @@ Errors (``soulbox.core.errors``): ``TunnelError`` and its subclasses.
 
 from __future__ import annotations
 
-from .schemas import TunnelRequestHead, TunnelResponseHead
 from .tunnel_client import TunnelClient, TunnelStream
 from .tunnel_flow import Body, Handler, Inbound, TunnelRequest, TunnelResponse, TunnelSettings
 from .tunnel_server import TunnelServer, TunnelServerStats
+from .tunnelframes import TunnelRequestHead, TunnelResponseHead
 
 __all__ = [
     "Body",

@@ -30,8 +30,8 @@ from .errors import (
     TunnelUnreachable,
 )
 from .logging import get_logger
-from .schemas import TunnelFrame, TunnelFrameKind, TunnelRequestHead, TunnelResponseHead
 from .tunnel_flow import Body, Credit, Inbound, Link, TunnelSettings, chunked, remote_error
+from .tunnelframes import TunnelFrame, TunnelFrameKind, TunnelRequestHead, TunnelResponseHead
 
 log = get_logger(__name__)
 

@@ -31,7 +31,7 @@ from .errors import (
     TunnelProtocolError,
     TunnelRemoteError,
 )
-from .schemas import TunnelFault, TunnelFrame, TunnelFrameKind, TunnelRequestHead, TunnelResponseHead
+from .tunnelframes import TunnelFault, TunnelFrame, TunnelFrameKind, TunnelRequestHead, TunnelResponseHead
 
 # Room for the frame's envelope (sid, seq, kind, ...) and NATS headers under max_payload.
 FRAME_OVERHEAD = 4096

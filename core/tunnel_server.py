@@ -23,7 +23,6 @@ from nats.aio.subscription import Subscription
 from .codec import decode, encode
 from .errors import SchemaError, TunnelClosed, TunnelError, TunnelPeerLost, TunnelProtocolError
 from .logging import get_logger
-from .schemas import TunnelFault, TunnelFrame, TunnelFrameKind, TunnelRequestHead, TunnelResponseHead
 from .tunnel_flow import (
     UNKNOWN_STREAM,
     Credit,
@@ -36,6 +35,7 @@ from .tunnel_flow import (
     chunked,
     fault_of,
 )
+from .tunnelframes import TunnelFault, TunnelFrame, TunnelFrameKind, TunnelRequestHead, TunnelResponseHead
 
 log = get_logger(__name__)
 

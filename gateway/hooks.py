@@ -26,7 +26,7 @@ from starlette.responses import Response
 
 from soulbox.core import names
 from soulbox.core.errors import NotFound
-from soulbox.core.schemas import TriggerKind, TriggerSpec
+from soulbox.core.triggerspecs import TriggerKind, TriggerSpec
 from soulbox.runtimes.js.http import HttpRequest
 from soulbox.triggers.replay import claim, release
 from soulbox.triggers.signatures import SignatureError, verify

@@ -24,8 +24,8 @@ from starlette.types import Receive, Scope, Send
 
 from soulbox.core.errors import SoulboxError, TunnelClosed, TunnelError, TunnelTimeout
 from soulbox.core.logging import get_logger
-from soulbox.core.schemas import TunnelRequestHead
 from soulbox.core.tunnel import Body, TunnelClient, TunnelStream
+from soulbox.core.tunnelframes import TunnelRequestHead
 
 from .errors import error_response, status_of
 

@@ -20,9 +20,9 @@ from starlette.responses import JSONResponse, Response
 from soulbox.core import names
 from soulbox.core.codec import encode
 from soulbox.core.errors import Conflict, InvalidRequest, NotFound
-from soulbox.core.schemas import (
-    NAME_PATTERN,
-    NAME_RE,
+from soulbox.core.schemas import NAME_PATTERN, NAME_RE, utcnow
+from soulbox.core.store import get_model, scan
+from soulbox.core.triggerspecs import (
     CronConfig,
     HttpRouteConfig,
     NatsTriggerConfig,
@@ -30,9 +30,7 @@ from soulbox.core.schemas import (
     TriggerKind,
     TriggerSpec,
     WebhookConfig,
-    utcnow,
 )
-from soulbox.core.store import get_model, scan
 from soulbox.triggers import cron
 from soulbox.triggers.catalog import TriggerCatalog
 from soulbox.triggers.routes import RoutePattern, normalized

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from nats.js.kv import KeyValue
 
 from soulbox.core.kvmirror import KvMirror
-from soulbox.core.schemas import TriggerKind, TriggerSpec
+from soulbox.core.triggerspecs import TriggerKind, TriggerSpec
 
 from .routes import RoutePattern
 

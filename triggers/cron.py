@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from croniter import croniter
 
 from soulbox.core.errors import InvalidRequest
-from soulbox.core.schemas import CronConfig
+from soulbox.core.triggerspecs import CronConfig
 
 
 def zone(name: str) -> ZoneInfo:

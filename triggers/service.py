@@ -30,8 +30,9 @@ from soulbox.core import names, tracing
 from soulbox.core.codec import decode, encode
 from soulbox.core.errors import SchemaError, SoulboxError
 from soulbox.core.logging import get_logger
-from soulbox.core.schemas import CronState, InvocationRecord, MissedRuns, Status, TriggerKind, TriggerSpec, utcnow
+from soulbox.core.schemas import InvocationRecord, Status, utcnow
 from soulbox.core.settings import Settings
+from soulbox.core.triggerspecs import CronState, MissedRuns, TriggerKind, TriggerSpec
 
 from . import cron
 from .callbacks import CallbackDeliverer

@@ -15,7 +15,7 @@ import hmac
 from collections.abc import Mapping
 
 from soulbox.core.errors import SoulboxError
-from soulbox.core.schemas import SignatureScheme, WebhookConfig
+from soulbox.core.triggerspecs import SignatureScheme, WebhookConfig
 
 HMAC_TIMESTAMP_HEADER = "x-soulbox-timestamp"
 HMAC_SIGNATURE_HEADER = "x-soulbox-signature"

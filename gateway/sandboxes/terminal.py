@@ -28,8 +28,8 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from soulbox.core import names
 from soulbox.core.errors import InvalidRequest, SoulboxError
 from soulbox.core.sandboxes import SandboxRecord
-from soulbox.core.schemas import TunnelRequestHead
 from soulbox.core.tunnel import TunnelClient, TunnelStream
+from soulbox.core.tunnelframes import TunnelRequestHead
 from soulbox.runtimes.linux.envd.connect import END_STREAM, EnvelopeReader, envelope
 
 from ..errors import status_of

@@ -30,7 +30,6 @@ from soulbox.core.errors import (
     TunnelTimeout,
     TunnelUnreachable,
 )
-from soulbox.core.schemas import TunnelFault, TunnelFrame, TunnelFrameKind, TunnelResponseHead
 from soulbox.core.settings import Settings
 from soulbox.core.tunnel import (
     Handler,
@@ -41,6 +40,7 @@ from soulbox.core.tunnel import (
     TunnelServer,
     TunnelSettings,
 )
+from soulbox.core.tunnelframes import TunnelFault, TunnelFrame, TunnelFrameKind, TunnelResponseHead
 
 pytestmark = pytest.mark.timeout(60)
 

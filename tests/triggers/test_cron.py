@@ -8,7 +8,7 @@ import pytest
 
 from soulbox.core.bus import Buckets
 from soulbox.core.errors import InvalidRequest
-from soulbox.core.schemas import CronConfig
+from soulbox.core.triggerspecs import CronConfig
 from soulbox.triggers import cron
 from soulbox.triggers.service import claim_tick
 

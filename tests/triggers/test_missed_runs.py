@@ -13,8 +13,9 @@ from soulbox.core import names
 from soulbox.core.bus import Buckets
 from soulbox.core.codec import encode
 from soulbox.core.inbox import Inbox
-from soulbox.core.schemas import CronConfig, CronState, FunctionSpec, MissedRuns, TriggerKind, TriggerSpec, utcnow
+from soulbox.core.schemas import FunctionSpec, utcnow
 from soulbox.core.settings import Settings
+from soulbox.core.triggerspecs import CronConfig, CronState, MissedRuns, TriggerKind, TriggerSpec
 from soulbox.triggers.catalog import TriggerCatalog
 from soulbox.triggers.service import TriggerService
 from soulbox.triggers.submit import Submitter

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from starlette.datastructures import Headers
 
-from soulbox.core.schemas import SignatureScheme, WebhookConfig
+from soulbox.core.triggerspecs import SignatureScheme, WebhookConfig
 from soulbox.triggers.signatures import SignatureError, sign_hmac, verify
 
 SECRET = "s3cret-s3cret-s3cret"
