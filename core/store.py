@@ -7,10 +7,12 @@ puts with ``publish_async`` instead and await the returned futures in a batch.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Sequence
 
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
-from nats.js.api import PubAck
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, PubAck
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
@@ -19,6 +21,10 @@ from .codec import M, decode, encode
 from .errors import Unavailable
 from .names import event_subject
 from .schemas import LifecycleEvent
+
+SCAN_BATCH = 256
+SCAN_FETCH_S = 5.0
+SCAN_IDLE_S = 30.0
 
 
 def kv_subject(bucket: str, key: str) -> str:
@@ -51,16 +57,45 @@ async def get_model(kv: KeyValue, key: str, model: type[M]) -> M | None:
 
 
 async def scan(kv: KeyValue, key_filter: str, model: type[M]) -> AsyncIterator[tuple[str, M]]:
-    """Every live key matching ``key_filter`` with its value, streamed by one ordered consumer."""
-    watcher = await kv.watch(key_filter, ignore_deletes=True, meta_only=False)
+    """Every live key matching ``key_filter`` with its value, read through one ephemeral pull consumer.
+
+    Not ``KeyValue.watch``: nats-py ends its initial values early when the
+    server has pushed them all before the consumer's info comes back (its
+    marker then says "no values"), which under load made whole listings
+    empty. A pull consumer is given nothing before it asks, so the count in
+    its info is exactly what there is to read.
+    """
+    js: JetStreamContext = kv._js  # the bucket's own context and names (nats-py keeps them private)
+    prefix = f"$KV.{kv._name}."
+    stream: str = kv._stream
+    config = ConsumerConfig(
+        deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+        ack_policy=AckPolicy.NONE,
+        inactive_threshold=SCAN_IDLE_S,  # the server drops it if we die mid-scan
+        mem_storage=True,
+    )
+    sub = await js.pull_subscribe(prefix + key_filter, stream=stream, config=config)
+    name: str | None = None
     try:
-        async for entry in watcher:
-            if entry is None:  # caught up with the stored values
-                break
-            if entry.value:
-                yield entry.key, decode(model, entry.value)
+        info = await sub.consumer_info()
+        name, remaining = info.name, info.num_pending or 0
+        while remaining > 0:
+            try:
+                msgs = await sub.fetch(min(remaining, SCAN_BATCH), timeout=SCAN_FETCH_S)
+            except (NatsTimeoutError, TimeoutError):
+                return  # keys purged since the count: nothing more will come
+            for msg in msgs:
+                remaining -= 1
+                operation = msg.headers.get("KV-Operation") if msg.headers else None
+                if operation in ("DEL", "PURGE") or not msg.data:
+                    continue
+                yield msg.subject[len(prefix) :], decode(model, msg.data)
     finally:
-        await watcher.stop()  # type: ignore[no-untyped-call]
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+        if name is not None:
+            with contextlib.suppress(Exception):
+                await js.delete_consumer(stream, name)
 
 
 async def settle(futures: Sequence[asyncio.Future[PubAck]], *, timeout: float = 10.0) -> list[PubAck]:
