@@ -60,7 +60,7 @@ CLIENT = """
 import socket, sys
 host, port, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]) if len(sys.argv) > 3 else 0
 try:
-    s = socket.create_connection((host, port), timeout=1.5)
+    s = socket.create_connection((host, port), timeout=5)
     s.sendall(b"%d\\n" % size)
     f = s.makefile("rb")
     assert f.readline() == b"hello\\n"
