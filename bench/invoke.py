@@ -332,6 +332,8 @@ def start_stack(root: Path, workers: int) -> tuple[subprocess.Popen[bytes], str]
         except httpx.HTTPError:
             pass
         time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGTERM)  # never leave a half-started stack running
+    process.wait(30)
     raise TimeoutError("stack did not become ready")
 
 
