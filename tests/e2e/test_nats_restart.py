@@ -55,7 +55,7 @@ def test_invocations_accepted_before_a_nats_restart_all_complete_once(own_stack:
             report = api.get("/v1/usage", params={"function": "slow", "granularity": "none"}).json()
             return report if report["total"]["invocations"] >= 13 else None
 
-        assert wait_for(billed)["total"]["invocations"] == 13  # type: ignore[index]
+        assert wait_for(billed, timeout=30)["total"]["invocations"] == 13  # type: ignore[index]
         time.sleep(1.0)
         report = api.get("/v1/usage", params={"function": "slow", "granularity": "none"}).json()
         assert report["total"]["invocations"] == 13
