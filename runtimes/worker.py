@@ -19,7 +19,6 @@ import signal
 import socket
 
 import structlog
-import uvloop
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -29,9 +28,10 @@ from soulbox.core import names, tracing
 from soulbox.core.bus import Buckets, connect, ensure_topology
 from soulbox.core.codec import decode, encode
 from soulbox.core.errors import SchemaError
-from soulbox.core.logging import configure_logging, get_logger
+from soulbox.core.logging import get_logger
 from soulbox.core.metrics_server import MetricsServer
 from soulbox.core.outputlog import OutputPublisher
+from soulbox.core.process import run_service
 from soulbox.core.schemas import (
     Dispatch,
     DispatchReply,
@@ -344,6 +344,7 @@ def _finish(record: InvocationRecord, result: RunResult) -> tuple[InvocationReco
 
 
 async def run(settings: Settings) -> None:
+    structlog.contextvars.bind_contextvars(worker=settings.worker.id)
     master_keys = MasterKeys.from_settings(settings)
     nc = await connect(settings, name=f"soulbox-worker-{settings.worker.id}")
     buckets = await ensure_topology(nc.jetstream(), settings)
@@ -409,14 +410,7 @@ async def run(settings: Settings) -> None:
 
 
 def main() -> None:
-    settings = Settings()
-    configure_logging(settings.log_level, settings.log_format, component="worker")
-    structlog.contextvars.bind_contextvars(worker=settings.worker.id)
-    tracing.setup(settings.tracing, component="worker")
-    try:
-        uvloop.run(run(settings))
-    finally:
-        tracing.shutdown()
+    run_service("worker", run)
 
 
 if __name__ == "__main__":

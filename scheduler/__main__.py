@@ -5,13 +5,10 @@ from __future__ import annotations
 import asyncio
 import signal
 
-import uvloop
-
-from soulbox.core import tracing
 from soulbox.core.bus import connect, ensure_topology
 from soulbox.core.inbox import Inbox
-from soulbox.core.logging import configure_logging
 from soulbox.core.metrics_server import MetricsServer
+from soulbox.core.process import run_service
 from soulbox.core.settings import Settings
 
 from .directory import WorkerDirectory
@@ -50,13 +47,7 @@ async def run(settings: Settings) -> None:
 
 
 def main() -> None:
-    settings = Settings()
-    configure_logging(settings.log_level, settings.log_format, component="scheduler")
-    tracing.setup(settings.tracing, component="scheduler")
-    try:
-        uvloop.run(run(settings))
-    finally:
-        tracing.shutdown()
+    run_service("scheduler", run)
 
 
 if __name__ == "__main__":

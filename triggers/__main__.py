@@ -5,12 +5,9 @@ from __future__ import annotations
 import asyncio
 import signal
 
-import uvloop
-
-from soulbox.core import tracing
 from soulbox.core.bus import connect, ensure_topology
 from soulbox.core.inbox import Inbox
-from soulbox.core.logging import configure_logging
+from soulbox.core.process import run_service
 from soulbox.core.settings import Settings
 
 from .callbacks import CallbackDeliverer
@@ -40,13 +37,7 @@ async def run(settings: Settings) -> None:
 
 
 def main() -> None:
-    settings = Settings()
-    configure_logging(settings.log_level, settings.log_format, component="triggers")
-    tracing.setup(settings.tracing, component="triggers")
-    try:
-        uvloop.run(run(settings))
-    finally:
-        tracing.shutdown()
+    run_service("triggers", run)
 
 
 if __name__ == "__main__":
