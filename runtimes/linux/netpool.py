@@ -254,19 +254,50 @@ class NetPool:
 
 
 def _claim(lock_dir: Path, subnet: IPv4Network, block_bits: int) -> tuple[int, int, str]:
-    """An exclusive lock on the first free block of ``subnet``: (fd, block index, the tag its last holder wrote)."""
+    """An exclusive lock on the first free block of ``subnet``: (fd, block index, the tag its last holder wrote).
+
+    Workers may size their pools differently (``max_slots``), so a block is free only if it overlaps no
+    block of any size that a live worker holds; claims are made one at a time under a directory lock.
+    """
     lock_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    blocks = 1 << (32 - subnet.prefixlen - block_bits)
-    for index in range(blocks):
-        path = lock_dir / f"net-{subnet.network_address}-{subnet.prefixlen}-{index}.lock"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
+    stem = f"net-{subnet.network_address}-{subnet.prefixlen}"
+    guard = os.open(lock_dir / f"{stem}.claims", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(guard, fcntl.LOCK_EX)
+        held = _held_ranges(lock_dir, stem)
+        blocks = 1 << (32 - subnet.prefixlen - block_bits)
+        for index in range(blocks):
+            start, end = index << block_bits, (index + 1) << block_bits
+            if any(start < other_end and other_start < end for other_start, other_end in held):
+                continue
+            path = lock_dir / f"{stem}-b{block_bits}-{index}.lock"
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            return fd, index, _read_tag(fd)
+    finally:
+        os.close(guard)
+    raise NetUnavailable(f"every address block of {subnet} overlaps one held by another worker")
+
+
+def _held_ranges(lock_dir: Path, stem: str) -> list[tuple[int, int]]:
+    """The address offsets (start, end) of the blocks live workers hold (their lock files are locked)."""
+    held: list[tuple[int, int]] = []
+    for path in lock_dir.glob(f"{stem}-b*-*.lock"):
+        bits, _, index = path.stem.removeprefix(f"{stem}-b").partition("-")
+        if not (bits.isdigit() and index.isdigit()):
             continue
-        return fd, index, _read_tag(fd)
-    raise NetUnavailable(f"all {blocks} address blocks of {subnet} are held by other workers")
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # taken: nobody holds it
+        except BlockingIOError:
+            held.append((int(index) << int(bits), (int(index) + 1) << int(bits)))
+        finally:
+            os.close(fd)  # closing drops the shared lock again
+    return held
 
 
 def _read_tag(fd: int, *, write: str | None = None) -> str:

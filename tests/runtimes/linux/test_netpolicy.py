@@ -106,3 +106,12 @@ async def test_the_next_pool_removes_what_a_crashed_one_left(tmp_path: Path) -> 
         assert names[1] not in tables.stdout
     finally:
         await successor.close()
+
+
+def test_pools_of_different_sizes_claim_disjoint_address_blocks(tmp_path: Path) -> None:
+    # Workers of one host may set max_slots differently: their blocks must still never overlap.
+    large = NetPool(NetSettings(max_slots=64), tmp_path)
+    small = NetPool(NetSettings(max_slots=2), tmp_path)
+    another = NetPool(NetSettings(max_slots=128), tmp_path)
+    blocks = [large.block, small.block, another.block]
+    assert all(not a.overlaps(b) for i, a in enumerate(blocks) for b in blocks[i + 1 :]), blocks
