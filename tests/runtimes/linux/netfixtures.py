@@ -21,6 +21,7 @@ from pathlib import Path
 
 from pyroute2 import IPRoute, netns
 
+from soulbox.core.natsserver import free_port
 from soulbox.runtimes.linux.netns import entered
 
 SERVER = """
@@ -99,7 +100,9 @@ def upstream_network() -> Iterator[Upstream]:
     k = secrets.randbelow(60) + 1  # one /30 of each range, so runs side by side do not collide
     pub_host, pub_up = IPv4Address(f"198.51.100.{4 * k + 1}"), IPv4Address(f"198.51.100.{4 * k + 2}")
     priv_host, priv_up = IPv4Address(f"172.31.{k}.1"), IPv4Address(f"172.31.{k}.2")
-    port, other = 20000 + secrets.randbelow(20000), 40000 + secrets.randbelow(20000)
+    port = free_port("0.0.0.0")  # the host serves them too: ports free there, not random ones
+    while (other := free_port("0.0.0.0")) == port:
+        pass
     procs: list[subprocess.Popen[bytes]] = []
     netns.create(ns)
     try:
