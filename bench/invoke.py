@@ -8,9 +8,11 @@ WASI module, QuickJS source, MicroPython source, a WASI p2 component, CPython so
   for source functions) and a warm call (shared InstancePre, new Store per
   call), plus bare wasmtime-py calls of the WASI module, the component and CPython;
 * end to end over HTTP: the first invoke after deploy (compiles), then warm
-  sequential invokes over one keep-alive connection (p50/p99);
+  sequential invokes over one keep-alive connection from a lean client (p50/p99),
+  next to uvicorn + Starlette answering ``hello`` to the same client (the HTTP floor);
 * throughput: concurrent sync invokes of the WASI hello from a lean HTTP/1.1
-  client (so the load generator does not eat the CPU the stack needs);
+  client (so the load generator does not eat the CPU the stack needs), with the
+  CPU each stack process spent per invocation (from ``/proc``);
 * fuel: compile time and warm calls of the same functions, plus a CPU-bound
   WASI loop, on the plain engine and on the fuel-metering one (functions with
   a ``fuel`` budget), calls interleaved so load drift hits both alike.
@@ -25,8 +27,6 @@ import asyncio
 import os
 import signal
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -34,8 +34,8 @@ from pathlib import Path
 import httpx
 import wasmtime
 import wasmtime.component as wc
+from stackbench import CpuMeter, LeanClient, bare_http_server, pct, request_rate, start_stack, timed
 
-from soulbox.core.natsserver import free_port
 from soulbox.core.schemas import Limits, Runtime
 from soulbox.runtimes.wasm import components, cpython
 from soulbox.runtimes.wasm.engine import WasmEngine
@@ -110,20 +110,6 @@ SPIN_WAT = """(module
       (local.set $i (i32.sub (local.get $i) (i32.const 1)))
       (br_if $more (local.get $i)))))"""
 FUEL_BUDGET = 10**12  # never reached: the cost of metering, not of running out
-
-
-def pct(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-def timed(fn, n: int) -> list[float]:  # type: ignore[no-untyped-def]
-    samples = []
-    for _ in range(n):
-        started = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - started) * 1000)
-    return samples
 
 
 def in_process(n: int) -> dict[str, dict[str, float]]:
@@ -297,48 +283,10 @@ def bare_cpython(engine: WasmEngine, pre: cpython.CPythonPre, n: int) -> list[fl
     return timed(call, n)
 
 
-def start_stack(root: Path, workers: int) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    log = open(root / "up.log", "wb")  # noqa: SIM115
-    env = dict(os.environ, SOULBOX_LOG_LEVEL="warning", SOULBOX_EVENTS__METRICS_PORT=str(free_port()))
-    soulbox = str(Path(sys.executable).parent / "soulbox")
-    process = subprocess.Popen(
-        [
-            soulbox,
-            "up",
-            "--data-dir",
-            str(root / "data"),
-            "--port",
-            str(port),
-            "--nats-port",
-            str(free_port()),
-            "--workers",
-            str(workers),
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180  # a loaded machine starts slowly
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError((root / "up.log").read_text())
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                time.sleep(1.0)  # workers' first heartbeats
-                return process, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    os.killpg(process.pid, signal.SIGTERM)  # never leave a half-started stack running
-    process.wait(30)
-    raise TimeoutError("stack did not become ready")
-
-
 def end_to_end(url: str, n: int) -> dict[str, dict[str, float]]:
+    """Per function: the first invoke after deploy, then warm sequential invokes from a lean client."""
     rows: dict[str, dict[str, float]] = {}
+    lean = LeanClient(url)
     with httpx.Client(base_url=url, timeout=60) as client:
         for name, (runtime, code, expected) in FUNCTIONS.items():
             # A generous deadline: the worker compiles the CPython component on its first call.
@@ -346,43 +294,32 @@ def end_to_end(url: str, n: int) -> dict[str, dict[str, float]]:
             deployed = client.post("/v1/functions", data=form, files={"code": (name, code)})
             assert deployed.status_code in (200, 201), deployed.text
 
-            def call(name=name, expected=expected) -> None:  # type: ignore[no-untyped-def]
-                response = client.post(f"/v1/functions/{name}/invoke")
-                assert response.status_code == 200 and response.content == expected, response.text
+            def call(name: str = name, expected: bytes = expected) -> None:
+                status, _, body = lean.request("POST", f"/v1/functions/{name}/invoke")
+                assert status == 200 and body == expected, (status, body)
 
             first = timed(call, 1)[0]
             timed(call, 50)  # warm-up: connections, caches
             samples = timed(call, n)
             rows[name] = {"first": first, "p50": statistics.median(samples), "p99": pct(samples, 0.99)}
+    lean.close()
     return rows
+
+
+def bare_http(n: int) -> dict[str, float]:
+    """The same lean client against uvicorn + Starlette answering ``hello``: the HTTP floor."""
+    with bare_http_server() as url:
+        lean = LeanClient(url)
+        timed(lambda: lean.request("POST", "/"), 200)
+        samples = timed(lambda: lean.request("POST", "/"), n)
+        lean.close()
+        rate = asyncio.run(request_rate(url, "POST", "/", 5000, 32))
+    return {"p50": statistics.median(samples), "p99": pct(samples, 0.99), "rate": rate}
 
 
 async def throughput(url: str, name: str, total: int, concurrency: int) -> float:
     """Sync invokes of ``name`` per second over ``concurrency`` keep-alive connections."""
     return await request_rate(url, "POST", f"/v1/functions/{name}/invoke", total, concurrency)
-
-
-async def request_rate(url: str, method: str, path: str, total: int, concurrency: int) -> float:
-    """Requests per second from a lean HTTP/1.1 client (so the load generator leaves the CPU to the server)."""
-    host, port = url.removeprefix("http://").split(":")
-    request = f"{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\n\r\n".encode()
-    remaining = total
-
-    async def connection() -> None:
-        nonlocal remaining
-        reader, writer = await asyncio.open_connection(host, int(port))
-        while remaining > 0:
-            remaining -= 1
-            writer.write(request)
-            head = await reader.readuntil(b"\r\n\r\n")
-            assert head.startswith(b"HTTP/1.1 200"), head
-            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
-            await reader.readexactly(length)
-        writer.close()
-
-    started = time.perf_counter()
-    await asyncio.gather(*(connection() for _ in range(concurrency)))
-    return total / (time.perf_counter() - started)
 
 
 def main() -> None:
@@ -403,11 +340,16 @@ def main() -> None:
             print(f"warm {lo['warm']:.3f} ms" + (f", bare wasmtime-py {lo['bare']:.3f} ms" if "bare" in lo else ""))
         print_fuel(fuel)
         return
+    floor = bare_http(args.n)
     with tempfile.TemporaryDirectory(prefix="soulbox-bench-") as tmp:
         process, url = start_stack(Path(tmp), args.workers)
         try:
             remote = end_to_end(url, args.n)
+            meter = CpuMeter(process)
+            meter.start()
             rate = asyncio.run(throughput(url, "hello-wasi", args.total, args.concurrency))
+            time.sleep(2.0)  # the event consumers catch up: their CPU belongs to these invocations
+            cpu = meter.stop()
         finally:
             os.killpg(process.pid, signal.SIGTERM)
             process.wait(30)
@@ -434,9 +376,17 @@ def main() -> None:
             f"| {re_['p50']:.3f} | {re_['p99']:.3f} | {re_['p50'] - lo['warm']:.3f} |"
         )
     print(
-        f"\nthroughput, hello-wasi, {args.concurrency} concurrent connections, {args.workers} worker(s): "
-        f"{rate:,.0f} invocations/s"
+        f"| bare HTTP (uvicorn + Starlette `hello`, same client) | | | | | {floor['p50']:.3f} | {floor['p99']:.3f} | |"
     )
+    print(
+        f"\nthroughput, hello-wasi, {args.concurrency} concurrent connections, {args.workers} worker(s): "
+        f"{rate:,.0f} invocations/s (bare HTTP hello: {floor['rate']:,.0f} requests/s)"
+    )
+    print("\nCPU per invocation in the throughput run (µs):\n")
+    print("| " + " | ".join(cpu) + " | all |")
+    print("|" + " ---: |" * (len(cpu) + 1))
+    print("| " + " | ".join(f"{seconds / args.total * 1e6:,.0f}" for seconds in cpu.values()), end="")
+    print(f" | {sum(cpu.values()) / args.total * 1e6:,.0f} |")
     print_fuel(fuel)
 
 

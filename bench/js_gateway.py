@@ -40,7 +40,7 @@ from soulbox.core.natsserver import free_port
 from soulbox.runtimes.js.engines import TOOLS_DIRS, find_binary
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # invoke.py beside it: the stack start-up is shared
-from invoke import pct, request_rate, start_stack, timed
+from stackbench import pct, request_rate, start_stack, timed
 
 HANDLER = 'export default { fetch(request) { return new Response("hello"); } };\n'
 WORKERD_VERSION = "1.20261117.1"

@@ -69,7 +69,9 @@ class OutputPublisher:
         self._acks: set[asyncio.Future[PubAck]] = set()
         self._failures = 0
         self._closing = False
-        self._flusher = asyncio.create_task(self._flush_loop())
+        # Started by the first flush that cannot wait for finish(): output that only comes at
+        # the end (the Wasmtime tier) is published by finish() itself, with no task at all.
+        self._flusher: asyncio.Task[None] | None = None
 
     def write(self, stream: OutputStream, data: bytes) -> None:
         """Take output; never blocks. Consecutive writes to one stream are joined into one piece."""
@@ -81,9 +83,14 @@ class OutputPublisher:
             self._pending.append((stream, bytearray(data)))
         self._pending_bytes += len(data)
         if self._pending_bytes >= self._chunk_bytes:
-            self._wake.set()
+            self._kick()
         elif self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(self._flush_s, self._wake.set)
+            self._timer = asyncio.get_running_loop().call_later(self._flush_s, self._kick)
+
+    def _kick(self) -> None:
+        if self._flusher is None and not self._closing:
+            self._flusher = asyncio.create_task(self._flush_loop())
+        self._wake.set()
 
     async def finish(self, record: InvocationRecord) -> None:
         """Publish what is left and the attempt's ``end`` entry (from its final ``record``).
@@ -134,7 +141,8 @@ class OutputPublisher:
         """Let the flusher finish the flush it is in (a cancel would lose its pieces), then end it."""
         self._closing = True
         self._wake.set()
-        await stop_flusher(self._flusher)
+        if self._flusher is not None:
+            await stop_flusher(self._flusher)
 
     async def _flush_loop(self) -> None:
         while not self._closing:

@@ -93,6 +93,8 @@ class Worker:
         self._js: JetStreamContext = nc.jetstream()
         self._buckets = buckets
         self._runtimes = runtimes
+        # Checked once: isinstance() against a runtime-checkable Protocol is slow on a hot path.
+        self._streaming = {tier: rt for tier, rt in runtimes.items() if isinstance(rt, StreamingRuntime)}
         self._sandboxes = sandboxes
         self._in_flight = 0
         self._tasks: set[asyncio.Task[None]] = set()
@@ -196,17 +198,21 @@ class Worker:
                     timeout_ms=spec.limits.timeout_ms,
                     trace_id=request.trace_id,
                 )
-                # The guest starts first; its "started" event goes out while it runs (off
-                # the event loop). The "running" record is written only if the run outlasts
-                # RUNNING_RECORD_AFTER_S: a short invocation goes straight to its final record.
+                # The guest starts first, with the event loop left alone while it runs. A run
+                # that outlasts RUNNING_RECORD_AFTER_S is announced then (its "started" event and
+                # "running" record); a short one sends its "started" event (stamped with the real
+                # start) together with its terminal event and goes straight to its final record.
                 output = self._output_publisher(dispatch)
                 run = asyncio.ensure_future(self._run(dispatch, output))
-                pending = [await self._event(EventType.STARTED, record, spec.limits.memory_mb)]
                 log.info("invocation.started", attempt=dispatch.attempt)
+                pending: list[asyncio.Future[PubAck]] = []
                 done, _ = await asyncio.wait({run}, timeout=RUNNING_RECORD_AFTER_S)
                 if not done:
+                    pending.append(await self._event(EventType.STARTED, record, spec.limits.memory_mb))
                     pending.append(await self._put_record(record))
                 final, event_type = _finish(record, await run)
+                if done:
+                    pending.append(await self._event(EventType.STARTED, record, spec.limits.memory_mb))
                 if not dispatch.final and final.status in (Status.FAILED, Status.TIMED_OUT):
                     # The scheduler tries again: this attempt's end is not the invocation's.
                     final = final.model_copy(update={"status": Status.RETRYING})
@@ -258,8 +264,9 @@ class Worker:
         try:
             spec = await self._with_secrets(dispatch.request)
             runtime = self._runtimes[dispatch.tier]
-            if isinstance(runtime, StreamingRuntime):
-                return await runtime.run_streaming(spec, input, output)
+            streaming = self._streaming.get(dispatch.tier)
+            if streaming is not None:
+                return await streaming.run_streaming(spec, input, output)
             result = await runtime.run(spec, input)
             output.write("stdout", result.stdout)  # this tier has its output only at the end
             output.write("stderr", result.stderr)

@@ -307,6 +307,8 @@ class Scheduler:
                 reply=self._inbox.subject(token),
                 headers=tracing.inject(),
             )
+            # Let nats-py's flusher put the dispatch on the wire before the event is built.
+            await asyncio.sleep(0)
             if announce:
                 await self._announce(dispatch.request, dispatch, worker)
             while True:
