@@ -37,11 +37,9 @@ from soulbox.core.schemas import (
     DispatchReply,
     EventType,
     FunctionSpec,
-    InvocationError,
     InvocationRecord,
     InvocationRequest,
     LifecycleEvent,
-    Outcome,
     Status,
     Tier,
     WorkerHeartbeat,
@@ -58,6 +56,7 @@ from .instruments import WorkerInstruments
 from .js.factory import create_js_runtimes
 from .linux.errors import SandboxUnavailable
 from .linux.runtime import LinuxRuntime, create_linux_runtime
+from .outcomes import finish, platform_failure, trace_outcome
 from .protocol import OutputSink, RunResult, Runtime, StreamingRuntime
 from .sandboxes.dataplane import SandboxDataPlane
 from .sandboxes.host import SandboxHost
@@ -67,11 +66,6 @@ from .wasm.runtime import WasmRuntime
 log = get_logger(__name__)
 
 RUNNING_RECORD_AFTER_S = 0.05
-
-_STATUS_BY_OUTCOME = {
-    Outcome.SUCCESS: (Status.COMPLETED, EventType.COMPLETED),
-    Outcome.TIMEOUT: (Status.TIMED_OUT, EventType.TIMED_OUT),
-}
 
 
 class Worker:
@@ -210,7 +204,7 @@ class Worker:
                 if not done:
                     pending.append(await self._event(EventType.STARTED, record, spec.limits.memory_mb))
                     pending.append(await self._put_record(record))
-                final, event_type = _finish(record, await run)
+                final, event_type = finish(record, await run)
                 if done:
                     pending.append(await self._event(EventType.STARTED, record, spec.limits.memory_mb))
                 if not dispatch.final and final.status in (Status.FAILED, Status.TIMED_OUT):
@@ -225,7 +219,7 @@ class Worker:
                 await asyncio.gather(settle(pending), output.confirmed())  # the output is stored by the reply
                 self.instruments.finished(dispatch.tier, final.outcome, final.duration_ms)
                 if span.is_recording():
-                    _trace_outcome(span, final)
+                    trace_outcome(span, final)
                 # Only now the caller: whoever gets the result can read the record at once.
                 if request.reply_to:
                     await self._nc.publish(request.reply_to, encode(final))
@@ -273,7 +267,7 @@ class Worker:
             return result
         except Exception as exc:  # SoulBox failed, not the guest
             log.exception("invocation.platform_error")
-            return _platform_failure(exc)
+            return platform_failure(exc)
 
     async def _with_secrets(self, request: InvocationRequest) -> FunctionSpec:
         """The spec to run: its secrets opened into its env, in this process only (never logged or sent)."""
@@ -298,56 +292,6 @@ class Worker:
     async def _event(self, type_: EventType, record: InvocationRecord, memory_mb: int) -> asyncio.Future[PubAck]:
         event = LifecycleEvent.for_record(type_, record, memory_limit_mb=memory_mb)
         return await publish_event(self._js, event)
-
-
-def _trace_outcome(span: tracing.Span, final: InvocationRecord) -> None:
-    span.set_attributes(
-        {
-            "soulbox.status": final.status.value,
-            "soulbox.outcome": final.outcome.value if final.outcome else "",
-            "soulbox.duration_ms": final.duration_ms or 0.0,
-        }
-    )
-    if final.outcome is not Outcome.SUCCESS:
-        # A failed invocation shows as an error in trace views, described by its error kind.
-        span.set_status(tracing.Status(tracing.StatusCode.ERROR, final.error.kind if final.error else "failed"))
-
-
-def _platform_failure(exc: Exception) -> RunResult:
-    return RunResult(
-        outcome=Outcome.PLATFORM_ERROR,
-        exit_code=None,
-        stdout=b"",
-        stderr=b"",
-        stdout_bytes=0,
-        stderr_bytes=0,
-        stdout_truncated=False,
-        stderr_truncated=False,
-        duration_ms=0.0,
-        error=InvocationError(kind="platform", message=f"{type(exc).__name__}: {exc}"),
-    )
-
-
-def _finish(record: InvocationRecord, result: RunResult) -> tuple[InvocationRecord, EventType]:
-    status, event_type = _STATUS_BY_OUTCOME.get(result.outcome, (Status.FAILED, EventType.FAILED))
-    final = record.model_copy(
-        update={
-            "status": status,
-            "outcome": result.outcome,
-            "exit_code": result.exit_code,
-            "error": result.error,
-            "stdout": result.stdout,
-            "stderr": result.stderr,
-            "stdout_bytes": result.stdout_bytes,
-            "stderr_bytes": result.stderr_bytes,
-            "stdout_truncated": result.stdout_truncated,
-            "stderr_truncated": result.stderr_truncated,
-            "finished_at": utcnow(),
-            "duration_ms": result.duration_ms,
-            "peak_memory_bytes": result.peak_memory_bytes,
-        }
-    )
-    return final, event_type
 
 
 async def run(settings: Settings) -> None:
