@@ -27,6 +27,7 @@ import asyncio
 import os
 import signal
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -34,7 +35,6 @@ from pathlib import Path
 import httpx
 import wasmtime
 import wasmtime.component as wc
-from stackbench import CpuMeter, LeanClient, bare_http_server, pct, request_rate, start_stack, timed
 
 from soulbox.core.schemas import Limits, Runtime
 from soulbox.runtimes.wasm import components, cpython
@@ -42,6 +42,9 @@ from soulbox.runtimes.wasm.engine import WasmEngine
 from soulbox.runtimes.wasm.execute import execute
 from soulbox.runtimes.wasm.guests import Entry, define_host_imports, interpreter
 from soulbox.runtimes.wasm.modules import Prepared
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # stackbench.py beside it
+from stackbench import CpuMeter, LeanClient, bare_http_server, pct, request_rate, start_stack, timed
 
 HELLO_WAT = """(module
   (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))

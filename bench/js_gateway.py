@@ -39,7 +39,7 @@ import httpx
 from soulbox.core.natsserver import free_port
 from soulbox.runtimes.js.engines import TOOLS_DIRS, find_binary
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # invoke.py beside it: the stack start-up is shared
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # stackbench.py beside it: the stack start-up is shared
 from stackbench import pct, request_rate, start_stack, timed
 
 HANDLER = 'export default { fetch(request) { return new Response("hello"); } };\n'
