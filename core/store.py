@@ -57,6 +57,12 @@ async def get_model(kv: KeyValue, key: str, model: type[M]) -> M | None:
 
 
 async def scan(kv: KeyValue, key_filter: str, model: type[M]) -> AsyncIterator[tuple[str, M]]:
+    """Every live key matching ``key_filter`` with its value decoded as ``model`` (see :func:`scan_raw`)."""
+    async for key, value in scan_raw(kv, key_filter):
+        yield key, decode(model, value)
+
+
+async def scan_raw(kv: KeyValue, key_filter: str) -> AsyncIterator[tuple[str, bytes]]:
     """Every live key matching ``key_filter`` with its value, read through one ephemeral pull consumer.
 
     Not ``KeyValue.watch``: nats-py ends its initial values early when the
@@ -89,7 +95,7 @@ async def scan(kv: KeyValue, key_filter: str, model: type[M]) -> AsyncIterator[t
                 operation = msg.headers.get("KV-Operation") if msg.headers else None
                 if operation in ("DEL", "PURGE") or not msg.data:
                     continue
-                yield msg.subject[len(prefix) :], decode(model, msg.data)
+                yield msg.subject[len(prefix) :], msg.data
     finally:
         with contextlib.suppress(Exception):
             await sub.unsubscribe()

@@ -1,7 +1,7 @@
 """Quotas from what billing recorded: invocations per UTC day and GB-seconds per UTC month, per tenant.
 
 :class:`UsageLedger` follows the billing bucket (``sb_billing``, written by the
-billing consumer: one entry per billed unit) with a watch and keeps, per
+billing consumer: one entry per billed unit) with a :class:`~soulbox.core.kvmirror.KvMirror` and keeps, per
 tenant, the sums of the current day and month in memory, so a quota check on
 the hot path is a dictionary lookup. Every gateway replica follows the same
 bucket, so they agree. An entry rewritten (a redelivered event) replaces its
@@ -13,19 +13,14 @@ has in flight (queued and running invocations) plus the billing consumer's lag.
 
 from __future__ import annotations
 
-import asyncio
 import calendar
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
 from nats.js.kv import KeyValue
 
-from soulbox.core.codec import decode
-from soulbox.core.errors import SchemaError
-from soulbox.core.logging import get_logger
+from soulbox.core.kvmirror import KvMirror
 from soulbox.core.schemas import UsageEntry
-
-log = get_logger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,24 +52,19 @@ class UsageLedger:
     """Per tenant: billed invocations today and GB-seconds this month (UTC), kept current by a watch."""
 
     def __init__(self, billing: KeyValue) -> None:
-        self._kv = billing
         self._entries: dict[str, _Counted] = {}  # this month's entries only
         self._day_invocations: dict[str, int] = {}
         self._month_gb_seconds: dict[str, float] = {}
         self._today = datetime.now(UTC).date()
-        self._watch: asyncio.Task[None] | None = None
+        # The mirror keeps no values of its own: this month's sums are all the ledger needs.
+        self._mirror = KvMirror(billing, UsageEntry, on_put=self._apply, on_delete=self._delete, keep=False)
 
     async def start(self) -> None:
         """Return once the bucket's current entries are counted."""
-        watcher = await self._kv.watchall()
-        ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._watch = asyncio.create_task(self._follow(watcher, ready))
-        await ready
+        await self._mirror.start()
 
     async def stop(self) -> None:
-        if self._watch is not None:
-            self._watch.cancel()
-            await asyncio.gather(self._watch, return_exceptions=True)
+        await self._mirror.stop()
 
     def invocations_today(self, tenant: str) -> int:
         self._roll()
@@ -128,27 +118,16 @@ class UsageLedger:
         if old is not None:
             self._add(old, -1)
 
-    def _apply(self, key: str, value: bytes | None, operation: str | None) -> None:
+    def _delete(self, key: str) -> None:
         self._roll()
         self._forget(key)
-        if operation in ("DEL", "PURGE") or not value:
-            return
-        try:
-            entry = decode(UsageEntry, value)
-        except SchemaError as exc:
-            log.warning("quotas.bad_usage_entry", key=key, error=exc.message)
-            return
+
+    def _apply(self, key: str, entry: UsageEntry) -> None:
+        self._roll()
+        self._forget(key)
         day = entry.at.astimezone(UTC).date() if entry.at.tzinfo else entry.at.date()
         if (day.year, day.month) != (self._today.year, self._today.month) or day > self._today:
             return  # another month's usage counts against no current quota
         counted = _Counted(entry.tenant, day, entry.invocations, entry.gb_seconds)
         self._entries[key] = counted
         self._add(counted, 1)
-
-    async def _follow(self, watcher: KeyValue.KeyWatcher, ready: asyncio.Future[None]) -> None:
-        async for entry in watcher:
-            if entry is None:  # the end of the current values
-                if not ready.done():
-                    ready.set_result(None)
-                continue
-            self._apply(entry.key, entry.value, entry.operation)
