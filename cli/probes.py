@@ -21,6 +21,7 @@ from soulbox.core.codec import decode
 from soulbox.core.errors import SchemaError, Unavailable
 from soulbox.core.schemas import WorkerHeartbeat, utcnow
 from soulbox.core.settings import Settings
+from soulbox.core.store import scan_raw
 
 
 async def connect_within(settings: Settings, *, name: str, timeout: float) -> NATS:
@@ -47,18 +48,11 @@ async def heartbeats(js: JetStreamContext) -> list[WorkerHeartbeat]:
     except (BucketNotFoundError, NotFoundError):
         return []
     found: list[WorkerHeartbeat] = []
-    watcher = await kv.watch(">", ignore_deletes=True)
-    try:
-        async for entry in watcher:
-            if entry is None:  # caught up with the stored values
-                break
-            if entry.value:
-                try:
-                    found.append(decode(WorkerHeartbeat, entry.value))
-                except SchemaError:  # a newer worker's heartbeat: not ours to judge
-                    continue
-    finally:
-        await watcher.stop()  # type: ignore[no-untyped-call]
+    async for _, value in scan_raw(kv, ">"):
+        try:
+            found.append(decode(WorkerHeartbeat, value))
+        except SchemaError:  # a newer worker's heartbeat: not ours to judge
+            continue
     return found
 
 
