@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -44,7 +45,7 @@ class WorkerDirectory:
         self._ttl = ttl
         self._seen: dict[str, tuple[float, WorkerHeartbeat]] = {}
         self._deaths: dict[str, list[asyncio.Future[None]]] = {}
-        self._changed = asyncio.Event()
+        self._listeners: list[Callable[[], None]] = []
         self._sub: Subscription | None = None
         self._reaper: asyncio.Task[None] | None = None
 
@@ -78,7 +79,7 @@ class WorkerDirectory:
         if beat.worker_id not in self._seen:
             log.info("scheduler.worker_joined", worker=beat.worker_id, capacity=beat.capacity)
         self._seen[beat.worker_id] = (time.monotonic(), beat)
-        self._changed.set()
+        self._notify()
 
     async def _reap(self) -> None:
         while True:
@@ -113,7 +114,7 @@ class WorkerDirectory:
         seen = self._seen.get(worker_id)
         if seen is not None:
             self._seen[worker_id] = (seen[0], seen[1].model_copy(update={"in_flight": in_flight}))
-            self._changed.set()
+            self._notify()
 
     def report_sandboxes(self, worker_id: str, sandboxes: int) -> None:
         """A worker's sandboxes in use, as its latest answer told it."""
@@ -137,8 +138,10 @@ class WorkerDirectory:
         if waiters and future in waiters:
             waiters.remove(future)
 
-    async def changed(self, timeout: float) -> None:
-        """Wait until a heartbeat arrives (or ``timeout``)."""
-        self._changed.clear()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._changed.wait(), timeout)
+    def on_change(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` whenever a worker's heartbeat or load report may have freed a slot."""
+        self._listeners.append(listener)
+
+    def _notify(self) -> None:
+        for listener in self._listeners:
+            listener()

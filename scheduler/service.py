@@ -53,6 +53,7 @@ from soulbox.core.store import get_model, publish_event, put_nowait, settle
 
 from . import retries
 from .callbacks import queue_callback
+from .capacity import CapacityQueue
 from .concurrency import ConcurrencyGate
 from .directory import WorkerDirectory
 from .instruments import SchedulerInstruments
@@ -68,6 +69,7 @@ TERMINAL_EVENTS = {
 }
 BATCH_LINGER_S = 0.05  # how long a batch fetch may wait for its first message
 PROGRESS_INTERVAL_S = 5.0  # well under the consumer's ack_wait
+CAPACITY_RECHECK_S = 0.5  # a waiter for a full tier looks again at least this often
 
 
 class Scheduler:
@@ -86,6 +88,8 @@ class Scheduler:
         self._announced: dict[str, asyncio.Future[PubAck]] = {}  # acks of `scheduled` events, by invocation
         self._stopping = asyncio.Event()
         self._gate = ConcurrencyGate(buckets.concurrency, grace_s=settings.scheduler.dispatch_grace_s)
+        self._capacity = CapacityQueue()
+        directory.on_change(self._capacity.wake_one)
         self.instruments = SchedulerInstruments(lambda: len(directory.live()))
 
     def stop(self) -> None:
@@ -231,9 +235,12 @@ class Scheduler:
         loop = asyncio.get_running_loop()
         give_up = loop.time() + self.settings.scheduler.no_worker_wait_s
         last_progress = loop.time()
+        woken = False
         while True:
             chosen = pick_worker(self._directory.live(), tier, self._dispatched, exclude=excluded)
             if chosen is not None:
+                if self._capacity:
+                    self._capacity.wake_one()  # there may be room for the next one too
                 return chosen.worker_id
             now = loop.time()
             if now > give_up or self._stopping.is_set():
@@ -241,7 +248,8 @@ class Scheduler:
             if now - last_progress > PROGRESS_INTERVAL_S:
                 await msg.in_progress()
                 last_progress = now
-            await self._directory.changed(0.1)
+            await self._capacity.wait(CAPACITY_RECHECK_S, front=woken)
+            woken = True
 
     async def _announce(self, request: InvocationRequest, dispatch: Dispatch, worker: str) -> None:
         """The ``scheduled`` event (the worker writes the record next, so none is written here)."""
@@ -334,6 +342,7 @@ class Scheduler:
             self._dispatched[worker] -= 1
             if self._dispatched[worker] <= 0:
                 del self._dispatched[worker]
+            self._capacity.wake_one()  # this scheduler's own count of the worker's load went down
 
     async def _fail(self, request: InvocationRequest, msg: Msg, *, attempt: int, message: str) -> None:
         log.error("scheduler.invocation_failed", error=message)
