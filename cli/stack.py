@@ -20,8 +20,8 @@ pin what the supervisor decided:
     SOULBOX_WORKER__ID                 workers only: ``<worker id>-<n>``, stable across restarts
     PYTHONUNBUFFERED=1                 log lines reach the log files at once
 
-Components start in this order and stop in the reverse one: NATS, the event
-consumers, the workers, the scheduler, the trigger service, the gateway. Stopping thus goes from
+Components start in this order and stop in the reverse one: NATS, the events
+consumer (one process: billing, audit and metrics over one read of every event), the workers, the scheduler, the trigger service, the gateway. Stopping thus goes from
 the front door inwards — no new requests, no new dispatches, workers finish,
 consumers drain the last events — and NATS goes last.
 """
@@ -43,7 +43,6 @@ from soulbox.core.settings import Settings
 
 from .supervisor import ChildSpec
 
-EVENT_CONSUMERS = ("billing", "audit", "metrics")
 _WORKER_ID_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 
 
@@ -216,9 +215,7 @@ def make_plan(
         nats = ChildSpec("nats", tuple(argv))
     ids = worker_ids(settings, workers)
     worker = (python, "-m", "soulbox.runtimes.worker")
-    components = [
-        ChildSpec(name, (python, "-m", "soulbox.events", name), env, group="events") for name in EVENT_CONSUMERS
-    ]
+    components = [ChildSpec("events", (python, "-m", "soulbox.events", "run"), env, group="events")]
     components += [
         ChildSpec(
             f"worker-{n}",

@@ -11,6 +11,15 @@ recorder slows the fetching instead of growing a queue.
     fetch(batch) ──> decode ──> recorder.record(events) ──> ack all
                        │                    │
                  undecodable: term     raised: nak all (delayed redelivery)
+
+With ``ack_all`` (a durable with ``AckPolicy.ALL``) one ack settles the batch:
+acking a message acknowledges every earlier one of the durable, so the loop
+must never get ahead of what it recorded. It therefore retries a failed batch
+itself (with the same back-off) instead of nak'ing it and moving on, acks the
+highest sequence below anything it holds unrecorded, and acks nothing it took
+before the server moved the pin to another process (see :mod:`.fetch`): such a
+batch is nak'd. That is only sound while one process at a time is served by
+the durable, which the pinned-client priority group enforces (:mod:`.topology`).
 """
 
 from __future__ import annotations
@@ -77,10 +86,7 @@ class EventConsumer(Generic[M]):
     """Runs ``recorder`` over the durable ``durable`` until ``stop`` is set.
 
     ``model`` is what the stream's messages decode to (lifecycle events by
-    default; the audit intake stream holds ``AuditRecord`` messages). With
-    ``types``, only messages whose ``type`` is one of them are decoded and
-    recorded; the others are acknowledged unread (billing reads only the
-    events it bills).
+    default; the audit intake stream holds ``AuditRecord`` messages).
 
     ``batch`` bounds the events held in memory, ``fetch_timeout`` how long one
     idle fetch waits (and so how quickly ``stop`` is noticed), ``linger`` how
@@ -99,11 +105,12 @@ class EventConsumer(Generic[M]):
         batch: int,
         model: type[M] = LifecycleEvent,  # type: ignore[assignment]
         stream: str = names.EVENTS_STREAM,
-        types: frozenset[str] | None = None,
         fetch_timeout: float = 0.5,
         linger: float = 0.02,
         retry_delay: float = 1.0,
         error_backoff: float = 0.5,
+        group: str | None = None,
+        ack_all: bool = False,
     ) -> None:
         if batch < 1:
             raise ValueError("batch must be at least 1")
@@ -112,19 +119,23 @@ class EventConsumer(Generic[M]):
         self._model = model
         self._durable = durable
         self._stream = stream
-        self._types = types
         self._batch = batch
         self._fetch_timeout = fetch_timeout
         self._linger = linger
         self._batch_adapter: TypeAdapter[list[M]] = TypeAdapter(list[model])  # type: ignore[valid-type]
         self._retry_delay = retry_delay
         self._error_backoff = error_backoff
+        self._group = group
+        self._ack_all = ack_all
+        self._fetcher: BatchFetcher | None = None
+        self._stop = asyncio.Event()
         self._log = log.bind(consumer=durable, stream=stream)
         self._span_attributes = {"messaging.system": "nats", "messaging.consumer.group.name": durable}
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set; the batch in hand is always settled first."""
-        fetcher = BatchFetcher(self._nc, stream=self._stream, durable=self._durable)
+        fetcher = BatchFetcher(self._nc, stream=self._stream, durable=self._durable, group=self._group)
+        self._fetcher, self._stop = fetcher, stop
         await fetcher.start()
         self._log.info("events.consumer.started", batch=self._batch)
         try:
@@ -152,7 +163,6 @@ class EventConsumer(Generic[M]):
         """The batch's wanted messages decoded in one validation, or None when any message needs
         a closer look."""
         raw: list[Any] = []
-        types = self._types
         try:
             for msg in msgs:
                 item = msgpack.unpackb(msg.data, timestamp=3)
@@ -162,8 +172,7 @@ class EventConsumer(Generic[M]):
                     or v > self._model.max_version
                 ):
                     return None
-                if types is None or item.get("type") in types:
-                    raw.append(item)
+                raw.append(item)
             return self._batch_adapter.validate_python(raw)
         except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, ValidationError):
             return None
@@ -189,14 +198,13 @@ class EventConsumer(Generic[M]):
                 await msg.term()
             else:
                 accepted.append(msg)
-                if self._types is None or _kind(event) in self._types:
-                    events.append(event)
+                events.append(event)
         await self._record(events, accepted)
 
     async def _record(self, events: list[M], accepted: list[Msg]) -> None:
-        """Record ``events`` and settle ``accepted`` (their messages and any unread ones) with the outcome."""
+        """Record ``events`` and settle ``accepted`` (their messages) with the outcome."""
         if not events:
-            await _reply_all(accepted)
+            await self._ack(accepted)
             return
         self._log.debug("events.batch", count=len(events), kinds=dict(Counter(_kind(e) for e in events)))
         try:
@@ -204,9 +212,65 @@ class EventConsumer(Generic[M]):
                 await self._recorder.record(events)
         except Exception as exc:  # any failure: the whole batch comes back later
             self._log.warning("events.record_failed", count=len(events), error=repr(exc))
-            await _reply_all(accepted, retry_delay=self._retry_delay)
+            if self._ack_all:
+                await self._retry(events, accepted)
+            else:
+                await _reply_all(accepted, retry_delay=self._retry_delay)
         else:
-            await _reply_all(accepted)
+            await self._ack(accepted)
+
+    async def _retry(self, events: list[M], accepted: list[Msg]) -> None:
+        """Record ``events`` again until it works (or ``stop``): with one ack for everything up to a
+        sequence, a batch given back to the server would be acknowledged by the next one's ack."""
+        delay = self._retry_delay
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), delay)
+            if self._stop.is_set():
+                await _reply_all(accepted, retry_delay=0.0)
+                return
+            try:
+                await self._recorder.record(events)
+            except Exception as exc:
+                self._log.warning("events.record_failed", count=len(events), error=repr(exc))
+                delay = min(delay * 2, MAX_RETRY_DELAY_S)
+            else:
+                await self._ack(accepted)
+                return
+
+    async def _ack(self, msgs: list[Msg]) -> None:
+        """Acknowledge recorded messages: each one, or with ``ack_all`` the highest sequence that
+        covers nothing this process holds unrecorded (and nothing at all after losing the pin)."""
+        if not self._ack_all:
+            await _reply_all(msgs)
+            return
+        fetcher = self._fetcher
+        if fetcher is None or not msgs:
+            return
+        if fetcher.unpins != fetcher.taken_unpins:  # the pin moved on: let its holder record them too
+            await _reply_all(msgs, retry_delay=0.0)
+            return
+        held = [stream_seq(msg.reply) for msg in fetcher.buffered]
+        below = min(held) if held else None
+        target: Msg | None = None
+        top = 0
+        for msg in msgs:
+            seq = stream_seq(msg.reply)
+            if seq > top and (below is None or seq < below):
+                target, top = msg, seq
+        if target is None:
+            return  # acknowledged with the batch that records the ones held below them
+        try:
+            await target.ack()
+        except NatsError as exc:  # unacknowledged messages are redelivered after the ack wait
+            log.warning("events.reply_failed", count=len(msgs), error=repr(exc))
+
+
+def stream_seq(reply: str) -> int:
+    """The stream sequence in a JetStream ack subject (v1 ``$JS.ACK.<stream>.<consumer>.<n>.<sseq>...``
+    or v2 with domain and account hash in front)."""
+    tokens = reply.split(".")
+    return int(tokens[5] if len(tokens) == 9 else tokens[7])
 
 
 def _kind(message: Message) -> str:
@@ -225,6 +289,8 @@ async def _reply_all(msgs: list[Msg], *, retry_delay: float | None = None) -> No
         for msg in msgs:
             if retry_delay is None:
                 await msg.ack()
+            elif retry_delay <= 0:
+                await msg.nak()
             else:
                 attempts = msg.metadata.num_delivered
                 await msg.nak(delay=min(retry_delay * 2 ** min(attempts - 1, 16), MAX_RETRY_DELAY_S))

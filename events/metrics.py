@@ -5,7 +5,7 @@
     soulbox_invocation_duration_seconds{tier}        terminal events with a duration
     soulbox_invocation_peak_memory_bytes             terminal events with a peak
     soulbox_invocation_queue_depth                   scheduler backlog, polled
-    soulbox_event_consumer_pending{consumer}         lifecycle events not yet acked per consumer, polled
+    soulbox_event_consumer_pending{consumer}         lifecycle events the events durable has not acked, polled
 
 Counters cannot be rewritten like a key, so redelivery is handled by
 remembering the ids of recently counted events (a bounded window): an event
@@ -131,12 +131,11 @@ class MetricsRecorder:
         info = await js.consumer_info(names.INVOCATIONS_STREAM, names.SCHEDULER_CONSUMER)
         depth = (info.num_pending or 0) + (info.num_ack_pending or 0)
         self.queue_depth.set(depth)
-        for durable in names.EVENT_CONSUMERS:
-            try:
-                lag = await js.consumer_info(names.EVENTS_STREAM, durable)
-            except NotFoundError:  # that consumer kind never ran against this stream
-                continue
-            self.consumer_pending.labels(durable).set((lag.num_pending or 0) + (lag.num_ack_pending or 0))
+        try:
+            lag = await js.consumer_info(names.EVENTS_STREAM, names.EVENTS_CONSUMER)
+        except NotFoundError:  # no events process has run against this stream yet
+            return depth
+        self.consumer_pending.labels(names.EVENTS_CONSUMER).set((lag.num_pending or 0) + (lag.num_ack_pending or 0))
         return depth
 
     async def watch_queue_depth(self, js: JetStreamContext, stop: asyncio.Event, *, interval: float = 1.0) -> None:
