@@ -21,7 +21,8 @@ pin what the supervisor decided:
     PYTHONUNBUFFERED=1                 log lines reach the log files at once
 
 Components start in this order and stop in the reverse one: NATS, the events
-consumer (one process: billing, audit and metrics over one read of every event), the workers, the scheduler, the trigger service, the gateway. Stopping thus goes from
+consumer (one process: billing, audit and metrics over one read of every event), the workers,
+the scheduler, the trigger service, the gateway. Stopping thus goes from
 the front door inwards — no new requests, no new dispatches, workers finish,
 consumers drain the last events — and NATS goes last.
 """

@@ -14,11 +14,11 @@ recorder slows the fetching instead of growing a queue.
 
 With ``ack_all`` (a durable with ``AckPolicy.ALL``) one ack settles the batch:
 acking a message acknowledges every earlier one of the durable, so the loop
-must never get ahead of what it recorded. It therefore retries a failed batch
-itself (with the same back-off) instead of nak'ing it and moving on, acks the
-highest sequence below anything it holds unrecorded, and acks nothing it took
-before the server moved the pin to another process (see :mod:`.fetch`): such a
-batch is nak'd. That is only sound while one process at a time is served by
+must never ack past an event nobody recorded. It retries a failed batch itself
+(with the same back-off) instead of nak'ing it and moving on, acks only up to
+what it recorded without a gap after the durable's ack floor (``_ack_upto``),
+and acks nothing it took before the server moved the pin to another process
+(see :mod:`.fetch`): such a batch is nak'd. That is only sound while one process at a time is served by
 the durable, which the pinned-client priority group enforces (:mod:`.topology`).
 """
 
@@ -128,6 +128,8 @@ class EventConsumer(Generic[M]):
         self._group = group
         self._ack_all = ack_all
         self._fetcher: BatchFetcher | None = None
+        self._floor = 0  # ack_all: the durable's ack floor as far as this process knows (refreshed on a gap)
+        self._recorded: dict[int, Msg] = {}  # ack_all: recorded, not yet acknowledged, above the floor
         self._stop = asyncio.Event()
         self._log = log.bind(consumer=durable, stream=stream)
         self._span_attributes = {"messaging.system": "nats", "messaging.consumer.group.name": durable}
@@ -239,31 +241,62 @@ class EventConsumer(Generic[M]):
                 return
 
     async def _ack(self, msgs: list[Msg]) -> None:
-        """Acknowledge recorded messages: each one, or with ``ack_all`` the highest sequence that
-        covers nothing this process holds unrecorded (and nothing at all after losing the pin)."""
+        """Acknowledge recorded messages: each one, or with ``ack_all`` see ``_ack_upto``."""
         if not self._ack_all:
             await _reply_all(msgs)
             return
         fetcher = self._fetcher
-        if fetcher is None or not msgs:
+        if fetcher is None:
             return
-        if fetcher.unpins != fetcher.taken_unpins:  # the pin moved on: let its holder record them too
+        if fetcher.unpins != fetcher.taken_unpins:  # the pin moved on: its holder records them (again)
+            self._recorded.clear()
             await _reply_all(msgs, retry_delay=0.0)
             return
-        held = [stream_seq(msg.reply) for msg in fetcher.buffered]
-        below = min(held) if held else None
-        target: Msg | None = None
-        top = 0
         for msg in msgs:
             seq = stream_seq(msg.reply)
-            if seq > top and (below is None or seq < below):
-                target, top = msg, seq
-        if target is None:
-            return  # acknowledged with the batch that records the ones held below them
+            if seq > self._floor:
+                self._recorded[seq] = msg
         try:
-            await target.ack()
+            await self._ack_upto(fetcher)
         except NatsError as exc:  # unacknowledged messages are redelivered after the ack wait
             log.warning("events.reply_failed", count=len(msgs), error=repr(exc))
+
+    async def _ack_upto(self, fetcher: BatchFetcher) -> None:
+        """One ack for the highest recorded sequence that covers nothing unrecorded.
+
+        An ack covers every sequence up to its own, also messages delivered to a
+        process that died with them and not yet redelivered (redeliveries come in
+        no particular order). So the ack goes to the end of the recorded run
+        that follows the durable's ack floor without a gap; past a gap only when
+        the server says that every message it awaits an ack for is one this
+        process holds (then the gap holds nothing to deliver). Never past a
+        message held but not recorded yet.
+        """
+        held = [stream_seq(msg.reply) for msg in fetcher.buffered]
+        below = min(held) if held else None
+        recorded = self._recorded
+        top = self._contiguous(below)
+        if any(seq > top and (below is None or seq < below) for seq in recorded):  # a gap: ask the server
+            info = await self._nc.jetstream().consumer_info(self._stream, self._durable)
+            self._floor = max(self._floor, info.ack_floor.stream_seq if info.ack_floor else 0)
+            for seq in [seq for seq in recorded if seq <= self._floor]:
+                del recorded[seq]
+            top = self._contiguous(below)
+            if (info.num_ack_pending or 0) == len(recorded) + len(held):
+                top = max([seq for seq in recorded if below is None or seq < below], default=top)
+        if top <= self._floor:
+            return
+        await recorded[top].ack()
+        for seq in [seq for seq in recorded if seq <= top]:
+            del recorded[seq]
+        self._floor = top
+
+    def _contiguous(self, below: int | None) -> int:
+        """The end of the recorded run right after the known ack floor (and below ``below``)."""
+        top = self._floor
+        while top + 1 in self._recorded and (below is None or top + 1 < below):
+            top += 1
+        return top
 
 
 def stream_seq(reply: str) -> int:

@@ -13,8 +13,9 @@ from nats.js.errors import NotFoundError
 
 from soulbox.core import names
 from soulbox.core.codec import encode
+from soulbox.core.natsserver import free_port
 from soulbox.core.schemas import EventType, LifecycleEvent, Outcome, Tier
-from soulbox.core.settings import EventsSettings
+from soulbox.core.settings import EventsSettings, Settings
 from soulbox.events import EventConsumer, Recorder, ensure_events_consumer
 
 FAST = EventsSettings(ack_wait_s=2.0, pin_timeout_s=3.0)
@@ -83,6 +84,12 @@ async def eventually(check: Callable[[], Awaitable[bool]], *, timeout: float = 1
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s")
         await asyncio.sleep(interval)
+
+
+def process_settings(settings: Settings) -> Settings:
+    """``settings`` for an events process run in a test: the FAST timeouts and a free /metrics port."""
+    events = FAST.model_copy(update={"metrics_port": free_port()})
+    return settings.model_copy(update={"events": events})
 
 
 async def explicit_durable(js: JetStreamContext, durable: str) -> None:

@@ -50,7 +50,7 @@ from soulbox.events.chain import verify
 from soulbox.events.consumer import EventConsumer
 from soulbox.events.streamread import read_stream
 
-from .helpers import consuming, eventually, life, publish, settled
+from .helpers import consuming, eventually, life, process_settings, publish, settled
 
 
 @pytest_asyncio.fixture
@@ -83,8 +83,8 @@ async def test_events_and_api_calls_form_one_chain(
     intake = EventConsumer(
         nc, IntakeRecorder(audit_log), durable="audit", batch=64, model=AuditRecord, stream=names.AUDIT_INTAKE_STREAM
     )
-    async with consuming(js, AuditRecorder(audit_log), "audit"):
-        await eventually(lambda: settled(js, "audit"))
+    async with consuming(js, AuditRecorder(audit_log)):
+        await eventually(lambda: settled(js))
     stop = asyncio.Event()
     task = asyncio.create_task(intake.run(stop))
     await eventually(lambda: _chained(js, 13))
@@ -337,7 +337,7 @@ async def test_the_audit_consumer_exports_segments_periodically(
     )
     await publish(js, life("inv-1") + life("inv-2") + life("inv-3"))
     stop = asyncio.Event()
-    task = asyncio.create_task(run("audit", settings, stop))
+    task = asyncio.create_task(run(process_settings(settings), stop))
     store = ExportStore(settings.s3)
 
     async def exported() -> bool:
@@ -353,8 +353,8 @@ async def test_the_audit_consumer_exports_segments_periodically(
     assert verify_segments(segments).ok
     await publish(js, life("inv-4"))  # a fresh writer continues the chain after the purge
     stop = asyncio.Event()
-    task = asyncio.create_task(run("audit", settings.model_copy(update={"audit": AuditSettings()}), stop))
-    await eventually(lambda: settled(js, "audit"))
+    task = asyncio.create_task(run(process_settings(settings.model_copy(update={"audit": AuditSettings()})), stop))
+    await eventually(lambda: settled(js))
     stop.set()
     await asyncio.wait_for(task, 15)
     assert (await verify_log(js, anchor=await anchor_for(store, js))).ok
