@@ -140,12 +140,21 @@ class EventConsumer(Generic[M]):
         self._fetcher, self._stop = fetcher, stop
         await fetcher.start()
         self._log.info("events.consumer.started", batch=self._batch)
+        previous: asyncio.Task[None] | None = None
         try:
             while not stop.is_set():
                 msgs = await self._fetch(fetcher, stop)
-                if msgs:
-                    await self._settle(msgs)
+                if not msgs:
+                    continue
+                # Two batches at a time: this one is decoded and recorded while the previous one
+                # waits for its writes to be confirmed; its acks follow the previous one's.
+                current = asyncio.create_task(self._settle(msgs, fetcher.taken_unpins, previous))
+                if previous is not None:
+                    await previous
+                previous = current
         finally:
+            if previous is not None:
+                await previous
             try:
                 await fetcher.stop()
             except NatsError as exc:  # the connection may already be closing
@@ -179,11 +188,12 @@ class EventConsumer(Generic[M]):
         except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, ValidationError):
             return None
 
-    async def _settle(self, msgs: list[Msg]) -> None:
-        """Decode, record and acknowledge one batch: the handling of every message."""
+    async def _settle(self, msgs: list[Msg], epoch: int, previous: asyncio.Task[None] | None) -> None:
+        """Decode, record and acknowledge one batch (after ``previous`` settled): the handling of every
+        message. ``epoch`` is the fetcher's ``unpins`` when the batch was taken."""
         decoded = self._decode_batch(msgs)
         if decoded is not None:
-            await self._record(decoded, msgs)
+            await self._record(decoded, msgs, epoch, previous)
             return
         events: list[M] = []
         accepted: list[Msg] = []
@@ -201,12 +211,14 @@ class EventConsumer(Generic[M]):
             else:
                 accepted.append(msg)
                 events.append(event)
-        await self._record(events, accepted)
+        await self._record(events, accepted, epoch, previous)
 
-    async def _record(self, events: list[M], accepted: list[Msg]) -> None:
+    async def _record(
+        self, events: list[M], accepted: list[Msg], epoch: int, previous: asyncio.Task[None] | None
+    ) -> None:
         """Record ``events`` and settle ``accepted`` (their messages) with the outcome."""
         if not events:
-            await self._ack(accepted)
+            await self._ack(accepted, epoch, previous)
             return
         self._log.debug("events.batch", count=len(events), kinds=dict(Counter(_kind(e) for e in events)))
         try:
@@ -215,13 +227,16 @@ class EventConsumer(Generic[M]):
         except Exception as exc:  # any failure: the whole batch comes back later
             self._log.warning("events.record_failed", count=len(events), error=repr(exc))
             if self._ack_all:
-                await self._retry(events, accepted)
+                await self._retry(events, accepted, epoch, previous)
             else:
+                await _wait(previous)
                 await _reply_all(accepted, retry_delay=self._retry_delay)
         else:
-            await self._ack(accepted)
+            await self._ack(accepted, epoch, previous)
 
-    async def _retry(self, events: list[M], accepted: list[Msg]) -> None:
+    async def _retry(
+        self, events: list[M], accepted: list[Msg], epoch: int, previous: asyncio.Task[None] | None
+    ) -> None:
         """Record ``events`` again until it works (or ``stop``): with one ack for everything up to a
         sequence, a batch given back to the server would be acknowledged by the next one's ack."""
         delay = self._retry_delay
@@ -229,6 +244,7 @@ class EventConsumer(Generic[M]):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), delay)
             if self._stop.is_set():
+                await _wait(previous)
                 await _reply_all(accepted, retry_delay=0.0)
                 return
             try:
@@ -237,18 +253,20 @@ class EventConsumer(Generic[M]):
                 self._log.warning("events.record_failed", count=len(events), error=repr(exc))
                 delay = min(delay * 2, MAX_RETRY_DELAY_S)
             else:
-                await self._ack(accepted)
+                await self._ack(accepted, epoch, previous)
                 return
 
-    async def _ack(self, msgs: list[Msg]) -> None:
-        """Acknowledge recorded messages: each one, or with ``ack_all`` see ``_ack_upto``."""
+    async def _ack(self, msgs: list[Msg], epoch: int, previous: asyncio.Task[None] | None) -> None:
+        """Acknowledge recorded messages once ``previous`` is settled: each one, or with ``ack_all``
+        see ``_ack_upto``."""
+        await _wait(previous)
         if not self._ack_all:
             await _reply_all(msgs)
             return
         fetcher = self._fetcher
         if fetcher is None:
             return
-        if fetcher.unpins != fetcher.taken_unpins:  # the pin moved on: its holder records them (again)
+        if fetcher.unpins != epoch:  # the pin moved on: its holder records them (again)
             self._recorded.clear()
             await _reply_all(msgs, retry_delay=0.0)
             return
@@ -297,6 +315,12 @@ class EventConsumer(Generic[M]):
         while top + 1 in self._recorded and (below is None or top + 1 < below):
             top += 1
         return top
+
+
+async def _wait(task: asyncio.Task[None] | None) -> None:
+    """Until ``task`` (a batch being settled, which handles its own errors) is done."""
+    if task is not None:
+        await asyncio.shield(task)
 
 
 def stream_seq(reply: str) -> int:

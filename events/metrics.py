@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import Counter as CountOf
 from collections import OrderedDict
 from typing import Final
 
@@ -112,19 +113,25 @@ class MetricsRecorder:
         )
 
     async def record(self, events: list[LifecycleEvent]) -> None:
+        by_type: CountOf[str] = CountOf()
+        by_outcome: CountOf[tuple[str, str]] = CountOf()  # a counter's labels looked up once per batch
         for event in events:
             if not self._seen.add(event.id):
                 continue
-            self.events.labels(type=event.type.value).inc()
+            by_type[event.type.value] += 1
             if event.type not in TERMINAL_EVENTS:
                 continue
             tier = event.tier.value if event.tier is not None else UNKNOWN
             outcome = event.outcome.value if event.outcome is not None else UNKNOWN
-            self.invocations.labels(tier=tier, outcome=outcome).inc()
+            by_outcome[tier, outcome] += 1
             if event.duration_ms is not None:
                 self.duration.labels(tier=tier).observe(event.duration_ms / 1000)
             if event.peak_memory_bytes is not None:
                 self.peak_memory.observe(event.peak_memory_bytes)
+        for type_, count in by_type.items():
+            self.events.labels(type=type_).inc(count)
+        for (tier, outcome), count in by_outcome.items():
+            self.invocations.labels(tier=tier, outcome=outcome).inc(count)
 
     async def refresh_queue_depth(self, js: JetStreamContext) -> int:
         """Read the scheduler consumer's backlog (and each event consumer's lag) once; the backlog is returned."""

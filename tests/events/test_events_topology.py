@@ -93,16 +93,22 @@ async def test_a_failed_batch_is_retried_in_place_and_nothing_after_it_is_acked(
     floors: list[int] = []
 
     class FailTwice(Spy):
+        """Fails the first batch twice."""
+
         async def record(self, events: list[LifecycleEvent]) -> None:
             await js._nc.flush()  # the acks sent so far have reached the server
             floors.append((await _info(js)).ack_floor.stream_seq)
             await super().record(events)
+            if events == first and self.batches.count(first) <= 2:
+                raise RuntimeError("recorder failure (injected)")
 
-    spy = FailTwice(fail=2)
+    spy = FailTwice()
     async with consuming(js, spy, batch=4, retry_delay=0.1):
         await eventually(lambda: settled(js))
-    assert spy.batches == [first, first, first, second]  # the same batch until it is recorded
-    assert floors == [0, 0, 0, 4]  # no ack moved past the failing batch
+    # The same batch until it is recorded; the next one, recorded meanwhile, waits for it.
+    assert spy.batches.count(first) == 3 and spy.batches.count(second) == 1 and len(spy.batches) == 4
+    assert floors == [0, 0, 0, 0]  # no ack moved past the failing batch
+    assert (await _info(js)).ack_floor.stream_seq == 8
 
 
 async def test_one_process_is_served_and_a_standby_takes_over_when_it_dies(
@@ -141,7 +147,8 @@ async def test_one_process_is_served_and_a_standby_takes_over_when_it_dies(
     stop.set()
     await asyncio.wait_for(standby_task, 10)
     assert {e.invocation_id for e in standby.events} == {"inv-2", "inv-3"}
-    assert [e.invocation_id for e in active.events] == ["inv-1"] * 4 + ["inv-2"] * 4
+    # It recorded inv-3's batch as well (while inv-2's hung) but could not ack it before inv-2's.
+    assert [e.invocation_id for e in active.events] == ["inv-1"] * 4 + ["inv-2"] * 4 + ["inv-3"] * 4
 
 
 async def test_a_clean_stop_hands_the_pin_over_at_once(js: JetStreamContext, buckets: Buckets) -> None:
