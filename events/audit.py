@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from datetime import datetime
 from typing import Any, Final
 
 from nats.js import JetStreamContext
@@ -36,7 +37,6 @@ from .tenantkeys import TenantKeys
 
 log = get_logger(__name__)
 
-_RECORDS = TypeAdapter(list[AuditRecord])
 
 MAX_PAGE: Final = 1000
 """The most records ``read_audit`` returns at once."""
@@ -85,9 +85,24 @@ def event_record(event: LifecycleEvent) -> AuditRecord:
     return AuditRecord(**_event_fields(event))
 
 
-def event_records(events: list[LifecycleEvent]) -> list[AuditRecord]:
-    """``event_record`` of every event, validated in one call for the whole batch."""
-    return _RECORDS.validate_python([_event_fields(event) for event in events])
+_AT = TypeAdapter(datetime)
+_RECORD_DEFAULTS: Final = {"v": AuditRecord.model_fields["v"].default, "actor": None, "prev_hash": None}
+
+
+def event_records(events: list[LifecycleEvent]) -> tuple[list[AuditRecord], list[dict[str, Any]]]:
+    """``event_record`` of every event, and each record's JSON form without ``hash``.
+
+    Built from the (validated) events without validating or dumping the
+    records again: the hash covers the JSON form, which is ``model_dump(mode="json")``'s
+    output exactly (a test holds them equal).
+    """
+    records: list[AuditRecord] = []
+    bodies: list[dict[str, Any]] = []
+    for event in events:
+        fields = _event_fields(event)
+        records.append(AuditRecord.model_construct(**fields))
+        bodies.append({**_RECORD_DEFAULTS, **fields, "at": _AT.dump_python(event.at, mode="json")})
+    return records, bodies
 
 
 class AuditRecorder:
@@ -97,7 +112,7 @@ class AuditRecorder:
         self._log = log_
 
     async def record(self, events: list[LifecycleEvent]) -> None:
-        await self._log.append(event_records(events))
+        await self._log.append(*event_records(events))
 
 
 class IntakeRecorder:

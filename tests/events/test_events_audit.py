@@ -10,10 +10,12 @@ import sys
 import time
 from asyncio.subprocess import PIPE
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import hypothesis
+import hypothesis.strategies as st
 import pytest
 import pytest_asyncio
 from nats.aio.client import Client as NATS
@@ -24,7 +26,7 @@ from soulbox.core.bus import Buckets
 from soulbox.core.codec import decode, encode
 from soulbox.core.errors import InvalidRequest
 from soulbox.core.natsserver import NatsServer
-from soulbox.core.schemas import AuditRecord, EventType
+from soulbox.core.schemas import AuditRecord, EventType, InvocationError
 from soulbox.core.settings import AuditSettings, Settings
 from soulbox.events import (
     GENESIS,
@@ -45,12 +47,13 @@ from soulbox.events import (
     verify_log,
     verify_segments,
 )
+from soulbox.events.audit import event_records
 from soulbox.events.auditexport import anchor_for
 from soulbox.events.chain import verify
 from soulbox.events.consumer import EventConsumer
 from soulbox.events.streamread import read_stream
 
-from .helpers import consuming, eventually, life, process_settings, publish, settled
+from .helpers import consuming, event, eventually, life, process_settings, publish, settled
 
 
 @pytest_asyncio.fixture
@@ -377,3 +380,28 @@ async def test_a_log_from_before_the_chain_is_continued(nc: NATS, js: JetStreamC
     await js.publish("sb.audit.acme.api", encode(api_call(action="unchained, after the chain began")))
     problem = (await verify_log(js)).problem
     assert problem is not None and problem.seq == 5 and "not chained" in problem.reason
+
+
+@hypothesis.settings(max_examples=200, deadline=None)
+@hypothesis.given(
+    at=st.datetimes(timezones=st.one_of(st.none(), st.just(UTC), st.timezones())),
+    duration=st.one_of(st.none(), st.floats(allow_nan=False, allow_infinity=False)),
+    message=st.text(),
+    sandbox=st.booleans(),
+)
+def test_event_bodies_are_the_records_json_form(
+    at: datetime, duration: float | None, message: str, sandbox: bool
+) -> None:
+    """The JSON form the chain hashes, built without pydantic, is exactly the model's dump."""
+    source = event(EventType.FAILED, "inv-1", at=at, duration_ms=duration).model_copy(
+        update={
+            "error": InvocationError(kind="trap", message=message),
+            "sandbox_id": "sb-1" if sandbox else None,
+            "seconds": 1.5 if sandbox else None,
+            "cpu_ms": 7,
+            "egress_bytes": 10,
+        }
+    )
+    records, bodies = event_records([source])
+    assert bodies == [event_record(source).model_dump(mode="json", exclude={"hash"})]
+    assert records == [event_record(source)]
