@@ -10,8 +10,7 @@ batch right after the head, or nothing, and answers once per batch. On any
 other stream (or an older server) the batch is published pipelined, each
 message guarded on its own:
 
-    message 1: Nats-Expected-Last-Sequence = head sequence
-    message k: Nats-Expected-Last-Msg-Id   = origin of message k-1
+    message k: Nats-Expected-Last-Sequence = head sequence + k - 1
     every one: Nats-Msg-Id                 = its own origin (evt.<id>, api.<id>)
 
 So the server stores a message only if it lands right after the record it
@@ -186,11 +185,14 @@ class AuditLog:
 
     async def _catch_up(self) -> None:
         info = await self._js.stream_info(self._stream)
-        if info.state.last_seq > self.head.seq:
-            if info.state.first_seq > self.head.seq + 1:  # purged past us: start over
+        last = info.state.last_seq
+        if last > self.head.seq:
+            # Purged past us, or far behind (a standby events process taking over after a long
+            # wait): start over from the tail, as load() does, instead of reading everything since.
+            if info.state.first_seq > self.head.seq + 1 or last - self.head.seq > self._remembered:
                 self._head = Head()
-                await self._read_from(info.state.first_seq, expect_prev=None)
-                await self._after_purge(info.state.last_seq)
+                await self._read_from(max(info.state.first_seq, last - self._remembered + 1, 1), expect_prev=None)
+                await self._after_purge(last)
             else:
                 await self._read_from(self.head.seq + 1, expect_prev=self.head.hash)
 
@@ -284,15 +286,11 @@ class AuditLog:
         head = self.head
         linked = self._link(records, head)
         messages: list[Publish] = []
-        prev_origin = head.origin
         for i, one in enumerate(linked):
-            guard = (
-                {"Nats-Expected-Last-Sequence": str(head.seq)}
-                if i == 0 or prev_origin is None
-                else {"Nats-Expected-Last-Msg-Id": prev_origin}
-            )
+            # By sequence, not by the previous message's id: a previous message that was a duplicate
+            # (stored long ago, possibly as the stream's last one) must make this one fail too.
+            guard = {"Nats-Expected-Last-Sequence": str(head.seq + i)}
             messages.append(Publish(one.message.subject, one.message.payload, {**one.message.headers, **guard}))
-            prev_origin = one.origin
         outcomes = await self._publisher.publish(messages, timeout=self._timeout)
         stored = 0
         for one, outcome in zip(linked, outcomes, strict=True):

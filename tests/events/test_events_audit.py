@@ -155,6 +155,22 @@ async def _race(nc: NATS, js: JetStreamContext, buckets: Buckets, stream: str, p
     assert verdict.ok and verdict.records == len(records)
 
 
+async def test_a_writer_far_behind_continues_from_the_tail(nc: NATS, js: JetStreamContext, buckets: Buckets) -> None:
+    """A writer whose head is older than what it remembers reloads the tail, not everything since."""
+    keys = TenantKeys(buckets.tenant_keys)
+    behind, busy = AuditLog(nc, js, keys, remembered=10), AuditLog(nc, js, keys)
+    await behind.load()
+    await busy.load()
+    again = [api_call(action="both")]
+    assert await busy.append([api_call(action=f"r{i}") for i in range(30)] + again) == 31
+    assert await behind.append([*again, api_call(action="late")]) == 1  # the tail holds the shared one
+    for writer in (behind, busy):
+        await writer.close()
+    assert behind.head.seq == 32
+    verdict = await verify_log(js)
+    assert verdict.ok and verdict.records == 32
+
+
 async def test_two_writers_keep_one_valid_chain(nc: NATS, js: JetStreamContext, buckets: Buckets) -> None:
     assert (await js.stream_info(names.AUDIT_STREAM)).config.allow_atomic  # batches are atomic batches
     await _race(nc, js, buckets, names.AUDIT_STREAM, "sb.audit")
