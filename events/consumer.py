@@ -207,7 +207,10 @@ class EventConsumer(Generic[M]):
                     seq=msg.metadata.sequence.stream,
                     error=exc.message,
                 )
-                await msg.term()
+                if self._ack_all:  # one ack covers it: skipped like a terminated one, never redelivered
+                    accepted.append(msg)
+                else:
+                    await msg.term()
             else:
                 accepted.append(msg)
                 events.append(event)

@@ -85,6 +85,19 @@ async def test_one_ack_settles_a_batch(js: JetStreamContext, buckets: Buckets) -
     assert (info.ack_floor.stream_seq, info.num_redelivered) == (40, 0)
 
 
+async def test_an_undecodable_event_is_skipped_and_covered_by_the_ack(js: JetStreamContext, buckets: Buckets) -> None:
+    await js.publish(names.event_subject("invocation.completed"), b"\xc1 not msgpack")
+    good = life("inv-1")
+    await publish(js, good)
+    spy = Spy()
+    async with consuming(js, spy, batch=2):
+        await eventually(lambda: settled(js))
+        await asyncio.sleep(2.5)  # past the ack wait: nothing comes back
+    assert spy.events == good
+    info = await _info(js)
+    assert (info.ack_floor.stream_seq, info.num_redelivered, info.num_ack_pending) == (5, 0, 0)
+
+
 async def test_a_failed_batch_is_retried_in_place_and_nothing_after_it_is_acked(
     js: JetStreamContext, buckets: Buckets
 ) -> None:
