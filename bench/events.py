@@ -8,8 +8,8 @@
   of every event) runs; the rate is N over the time from the first publish
   until the events durable has acknowledged everything. With ``--backlog`` the
   events are all stored first (the durable paused) and the rate is how fast
-  the process drains them. With ``--standbys K`` K more events processes run
-  (they wait for the durable's pin and take nothing). The clock starts only
+  the process drains them. With ``--standbys K`` K more events processes run:
+  one of them all is served (holds the durable's pin), the others take nothing. The clock starts only
   once every process runs (starting one takes seconds of CPU on a loaded box). Then it checks: N/4 usage entries stored
   (0 lost), the usage report's total of invocations and billable milliseconds
   exact (0 double-billed), N records in the audit chain and the chain
@@ -124,7 +124,7 @@ def cpu_seconds(pid: int) -> float:
 def start_consumers(
     nats_url: str, metrics_ports: list[int], root: Path, batch: int, *, first: int = 0
 ) -> dict[str, subprocess.Popen[bytes]]:
-    """Events processes: ``events`` (number 0, started first: it gets the pin), then ``standby-<n>``."""
+    """Events processes ``events-<n>``; the durable's pin goes to whichever asks first once events flow."""
     processes = {}
     for n, port in enumerate(metrics_ports, first):
         env = {
@@ -134,7 +134,7 @@ def start_consumers(
             "SOULBOX_EVENTS__METRICS_PORT": str(port),
             "SOULBOX_LOG_LEVEL": "info",
         }
-        name = "events" if n == 0 else f"standby-{n}"
+        name = f"events-{n}"
         with (root / f"{name}.log").open("wb") as log:
             processes[name] = subprocess.Popen(
                 [sys.executable, "-m", "soulbox.events", "run"], env=env, stdout=log, stderr=subprocess.STDOUT
@@ -184,7 +184,7 @@ async def soulbox(
     processes: dict[str, subprocess.Popen[bytes]] = {}
     try:
         processes |= start_consumers(url, metrics_ports[:1], root, batch)
-        await ready(root, processes)  # the first one takes the pin
+        await ready(root, processes)
         if standbys:
             processes |= start_consumers(url, metrics_ports[1:], root, batch, first=1)
             await ready(root, processes)
