@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from datetime import datetime
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from nats.js import JetStreamContext
 from nats.js.api import PubAck
@@ -89,20 +89,32 @@ _AT = TypeAdapter(datetime)
 _RECORD_DEFAULTS: Final = {"v": AuditRecord.model_fields["v"].default, "actor": None, "prev_hash": None}
 
 
-def event_records(events: list[LifecycleEvent]) -> tuple[list[AuditRecord], list[dict[str, Any]]]:
-    """``event_record`` of every event, and each record's JSON form without ``hash``.
+class EventEntry(NamedTuple):
+    """What the audit log needs of an event's record to append it (an ``auditlog.Entry``)."""
 
-    Built from the (validated) events without validating or dumping the
-    records again: the hash covers the JSON form, which is ``model_dump(mode="json")``'s
+    id: str
+    kind: str
+    at: datetime
+    tenant: str | None
+    resource: str | None
+    detail: dict[str, str | int | float | bool | None]
+    origin: str | None
+
+
+def event_entries(events: list[LifecycleEvent]) -> tuple[list[EventEntry], list[dict[str, Any]]]:
+    """What ``event_record`` of every event holds, and each record's JSON form without ``hash``.
+
+    Built from the (validated) events without making, validating or dumping
+    records: the hash covers the JSON form, which is ``model_dump(mode="json")``'s
     output exactly (a test holds them equal).
     """
-    records: list[AuditRecord] = []
+    entries: list[EventEntry] = []
     bodies: list[dict[str, Any]] = []
     for event in events:
-        fields = _event_fields(event)
-        records.append(AuditRecord.model_construct(**fields))
-        bodies.append({**_RECORD_DEFAULTS, **fields, "at": _AT.dump_python(event.at, mode="json")})
-    return records, bodies
+        f = _event_fields(event)
+        entries.append(EventEntry(f["id"], f["kind"], f["at"], f["tenant"], f["resource"], f["detail"], f["origin"]))
+        bodies.append({**_RECORD_DEFAULTS, **f, "at": _AT.dump_python(event.at, mode="json")})
+    return entries, bodies
 
 
 class AuditRecorder:
@@ -112,7 +124,7 @@ class AuditRecorder:
         self._log = log_
 
     async def record(self, events: list[LifecycleEvent]) -> None:
-        await self._log.append(*event_records(events))
+        await self._log.append(*event_entries(events))
 
 
 class IntakeRecorder:

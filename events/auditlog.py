@@ -31,8 +31,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Final, NamedTuple
+from datetime import datetime
+from typing import Any, Final, NamedTuple, Protocol
 
 import msgpack
 from nats.aio.client import Client as NATS
@@ -85,11 +87,31 @@ class _Linked(NamedTuple):
     origin: str
 
 
+class Entry(Protocol):
+    """What appending needs of a record: an ``AuditRecord`` is one; lifecycle events make
+    lighter ones (see ``AuditLog.append``)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def at(self) -> datetime: ...
+    @property
+    def tenant(self) -> str | None: ...
+    @property
+    def resource(self) -> str | None: ...
+    @property
+    def detail(self) -> dict[str, str | int | float | bool | None]: ...
+    @property
+    def origin(self) -> str | None: ...
+
+
 class _Prepared(NamedTuple):
     """A record to append: the record, its subject token, the fields to replace, its origin and,
     when the caller made it, its JSON form without ``hash`` (see ``AuditLog.append``)."""
 
-    record: AuditRecord
+    record: Entry
     token: str
     update: dict[str, str | None]
     origin: str
@@ -196,16 +218,19 @@ class AuditLog:
             else:
                 await self._read_from(self.head.seq + 1, expect_prev=self.head.hash)
 
-    async def append(self, records: list[AuditRecord], bodies: list[dict[str, Any]] | None = None) -> int:
+    async def append(self, records: Sequence[Entry], bodies: Sequence[dict[str, Any]] | None = None) -> int:
         """Append the records not appended before, in order; the number appended now.
 
         A record without ``origin`` gets ``<kind>.<id>``; its ``tenant`` (a name) is
         replaced by the tenant's pseudonym, also in a ``/tenants/<name>``
         resource. Raises on anything but a lost race. ``bodies``, when given, are
-        the records' JSON form without ``hash`` (``model_dump(mode="json")``), made
-        more cheaply by the caller than a dump of the model.
+        the records' JSON form without ``hash`` (``AuditRecord.model_dump(mode="json")``
+        of each), made more cheaply by the caller than a model and its dump; without
+        them every record must be an ``AuditRecord``.
         """
         if bodies is None:
+            if not all(isinstance(record, AuditRecord) for record in records):
+                raise TypeError("records other than AuditRecord need their bodies")
             prepared = [await self._pseudonymize(record, None) for record in records]
         else:
             prepared = [await self._pseudonymize(r, b) for r, b in zip(records, bodies, strict=True)]
@@ -242,7 +267,7 @@ class AuditLog:
         """The records chained after ``head``, as messages (de-duplicated by their origin)."""
         linked: list[_Linked] = []
         prev_hash = head.hash
-        missing = [prepared.record for prepared in records if prepared.body is None]
+        missing = [p.record for p in records if p.body is None and isinstance(p.record, AuditRecord)]
         dumped = iter(json_fields(missing) if missing else [])
         # A body made by the caller is copied: linking changes it, and a lost race links it again.
         bodies = [dict(p.body) if p.body is not None else next(dumped) for p in records]
@@ -306,7 +331,7 @@ class AuditLog:
             raise ChainBroken(f"audit append refused: {outcome.description} ({outcome.err_code})")
         return stored, False
 
-    async def _pseudonymize(self, record: AuditRecord, body: dict[str, Any] | None) -> _Prepared:
+    async def _pseudonymize(self, record: Entry, body: dict[str, Any] | None) -> _Prepared:
         tenant = names.tenant_token(record.tenant)
         token = await self._keys.pseudonym(tenant) if tenant != names.NO_TENANT else names.NO_TENANT
         origin = record.origin or f"{record.kind}.{record.id}"

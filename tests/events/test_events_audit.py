@@ -47,7 +47,7 @@ from soulbox.events import (
     verify_log,
     verify_segments,
 )
-from soulbox.events.audit import event_records
+from soulbox.events.audit import event_entries
 from soulbox.events.auditexport import anchor_for
 from soulbox.events.chain import verify
 from soulbox.events.consumer import EventConsumer
@@ -418,6 +418,7 @@ def test_event_bodies_are_the_records_json_form(
             "egress_bytes": 10,
         }
     )
-    records, bodies = event_records([source])
-    assert bodies == [event_record(source).model_dump(mode="json", exclude={"hash"})]
-    assert records == [event_record(source)]
+    entries, bodies = event_entries([source])
+    record = event_record(source)
+    assert bodies == [record.model_dump(mode="json", exclude={"hash"})]
+    assert entries[0]._asdict() == {k: getattr(record, k) for k in entries[0]._fields}
