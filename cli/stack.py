@@ -8,13 +8,13 @@ pin what the supervisor decided:
     SOULBOX_NATS__URLS                 JSON list: the embedded server, or the --external-nats URLs
     SOULBOX_GATEWAY__HOST              gateway listen address
     SOULBOX_GATEWAY__PORT              gateway port
-    SOULBOX_EVENTS__METRICS_HOST       metrics consumer listen address
-    SOULBOX_EVENTS__METRICS_PORT       metrics consumer port
+    SOULBOX_EVENTS__METRICS_HOST       events process /metrics listen address
+    SOULBOX_EVENTS__METRICS_PORT       events process /metrics port
     SOULBOX_SCHEDULER__METRICS_HOST    scheduler /metrics listen address
-    SOULBOX_SCHEDULER__METRICS_PORT    scheduler /metrics port (default: the metrics consumer's + 1)
+    SOULBOX_SCHEDULER__METRICS_PORT    scheduler /metrics port (default: the events process' + 1)
     SOULBOX_WORKER__METRICS_HOST       workers' /metrics listen address
     SOULBOX_WORKER__METRICS_PORT       workers only: ``worker.metrics_port + n - 1`` for worker n
-                                       (default base: the metrics consumer's port + 2)
+                                       (default base: the events process' port + 2)
     SOULBOX_LOG_LEVEL                  as resolved by the supervisor
     SOULBOX_LOG_FORMAT                 as resolved by the supervisor
     SOULBOX_WORKER__ID                 workers only: ``<worker id>-<n>``, stable across restarts

@@ -2,13 +2,14 @@
 
 The loop pulls a batch from a durable pull consumer on ``SB_EVENTS``, decodes
 it, hands the decoded events to its recorder in one call, and acknowledges the
-batch only after the recorder returned. It holds at most two batches: the one
-being recorded and the next one, requested as soon as the current one is in
-hand so that it arrives while this one is recorded (see :mod:`.fetch`); the
-durable's ``max_ack_pending`` bounds what the server hands out, so a slow
-recorder slows the fetching instead of growing a queue.
+batch only after the recorder returned. Two batches are settled at a time: the
+next one is decoded and recorded while the previous one waits for its writes
+to be confirmed, and acknowledged only after it (the next request is sent as
+soon as a batch is in hand, see :mod:`.fetch`). The durable's
+``max_ack_pending`` bounds what the server hands out, so a slow recorder slows
+the fetching instead of growing a queue.
 
-    fetch(batch) ──> decode ──> recorder.record(events) ──> ack all
+    fetch(batch) ──> decode ──> recorder.record(events) ──> (previous batch settled) ──> ack
                        │                    │
                  undecodable: term     raised: nak all (delayed redelivery)
 
@@ -17,9 +18,11 @@ acking a message acknowledges every earlier one of the durable, so the loop
 must never ack past an event nobody recorded. It retries a failed batch itself
 (with the same back-off) instead of nak'ing it and moving on, acks only up to
 what it recorded without a gap after the durable's ack floor (``_ack_upto``),
+skips an undecodable message (the ack covers it) instead of terminating it,
 and acks nothing it took before the server moved the pin to another process
-(see :mod:`.fetch`): such a batch is nak'd. That is only sound while one process at a time is served by
-the durable, which the pinned-client priority group enforces (:mod:`.topology`).
+(see :mod:`.fetch`): such a batch is nak'd. That is only sound while one
+process at a time is served by the durable, which the pinned-client priority
+group enforces (:mod:`.topology`).
 """
 
 from __future__ import annotations
