@@ -101,7 +101,9 @@ async def explicit_durable(js: JetStreamContext, durable: str) -> None:
         await js.add_consumer(names.EVENTS_STREAM, config)
 
 
-def events_consumer(js: JetStreamContext, recorder: Recorder, *, batch: int = 64, **options: float) -> EventConsumer:
+def events_consumer(
+    js: JetStreamContext, recorder: Recorder, *, batch: int = 64, retry_delay: float = 0.2
+) -> EventConsumer:
     """The loop as the events process runs it: the events durable, pinned, one ack per batch."""
     return EventConsumer(
         js._nc,
@@ -110,7 +112,8 @@ def events_consumer(js: JetStreamContext, recorder: Recorder, *, batch: int = 64
         batch=batch,
         group=names.EVENTS_CONSUMER,
         ack_all=True,
-        **{"fetch_timeout": 0.2, "retry_delay": 0.2, **options},
+        fetch_timeout=0.2,
+        retry_delay=retry_delay,
     )
 
 
