@@ -3,13 +3,14 @@
 * bare: ``publish_async`` of N small messages to a stream of our own, then one
   pull consumer doing ``fetch(500)`` + ack until all are consumed (one process);
 * SoulBox: N lifecycle events (N/4 invocations: accepted, scheduled, started,
-  completed) published with ``publish_async`` while the three consumer
-  processes (``python -m soulbox.events billing|audit|metrics``) run; the rate
-  is N over the time from the first publish until all three durables have
-  acknowledged everything. With ``--backlog`` the events are all stored first
-  (the durables paused) and the rate is how fast the three drain them. The
-  clock starts only once every consumer process runs (starting one takes
-  seconds of CPU on a loaded box). Then it checks: N/4 usage entries stored
+  completed) published with ``publish_async`` while the events process
+  (``python -m soulbox.events run``: billing, audit and metrics over one read
+  of every event) runs; the rate is N over the time from the first publish
+  until the events durable has acknowledged everything. With ``--backlog`` the
+  events are all stored first (the durable paused) and the rate is how fast
+  the process drains them. With ``--standbys K`` K more events processes run:
+  one of them all is served (holds the durable's pin), the others take nothing. The clock starts only
+  once every process runs (starting one takes seconds of CPU on a loaded box). Then it checks: N/4 usage entries stored
   (0 lost), the usage report's total of invocations and billable milliseconds
   exact (0 double-billed), N records in the audit chain and the chain
   verifies, metrics counted N events.
@@ -46,7 +47,7 @@ from soulbox.core.codec import encode
 from soulbox.core.natsserver import NatsServer, free_port
 from soulbox.core.schemas import EventType, LifecycleEvent, Outcome, Tier
 from soulbox.core.settings import EventsSettings, PriceList, Settings
-from soulbox.events import usage, verify_log
+from soulbox.events import ensure_events_consumer, usage, verify_log
 
 PAYLOAD = b"x" * 200  # about the size of an encoded lifecycle event
 NATS_CONFIG = Path(__file__).resolve().parents[1] / "infra" / "nats.conf"
@@ -120,19 +121,23 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def start_consumers(nats_url: str, metrics_port: int, root: Path, batch: int) -> dict[str, subprocess.Popen[bytes]]:
-    env = {
-        **os.environ,
-        "SOULBOX_EVENTS__BATCH": str(batch),
-        "SOULBOX_NATS__URLS": json.dumps([nats_url]),
-        "SOULBOX_EVENTS__METRICS_PORT": str(metrics_port),
-        "SOULBOX_LOG_LEVEL": "info",
-    }
+def start_consumers(
+    nats_url: str, metrics_ports: list[int], root: Path, batch: int, *, first: int = 0
+) -> dict[str, subprocess.Popen[bytes]]:
+    """Events processes ``events-<n>``; the durable's pin goes to whichever asks first once events flow."""
     processes = {}
-    for kind in names.EVENT_CONSUMERS:
-        with (root / f"{kind}.log").open("wb") as log:
-            processes[kind] = subprocess.Popen(
-                [sys.executable, "-m", "soulbox.events", kind], env=env, stdout=log, stderr=subprocess.STDOUT
+    for n, port in enumerate(metrics_ports, first):
+        env = {
+            **os.environ,
+            "SOULBOX_EVENTS__BATCH": str(batch),
+            "SOULBOX_NATS__URLS": json.dumps([nats_url]),
+            "SOULBOX_EVENTS__METRICS_PORT": str(port),
+            "SOULBOX_LOG_LEVEL": "info",
+        }
+        name = f"events-{n}"
+        with (root / f"{name}.log").open("wb") as log:
+            processes[name] = subprocess.Popen(
+                [sys.executable, "-m", "soulbox.events", "run"], env=env, stdout=log, stderr=subprocess.STDOUT
             )
     return processes
 
@@ -155,51 +160,61 @@ async def ready(root: Path, processes: dict[str, subprocess.Popen[bytes]], timeo
 
 
 async def soulbox(
-    nc: NATS, js: JetStreamContext, buckets: Buckets, n: int, batch: int, root: Path, server_pid: int, *, backlog: bool
+    nc: NATS,
+    js: JetStreamContext,
+    buckets: Buckets,
+    n: int,
+    batch: int,
+    root: Path,
+    server_pid: int,
+    *,
+    backlog: bool,
+    standbys: int,
 ) -> dict[str, object]:
     invocations = n // 4
     events = lifecycle(invocations)
     items = [
         (names.event_subject(e.type.value), encode(e), {"Nats-Msg-Id": e.id}) for e in events
     ]  # encoded before the clock starts: the producer's pydantic cost is not the consumers'
-    metrics_port = free_port()
+    metrics_ports = [free_port() for _ in range(1 + standbys)]
+    await ensure_events_consumer(nc, js, EventsSettings())
     if backlog:
-        for kind in names.EVENT_CONSUMERS:
-            await js.pause_consumer(names.EVENTS_STREAM, kind, "2100-01-01T00:00:00Z")
-    processes = start_consumers(nc.connected_url.geturl() if nc.connected_url else "", metrics_port, root, batch)
+        await js.pause_consumer(names.EVENTS_STREAM, names.EVENTS_CONSUMER, "2100-01-01T00:00:00Z")
+    url = nc.connected_url.geturl() if nc.connected_url else ""
+    processes: dict[str, subprocess.Popen[bytes]] = {}
     try:
+        processes |= start_consumers(url, metrics_ports[:1], root, batch)
         await ready(root, processes)
-        if backlog:  # every event stored before the consumers may take any
+        if standbys:
+            processes |= start_consumers(url, metrics_ports[1:], root, batch, first=1)
+            await ready(root, processes)
+        if backlog:  # every event stored before the consumer may take any
             published = await publish_all(js, items)
         server_cpu = cpu_seconds(server_pid)
-        own_cpu = time.process_time()  # this process: the publisher (and its polling of the durables)
+        own_cpu = time.process_time()  # this process: the publisher (and its polling of the durable)
         before = {kind: cpu_seconds(process.pid) for kind, process in processes.items()}
         started = time.perf_counter()
         if backlog:
-            for kind in names.EVENT_CONSUMERS:
-                await js.resume_consumer(names.EVENTS_STREAM, kind)
+            await js.resume_consumer(names.EVENTS_STREAM, names.EVENTS_CONSUMER)
         else:
             published = await publish_all(js, items)
-        finished: dict[str, float] = {}
-        while len(finished) < len(names.EVENT_CONSUMERS):
-            for kind in names.EVENT_CONSUMERS:
-                if kind not in finished and await settled(js, kind):
-                    finished[kind] = time.perf_counter() - started
-            await asyncio.sleep(0.05)
-        elapsed = max(finished.values())
-        async with httpx.AsyncClient() as client:
-            text = (await client.get(f"http://127.0.0.1:{metrics_port}/metrics")).text
+        while not await settled(js, names.EVENTS_CONSUMER):  # noqa: ASYNC110 (polls the server)
+            await asyncio.sleep(0.02)
+        elapsed = time.perf_counter() - started
         cpu = {kind: cpu_seconds(process.pid) - before[kind] for kind, process in processes.items()}
         cpu["nats-server"] = cpu_seconds(server_pid) - server_cpu
         cpu["publisher"] = time.process_time() - own_cpu
+        counted = []
+        async with httpx.AsyncClient() as client:
+            for port in metrics_ports:
+                text = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
+                pattern = r"^soulbox_lifecycle_events_total\{[^}]*\} (\S+)$"
+                counted.append(int(sum(float(m.group(1)) for m in re.finditer(pattern, text, re.M))))
     finally:
         for process in processes.values():
             process.send_signal(signal.SIGTERM)
         for process in processes.values():
             process.wait(30)
-    counted = sum(
-        float(m.group(1)) for m in re.finditer(r"^soulbox_lifecycle_events_total\{[^}]*\} (\S+)$", text, re.M)
-    )
     # The bucket keeps one value per key (an invocation): what was billed, counted by the server.
     kv_entries = (await js.stream_info(f"KV_{names.BILLING_BUCKET}")).state.messages
     expected_ms = sum(math.ceil(float(i % 50) + 0.25) for i in range(invocations))
@@ -220,7 +235,6 @@ async def soulbox(
         "events": n,
         "publish_per_s": n / published,
         "end_to_end_per_s": n / elapsed,
-        "per_consumer_per_s": {kind: round(n / t) for kind, t in finished.items()},
         "cpu_us_per_event": {kind: round(seconds / n * 1e6, 1) for kind, seconds in cpu.items()},
         "cpu_us_per_event_all": round(sum(cpu.values()) / n * 1e6, 1),
         "billed": billed,
@@ -231,11 +245,11 @@ async def soulbox(
         "usage_entries_stored": kv_entries,
         "audit_records": chained,
         "audit_chain_ok": verdict.ok,
-        "metrics_events": int(counted),
+        "metrics_events": counted,
     }
 
 
-async def main(n: int, batch: int, backlog: bool) -> None:
+async def main(n: int, batch: int, backlog: bool, standbys: int) -> None:
     with tempfile.TemporaryDirectory(prefix="soulbox-bench-events-") as tmp:
         root = Path(tmp)
         server = NatsServer(root / "nats", config=NATS_CONFIG)
@@ -247,20 +261,23 @@ async def main(n: int, batch: int, backlog: bool) -> None:
             buckets = await ensure_topology(js, settings)
             bare_pub, bare_con = await bare(nc, js, n)
             assert server.process is not None
-            result = await soulbox(nc, js, buckets, n, batch, root, server.process.pid, backlog=backlog)
+            result = await soulbox(
+                nc, js, buckets, n, batch, root, server.process.pid, backlog=backlog, standbys=standbys
+            )
             await nc.close()
         finally:
             server.stop()
     mode = "backlog (published first)" if backlog else "live (published while consumed)"
     print(
-        f"cores: {os.cpu_count()}, events: {n}, {mode}, consumer batch: {batch}, load average: {os.getloadavg()[0]:.1f}"
+        f"cores: {os.cpu_count()}, events: {n}, {mode}, consumer batch: {batch}, standbys: {standbys}, "
+        f"load average: {os.getloadavg()[0]:.1f}"
     )
     print()
     print("| path | publish events/s | consume events/s |")
     print("| --- | ---: | ---: |")
     print(f"| bare nats-py: publish_async; fetch(500) + ack, 1 consumer | {bare_pub:,.0f} | {bare_con:,.0f} |")
     print(
-        f"| SoulBox: billing + audit + metrics processes, all acked | {result['publish_per_s']:,.0f} "
+        f"| SoulBox: events process (billing + audit + metrics), all acked | {result['publish_per_s']:,.0f} "
         f"| {result['end_to_end_per_s']:,.0f} |"
     )
     print()
@@ -274,5 +291,6 @@ if __name__ == "__main__":
     parser.add_argument(
         "--backlog", action="store_true", help="publish every event first, then time the consumers draining them"
     )
+    parser.add_argument("--standbys", type=int, default=0, help="events processes standing by (pinned out)")
     args = parser.parse_args()
-    asyncio.run(main(args.n, args.batch, args.backlog))
+    asyncio.run(main(args.n, args.batch, args.backlog, args.standbys))

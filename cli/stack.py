@@ -8,20 +8,21 @@ pin what the supervisor decided:
     SOULBOX_NATS__URLS                 JSON list: the embedded server, or the --external-nats URLs
     SOULBOX_GATEWAY__HOST              gateway listen address
     SOULBOX_GATEWAY__PORT              gateway port
-    SOULBOX_EVENTS__METRICS_HOST       metrics consumer listen address
-    SOULBOX_EVENTS__METRICS_PORT       metrics consumer port
+    SOULBOX_EVENTS__METRICS_HOST       events process /metrics listen address
+    SOULBOX_EVENTS__METRICS_PORT       events process /metrics port
     SOULBOX_SCHEDULER__METRICS_HOST    scheduler /metrics listen address
-    SOULBOX_SCHEDULER__METRICS_PORT    scheduler /metrics port (default: the metrics consumer's + 1)
+    SOULBOX_SCHEDULER__METRICS_PORT    scheduler /metrics port (default: the events process' + 1)
     SOULBOX_WORKER__METRICS_HOST       workers' /metrics listen address
     SOULBOX_WORKER__METRICS_PORT       workers only: ``worker.metrics_port + n - 1`` for worker n
-                                       (default base: the metrics consumer's port + 2)
+                                       (default base: the events process' port + 2)
     SOULBOX_LOG_LEVEL                  as resolved by the supervisor
     SOULBOX_LOG_FORMAT                 as resolved by the supervisor
     SOULBOX_WORKER__ID                 workers only: ``<worker id>-<n>``, stable across restarts
     PYTHONUNBUFFERED=1                 log lines reach the log files at once
 
-Components start in this order and stop in the reverse one: NATS, the event
-consumers, the workers, the scheduler, the trigger service, the gateway. Stopping thus goes from
+Components start in this order and stop in the reverse one: NATS, the events
+consumer (one process: billing, audit and metrics over one read of every event), the workers,
+the scheduler, the trigger service, the gateway. Stopping thus goes from
 the front door inwards — no new requests, no new dispatches, workers finish,
 consumers drain the last events — and NATS goes last.
 """
@@ -43,7 +44,6 @@ from soulbox.core.settings import Settings
 
 from .supervisor import ChildSpec
 
-EVENT_CONSUMERS = ("billing", "audit", "metrics")
 _WORKER_ID_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 
 
@@ -216,9 +216,7 @@ def make_plan(
         nats = ChildSpec("nats", tuple(argv))
     ids = worker_ids(settings, workers)
     worker = (python, "-m", "soulbox.runtimes.worker")
-    components = [
-        ChildSpec(name, (python, "-m", "soulbox.events", name), env, group="events") for name in EVENT_CONSUMERS
-    ]
+    components = [ChildSpec("events", (python, "-m", "soulbox.events", "run"), env, group="events")]
     components += [
         ChildSpec(
             f"worker-{n}",

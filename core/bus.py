@@ -268,18 +268,7 @@ async def ensure_topology(js: JetStreamContext, settings: Settings) -> Buckets:
             max_deliver=-1,
         ),
     )
-    for consumer in names.EVENT_CONSUMERS:
-        await _ensure_consumer(
-            js,
-            names.EVENTS_STREAM,
-            api.ConsumerConfig(
-                durable_name=consumer,
-                ack_policy=api.AckPolicy.EXPLICIT,
-                ack_wait=30.0,
-                max_ack_pending=20_000,
-                deliver_policy=api.DeliverPolicy.ALL,
-            ),
-        )
+    # SB_EVENTS' durable is declared by the events process (events/topology.py).
     kv = api.KeyValueConfig
     return Buckets(
         functions=await _ensure_kv(js, kv(bucket=names.FUNCTIONS_BUCKET, history=5, replicas=replicas)),

@@ -51,6 +51,9 @@ RATELIMIT_SUBJECTS: Final = "sb.ratelimit.>"
 # Durable consumers ----------------------------------------------------------
 SCHEDULER_CONSUMER: Final = "scheduler"
 EVENT_CONSUMERS: Final = ("billing", "audit", "metrics")
+"""The durables of lifecycle events before one durable fed all three (migrated by events/topology.py)."""
+EVENTS_CONSUMER: Final = "events"
+"""The durable (and its pinned priority group) that reads every lifecycle event once for billing, audit, metrics."""
 CALLBACKS_CONSUMER: Final = "callbacks"
 
 # Key-value buckets and object store ----------------------------------------------

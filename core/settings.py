@@ -167,8 +167,12 @@ class WorkerSettings(BaseModel):
 
 
 class EventsSettings(BaseModel):
-    batch: int = Field(512, ge=1)
+    batch: int = Field(1000, ge=1)
     linger_s: float = Field(0.02, ge=0, description="how long a consumer lets events gather after a short batch")
+    ack_wait_s: float = Field(10.0, gt=0, description="how long a taken event may stay unacknowledged")
+    pin_timeout_s: float = Field(
+        15.0, gt=0, description="how long the serving events process may go without pulling before a standby takes over"
+    )
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9470
 

@@ -1,7 +1,8 @@
 """events: the consumers of lifecycle events (billing, audit, metrics) and their read sides.
 
-Each consumer is one process (``python -m soulbox.events <kind>``) running the
-generic loop of :mod:`.consumer` over a durable consumer with one recorder.
+One process (``python -m soulbox.events run``) runs the generic loop of
+:mod:`.consumer` over one durable and feeds each event to the three recorders
+(:mod:`.fanout`); standbys wait for the durable's pin (:mod:`.topology`).
 The read sides (usage report, audit log, verification, exports) are plain
 functions the gateway and the command line call.
 """
@@ -17,16 +18,17 @@ from .billing import METERS, BillingRecorder, Meter, usage_entry
 from .chain import GENESIS, Problem, Verdict, canonical, link, record_hash, verify
 from .cli import main
 from .consumer import BatchRecorder, EventConsumer, Recorder
+from .fanout import Fanout
 from .metrics import MetricsRecorder
 from .s3 import ExportStore
-from .service import KINDS, Kind, run
+from .service import run
 from .tenantkeys import TenantKeys
+from .topology import ensure_events_consumer
 from .usage import FunctionUsage, Granularity, UsageBucket, UsageReport, UsageTotals, usage, usage_entries
 from .usageexport import export_recent, export_usage, parse_period
 
 __all__ = [
     "GENESIS",
-    "KINDS",
     "METERS",
     "AuditLog",
     "AuditRecorder",
@@ -35,10 +37,10 @@ __all__ = [
     "ChainBroken",
     "EventConsumer",
     "ExportStore",
+    "Fanout",
     "FunctionUsage",
     "Granularity",
     "IntakeRecorder",
-    "Kind",
     "Manifest",
     "Meter",
     "MetricsRecorder",
@@ -52,6 +54,7 @@ __all__ = [
     "Verdict",
     "apply_retention",
     "canonical",
+    "ensure_events_consumer",
     "event_record",
     "export_recent",
     "export_segment",

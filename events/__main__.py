@@ -1,4 +1,4 @@
-"""``python -m soulbox.events billing|audit|metrics|export-usage|export-audit|verify-audit``."""
+"""``python -m soulbox.events run|export-usage|export-audit|verify-audit``."""
 
 from __future__ import annotations
 

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from typing import Any, Final
+from datetime import datetime
+from typing import Any, Final, NamedTuple
 
 from nats.js import JetStreamContext
 from nats.js.api import PubAck
@@ -36,7 +37,6 @@ from .tenantkeys import TenantKeys
 
 log = get_logger(__name__)
 
-_RECORDS = TypeAdapter(list[AuditRecord])
 
 MAX_PAGE: Final = 1000
 """The most records ``read_audit`` returns at once."""
@@ -85,9 +85,36 @@ def event_record(event: LifecycleEvent) -> AuditRecord:
     return AuditRecord(**_event_fields(event))
 
 
-def event_records(events: list[LifecycleEvent]) -> list[AuditRecord]:
-    """``event_record`` of every event, validated in one call for the whole batch."""
-    return _RECORDS.validate_python([_event_fields(event) for event in events])
+_AT = TypeAdapter(datetime)
+_RECORD_DEFAULTS: Final = {"v": AuditRecord.model_fields["v"].default, "actor": None, "prev_hash": None}
+
+
+class EventEntry(NamedTuple):
+    """What the audit log needs of an event's record to append it (an ``auditlog.Entry``)."""
+
+    id: str
+    kind: str
+    at: datetime
+    tenant: str | None
+    resource: str | None
+    detail: dict[str, str | int | float | bool | None]
+    origin: str | None
+
+
+def event_entries(events: list[LifecycleEvent]) -> tuple[list[EventEntry], list[dict[str, Any]]]:
+    """What ``event_record`` of every event holds, and each record's JSON form without ``hash``.
+
+    Built from the (validated) events without making, validating or dumping
+    records: the hash covers the JSON form, which is ``model_dump(mode="json")``'s
+    output exactly (a test holds them equal).
+    """
+    entries: list[EventEntry] = []
+    bodies: list[dict[str, Any]] = []
+    for event in events:
+        f = _event_fields(event)
+        entries.append(EventEntry(f["id"], f["kind"], f["at"], f["tenant"], f["resource"], f["detail"], f["origin"]))
+        bodies.append({**_RECORD_DEFAULTS, **f, "at": _AT.dump_python(event.at, mode="json")})
+    return entries, bodies
 
 
 class AuditRecorder:
@@ -97,7 +124,7 @@ class AuditRecorder:
         self._log = log_
 
     async def record(self, events: list[LifecycleEvent]) -> None:
-        await self._log.append(event_records(events))
+        await self._log.append(*event_entries(events))
 
 
 class IntakeRecorder:

@@ -10,8 +10,7 @@ batch right after the head, or nothing, and answers once per batch. On any
 other stream (or an older server) the batch is published pipelined, each
 message guarded on its own:
 
-    message 1: Nats-Expected-Last-Sequence = head sequence
-    message k: Nats-Expected-Last-Msg-Id   = origin of message k-1
+    message k: Nats-Expected-Last-Sequence = head sequence + k - 1
     every one: Nats-Msg-Id                 = its own origin (evt.<id>, api.<id>)
 
 So the server stores a message only if it lands right after the record it
@@ -32,8 +31,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Final, NamedTuple
+from datetime import datetime
+from typing import Any, Final, NamedTuple, Protocol
 
 import msgpack
 from nats.aio.client import Client as NATS
@@ -86,13 +87,35 @@ class _Linked(NamedTuple):
     origin: str
 
 
-class _Prepared(NamedTuple):
-    """A record to append: the record, its subject token, the fields to replace, its origin."""
+class Entry(Protocol):
+    """What appending needs of a record: an ``AuditRecord`` is one; lifecycle events make
+    lighter ones (see ``AuditLog.append``)."""
 
-    record: AuditRecord
+    @property
+    def id(self) -> str: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def at(self) -> datetime: ...
+    @property
+    def tenant(self) -> str | None: ...
+    @property
+    def resource(self) -> str | None: ...
+    @property
+    def detail(self) -> dict[str, str | int | float | bool | None]: ...
+    @property
+    def origin(self) -> str | None: ...
+
+
+class _Prepared(NamedTuple):
+    """A record to append: the record, its subject token, the fields to replace, its origin and,
+    when the caller made it, its JSON form without ``hash`` (see ``AuditLog.append``)."""
+
+    record: Entry
     token: str
     update: dict[str, str | None]
     origin: str
+    body: dict[str, Any] | None
 
 
 @dataclass(slots=True)
@@ -184,22 +207,33 @@ class AuditLog:
 
     async def _catch_up(self) -> None:
         info = await self._js.stream_info(self._stream)
-        if info.state.last_seq > self.head.seq:
-            if info.state.first_seq > self.head.seq + 1:  # purged past us: start over
+        last = info.state.last_seq
+        if last > self.head.seq:
+            # Purged past us, or far behind (a standby events process taking over after a long
+            # wait): start over from the tail, as load() does, instead of reading everything since.
+            if info.state.first_seq > self.head.seq + 1 or last - self.head.seq > self._remembered:
                 self._head = Head()
-                await self._read_from(info.state.first_seq, expect_prev=None)
-                await self._after_purge(info.state.last_seq)
+                await self._read_from(max(info.state.first_seq, last - self._remembered + 1, 1), expect_prev=None)
+                await self._after_purge(last)
             else:
                 await self._read_from(self.head.seq + 1, expect_prev=self.head.hash)
 
-    async def append(self, records: list[AuditRecord]) -> int:
+    async def append(self, records: Sequence[Entry], bodies: Sequence[dict[str, Any]] | None = None) -> int:
         """Append the records not appended before, in order; the number appended now.
 
         A record without ``origin`` gets ``<kind>.<id>``; its ``tenant`` (a name) is
         replaced by the tenant's pseudonym, also in a ``/tenants/<name>``
-        resource. Raises on anything but a lost race.
+        resource. Raises on anything but a lost race. ``bodies``, when given, are
+        the records' JSON form without ``hash`` (``AuditRecord.model_dump(mode="json")``
+        of each), made more cheaply by the caller than a model and its dump; without
+        them every record must be an ``AuditRecord``.
         """
-        prepared = [await self._pseudonymize(record) for record in records]
+        if bodies is None:
+            if not all(isinstance(record, AuditRecord) for record in records):
+                raise TypeError("records other than AuditRecord need their bodies")
+            prepared = [await self._pseudonymize(record, None) for record in records]
+        else:
+            prepared = [await self._pseudonymize(r, b) for r, b in zip(records, bodies, strict=True)]
         async with self._lock:
             if self._head is None:
                 raise RuntimeError("the audit log is not loaded")
@@ -233,8 +267,11 @@ class AuditLog:
         """The records chained after ``head``, as messages (de-duplicated by their origin)."""
         linked: list[_Linked] = []
         prev_hash = head.hash
-        bodies = json_fields([prepared.record for prepared in records])
-        for (record, token, update, origin), body in zip(records, bodies, strict=True):
+        missing = [p.record for p in records if p.body is None and isinstance(p.record, AuditRecord)]
+        dumped = iter(json_fields(missing) if missing else [])
+        # A body made by the caller is copied: linking changes it, and a lost race links it again.
+        bodies = [dict(p.body) if p.body is not None else next(dumped) for p in records]
+        for (record, token, update, origin, _), body in zip(records, bodies, strict=True):
             hash_ = linked_hash(body, prev_hash, update)
             # The wire form of the linked record (what encode() of link()'s result gives),
             # built from the hashed fields instead of a second model copy and dump.
@@ -274,15 +311,11 @@ class AuditLog:
         head = self.head
         linked = self._link(records, head)
         messages: list[Publish] = []
-        prev_origin = head.origin
         for i, one in enumerate(linked):
-            guard = (
-                {"Nats-Expected-Last-Sequence": str(head.seq)}
-                if i == 0 or prev_origin is None
-                else {"Nats-Expected-Last-Msg-Id": prev_origin}
-            )
+            # By sequence, not by the previous message's id: a previous message that was a duplicate
+            # (stored long ago, possibly as the stream's last one) must make this one fail too.
+            guard = {"Nats-Expected-Last-Sequence": str(head.seq + i)}
             messages.append(Publish(one.message.subject, one.message.payload, {**one.message.headers, **guard}))
-            prev_origin = one.origin
         outcomes = await self._publisher.publish(messages, timeout=self._timeout)
         stored = 0
         for one, outcome in zip(linked, outcomes, strict=True):
@@ -298,14 +331,14 @@ class AuditLog:
             raise ChainBroken(f"audit append refused: {outcome.description} ({outcome.err_code})")
         return stored, False
 
-    async def _pseudonymize(self, record: AuditRecord) -> _Prepared:
+    async def _pseudonymize(self, record: Entry, body: dict[str, Any] | None) -> _Prepared:
         tenant = names.tenant_token(record.tenant)
         token = await self._keys.pseudonym(tenant) if tenant != names.NO_TENANT else names.NO_TENANT
         origin = record.origin or f"{record.kind}.{record.id}"
         update: dict[str, str | None] = {"tenant": None if tenant == names.NO_TENANT else token, "origin": origin}
         if record.resource and "/tenants/" in record.resource:
             update["resource"] = await self._redact_path(record.resource, tenant, token)
-        return _Prepared(record, token, update, origin)
+        return _Prepared(record, token, update, origin, body)
 
     async def _redact_path(self, resource: str, tenant: str, token: str) -> str:
         """``/tenants/<name>`` in a path becomes ``/tenants/<pseudonym>`` (``_`` when it has none)."""

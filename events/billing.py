@@ -84,8 +84,6 @@ METERS: tuple[Meter, ...] = (
     Meter("sandbox", SANDBOX_BILLED_EVENTS, sandbox_entry, lambda e: e.id),
 )
 _BY_TYPE = {event_type: meter for meter in METERS for event_type in meter.types}
-BILLED_TYPES: frozenset[str] = frozenset(event_type.value for event_type in _BY_TYPE)
-"""The event types some meter bills; the billing consumer reads no others."""
 
 
 def usage_entry(event: LifecycleEvent, *, default_memory_mb: int) -> tuple[str, UsageEntry] | None:

@@ -1,6 +1,6 @@
 """``python -m soulbox.events ...``: the consumer processes and the operator commands.
 
-    python -m soulbox.events billing|audit|metrics       run one consumer until SIGTERM/SIGINT
+    python -m soulbox.events run                         consume events (billing, audit, metrics) until SIGTERM/SIGINT
     python -m soulbox.events export-usage --period P     usage of P (YYYY-MM[-DD[THH]]) to S3 as CSV + JSON
     python -m soulbox.events export-audit [--force]      export sealed audit segments now (--force: any records)
     python -m soulbox.events verify-audit [--exported]   verify the chain on the stream (and the exported segments)
@@ -24,19 +24,19 @@ from soulbox.core.settings import Settings
 
 from .auditexport import anchor_for, export_segment, load_segments, verify_log, verify_segments
 from .s3 import ExportStore
-from .service import KINDS, Kind, is_kind, run
+from .service import run
 from .usageexport import export_usage, parse_period
 
 log = get_logger(__name__)
 
 
-async def _run_until_signalled(kind: Kind, settings: Settings) -> None:
+async def _run_until_signalled(settings: Settings) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     try:
-        await run(kind, settings, stop)
+        await run(settings, stop)
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
@@ -110,8 +110,7 @@ async def _verify_audit(settings: Settings, exported: bool) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m soulbox.events")
     sub = parser.add_subparsers(dest="command", required=True)
-    for kind in KINDS:
-        sub.add_parser(kind, help=f"run the {kind} consumer")
+    sub.add_parser("run", help="run the events consumer: billing, audit and metrics")
     usage = sub.add_parser("export-usage", help="export a period's usage to S3 as CSV and JSON")
     usage.add_argument("--period", required=True, help="YYYY-MM, YYYY-MM-DD or YYYY-MM-DDTHH (UTC)")
     audit = sub.add_parser("export-audit", help="export sealed audit segments to S3")
@@ -129,12 +128,14 @@ def main(argv: list[str]) -> int:
         return 2 if exc.code else 0
     settings = Settings()
     command: str = args.command
-    configure_logging(settings.log_level, settings.log_format, component=f"events.{command}")
+    configure_logging(
+        settings.log_level, settings.log_format, component="events" if command == "run" else f"events.{command}"
+    )
     try:
-        if is_kind(command):
+        if command == "run":
             tracing.setup(settings.tracing, component="events")
             try:
-                asyncio.run(_run_until_signalled(command, settings))
+                asyncio.run(_run_until_signalled(settings))
             finally:
                 tracing.shutdown()
             log.info("events.exited")

@@ -2,15 +2,27 @@
 
 The loop pulls a batch from a durable pull consumer on ``SB_EVENTS``, decodes
 it, hands the decoded events to its recorder in one call, and acknowledges the
-batch only after the recorder returned. It holds at most two batches: the one
-being recorded and the next one, requested as soon as the current one is in
-hand so that it arrives while this one is recorded (see :mod:`.fetch`); the
-durable's ``max_ack_pending`` bounds what the server hands out, so a slow
-recorder slows the fetching instead of growing a queue.
+batch only after the recorder returned. Two batches are settled at a time: the
+next one is decoded and recorded while the previous one waits for its writes
+to be confirmed, and acknowledged only after it (the next request is sent as
+soon as a batch is in hand, see :mod:`.fetch`). The durable's
+``max_ack_pending`` bounds what the server hands out, so a slow recorder slows
+the fetching instead of growing a queue.
 
-    fetch(batch) ──> decode ──> recorder.record(events) ──> ack all
+    fetch(batch) ──> decode ──> recorder.record(events) ──> (previous batch settled) ──> ack
                        │                    │
                  undecodable: term     raised: nak all (delayed redelivery)
+
+With ``ack_all`` (a durable with ``AckPolicy.ALL``) one ack settles the batch:
+acking a message acknowledges every earlier one of the durable, so the loop
+must never ack past an event nobody recorded. It retries a failed batch itself
+(with the same back-off) instead of nak'ing it and moving on, acks only up to
+what it recorded without a gap after the durable's ack floor (``_ack_upto``),
+skips an undecodable message (the ack covers it) instead of terminating it,
+and acks nothing it took before the server moved the pin to another process
+(see :mod:`.fetch`): such a batch is nak'd. That is only sound while one
+process at a time is served by the durable, which the pinned-client priority
+group enforces (:mod:`.topology`).
 """
 
 from __future__ import annotations
@@ -77,10 +89,7 @@ class EventConsumer(Generic[M]):
     """Runs ``recorder`` over the durable ``durable`` until ``stop`` is set.
 
     ``model`` is what the stream's messages decode to (lifecycle events by
-    default; the audit intake stream holds ``AuditRecord`` messages). With
-    ``types``, only messages whose ``type`` is one of them are decoded and
-    recorded; the others are acknowledged unread (billing reads only the
-    events it bills).
+    default; the audit intake stream holds ``AuditRecord`` messages).
 
     ``batch`` bounds the events held in memory, ``fetch_timeout`` how long one
     idle fetch waits (and so how quickly ``stop`` is noticed), ``linger`` how
@@ -99,11 +108,12 @@ class EventConsumer(Generic[M]):
         batch: int,
         model: type[M] = LifecycleEvent,  # type: ignore[assignment]
         stream: str = names.EVENTS_STREAM,
-        types: frozenset[str] | None = None,
         fetch_timeout: float = 0.5,
         linger: float = 0.02,
         retry_delay: float = 1.0,
         error_backoff: float = 0.5,
+        group: str | None = None,
+        ack_all: bool = False,
     ) -> None:
         if batch < 1:
             raise ValueError("batch must be at least 1")
@@ -112,27 +122,42 @@ class EventConsumer(Generic[M]):
         self._model = model
         self._durable = durable
         self._stream = stream
-        self._types = types
         self._batch = batch
         self._fetch_timeout = fetch_timeout
         self._linger = linger
         self._batch_adapter: TypeAdapter[list[M]] = TypeAdapter(list[model])  # type: ignore[valid-type]
         self._retry_delay = retry_delay
         self._error_backoff = error_backoff
+        self._group = group
+        self._ack_all = ack_all
+        self._fetcher: BatchFetcher | None = None
+        self._floor = 0  # ack_all: the durable's ack floor as far as this process knows (refreshed on a gap)
+        self._recorded: dict[int, Msg] = {}  # ack_all: recorded, not yet acknowledged, above the floor
+        self._stop = asyncio.Event()
         self._log = log.bind(consumer=durable, stream=stream)
         self._span_attributes = {"messaging.system": "nats", "messaging.consumer.group.name": durable}
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set; the batch in hand is always settled first."""
-        fetcher = BatchFetcher(self._nc, stream=self._stream, durable=self._durable)
+        fetcher = BatchFetcher(self._nc, stream=self._stream, durable=self._durable, group=self._group)
+        self._fetcher, self._stop = fetcher, stop
         await fetcher.start()
         self._log.info("events.consumer.started", batch=self._batch)
+        previous: asyncio.Task[None] | None = None
         try:
             while not stop.is_set():
                 msgs = await self._fetch(fetcher, stop)
-                if msgs:
-                    await self._settle(msgs)
+                if not msgs:
+                    continue
+                # Two batches at a time: this one is decoded and recorded while the previous one
+                # waits for its writes to be confirmed; its acks follow the previous one's.
+                current = asyncio.create_task(self._settle(msgs, fetcher.taken_unpins, previous))
+                if previous is not None:
+                    await previous
+                previous = current
         finally:
+            if previous is not None:
+                await previous
             try:
                 await fetcher.stop()
             except NatsError as exc:  # the connection may already be closing
@@ -152,7 +177,6 @@ class EventConsumer(Generic[M]):
         """The batch's wanted messages decoded in one validation, or None when any message needs
         a closer look."""
         raw: list[Any] = []
-        types = self._types
         try:
             for msg in msgs:
                 item = msgpack.unpackb(msg.data, timestamp=3)
@@ -162,17 +186,17 @@ class EventConsumer(Generic[M]):
                     or v > self._model.max_version
                 ):
                     return None
-                if types is None or item.get("type") in types:
-                    raw.append(item)
+                raw.append(item)
             return self._batch_adapter.validate_python(raw)
         except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, ValidationError):
             return None
 
-    async def _settle(self, msgs: list[Msg]) -> None:
-        """Decode, record and acknowledge one batch: the handling of every message."""
+    async def _settle(self, msgs: list[Msg], epoch: int, previous: asyncio.Task[None] | None) -> None:
+        """Decode, record and acknowledge one batch (after ``previous`` settled): the handling of every
+        message. ``epoch`` is the fetcher's ``unpins`` when the batch was taken."""
         decoded = self._decode_batch(msgs)
         if decoded is not None:
-            await self._record(decoded, msgs)
+            await self._record(decoded, msgs, epoch, previous)
             return
         events: list[M] = []
         accepted: list[Msg] = []
@@ -186,17 +210,21 @@ class EventConsumer(Generic[M]):
                     seq=msg.metadata.sequence.stream,
                     error=exc.message,
                 )
-                await msg.term()
+                if self._ack_all:  # one ack covers it: skipped like a terminated one, never redelivered
+                    accepted.append(msg)
+                else:
+                    await msg.term()
             else:
                 accepted.append(msg)
-                if self._types is None or _kind(event) in self._types:
-                    events.append(event)
-        await self._record(events, accepted)
+                events.append(event)
+        await self._record(events, accepted, epoch, previous)
 
-    async def _record(self, events: list[M], accepted: list[Msg]) -> None:
-        """Record ``events`` and settle ``accepted`` (their messages and any unread ones) with the outcome."""
+    async def _record(
+        self, events: list[M], accepted: list[Msg], epoch: int, previous: asyncio.Task[None] | None
+    ) -> None:
+        """Record ``events`` and settle ``accepted`` (their messages) with the outcome."""
         if not events:
-            await _reply_all(accepted)
+            await self._ack(accepted, epoch, previous)
             return
         self._log.debug("events.batch", count=len(events), kinds=dict(Counter(_kind(e) for e in events)))
         try:
@@ -204,9 +232,108 @@ class EventConsumer(Generic[M]):
                 await self._recorder.record(events)
         except Exception as exc:  # any failure: the whole batch comes back later
             self._log.warning("events.record_failed", count=len(events), error=repr(exc))
-            await _reply_all(accepted, retry_delay=self._retry_delay)
+            if self._ack_all:
+                await self._retry(events, accepted, epoch, previous)
+            else:
+                await _wait(previous)
+                await _reply_all(accepted, retry_delay=self._retry_delay)
         else:
-            await _reply_all(accepted)
+            await self._ack(accepted, epoch, previous)
+
+    async def _retry(
+        self, events: list[M], accepted: list[Msg], epoch: int, previous: asyncio.Task[None] | None
+    ) -> None:
+        """Record ``events`` again until it works (or ``stop``): with one ack for everything up to a
+        sequence, a batch given back to the server would be acknowledged by the next one's ack."""
+        delay = self._retry_delay
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), delay)
+            if self._stop.is_set():
+                await _wait(previous)
+                await _reply_all(accepted, retry_delay=0.0)
+                return
+            try:
+                await self._recorder.record(events)
+            except Exception as exc:
+                self._log.warning("events.record_failed", count=len(events), error=repr(exc))
+                delay = min(delay * 2, MAX_RETRY_DELAY_S)
+            else:
+                await self._ack(accepted, epoch, previous)
+                return
+
+    async def _ack(self, msgs: list[Msg], epoch: int, previous: asyncio.Task[None] | None) -> None:
+        """Acknowledge recorded messages once ``previous`` is settled: each one, or with ``ack_all``
+        see ``_ack_upto``."""
+        await _wait(previous)
+        if not self._ack_all:
+            await _reply_all(msgs)
+            return
+        fetcher = self._fetcher
+        if fetcher is None:
+            return
+        if fetcher.unpins != epoch:  # the pin moved on: its holder records them (again)
+            self._recorded.clear()
+            await _reply_all(msgs, retry_delay=0.0)
+            return
+        for msg in msgs:
+            seq = stream_seq(msg.reply)
+            if seq > self._floor:
+                self._recorded[seq] = msg
+        try:
+            await self._ack_upto(fetcher)
+        except NatsError as exc:  # unacknowledged messages are redelivered after the ack wait
+            log.warning("events.reply_failed", count=len(msgs), error=repr(exc))
+
+    async def _ack_upto(self, fetcher: BatchFetcher) -> None:
+        """One ack for the highest recorded sequence that covers nothing unrecorded.
+
+        An ack covers every sequence up to its own, also messages delivered to a
+        process that died with them and not yet redelivered (redeliveries come in
+        no particular order). So the ack goes to the end of the recorded run
+        that follows the durable's ack floor without a gap; past a gap only when
+        the server says that every message it awaits an ack for is one this
+        process holds (then the gap holds nothing to deliver). Never past a
+        message held but not recorded yet.
+        """
+        held = [stream_seq(msg.reply) for msg in fetcher.buffered]
+        below = min(held) if held else None
+        recorded = self._recorded
+        top = self._contiguous(below)
+        if any(seq > top and (below is None or seq < below) for seq in recorded):  # a gap: ask the server
+            info = await self._nc.jetstream().consumer_info(self._stream, self._durable)
+            self._floor = max(self._floor, info.ack_floor.stream_seq if info.ack_floor else 0)
+            for seq in [seq for seq in recorded if seq <= self._floor]:
+                del recorded[seq]
+            top = self._contiguous(below)
+            if (info.num_ack_pending or 0) == len(recorded) + len(held):
+                top = max([seq for seq in recorded if below is None or seq < below], default=top)
+        if top <= self._floor:
+            return
+        await recorded[top].ack()
+        for seq in [seq for seq in recorded if seq <= top]:
+            del recorded[seq]
+        self._floor = top
+
+    def _contiguous(self, below: int | None) -> int:
+        """The end of the recorded run right after the known ack floor (and below ``below``)."""
+        top = self._floor
+        while top + 1 in self._recorded and (below is None or top + 1 < below):
+            top += 1
+        return top
+
+
+async def _wait(task: asyncio.Task[None] | None) -> None:
+    """Until ``task`` (a batch being settled, which handles its own errors) is done."""
+    if task is not None:
+        await asyncio.shield(task)
+
+
+def stream_seq(reply: str) -> int:
+    """The stream sequence in a JetStream ack subject (v1 ``$JS.ACK.<stream>.<consumer>.<n>.<sseq>...``
+    or v2 with domain and account hash in front)."""
+    tokens = reply.split(".")
+    return int(tokens[5] if len(tokens) == 9 else tokens[7])
 
 
 def _kind(message: Message) -> str:
@@ -225,6 +352,8 @@ async def _reply_all(msgs: list[Msg], *, retry_delay: float | None = None) -> No
         for msg in msgs:
             if retry_delay is None:
                 await msg.ack()
+            elif retry_delay <= 0:
+                await msg.nak()
             else:
                 attempts = msg.metadata.num_delivered
                 await msg.nak(delay=min(retry_delay * 2 ** min(attempts - 1, 16), MAX_RETRY_DELAY_S))

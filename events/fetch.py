@@ -24,6 +24,13 @@ fetch is a full batch that was already on its way. Messages that arrive after
 a fetch returned (a long poll still open) stay in the buffer for the next
 fetch, so nothing delivered is ever dropped; ``stop`` hands the buffered ones
 back to the server (nak) for immediate redelivery.
+
+With ``group``, the durable is a *pinned-client* priority group (nats-server
+2.11+): the server delivers to one subscription at a time, the one it pinned
+(its id comes in the ``Nats-Pin-Id`` header and goes back in every request);
+any other fetcher's requests wait until the pinned one has sent no request for
+the group's ``priority_timeout``. A fetcher told it lost the pin (status 423)
+hands its buffer back and asks again without an id.
 """
 
 from __future__ import annotations
@@ -40,9 +47,17 @@ from nats.aio.subscription import Subscription
 class BatchFetcher:
     """Pulls batches from ``durable`` on ``stream`` over ``nc``."""
 
-    def __init__(self, nc: NATS, *, stream: str, durable: str) -> None:
+    def __init__(self, nc: NATS, *, stream: str, durable: str, group: str | None = None) -> None:
         self._nc = nc
+        self._group = group
+        self.pin: str | None = None
+        """The id the server pinned this fetcher with (None: not pinned, or no group)."""
+        self.unpins = 0
+        """How often the server told this fetcher that another one holds the pin."""
+        self.taken_unpins = 0
+        """``unpins`` when the last batch was taken: a batch taken before an unpin is no longer ours."""
         self._subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}"
+        self._unpin_subject = f"$JS.API.CONSUMER.UNPIN.{stream}.{durable}"
         self._inbox = nc.new_inbox()
         self._sub: Subscription | None = None
         self._buffer: list[Msg] = []
@@ -56,17 +71,24 @@ class BatchFetcher:
         self._sub = await self._nc.subscribe(self._inbox, cb=self._on_msg)
 
     async def stop(self) -> None:
-        """Stop listening and nak what is buffered; safe to call more than once."""
+        """Stop listening, nak what is buffered and give up the pin; safe to call more than once."""
         sub, self._sub = self._sub, None
         if sub is not None:
             await sub.unsubscribe()
         buffered, self._buffer = self._buffer, []
         for msg in buffered:  # not recorded: redelivered at once rather than after the ack wait
             await msg.nak()
+        if self.pin is not None and self._group is not None:
+            # A standby takes over now instead of after the group's priority timeout.
+            self.pin = None
+            await self._nc.request(self._unpin_subject, json.dumps({"group": self._group}).encode(), timeout=5)
 
     async def _on_msg(self, msg: Msg) -> None:
-        status = msg.headers.get("Status") if msg.headers else None
+        headers = msg.headers
+        status = headers.get("Status") if headers else None
         if status is None and msg.reply:
+            if headers and self._group is not None and (pin := headers.get("Nats-Pin-Id")):
+                self.pin = pin
             self._buffer.append(msg)
             self._arrived.set()
             if self._outstanding > 0:
@@ -76,9 +98,24 @@ class BatchFetcher:
         elif status in ("404", "408", "409"):  # no messages / request expired / consumer changed
             self._outstanding = 0
             self._ended.set()
+        elif status == "423":  # another subscription holds the pin: what we hold is no longer ours
+            self.pin = None
+            self.unpins += 1
+            self._outstanding = 0
+            self._ended.set()
+            buffered, self._buffer = self._buffer, []
+            self._arrived.clear()
+            for stale in buffered:
+                await stale.nak()
         # 100 (heartbeat) and anything else: nothing to do
 
+    @property
+    def buffered(self) -> list[Msg]:
+        """The messages delivered and not yet taken (a copy)."""
+        return list(self._buffer)
+
     def _take(self, n: int) -> list[Msg]:
+        self.taken_unpins = self.unpins
         taken, self._buffer = self._buffer[:n], self._buffer[n:]
         if not self._buffer:
             self._arrived.clear()
@@ -93,6 +130,10 @@ class BatchFetcher:
         body: dict[str, object] = (
             {"batch": n, "no_wait": True} if no_wait else {"batch": n, "expires": int(expires * 1e9)}
         )
+        if self._group is not None:
+            body["group"] = self._group
+            if self.pin is not None:
+                body["id"] = self.pin
         await self._nc.publish(self._subject, json.dumps(body).encode(), reply=self._inbox)
 
     async def fetch(self, n: int, *, timeout: float, linger: float = 0.0) -> list[Msg]:

@@ -5,7 +5,7 @@
     soulbox_invocation_duration_seconds{tier}        terminal events with a duration
     soulbox_invocation_peak_memory_bytes             terminal events with a peak
     soulbox_invocation_queue_depth                   scheduler backlog, polled
-    soulbox_event_consumer_pending{consumer}         lifecycle events not yet acked per consumer, polled
+    soulbox_event_consumer_pending{consumer}         lifecycle events the events durable has not acked, polled
 
 Counters cannot be rewritten like a key, so redelivery is handled by
 remembering the ids of recently counted events (a bounded window): an event
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import Counter as CountOf
 from collections import OrderedDict
 from typing import Final
 
@@ -112,31 +113,36 @@ class MetricsRecorder:
         )
 
     async def record(self, events: list[LifecycleEvent]) -> None:
+        by_type: CountOf[str] = CountOf()
+        by_outcome: CountOf[tuple[str, str]] = CountOf()  # a counter's labels looked up once per batch
         for event in events:
             if not self._seen.add(event.id):
                 continue
-            self.events.labels(type=event.type.value).inc()
+            by_type[event.type.value] += 1
             if event.type not in TERMINAL_EVENTS:
                 continue
             tier = event.tier.value if event.tier is not None else UNKNOWN
             outcome = event.outcome.value if event.outcome is not None else UNKNOWN
-            self.invocations.labels(tier=tier, outcome=outcome).inc()
+            by_outcome[tier, outcome] += 1
             if event.duration_ms is not None:
                 self.duration.labels(tier=tier).observe(event.duration_ms / 1000)
             if event.peak_memory_bytes is not None:
                 self.peak_memory.observe(event.peak_memory_bytes)
+        for type_, count in by_type.items():
+            self.events.labels(type=type_).inc(count)
+        for (tier, outcome), count in by_outcome.items():
+            self.invocations.labels(tier=tier, outcome=outcome).inc(count)
 
     async def refresh_queue_depth(self, js: JetStreamContext) -> int:
         """Read the scheduler consumer's backlog (and each event consumer's lag) once; the backlog is returned."""
         info = await js.consumer_info(names.INVOCATIONS_STREAM, names.SCHEDULER_CONSUMER)
         depth = (info.num_pending or 0) + (info.num_ack_pending or 0)
         self.queue_depth.set(depth)
-        for durable in names.EVENT_CONSUMERS:
-            try:
-                lag = await js.consumer_info(names.EVENTS_STREAM, durable)
-            except NotFoundError:  # that consumer kind never ran against this stream
-                continue
-            self.consumer_pending.labels(durable).set((lag.num_pending or 0) + (lag.num_ack_pending or 0))
+        try:
+            lag = await js.consumer_info(names.EVENTS_STREAM, names.EVENTS_CONSUMER)
+        except NotFoundError:  # no events process has run against this stream yet
+            return depth
+        self.consumer_pending.labels(names.EVENTS_CONSUMER).set((lag.num_pending or 0) + (lag.num_ack_pending or 0))
         return depth
 
     async def watch_queue_depth(self, js: JetStreamContext, stop: asyncio.Event, *, interval: float = 1.0) -> None:

@@ -82,8 +82,7 @@ class Stack:
             self.spawn("scheduler", "soulbox.scheduler")
             for i in range(self.workers):
                 self.start_worker(f"worker-{i}")
-            for kind in ("billing", "audit", "metrics"):
-                self.spawn(f"events-{kind}", "soulbox.events", kind)
+            self.spawn("events", "soulbox.events", "run")
             for i in range(self.triggers):
                 self.spawn(f"triggers-{i}", "soulbox.triggers")
             self.wait_ready()

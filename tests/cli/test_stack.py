@@ -40,9 +40,7 @@ def test_components_start_in_order_with_the_settings_they_need(tmp_path: Path, m
     )
     plan = make_plan(settings, workers=2, nats_config=None, python="/py", base_env={"PATH": "/bin", "SOULBOX_X": "1"})
     assert [c.name for c in plan.components] == [
-        "billing",
-        "audit",
-        "metrics",
+        "events",
         "worker-1",
         "worker-2",
         "scheduler",
@@ -54,7 +52,7 @@ def test_components_start_in_order_with_the_settings_they_need(tmp_path: Path, m
     assert argv["gateway"] == ("/py", "-m", "soulbox.gateway")
     assert argv["scheduler"] == ("/py", "-m", "soulbox.scheduler")
     assert argv["worker-2"] == ("/py", "-m", "soulbox.runtimes.worker")
-    assert argv["audit"] == ("/py", "-m", "soulbox.events", "audit")
+    assert argv["events"] == ("/py", "-m", "soulbox.events", "run")
     assert plan.worker_ids == ("host-example-com-1", "host-example-com-2")  # usable as subject tokens
     envs = {c.name: dict(c.env or {}) for c in plan.components}
     assert envs["worker-2"]["SOULBOX_WORKER__ID"] == "host-example-com-2"

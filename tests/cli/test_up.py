@@ -134,9 +134,7 @@ def test_up_status_restart_and_down(up: Up) -> None:
     state = up.state()
     assert [c.name for c in state.children] == [
         "nats",
-        "billing",
-        "audit",
-        "metrics",
+        "events",
         "worker-1",
         "worker-2",
         "scheduler",
@@ -152,7 +150,7 @@ def test_up_status_restart_and_down(up: Up) -> None:
     assert report["up"] and report["gateway_ready"] and report["nats_reachable"]
     assert sorted(w["id"] for w in report["workers"] if w["live"]) == sorted(state.worker_ids)
     streams = {s["name"]: s for s in report["streams"]}
-    assert {c["name"] for c in streams["SB_EVENTS"]["consumers"]} == {"billing", "audit", "metrics"}
+    assert {c["name"] for c in streams["SB_EVENTS"]["consumers"]} == {"events"}
 
     second = up.cli("up")
     assert second.returncode == 1 and "already runs" in second.stdout
@@ -171,7 +169,7 @@ def test_up_status_restart_and_down(up: Up) -> None:
     assert read_state(up.data_dir) is None
     order = stopped_order(up.output())
     assert order[:3] == ["gateway", "triggers", "scheduler"] and order[-1] == "nats"
-    assert set(order[3:5]) == {"worker-1", "worker-2"} and set(order[5:8]) == {"billing", "audit", "metrics"}
+    assert set(order[3:5]) == {"worker-1", "worker-2"} and order[5] == "events"
     assert up.cli("status").returncode == 1
 
 

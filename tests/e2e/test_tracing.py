@@ -107,7 +107,7 @@ def test_one_trace_from_gateway_to_billing(api: httpx.Client, traced: Stack, rec
     def complete(spans: list[ReceivedSpan]) -> bool:
         mine = [s for s in spans if s.trace_id == trace_id]
         seen = {(s.service, s.name) for s in mine}
-        billed = {s.attributes.get("messaging.destination.name") for s in mine if s.name == "billing process"}
+        billed = {s.attributes.get("messaging.destination.name") for s in mine if s.name == "events process"}
         return seen >= EXPECTED and "sb.events.invocation.completed" in billed
 
     spans = [s for s in receiver.wait_for(complete) if s.trace_id == trace_id]
@@ -137,7 +137,7 @@ def test_one_trace_from_gateway_to_billing(api: httpx.Client, traced: Stack, rec
     assert _one(spans, "soulbox-worker", "publish invocation.started").parent_id == run.span_id
     assert _one(spans, "soulbox-scheduler", "publish invocation.scheduled").parent_id == dispatch.span_id
 
-    billed = [s for s in spans if s.name == "billing process"]
+    billed = [s for s in spans if s.name == "events process"]
     assert all(s.service == "soulbox-events" and s.kind == "CONSUMER" for s in billed)
     assert completed.span_id in {s.parent_id for s in billed}
     # every billing span hangs under one of this trace's event producers

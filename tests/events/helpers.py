@@ -8,12 +8,18 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
-from nats.js import JetStreamContext
+from nats.js import JetStreamContext, api
+from nats.js.errors import NotFoundError
 
 from soulbox.core import names
 from soulbox.core.codec import encode
+from soulbox.core.natsserver import free_port
 from soulbox.core.schemas import EventType, LifecycleEvent, Outcome, Tier
-from soulbox.events import EventConsumer, Recorder
+from soulbox.core.settings import EventsSettings, Settings
+from soulbox.events import EventConsumer, Recorder, ensure_events_consumer
+
+FAST = EventsSettings(ack_wait_s=2.0, pin_timeout_s=3.0)
+"""The events durable with short timeouts: a killed process's batch and pin come back within seconds."""
 
 AT = datetime(2025, 3, 1, 12, 30, tzinfo=UTC)
 
@@ -80,12 +86,58 @@ async def eventually(check: Callable[[], Awaitable[bool]], *, timeout: float = 1
         await asyncio.sleep(interval)
 
 
+def process_settings(settings: Settings) -> Settings:
+    """``settings`` for an events process run in a test: the FAST timeouts and a free /metrics port."""
+    events = FAST.model_copy(update={"metrics_port": free_port()})
+    return settings.model_copy(update={"events": events})
+
+
+async def explicit_durable(js: JetStreamContext, durable: str) -> None:
+    """A durable on the events stream acknowledged message by message (the loop's other mode)."""
+    try:
+        await js.consumer_info(names.EVENTS_STREAM, durable)
+    except NotFoundError:
+        config = api.ConsumerConfig(durable_name=durable, ack_policy=api.AckPolicy.EXPLICIT, max_ack_pending=20_000)
+        await js.add_consumer(names.EVENTS_STREAM, config)
+
+
+def events_consumer(
+    js: JetStreamContext, recorder: Recorder, *, batch: int = 64, retry_delay: float = 0.2
+) -> EventConsumer:
+    """The loop as the events process runs it: the events durable, pinned, one ack per batch."""
+    return EventConsumer(
+        js._nc,
+        recorder,
+        durable=names.EVENTS_CONSUMER,
+        batch=batch,
+        group=names.EVENTS_CONSUMER,
+        ack_all=True,
+        fetch_timeout=0.2,
+        retry_delay=retry_delay,
+    )
+
+
 @asynccontextmanager
 async def consuming(
-    js: JetStreamContext, recorder: Recorder, durable: str, *, batch: int = 64, retry_delay: float = 0.2
+    js: JetStreamContext,
+    recorder: Recorder,
+    durable: str = names.EVENTS_CONSUMER,
+    *,
+    batch: int = 64,
+    retry_delay: float = 0.2,
 ) -> AsyncIterator[EventConsumer]:
-    """The real consumer loop running ``recorder`` in the background; stopped on exit."""
-    consumer = EventConsumer(js._nc, recorder, durable=durable, batch=batch, fetch_timeout=0.2, retry_delay=retry_delay)
+    """The real consumer loop running ``recorder`` in the background; stopped on exit.
+
+    On the events durable (the default) as the events process runs it; on any other name, a durable
+    acknowledged message by message."""
+    if durable == names.EVENTS_CONSUMER:
+        await ensure_events_consumer(js._nc, js, FAST)
+        consumer = events_consumer(js, recorder, batch=batch, retry_delay=retry_delay)
+    else:
+        await explicit_durable(js, durable)
+        consumer = EventConsumer(
+            js._nc, recorder, durable=durable, batch=batch, fetch_timeout=0.2, retry_delay=retry_delay
+        )
     stop = asyncio.Event()
     task = asyncio.create_task(consumer.run(stop))
     try:
@@ -117,7 +169,7 @@ class Spy:
             raise RuntimeError("recorder failure (injected)")
 
 
-async def settled(js: JetStreamContext, durable: str) -> bool:
+async def settled(js: JetStreamContext, durable: str = names.EVENTS_CONSUMER) -> bool:
     """Nothing pending or waiting for an ack on ``durable``."""
     info = await js.consumer_info(names.EVENTS_STREAM, durable)
     return bool(info.num_pending == 0 and info.num_ack_pending == 0)

@@ -10,10 +10,12 @@ import sys
 import time
 from asyncio.subprocess import PIPE
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import hypothesis
+import hypothesis.strategies as st
 import pytest
 import pytest_asyncio
 from nats.aio.client import Client as NATS
@@ -24,7 +26,7 @@ from soulbox.core.bus import Buckets
 from soulbox.core.codec import decode, encode
 from soulbox.core.errors import InvalidRequest
 from soulbox.core.natsserver import NatsServer
-from soulbox.core.schemas import AuditRecord, EventType
+from soulbox.core.schemas import AuditRecord, EventType, InvocationError
 from soulbox.core.settings import AuditSettings, Settings
 from soulbox.events import (
     GENESIS,
@@ -45,12 +47,13 @@ from soulbox.events import (
     verify_log,
     verify_segments,
 )
+from soulbox.events.audit import event_entries
 from soulbox.events.auditexport import anchor_for
 from soulbox.events.chain import verify
 from soulbox.events.consumer import EventConsumer
 from soulbox.events.streamread import read_stream
 
-from .helpers import consuming, eventually, life, publish, settled
+from .helpers import consuming, event, eventually, life, process_settings, publish, settled
 
 
 @pytest_asyncio.fixture
@@ -83,8 +86,8 @@ async def test_events_and_api_calls_form_one_chain(
     intake = EventConsumer(
         nc, IntakeRecorder(audit_log), durable="audit", batch=64, model=AuditRecord, stream=names.AUDIT_INTAKE_STREAM
     )
-    async with consuming(js, AuditRecorder(audit_log), "audit"):
-        await eventually(lambda: settled(js, "audit"))
+    async with consuming(js, AuditRecorder(audit_log)):
+        await eventually(lambda: settled(js))
     stop = asyncio.Event()
     task = asyncio.create_task(intake.run(stop))
     await eventually(lambda: _chained(js, 13))
@@ -150,6 +153,22 @@ async def _race(nc: NATS, js: JetStreamContext, buckets: Buckets, stream: str, p
     assert len({r.origin for _, r in records}) == len(records)
     verdict = await verify_log(js, stream=stream)
     assert verdict.ok and verdict.records == len(records)
+
+
+async def test_a_writer_far_behind_continues_from_the_tail(nc: NATS, js: JetStreamContext, buckets: Buckets) -> None:
+    """A writer whose head is older than what it remembers reloads the tail, not everything since."""
+    keys = TenantKeys(buckets.tenant_keys)
+    behind, busy = AuditLog(nc, js, keys, remembered=10), AuditLog(nc, js, keys)
+    await behind.load()
+    await busy.load()
+    again = [api_call(action="both")]
+    assert await busy.append([api_call(action=f"r{i}") for i in range(30)] + again) == 31
+    assert await behind.append([*again, api_call(action="late")]) == 1  # the tail holds the shared one
+    for writer in (behind, busy):
+        await writer.close()
+    assert behind.head.seq == 32
+    verdict = await verify_log(js)
+    assert verdict.ok and verdict.records == 32
 
 
 async def test_two_writers_keep_one_valid_chain(nc: NATS, js: JetStreamContext, buckets: Buckets) -> None:
@@ -337,7 +356,7 @@ async def test_the_audit_consumer_exports_segments_periodically(
     )
     await publish(js, life("inv-1") + life("inv-2") + life("inv-3"))
     stop = asyncio.Event()
-    task = asyncio.create_task(run("audit", settings, stop))
+    task = asyncio.create_task(run(process_settings(settings), stop))
     store = ExportStore(settings.s3)
 
     async def exported() -> bool:
@@ -353,8 +372,8 @@ async def test_the_audit_consumer_exports_segments_periodically(
     assert verify_segments(segments).ok
     await publish(js, life("inv-4"))  # a fresh writer continues the chain after the purge
     stop = asyncio.Event()
-    task = asyncio.create_task(run("audit", settings.model_copy(update={"audit": AuditSettings()}), stop))
-    await eventually(lambda: settled(js, "audit"))
+    task = asyncio.create_task(run(process_settings(settings.model_copy(update={"audit": AuditSettings()})), stop))
+    await eventually(lambda: settled(js))
     stop.set()
     await asyncio.wait_for(task, 15)
     assert (await verify_log(js, anchor=await anchor_for(store, js))).ok
@@ -377,3 +396,29 @@ async def test_a_log_from_before_the_chain_is_continued(nc: NATS, js: JetStreamC
     await js.publish("sb.audit.acme.api", encode(api_call(action="unchained, after the chain began")))
     problem = (await verify_log(js)).problem
     assert problem is not None and problem.seq == 5 and "not chained" in problem.reason
+
+
+@hypothesis.settings(max_examples=200, deadline=None)
+@hypothesis.given(
+    at=st.datetimes(timezones=st.one_of(st.none(), st.just(UTC), st.timezones())),
+    duration=st.one_of(st.none(), st.floats(allow_nan=False, allow_infinity=False)),
+    message=st.text(),
+    sandbox=st.booleans(),
+)
+def test_event_bodies_are_the_records_json_form(
+    at: datetime, duration: float | None, message: str, sandbox: bool
+) -> None:
+    """The JSON form the chain hashes, built without pydantic, is exactly the model's dump."""
+    source = event(EventType.FAILED, "inv-1", at=at, duration_ms=duration).model_copy(
+        update={
+            "error": InvocationError(kind="trap", message=message),
+            "sandbox_id": "sb-1" if sandbox else None,
+            "seconds": 1.5 if sandbox else None,
+            "cpu_ms": 7,
+            "egress_bytes": 10,
+        }
+    )
+    entries, bodies = event_entries([source])
+    record = event_record(source)
+    assert bodies == [record.model_dump(mode="json", exclude={"hash"})]
+    assert entries[0]._asdict() == {k: getattr(record, k) for k in entries[0]._fields}

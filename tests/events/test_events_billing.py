@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import io
 import json
@@ -17,8 +16,7 @@ from soulbox.core.errors import InvalidRequest
 from soulbox.core.schemas import EventType, LifecycleEvent, Outcome, Tier, UsageEntry
 from soulbox.core.settings import PriceList, Settings
 from soulbox.core.store import get_model, scan
-from soulbox.events import BillingRecorder, EventConsumer, ExportStore, export_usage, parse_period, usage
-from soulbox.events.billing import BILLED_TYPES
+from soulbox.events import BillingRecorder, ExportStore, export_usage, parse_period, usage
 
 from .helpers import AT, Spy, consuming, event, eventually, life, publish, settled
 
@@ -41,8 +39,8 @@ async def test_terminal_events_are_billed(js: JetStreamContext, buckets: Buckets
         + life("inv-2", EventType.FAILED, duration_ms=0.2, memory_limit_mb=None)
         + life("inv-3", EventType.TIMED_OUT, duration_ms=1000.0, memory_limit_mb=2048, function="thumb"),
     )
-    async with consuming(js, billing(js, settings), "billing"):
-        await eventually(lambda: settled(js, "billing"))
+    async with consuming(js, billing(js, settings)):
+        await eventually(lambda: settled(js))
     stored = await entries(buckets)
     assert sorted(stored) == ["acme.resize.inv-1", "acme.resize.inv-2", "acme.thumb.inv-3"]  # terminal only
 
@@ -69,8 +67,8 @@ async def test_redelivered_event_bills_once(js: JetStreamContext, buckets: Bucke
     await publish(js, [done])
     await publish(js, [done], msg_id_suffix=".again")  # simulated redelivery: not de-duplicated
     spy = Spy(billing(js, settings))
-    async with consuming(js, spy, "billing"):
-        await eventually(lambda: settled(js, "billing"))
+    async with consuming(js, spy):
+        await eventually(lambda: settled(js))
     assert spy.events == [done, done]
     assert list(await entries(buckets)) == ["acme.resize.inv-1"]
     report = await usage(buckets.billing, "acme", prices=PRICES)
@@ -89,9 +87,9 @@ async def test_nakked_batch_is_redelivered_and_billed_once(
     async def redelivered_and_settled() -> bool:
         # A nak'd batch waits out its delay before it comes back: settled alone may be seen before that.
         failed = len(spy.batches[0]) if spy.batches else len(events)
-        return len(spy.events) >= len(events) + failed and await settled(js, "billing")
+        return len(spy.events) >= len(events) + failed and await settled(js)
 
-    async with consuming(js, spy, "billing", retry_delay=0.2):
+    async with consuming(js, spy, retry_delay=0.2):
         await eventually(redelivered_and_settled)
     failed = spy.batches[0]
     assert sorted(spy.events, key=lambda e: e.id) == sorted(
@@ -102,29 +100,6 @@ async def test_nakked_batch_is_redelivered_and_billed_once(
     assert [stored[k].billable_ms for k in sorted(stored)] == [6, 7]
     history = await buckets.billing.history("acme.resize.inv-1")
     assert len({entry.value for entry in history}) == 1  # a rewrite with identical content
-
-
-async def test_billing_consumer_reads_only_billed_events(js: JetStreamContext, buckets: Buckets) -> None:
-    """The other events are acknowledged unread; a failed batch still comes back whole."""
-    events = life("inv-1") + life("inv-2", EventType.FAILED)
-    await publish(js, events)
-    await js.publish(names.event_subject("invocation.completed"), b"\xc1 not msgpack")
-    spy = Spy(fail=1)
-    consumer = EventConsumer(
-        js._nc, spy, durable="billing", batch=64, fetch_timeout=0.2, retry_delay=0.2, types=BILLED_TYPES
-    )
-    stop = asyncio.Event()
-    task = asyncio.create_task(consumer.run(stop))
-    try:
-        await eventually(lambda: settled(js, "billing"))
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 10)
-    terminal = [events[3], events[7]]
-    assert spy.batches[0] == terminal
-    assert sorted(spy.events[2:], key=lambda e: e.id) == terminal  # redelivered after the failure
-    info = await js.consumer_info(names.EVENTS_STREAM, "billing")
-    assert (info.num_pending, info.num_ack_pending, info.num_redelivered) == (0, 0, 0)
 
 
 async def test_usage_aggregates_per_function_and_time_bucket(
@@ -229,8 +204,8 @@ async def test_sandbox_seconds_cpu_and_egress_are_metered_and_priced(
     )
     await publish(js, [created, paused, killed, done])
     await publish(js, [paused], msg_id_suffix=".again")
-    async with consuming(js, billing(js, settings), "billing"):
-        await eventually(lambda: settled(js, "billing"))
+    async with consuming(js, billing(js, settings)):
+        await eventually(lambda: settled(js))
     prices = PriceList(
         per_gb_second=2.0, per_invocation=0.5, per_sandbox_second=0.1, per_cpu_second=4.0, per_egress_gb=3.0
     )

@@ -17,7 +17,7 @@ from soulbox.core.schemas import EventType, LifecycleEvent
 from soulbox.events import EventConsumer, Recorder
 from soulbox.events.fetch import BatchFetcher
 
-from .helpers import Spy, consuming, event, eventually, life, publish, settled
+from .helpers import Spy, consuming, event, eventually, explicit_durable, life, publish, settled
 
 
 async def test_batch_is_recorded_in_order_then_acked(js: JetStreamContext, buckets: Buckets) -> None:
@@ -79,7 +79,7 @@ async def test_undecodable_message_is_terminated_and_does_not_block(js: JetStrea
 async def test_other_durables_see_every_event(js: JetStreamContext, buckets: Buckets) -> None:
     events = life("inv-1")
     await publish(js, events)
-    spies = {durable: Spy() for durable in names.EVENT_CONSUMERS}
+    spies = {durable: Spy() for durable in ("billing", "audit", "metrics")}
     async with (
         consuming(js, spies["billing"], "billing"),
         consuming(js, spies["audit"], "audit"),
@@ -90,7 +90,8 @@ async def test_other_durables_see_every_event(js: JetStreamContext, buckets: Buc
     assert all(spy.events == events for spy in spies.values())
 
 
-async def test_stop_is_prompt_when_idle(nc: NATS, buckets: Buckets) -> None:
+async def test_stop_is_prompt_when_idle(nc: NATS, js: JetStreamContext, buckets: Buckets) -> None:
+    await explicit_durable(js, "billing")
     stop = asyncio.Event()
     consumer = EventConsumer(nc, Spy(), durable="billing", batch=16, fetch_timeout=0.5)
     task = asyncio.create_task(consumer.run(stop))
@@ -131,6 +132,7 @@ def _connected(nc: NATS) -> Callable[[], Awaitable[bool]]:
 async def test_fetcher_returns_early_and_keeps_what_arrives_later(
     nc: NATS, js: JetStreamContext, buckets: Buckets
 ) -> None:
+    await explicit_durable(js, "billing")
     fetcher = BatchFetcher(nc, stream=names.EVENTS_STREAM, durable="billing")
     await fetcher.start()
     try:
@@ -160,6 +162,7 @@ async def test_fetcher_returns_early_and_keeps_what_arrives_later(
 
 async def test_fetcher_gathers_a_trickle_into_bursts(nc: NATS, js: JetStreamContext, buckets: Buckets) -> None:
     """A consumer that keeps up pulls what gathered meanwhile, not one event per fetch."""
+    await explicit_durable(js, "metrics")
     fetcher = BatchFetcher(nc, stream=names.EVENTS_STREAM, durable="metrics")
     await fetcher.start()
     events = [e for i in range(10) for e in life(f"inv-{i}")]
@@ -186,6 +189,7 @@ async def test_fetcher_gathers_a_trickle_into_bursts(nc: NATS, js: JetStreamCont
 
 
 async def test_fetcher_stop_hands_buffered_messages_back(nc: NATS, js: JetStreamContext, buckets: Buckets) -> None:
+    await explicit_durable(js, "audit")
     fetcher = BatchFetcher(nc, stream=names.EVENTS_STREAM, durable="audit")
     await fetcher.start()
     events = life("inv-1")

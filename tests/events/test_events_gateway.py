@@ -19,14 +19,14 @@ from soulbox.events import BillingRecorder, run
 from soulbox.events.streamread import read_stream
 from soulbox.gateway.app import create_app
 
-from .helpers import event, eventually, life, publish
+from .helpers import event, eventually, life, process_settings, publish
 
 
 @pytest_asyncio.fixture
 async def api(settings: Settings, buckets: Buckets) -> AsyncIterator[httpx.AsyncClient]:
-    """The gateway app (lifespan and all) plus an audit consumer, both in this process."""
+    """The gateway app (lifespan and all) plus the events consumer, both in this process."""
     stop = asyncio.Event()
-    audit = asyncio.create_task(run("audit", settings, stop))
+    audit = asyncio.create_task(run(process_settings(settings), stop))
     app = create_app(settings)
     transport = httpx.ASGITransport(app=app)
     async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
@@ -56,7 +56,8 @@ async def _seed(js: JetStreamContext, buckets: Buckets, settings: Settings) -> N
         event(EventType.COMPLETED, "inv-3", tenant="other", at=datetime(2025, 3, 1, 12, 0, tzinfo=UTC)),
     ]
     await BillingRecorder(js, default_memory_mb=settings.functions.memory_mb).record(billed)
-    await publish(js, life("inv-1"))
+    # Billed again by the events process: the same entry (same time, duration and memory).
+    await publish(js, life("inv-1", at=datetime(2025, 3, 1, 10, 5, tzinfo=UTC), duration_ms=1000))
 
 
 async def _audit_records(api: httpx.AsyncClient) -> list[dict[str, object]]:

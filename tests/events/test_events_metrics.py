@@ -6,15 +6,17 @@ import asyncio
 
 import httpx
 import pytest
+from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from soulbox.core import names
 from soulbox.core.bus import Buckets
 from soulbox.core.schemas import EventType, Outcome
-from soulbox.events import MetricsRecorder, MetricsServer
+from soulbox.events import MetricsRecorder, MetricsServer, ensure_events_consumer
+from soulbox.events.fetch import BatchFetcher
 from soulbox.events.metrics import RecentIds
 
-from .helpers import consuming, eventually, life, publish, settled
+from .helpers import FAST, consuming, eventually, life, publish, settled
 
 
 async def test_counters_and_histograms(js: JetStreamContext, buckets: Buckets) -> None:
@@ -27,8 +29,8 @@ async def test_counters_and_histograms(js: JetStreamContext, buckets: Buckets) -
     await publish(js, events)
     await publish(js, events[:4], msg_id_suffix=".again")  # redelivered: counted once
     metrics = MetricsRecorder()
-    async with consuming(js, metrics, "metrics", batch=5):
-        await eventually(lambda: settled(js, "metrics"))
+    async with consuming(js, metrics, batch=5):
+        await eventually(lambda: settled(js))
     value = metrics.registry.get_sample_value
 
     for step in ("accepted", "scheduled", "started"):
@@ -73,20 +75,27 @@ async def test_queue_depth_follows_the_scheduler_backlog(js: JetStreamContext, b
     await sub.unsubscribe()
 
 
-async def test_event_consumer_lag_is_what_each_durable_has_not_acked(js: JetStreamContext, buckets: Buckets) -> None:
-    for i in range(2):
+async def test_event_consumer_lag_is_what_the_events_durable_has_not_acked(
+    nc: NATS, js: JetStreamContext, buckets: Buckets
+) -> None:
+    await ensure_events_consumer(nc, js, FAST)
+    for i in range(3):
         await js.publish(names.event_subject("completed"), b"ev", headers={"Nats-Msg-Id": f"ev-{i}"})
     metrics = MetricsRecorder()
     await metrics.refresh_queue_depth(js)
-    for durable in names.EVENT_CONSUMERS:
-        assert metrics.registry.get_sample_value("soulbox_event_consumer_pending", {"consumer": durable}) == 2
-    sub = await js.pull_subscribe_bind(consumer="billing", stream=names.EVENTS_STREAM)
-    for msg in await sub.fetch(2, timeout=2):
-        await msg.ack()
-    await sub.unsubscribe()
-    await metrics.refresh_queue_depth(js)
-    assert metrics.registry.get_sample_value("soulbox_event_consumer_pending", {"consumer": "billing"}) == 0
-    assert metrics.registry.get_sample_value("soulbox_event_consumer_pending", {"consumer": "audit"}) == 2
+    lag = {"consumer": names.EVENTS_CONSUMER}
+    assert metrics.registry.get_sample_value("soulbox_event_consumer_pending", lag) == 3
+    fetcher = BatchFetcher(nc, stream=names.EVENTS_STREAM, durable=names.EVENTS_CONSUMER, group=names.EVENTS_CONSUMER)
+    await fetcher.start()
+    try:
+        msgs = await fetcher.fetch(3, timeout=2)
+        assert len(msgs) == 3 and fetcher.pin is not None
+        await msgs[1].ack()  # AckPolicy.ALL: acknowledges the first as well
+        await nc.flush()
+        await metrics.refresh_queue_depth(js)
+        assert metrics.registry.get_sample_value("soulbox_event_consumer_pending", lag) == 1
+    finally:
+        await fetcher.stop()
 
 
 async def test_metrics_endpoint_serves_the_registry() -> None:
