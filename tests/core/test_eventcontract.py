@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from soulbox.core.codec import encode
 from soulbox.core.eventcontract import CONTRACT, json_schema, violations
 from soulbox.core.schemas import EventType, InvocationRecord, LifecycleEvent, Outcome, Status, Tier, utcnow
-from soulbox.events.billing import BILLED_TYPES
+from soulbox.events.billing import METERS
 
 ROOT = Path(__file__).resolve().parents[2]
 REGENERATE = "python -m soulbox.core.eventcontract > infra/schemas/lifecycle-event.schema.json"
@@ -30,7 +30,7 @@ def test_every_event_type_has_a_contract_and_a_section_in_events_md() -> None:
 
 
 def test_the_contract_says_billed_for_exactly_what_billing_bills() -> None:
-    assert {t.value for t, c in CONTRACT.items() if c.billed} == BILLED_TYPES
+    assert {t for t, c in CONTRACT.items() if c.billed} == {t for meter in METERS for t in meter.types}
 
 
 def test_an_event_built_as_the_worker_builds_it_keeps_the_contract() -> None:
