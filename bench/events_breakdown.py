@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import os
 import tempfile
 import time
 from pathlib import Path
 
-from events import NATS_CONFIG, cpu_seconds, lifecycle, publish_all  # bench/events.py (this directory)
 from soulbox.core import names
 from soulbox.core.bus import connect, ensure_topology
 from soulbox.core.codec import encode
@@ -28,6 +28,18 @@ from soulbox.core.natsserver import NatsServer, free_port
 from soulbox.core.schemas import LifecycleEvent
 from soulbox.core.settings import Settings
 from soulbox.events import AuditRecorder, BillingRecorder, MetricsRecorder, ensure_events_consumer, run
+
+# bench/events.py beside this file, by path: a plain `import events` finds the soulbox.events folder first.
+_spec = importlib.util.spec_from_file_location("bench_events", Path(__file__).with_name("events.py"))
+assert _spec is not None and _spec.loader is not None
+_bench = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_bench)
+NATS_CONFIG, cpu_seconds, lifecycle, publish_all = (
+    _bench.NATS_CONFIG,
+    _bench.cpu_seconds,
+    _bench.lifecycle,
+    _bench.publish_all,
+)
 
 VARIANTS = {
     "billing + audit + metrics": (),

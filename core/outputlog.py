@@ -1,7 +1,7 @@
 """Invocation output on the ``SB_LOGS`` stream: the worker's publisher and the gateway's reader.
 
 One subject per invocation (:func:`~soulbox.core.names.invocation_logs_subject`)
-holds its :class:`~soulbox.core.schemas.OutputEntry` messages: output pieces
+holds its :class:`OutputEntry` messages: output pieces
 numbered from 1 within an attempt, then that attempt's ``end`` entry.
 
 The worker side (:class:`OutputPublisher`) is an output sink: ``write`` only
@@ -23,23 +23,55 @@ import asyncio
 import contextlib
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
-from typing import TypeVar
+from datetime import datetime
+from typing import Literal, TypeVar
 
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy, PubAck
+from pydantic import Field
 
 from . import names
 from .codec import decode, encode
 from .errors import SchemaError
 from .logging import get_logger
-from .schemas import InvocationRecord, OutputEntry, OutputStream, utcnow
+from .schemas import InvocationError, InvocationRecord, Message, Outcome, Status, utcnow
 
 log = get_logger(__name__)
 
 ACK_TIMEOUT_S = 10.0
 PENDING_MSGS = 4096  # flow control holds the server back long before a reader's queue is this full
 HEARTBEAT_S = 2.0  # the ordered consumer's idle heartbeat: a lost consumer is recreated within 2 of these
+
+
+OutputStream = Literal["stdout", "stderr"]
+
+
+class OutputEntry(Message):
+    """Worker -> ``SB_LOGS``: a piece of an invocation's output as it was produced, or an attempt's end.
+
+    Entries are numbered by ``seq`` from 1 within an ``attempt``. An attempt's
+    last entry has ``kind="end"`` and carries how it ended (``status`` is
+    ``retrying`` when another attempt follows). ``data`` is raw bytes: the
+    worker publishes at most the function's ``max_output_bytes`` per stream.
+    """
+
+    invocation_id: str
+    attempt: int = 1
+    seq: int
+    at: datetime = Field(default_factory=utcnow)
+    kind: Literal["output", "end"] = "output"
+    stream: OutputStream | None = None
+    data: bytes = b""
+    status: Status | None = None
+    outcome: Outcome | None = None
+    exit_code: int | None = None
+    error: InvocationError | None = None
+    duration_ms: float | None = None
+    stdout_bytes: int | None = None
+    stderr_bytes: int | None = None
+    stdout_truncated: bool = False
+    stderr_truncated: bool = False
 
 
 class OutputPublisher:

@@ -341,54 +341,6 @@ class WorkerHeartbeat(Message):
     sandboxes: int = 0  # long-lived sandboxes handed out now (its warm pool is not counted: a create takes from it)
 
 
-class AuditRecord(Message):
-    """One entry of the audit log.
-
-    In the chained log (``SB_AUDIT``) ``tenant`` is the tenant's pseudonym
-    (see :mod:`soulbox.events.tenantkeys`), ``origin`` names what the record
-    was made from (``evt.<event id>``, ``api.<record id>``) and ``prev_hash``
-    / ``hash`` link it into the SHA-256 chain (:mod:`soulbox.events.chain`).
-    Records on the intake stream carry the real tenant and no hashes.
-    """
-
-    id: str
-    kind: Literal["api", "event"]
-    at: datetime = Field(default_factory=utcnow)
-    tenant: str | None = None
-    actor: str | None = None
-    action: str
-    resource: str | None = None
-    result: str | None = None
-    source: str | None = None
-    detail: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
-    origin: str | None = None
-    prev_hash: str | None = None
-    hash: str | None = None
-
-
-class UsageEntry(Message):
-    """One billed unit (an invocation, a sandbox period), keyed by its id in the billing bucket.
-
-    ``kind`` names the meter that made it (``invocation``, ``sandbox``); the
-    quantities a meter does not measure stay zero.
-    """
-
-    invocation_id: str
-    tenant: Name
-    function: Name
-    tier: Tier | None
-    outcome: Outcome | None
-    at: datetime
-    billable_ms: int
-    memory_mb: int
-    gb_seconds: float
-    kind: str = "invocation"
-    invocations: int = 1
-    cpu_seconds: float = 0.0
-    sandbox_seconds: float = 0.0
-    egress_bytes: int = 0
-
-
 class LimitsRecord(Message):
     """Limits of one tenant or API key (KV ``sb_limits``); a field left None takes the settings' default."""
 
@@ -442,42 +394,3 @@ class FunctionAlias(Message):
     targets: list[AliasTarget] = Field(min_length=1, max_length=10)
     previous: list[AliasTarget] | None = None
     updated_at: datetime = Field(default_factory=utcnow)
-
-
-class AuditExportState(Message):
-    """How far the audit log is exported: kept in the audit state bucket, updated by compare-and-set."""
-
-    segments: int = 0
-    last_seq: int = 0
-    last_hash: str = "0" * 64
-    at: datetime = Field(default_factory=utcnow)
-
-
-OutputStream = Literal["stdout", "stderr"]
-
-
-class OutputEntry(Message):
-    """Worker -> ``SB_LOGS``: a piece of an invocation's output as it was produced, or an attempt's end.
-
-    Entries are numbered by ``seq`` from 1 within an ``attempt``. An attempt's
-    last entry has ``kind="end"`` and carries how it ended (``status`` is
-    ``retrying`` when another attempt follows). ``data`` is raw bytes: the
-    worker publishes at most the function's ``max_output_bytes`` per stream.
-    """
-
-    invocation_id: str
-    attempt: int = 1
-    seq: int
-    at: datetime = Field(default_factory=utcnow)
-    kind: Literal["output", "end"] = "output"
-    stream: OutputStream | None = None
-    data: bytes = b""
-    status: Status | None = None
-    outcome: Outcome | None = None
-    exit_code: int | None = None
-    error: InvocationError | None = None
-    duration_ms: float | None = None
-    stdout_bytes: int | None = None
-    stderr_bytes: int | None = None
-    stdout_truncated: bool = False
-    stderr_truncated: bool = False

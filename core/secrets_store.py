@@ -25,8 +25,9 @@ from pydantic import BaseModel, Field
 from . import names
 from .codec import decode, encode
 from .errors import InvalidRequest, NotFound
+from .ledger import AuditRecord
 from .logging import get_logger
-from .schemas import AuditRecord, Message, Name, utcnow
+from .schemas import Message, Name, utcnow
 from .secrets import Envelope, MasterKeys, SecretsError
 from .store import scan, settle
 

@@ -28,8 +28,9 @@ from pydantic import TypeAdapter
 from soulbox.core import names
 from soulbox.core.codec import decode, encode
 from soulbox.core.errors import InvalidRequest, SchemaError
+from soulbox.core.ledger import AuditRecord
 from soulbox.core.logging import get_logger
-from soulbox.core.schemas import AuditRecord, LifecycleEvent
+from soulbox.core.schemas import LifecycleEvent
 
 from .auditlog import AuditLog
 from .streamread import read_stream

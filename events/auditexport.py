@@ -31,8 +31,9 @@ from pydantic import BaseModel
 from soulbox.core import names
 from soulbox.core.codec import decode, encode
 from soulbox.core.errors import SchemaError
+from soulbox.core.ledger import AuditExportState, AuditRecord
 from soulbox.core.logging import get_logger
-from soulbox.core.schemas import AuditExportState, AuditRecord, utcnow
+from soulbox.core.schemas import utcnow
 
 from .auditlog import EXPORT_STATE_KEY
 from .chain import GENESIS, Verdict, Verifier

@@ -45,8 +45,9 @@ from nats.js.kv import KeyValue
 from soulbox.core import names
 from soulbox.core.codec import decode
 from soulbox.core.errors import SchemaError, SoulboxError
+from soulbox.core.ledger import AuditExportState, AuditRecord
 from soulbox.core.logging import get_logger
-from soulbox.core.schemas import NAME_RE, AuditExportState, AuditRecord
+from soulbox.core.schemas import NAME_RE
 
 from .chain import GENESIS, Verifier, json_fields, linked_hash
 from .metrics import RecentIds

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from nats.js import JetStreamContext
 
 from soulbox.core import names, store
-from soulbox.core.schemas import EventType, LifecycleEvent, UsageEntry
+from soulbox.core.ledger import UsageEntry
+from soulbox.core.schemas import EventType, LifecycleEvent
 from soulbox.core.store import settle
 
 TERMINAL_EVENTS = frozenset({EventType.COMPLETED, EventType.FAILED, EventType.TIMED_OUT})

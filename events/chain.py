@@ -21,7 +21,7 @@ from typing import Any, Final
 
 from pydantic import BaseModel, TypeAdapter
 
-from soulbox.core.schemas import AuditRecord
+from soulbox.core.ledger import AuditRecord
 
 GENESIS: Final = "0" * 64
 """The ``prev_hash`` of the first record of a chain."""

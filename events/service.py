@@ -28,9 +28,9 @@ from nats.js import JetStreamContext
 from soulbox.core import names
 from soulbox.core.bus import Buckets, connect, ensure_topology
 from soulbox.core.errors import SoulboxError
+from soulbox.core.ledger import AuditRecord
 from soulbox.core.logging import get_logger
 from soulbox.core.metrics_server import MetricsServer
-from soulbox.core.schemas import AuditRecord
 from soulbox.core.settings import Settings
 
 from .audit import AuditRecorder, IntakeRecorder

@@ -15,7 +15,8 @@ from nats.js.kv import KeyValue
 from pydantic import BaseModel, ConfigDict
 
 from soulbox.core import store
-from soulbox.core.schemas import UsageEntry, checked_name
+from soulbox.core.ledger import UsageEntry
+from soulbox.core.schemas import checked_name
 from soulbox.core.settings import PriceList
 
 Granularity = Literal["day", "hour"]

@@ -20,7 +20,8 @@ from datetime import UTC, datetime, timedelta
 from nats.js.kv import KeyValue
 
 from soulbox.core.errors import InvalidRequest
-from soulbox.core.schemas import UsageEntry, utcnow
+from soulbox.core.ledger import UsageEntry
+from soulbox.core.schemas import utcnow
 from soulbox.core.settings import PriceList
 
 from .s3 import ExportStore

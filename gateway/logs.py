@@ -24,8 +24,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from soulbox.core.errors import InvalidRequest, InvocationNotFound
-from soulbox.core.outputlog import StoredEntry, has_output, read_output, until
-from soulbox.core.schemas import InvocationRecord, OutputEntry, Status
+from soulbox.core.outputlog import OutputEntry, StoredEntry, has_output, read_output, until
+from soulbox.core.schemas import InvocationRecord, Status
 from soulbox.core.store import get_model
 
 from .platform import INVOCATION_ID_RE, platform

@@ -16,8 +16,8 @@ from nats.js.api import PubAck
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from soulbox.core.ledger import AuditRecord
 from soulbox.core.logging import get_logger
-from soulbox.core.schemas import AuditRecord
 from soulbox.core.store import settle
 from soulbox.events import new_record_id, record_api_call
 

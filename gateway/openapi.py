@@ -8,7 +8,8 @@ from typing import Any
 from pydantic import BaseModel
 from starlette.routing import BaseRoute, Route
 
-from soulbox.core.schemas import NAME_PATTERN, AuditRecord
+from soulbox.core.ledger import AuditRecord
+from soulbox.core.schemas import NAME_PATTERN
 from soulbox.events import UsageReport
 
 from . import openapi_admin, openapi_identity, openapi_limits, openapi_logs, openapi_secrets, openapi_triggers

@@ -7,7 +7,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from soulbox.core.schemas import AliasTarget, AuditRecord, FunctionSpec, InvocationRecord, UsageEntry
+from soulbox.core.ledger import AuditRecord, UsageEntry
+from soulbox.core.schemas import AliasTarget, FunctionSpec, InvocationRecord
 from soulbox.events import Verdict
 
 from .aliases import AliasIn

@@ -20,7 +20,7 @@ from datetime import UTC, date, datetime, timedelta
 from nats.js.kv import KeyValue
 
 from soulbox.core.kvmirror import KvMirror
-from soulbox.core.schemas import UsageEntry
+from soulbox.core.ledger import UsageEntry
 
 
 @dataclass(frozen=True, slots=True)

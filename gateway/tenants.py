@@ -24,7 +24,8 @@ from starlette.responses import JSONResponse, Response
 
 from soulbox.core import names
 from soulbox.core.errors import InvalidRequest, Unavailable
-from soulbox.core.schemas import AuditRecord, FunctionSpec, InvocationRecord, checked_name, utcnow
+from soulbox.core.ledger import AuditRecord
+from soulbox.core.schemas import FunctionSpec, InvocationRecord, checked_name, utcnow
 from soulbox.core.secrets_signing import SigningKeyRing
 from soulbox.core.secrets_store import SecretEntry
 from soulbox.core.store import scan, settle

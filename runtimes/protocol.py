@@ -25,7 +25,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-from soulbox.core.schemas import FunctionSpec, InvocationError, Outcome, OutputStream, Tier
+from soulbox.core.outputlog import OutputStream
+from soulbox.core.schemas import FunctionSpec, InvocationError, Outcome, Tier
 
 
 class OutputSink(Protocol):

@@ -8,8 +8,8 @@ from nats.js import JetStreamContext
 
 from soulbox.core import names
 from soulbox.core.bus import Buckets
-from soulbox.core.outputlog import OutputPublisher, StoredEntry, has_output, read_output, until
-from soulbox.core.schemas import InvocationRecord, Outcome, OutputEntry, Status, utcnow
+from soulbox.core.outputlog import OutputEntry, OutputPublisher, StoredEntry, has_output, read_output, until
+from soulbox.core.schemas import InvocationRecord, Outcome, Status, utcnow
 
 
 def _publisher(js: JetStreamContext, invocation_id: str, attempt: int = 1, **kw: float) -> OutputPublisher:

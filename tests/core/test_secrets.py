@@ -17,8 +17,8 @@ from soulbox.core import names
 from soulbox.core.bus import Buckets
 from soulbox.core.codec import decode
 from soulbox.core.errors import InvalidRequest
+from soulbox.core.ledger import AuditRecord
 from soulbox.core.logging import configure_logging, get_logger
-from soulbox.core.schemas import AuditRecord
 from soulbox.core.secrets import MasterKeys, SecretsError, UnknownMasterKey, key_id, load_or_create_key_file
 from soulbox.core.secrets_store import SecretEntry, SecretNotFound, SecretStore, secret_context
 from soulbox.core.settings import Settings

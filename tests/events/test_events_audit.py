@@ -25,8 +25,9 @@ from soulbox.core import names
 from soulbox.core.bus import Buckets
 from soulbox.core.codec import decode, encode
 from soulbox.core.errors import InvalidRequest
+from soulbox.core.ledger import AuditRecord
 from soulbox.core.natsserver import NatsServer
-from soulbox.core.schemas import AuditRecord, EventType, InvocationError
+from soulbox.core.schemas import EventType, InvocationError
 from soulbox.core.settings import AuditSettings, Settings
 from soulbox.events import (
     GENESIS,

@@ -13,7 +13,8 @@ from nats.js import JetStreamContext
 from soulbox.core import names
 from soulbox.core.bus import Buckets
 from soulbox.core.errors import InvalidRequest
-from soulbox.core.schemas import EventType, LifecycleEvent, Outcome, Tier, UsageEntry
+from soulbox.core.ledger import UsageEntry
+from soulbox.core.schemas import EventType, LifecycleEvent, Outcome, Tier
 from soulbox.core.settings import PriceList, Settings
 from soulbox.core.store import get_model, scan
 from soulbox.events import BillingRecorder, ExportStore, export_usage, parse_period, usage

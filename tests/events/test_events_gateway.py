@@ -13,7 +13,8 @@ from nats.js import JetStreamContext
 from soulbox.core import names
 from soulbox.core.bus import Buckets
 from soulbox.core.codec import decode, encode
-from soulbox.core.schemas import AuditRecord, EventType, FunctionSpec, InvocationRecord, Status
+from soulbox.core.ledger import AuditRecord
+from soulbox.core.schemas import EventType, FunctionSpec, InvocationRecord, Status
 from soulbox.core.settings import Settings
 from soulbox.events import BillingRecorder, run
 from soulbox.events.streamread import read_stream

@@ -17,8 +17,9 @@ from nats.js.errors import NotFoundError
 import soulbox.events
 from soulbox.core import names
 from soulbox.core.bus import Buckets
+from soulbox.core.ledger import UsageEntry
 from soulbox.core.natsserver import NatsServer, free_port
-from soulbox.core.schemas import EventType, UsageEntry
+from soulbox.core.schemas import EventType
 from soulbox.core.settings import PriceList
 from soulbox.core.store import get_model
 from soulbox.events import main, usage, verify_log

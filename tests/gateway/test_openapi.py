@@ -196,7 +196,7 @@ async def gateway(
     settings: Settings, buckets: Buckets, js: JetStreamContext, document: dict[str, Any]
 ) -> AsyncIterator[Documented]:
     stop = asyncio.Event()
-    audit = asyncio.create_task(run("audit", settings, stop))  # chains the erasure's tombstone
+    audit = asyncio.create_task(run(settings, stop))  # the events process chains the erasure's tombstone
     app = create_app(settings)
     transport = httpx.ASGITransport(app=app)
     async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport, base_url="http://gw") as client:

@@ -19,8 +19,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from soulbox.core import names
 from soulbox.core.bus import Buckets, connect
 from soulbox.core.codec import encode
+from soulbox.core.ledger import UsageEntry
 from soulbox.core.sandboxes import SandboxRecord, SandboxState
-from soulbox.core.schemas import LimitsRecord, UsageEntry, WorkerHeartbeat
+from soulbox.core.schemas import LimitsRecord, WorkerHeartbeat
 from soulbox.core.settings import Settings
 from soulbox.gateway import limits_cli
 from soulbox.gateway.app import create_app

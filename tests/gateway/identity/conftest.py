@@ -16,7 +16,7 @@ from pydantic import SecretStr
 from soulbox.core import names
 from soulbox.core.bus import Buckets
 from soulbox.core.codec import decode
-from soulbox.core.schemas import AuditRecord
+from soulbox.core.ledger import AuditRecord
 from soulbox.core.settings import IdentitySettings, Settings
 from soulbox.gateway.app import create_app
 

@@ -11,7 +11,7 @@ from starlette.websockets import WebSocketDisconnect
 from soulbox.core import names
 from soulbox.core.bus import connect
 from soulbox.core.codec import decode
-from soulbox.core.schemas import AuditRecord
+from soulbox.core.ledger import AuditRecord
 from soulbox.core.settings import Settings
 from soulbox.gateway.app import create_app
 
