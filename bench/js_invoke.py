@@ -30,7 +30,7 @@ from pathlib import Path
 
 from soulbox.core.natsserver import free_port
 from soulbox.core.schemas import FunctionSpec, Limits, Runtime
-from soulbox.core.settings import LinuxSettings
+from soulbox.core.tiersettings import LinuxSettings
 from soulbox.runtimes.js.cgroup import find_parent
 from soulbox.runtimes.js.config import BUN, DENO, FunctionConfig, Mode
 from soulbox.runtimes.js.engines import Engine, default_engines

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from soulbox.core.logging import configure_logging
 from soulbox.core.schemas import FunctionSpec, Limits, Outcome
-from soulbox.core.settings import LinuxSettings
+from soulbox.core.tiersettings import LinuxSettings
 from soulbox.runtimes.linux import names
 from soulbox.runtimes.linux.runtime import GUEST_ENV, LinuxRuntime
 from soulbox.runtimes.linux.sandbox import Launcher, SandboxLimits

@@ -34,7 +34,7 @@ from pathlib import Path
 from pyroute2 import IPRoute, netns
 
 from soulbox.core.logging import configure_logging
-from soulbox.core.settings import LinuxSettings, NetSettings
+from soulbox.core.tiersettings import LinuxSettings, NetSettings
 from soulbox.runtimes.linux.netns import entered
 from soulbox.runtimes.linux.netpolicy import EgressPolicy
 from soulbox.runtimes.linux.netpool import NetPool

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from soulbox.core.errors import InvalidRequest
-from soulbox.core.settings import JsSettings
+from soulbox.core.tiersettings import JsSettings
 
 from ..linux.seccomp import build_filter
 from ..linux.wrap import seccomp_pipe

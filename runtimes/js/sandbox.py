@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from soulbox.core.logging import get_logger
-from soulbox.core.settings import LinuxSettings
+from soulbox.core.tiersettings import LinuxSettings
 
 from ..linux.errors import SandboxUnavailable
 from ..linux.host import which

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from soulbox.core.logging import get_logger
-from soulbox.core.settings import NetSettings
+from soulbox.core.tiersettings import NetSettings
 
 from .netns import NetSlot, NetUnavailable, Nft, configure, create_slot, destroy_slot, remove_leftovers
 from .netpolicy import EgressPolicy, denied_networks, host_ruleset, parse_network, policy_rules, sandbox_table

@@ -27,7 +27,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from soulbox.core.settings import LinuxSettings
+from soulbox.core.tiersettings import LinuxSettings
 
 RUNTIME_DIRS = ("/dev/shm", "/run")  # tmpfs on most hosts: a skeleton of a thousand entries in milliseconds
 SKELETON_PREFIX = "soulbox-rootfs-"

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from soulbox.core import tracing
 from soulbox.core.schemas import FunctionSpec, InvocationError, Outcome, Tier
-from soulbox.core.settings import LinuxSettings, Settings
+from soulbox.core.settings import Settings
+from soulbox.core.tiersettings import LinuxSettings
 
 from ..protocol import OutputSink, RunResult
 from . import names

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from soulbox.core.logging import get_logger
-from soulbox.core.settings import LinuxSettings
+from soulbox.core.tiersettings import LinuxSettings
 
 from ..protocol import Output, OutputSink
 from .box import RUN_DIR, Box, BoxLimits, make_run_dir, remove_run_dir

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from soulbox.core.schemas import FunctionSpec, Limits, Runtime
-from soulbox.core.settings import LinuxSettings
+from soulbox.core.tiersettings import LinuxSettings
 from soulbox.runtimes.js.cgroup import find_parent
 from soulbox.runtimes.js.config import BUN, DENO, FunctionConfig, no_config
 from soulbox.runtimes.js.engines import BunEngine, DenoEngine, Engine, find_binary

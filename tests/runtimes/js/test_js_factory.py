@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from soulbox.core.schemas import Outcome
-from soulbox.core.settings import JsSettings, Settings
+from soulbox.core.settings import Settings
+from soulbox.core.tiersettings import JsSettings
 from soulbox.runtimes.js.config import BUN, DENO, TIER
 from soulbox.runtimes.js.engines import find_binary
 from soulbox.runtimes.js.factory import create_js_runtimes

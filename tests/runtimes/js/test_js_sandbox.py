@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from soulbox.core.schemas import FunctionSpec, Outcome, Runtime
-from soulbox.core.settings import LinuxSettings
+from soulbox.core.tiersettings import LinuxSettings
 from soulbox.runtimes.js.config import BUN, FunctionConfig, Permissions
 from soulbox.runtimes.js.http import HttpRequest, HttpResponse
 from soulbox.runtimes.js.runtime import JsRuntime

@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from soulbox.core.errors import InvalidRequest
-from soulbox.core.settings import NetSettings
+from soulbox.core.tiersettings import NetSettings
 from soulbox.runtimes.linux.netpolicy import (
     ANY,
     EgressPolicy,
