@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from soulbox.core.settings import DEFAULT_UID_BASE
-from soulbox.core.tiersettings import LinuxSettings
+from soulbox.core.tiersettings import DEFAULT_UID_BASE, LinuxSettings
 from soulbox.runtimes.linux.sandbox import Launcher
 
 
