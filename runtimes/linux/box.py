@@ -145,16 +145,28 @@ class Box:
             return 0
         return (st.f_blocks - st.f_bfree) * st.f_frsize
 
+    def kill(self) -> None:
+        """SIGKILL every process of the box now (thawed first if frozen: frozen tasks cannot die).
+
+        :meth:`dead` waits for them; :meth:`close` frees what the box held.
+        """
+        self.session.kill()
+        if self._frozen:
+            with contextlib.suppress(OSError):
+                self.session.cgroup.freeze(False)
+            self._frozen = False
+
+    async def dead(self) -> bool:
+        """Whether the box's pid 1 is gone (and with it its pid namespace) within a drain period."""
+        return await self.session.exited(DRAIN_S)
+
     async def close(self) -> None:
         """Kill everything in the box and free its cgroup, uid and directory; repeat-safe."""
         if self._closed:
             return
         self._closed = True
-        self.session.kill()
-        if self._frozen:
-            with contextlib.suppress(OSError):
-                self.session.cgroup.freeze(False)
-        await self.session.exited(DRAIN_S)
+        self.kill()
+        await self.dead()
         for task in (*self._pumps, self._watch):
             task.cancel()
         await asyncio.gather(*self._pumps, self._watch, return_exceptions=True)
