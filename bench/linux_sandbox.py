@@ -170,19 +170,19 @@ async def envd_run(envd: EnvdClient, token: str, *argv: str) -> bytes:
     return stdout
 
 
-def memory_of(pids: list[int]) -> dict[str, int]:
-    """Summed Rss, Pss and USS (private clean + dirty) in KiB of ``pids``, from smaps_rollup."""
-    total = {"rss": 0, "pss": 0, "uss": 0}
+def memory_of(pids: list[int]) -> list[tuple[str, int, int, int]]:
+    """(command, Rss, Pss, USS = private clean + dirty) in KiB of each of ``pids``, from smaps_rollup."""
+    out = []
     for pid in pids:
         try:
             text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
         fields = {line.split(":")[0]: int(line.split()[1]) for line in text.splitlines()[1:]}
-        total["rss"] += fields["Rss"]
-        total["pss"] += fields["Pss"]
-        total["uss"] += fields["Private_Clean"] + fields["Private_Dirty"]
-    return total
+        name = " ".join(a.decode() for a in argv[:3] if a)
+        out.append((name, fields["Rss"], fields["Pss"], fields["Private_Clean"] + fields["Private_Dirty"]))
+    return out
 
 
 def session_pids(sid: int) -> list[int]:
@@ -218,7 +218,7 @@ async def host_rows(n: int) -> None:
         host = SandboxHost(settings, nc, buckets.sandboxes, launcher, Templates(settings, launcher.guest_dir()))
         await host.start()
         warm, first, both, cold, kills, in_true, in_print = [], [], [], [], [], [], []
-        memory: list[dict[str, int]] = []
+        memory: list[tuple[str, int, int, int]] = []
 
         async def pool_full() -> None:
             await host.pool.fill("base")
@@ -236,9 +236,7 @@ async def host_rows(n: int) -> None:
             await pool_full()
             if i == 1:
                 box = host.pool.boxes()[0]
-                pids = sorted({*session_pids(box.session.proc.pid), *box.session.cgroup.pids()})
-                memory.append(memory_of(pids))
-                print("idle pooled sandbox:", *(Path(f"/proc/{p}/cmdline").read_bytes()[:60] for p in pids))
+                memory = memory_of(sorted({*session_pids(box.session.proc.pid), *box.session.cgroup.pids()}))
             started = time.perf_counter()
             record = await host.create(request())
             claimed = time.perf_counter()
@@ -287,9 +285,11 @@ async def host_rows(n: int) -> None:
     print(row("`true` on the host (asyncio subprocess)", host_true))
     print(row("`python3 -c 'print(1)'` in a live sandbox through envd", in_print[1:]))
     print(row("`python3 -c 'print(1)'` on the host", host_print))
-    mem = memory[0]
-    print(f"\nidle pooled sandbox (every process of its session): Rss {mem['rss']} KiB, "
-          f"Pss {mem['pss']} KiB, USS {mem['uss']} KiB")  # fmt: skip
+    print("\nidle pooled sandbox, every process of its session and cgroup (KiB):\n")
+    print("| process | Rss | Pss | USS |\n| --- | ---: | ---: | ---: |")
+    for name, rss, pss, uss in memory:
+        print(f"| `{name}` | {rss} | {pss} | {uss} |")
+    print(f"| **all** | {sum(m[1] for m in memory)} | {sum(m[2] for m in memory)} | {sum(m[3] for m in memory)} |")
 
 
 if __name__ == "__main__":

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import base64
-import hashlib
-import hmac
 import time
 
 from .http import Request
@@ -12,6 +10,8 @@ from .http import Request
 
 def file_signature(path: str, operation: str, user: str, token: str, expiration: int | None) -> str:
     """`v1_` + unpadded base64 of sha256("path:operation:user:token[:expiration]") (e2b/sandbox/signature.py)."""
+    import hashlib  # on first use: OpenSSL's libcrypto is not loaded into an idle sandbox
+
     raw = f"{path}:{operation}:{user}:{token}" + (f":{expiration}" if expiration is not None else "")
     digest = hashlib.sha256(raw.encode()).digest()
     return "v1_" + base64.b64encode(digest).rstrip(b"=").decode("ascii")
@@ -21,6 +21,8 @@ def authorized(request: Request, token: str | None) -> bool:
     """Whether the request may proceed."""
     if token is None:
         return True
+    import hmac  # on first use (a pooled sandbox answers only the token-less /init): see file_signature
+
     given = request.headers.get("x-access-token")
     if given is not None and hmac.compare_digest(given.encode(), token.encode()):
         return True
