@@ -5,6 +5,10 @@ from __future__ import annotations
 import base64
 import time
 
+# hmac.compare_digest's own constant-time fallback: hmac would load OpenSSL (~0.7 MB idle, ~4 ms at the
+# first request after a hand-out) for the very same comparison.
+from _operator import _compare_digest as compare_digest
+
 from .http import Request
 
 
@@ -21,10 +25,8 @@ def authorized(request: Request, token: str | None) -> bool:
     """Whether the request may proceed."""
     if token is None:
         return True
-    import hmac  # on first use (a pooled sandbox answers only the token-less /init): see file_signature
-
     given = request.headers.get("x-access-token")
-    if given is not None and hmac.compare_digest(given.encode(), token.encode()):
+    if given is not None and compare_digest(given.encode(), token.encode()):
         return True
     if request.path != "/files" or "signature" not in request.query:
         return False
@@ -38,4 +40,4 @@ def authorized(request: Request, token: str | None) -> bool:
     expected = file_signature(
         request.query.get("path", ""), operation, request.query.get("username", ""), token, expiration
     )
-    return hmac.compare_digest(request.query["signature"].encode(), expected.encode())
+    return compare_digest(request.query["signature"].encode(), expected.encode())
