@@ -170,8 +170,8 @@ async def envd_run(envd: EnvdClient, token: str, *argv: str) -> bytes:
     return stdout
 
 
-def memory_of(pids: list[int]) -> list[tuple[str, int, int, int]]:
-    """(command, Rss, Pss, USS = private clean + dirty) in KiB of each of ``pids``, from smaps_rollup."""
+def memory_of(pids: list[int]) -> list[tuple[str, int, int, int, int]]:
+    """(command, Rss, Pss, USS = private clean + dirty, private dirty) in KiB of each of ``pids`` (smaps_rollup)."""
     out = []
     for pid in pids:
         try:
@@ -181,7 +181,8 @@ def memory_of(pids: list[int]) -> list[tuple[str, int, int, int]]:
             continue
         fields = {line.split(":")[0]: int(line.split()[1]) for line in text.splitlines()[1:]}
         name = " ".join(a.decode() for a in argv[:3] if a)
-        out.append((name, fields["Rss"], fields["Pss"], fields["Private_Clean"] + fields["Private_Dirty"]))
+        dirty = fields["Private_Dirty"]
+        out.append((name, fields["Rss"], fields["Pss"], fields["Private_Clean"] + dirty, dirty))
     return out
 
 
@@ -218,7 +219,7 @@ async def host_rows(n: int) -> None:
         host = SandboxHost(settings, nc, buckets.sandboxes, launcher, Templates(settings, launcher.guest_dir()))
         await host.start()
         warm, first, both, cold, kills, in_true, in_print = [], [], [], [], [], [], []
-        memory: list[tuple[str, int, int, int]] = []
+        memory: list[tuple[str, int, int, int, int]] = []
 
         async def pool_full() -> None:
             await host.pool.fill("base")
@@ -286,10 +287,10 @@ async def host_rows(n: int) -> None:
     print(row("`python3 -c 'print(1)'` in a live sandbox through envd", in_print[1:]))
     print(row("`python3 -c 'print(1)'` on the host", host_print))
     print("\nidle pooled sandbox, every process of its session and cgroup (KiB):\n")
-    print("| process | Rss | Pss | USS |\n| --- | ---: | ---: | ---: |")
-    for name, rss, pss, uss in memory:
-        print(f"| `{name}` | {rss} | {pss} | {uss} |")
-    print(f"| **all** | {sum(m[1] for m in memory)} | {sum(m[2] for m in memory)} | {sum(m[3] for m in memory)} |")
+    print("| process | Rss | Pss | USS | private dirty |\n| --- | ---: | ---: | ---: | ---: |")
+    for name, *kib in memory:
+        print(f"| `{name}` | " + " | ".join(str(k) for k in kib) + " |")
+    print("| **all** | " + " | ".join(str(sum(m[i] for m in memory)) for i in range(1, 5)) + " |")
 
 
 if __name__ == "__main__":
