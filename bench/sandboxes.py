@@ -204,6 +204,9 @@ def main() -> None:
                 layers.run(n)
             finally:
                 layers.close()
+            print(f"sandboxes, e2b SDK (sync), n={n}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}\n")
+            layers.print()
+            print(flush=True)
             sbx = Sandbox.create(timeout=600)
             run_stack = timed(lambda: sbx.commands.run("true"), n)
             files_stack = timed(lambda: round_trip(sbx, "/tmp/blob"), n)
@@ -222,7 +225,8 @@ def main() -> None:
             envd.terminate()
             envd.wait()
             stack.stop()
-        cold_stack = Stack(tmp / "cold", workers=1, env={"SOULBOX_SANDBOXES__POOL_SIZE": "0"})
+        cold_stack = Stack(tmp / "cold", workers=1, env={"SOULBOX_GATEWAY__API_KEYS": f'["{KEY}"]',
+                                                         "SOULBOX_SANDBOXES__POOL_SIZE": "0"})  # fmt: skip
         cold_stack.start()
         try:
             os.environ.update(E2B_API_URL=cold_stack.url, E2B_SANDBOX_URL=cold_stack.url)
@@ -236,9 +240,7 @@ def main() -> None:
             kill_all()
         finally:
             cold_stack.stop()
-    print(f"sandboxes, e2b SDK (sync), n={n}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}\n")
-    layers.print()
-    print()
+    print(f"load {os.getloadavg()[0]:.2f}\n")
     print("| what | p50 ms | p99 ms | mean ms |\n| --- | ---: | ---: | ---: |")
     print(row("`Sandbox.create()` with no pool (bubblewrap + envd started on demand)", cold))
     print(

@@ -25,6 +25,7 @@ from .cgroup import CgroupUsage
 from .errors import SandboxError, SandboxSetupFailed
 from .linelog import LineLog
 from .netpool import NetLease
+from .reaper import exited
 from .session import DRAIN_S, Session
 from .streams import pump
 
@@ -157,8 +158,12 @@ class Box:
             self._frozen = False
 
     async def dead(self) -> bool:
-        """Whether the box's pid 1 is gone (and with it its pid namespace) within a drain period."""
-        return await self.session.exited(DRAIN_S)
+        """Whether the box's pid 1 is gone within a drain period.
+
+        pid 1 exits only once the kernel has killed the rest of its pid namespace; its pidfd says so
+        before bwrap's monitor has noticed and exited in turn.
+        """
+        return await exited(self.session.pidfd, timeout=DRAIN_S)
 
     async def close(self) -> None:
         """Kill everything in the box and free its cgroup, uid and directory; repeat-safe."""
