@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import os
+import struct
 import time
 from pathlib import Path
 
@@ -43,6 +46,31 @@ async def envd_get(hosted: Hosted, path: str, token: str | None) -> tuple[int, b
         return response.status_code, b"".join([chunk async for chunk in response.aiter_raw()])
     finally:
         await response.aclose()
+
+
+async def run(hosted: Hosted, token: str, *argv: str, user: str | None = None) -> tuple[int, str]:
+    """``argv`` through envd's process API (Connect, JSON envelopes): (exit code, stdout)."""
+    message = json.dumps({"process": {"cmd": argv[0], "args": list(argv[1:])}}).encode()
+    headers = [("content-type", "application/connect+json"), ("x-access-token", token)]
+    if user is not None:
+        headers.append(("authorization", "Basic " + base64.b64encode(f"{user}:".encode()).decode()))
+    body = struct.pack(">BI", 0, len(message)) + message
+    response = await hosted.envd.send("POST", "/process.Process/Start", "", headers, body)
+    try:
+        data = b"".join([chunk async for chunk in response.aiter_raw()])
+    finally:
+        await response.aclose()
+    stdout, code = b"", None
+    while data:
+        flags, size = struct.unpack(">BI", data[:5])
+        payload, data = json.loads(data[5 : 5 + size]), data[5 + size :]
+        event = payload.get("event", {})
+        stdout += base64.b64decode(event.get("data", {}).get("stdout", ""))
+        code = event["end"].get("exitCode", 0) if "end" in event else code
+        if flags & 0x02 and payload.get("error"):
+            raise RuntimeError(payload["error"]["message"])
+    assert code is not None
+    return code, stdout.decode()
 
 
 def gone(path: Path) -> bool:
@@ -145,6 +173,20 @@ async def test_a_pooled_box_that_died_is_not_handed_out(host: SandboxHost) -> No
     hosted = host.get(record.sandbox_id)
     assert hosted is not None and hosted.box is not dead and hosted.box.alive
     assert await eventually(lambda: gone(dead.run_dir))
+
+
+async def test_commands_run_in_a_handed_out_sandbox(host: SandboxHost) -> None:
+    record = await host.create(request(env_vars={"WHO": "me"}))
+    hosted = host.get(record.sandbox_id)
+    assert hosted is not None
+    token = record.access_token
+    # root in the sandbox's user namespace (an unprivileged uid on the host), in its own pid namespace.
+    code, out = await run(hosted, token, "/bin/sh", "-c", "id -u; echo $HOME $WHO; ls /proc | grep -c '^[0-9]'")
+    uid, env, processes = out.split("\n")[:3]
+    assert (code, uid, env) == (0, "0", "/home/user me") and int(processes) < 10
+    assert await run(hosted, token, "sh", "-c", "exit 3") == (3, "")
+    with pytest.raises(RuntimeError, match="failed to start"):
+        await run(hosted, token, "no-such-program")
 
 
 def _running(pid: int) -> bool:
