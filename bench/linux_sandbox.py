@@ -206,74 +206,80 @@ async def host_rows(n: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         server = NatsServer(Path(tmp) / "nats")
         server.start()
-        settings = Settings(
-            data_dir=Path(tmp) / "data",
-            nats={"urls": [server.url]},  # type: ignore[arg-type]
-            embedded_nats={"enabled": False},  # type: ignore[arg-type]
-            sandboxes={"pool_size": 1, "capacity": 4, "templates_dir": "/var/tmp/soulbox-test-templates"},  # type: ignore[arg-type]
-            _env_file=None,  # type: ignore[call-arg]
-        )
-        nc = await connect(settings, name="bench")
-        buckets = await ensure_topology(nc.jetstream(), settings)
-        launcher = Launcher(settings.linux, concurrency=1, box_capacity=settings.sandboxes.capacity)
-        host = SandboxHost(settings, nc, buckets.sandboxes, launcher, Templates(settings, launcher.guest_dir()))
-        await host.start()
-        warm, first, both, cold, kills, in_true, in_print = [], [], [], [], [], [], []
-        memory: list[tuple[str, int, int, int, int]] = []
+        try:
+            await _host_rows(n, Path(tmp), server.url)
+        finally:
+            server.stop()
 
-        async def pool_full() -> None:
-            await host.pool.fill("base")
-            await asyncio.sleep(0.2)  # the new box's envd settles (its start's CPU is not on the next sample)
 
-        def request() -> SandboxCreate:
-            return SandboxCreate(sandbox_id=os.urandom(10).hex(), tenant="bench", template="base", timeout_s=600)
+async def _host_rows(n: int, tmp: Path, url: str) -> None:
+    settings = Settings(
+        data_dir=tmp / "data",
+        nats={"urls": [url]},  # type: ignore[arg-type]
+        embedded_nats={"enabled": False},  # type: ignore[arg-type]
+        sandboxes={"pool_size": 1, "capacity": 4, "templates_dir": "/var/tmp/soulbox-test-templates"},  # type: ignore[arg-type]
+        _env_file=None,  # type: ignore[call-arg]
+    )
+    nc = await connect(settings, name="bench")
+    buckets = await ensure_topology(nc.jetstream(), settings)
+    launcher = Launcher(settings.linux, concurrency=1, box_capacity=settings.sandboxes.capacity)
+    host = SandboxHost(settings, nc, buckets.sandboxes, launcher, Templates(settings, launcher.guest_dir()))
+    await host.start()
+    warm, first, both, cold, kills, in_true, in_print = [], [], [], [], [], [], []
+    memory: list[tuple[str, int, int, int, int]] = []
 
-        async def kill(sandbox_id: str) -> None:
-            started = time.perf_counter()
-            await host.control(SandboxControl(sandbox_id=sandbox_id, op="kill"))
-            kills.append((time.perf_counter() - started) * 1000)
+    async def pool_full() -> None:
+        await host.pool.fill("base")
+        await asyncio.sleep(0.2)  # the new box's envd settles (its start's CPU is not on the next sample)
 
-        for i in range(n + 1):
-            await pool_full()
-            if i == 1:
-                box = host.pool.boxes()[0]
-                memory = memory_of(sorted({*session_pids(box.session.proc.pid), *box.session.cgroup.pids()}))
-            started = time.perf_counter()
-            record = await host.create(request())
-            claimed = time.perf_counter()
-            hosted = host.get(record.sandbox_id)
-            assert hosted is not None
-            await envd_run(hosted.envd, record.access_token, "/bin/true")
-            ran = time.perf_counter()
-            if i:
-                warm.append((claimed - started) * 1000)
-                first.append((ran - claimed) * 1000)
-                both.append((ran - started) * 1000)
-            if i <= min(n, 50):
-                for samples, argv in ((in_true, ("/bin/true",)), (in_print, ("python3", "-c", "print(1)"))):
-                    started = time.perf_counter()
-                    await envd_run(hosted.envd, record.access_token, *argv)
-                    samples.append((time.perf_counter() - started) * 1000)
-            await kill(record.sandbox_id)
+    def request() -> SandboxCreate:
+        return SandboxCreate(sandbox_id=os.urandom(10).hex(), tenant="bench", template="base", timeout_s=600)
+
+    async def kill(sandbox_id: str) -> None:
+        started = time.perf_counter()
+        await host.control(SandboxControl(sandbox_id=sandbox_id, op="kill"))
+        kills.append((time.perf_counter() - started) * 1000)
+
+    for i in range(n + 1):
         await pool_full()
-        await host.close()  # the pool's box too: from now on every create is cold
-        host = SandboxHost(
-            settings.model_copy(update={"sandboxes": settings.sandboxes.model_copy(update={"pool_size": 0})}),
-            nc, buckets.sandboxes, launcher, Templates(settings, launcher.guest_dir()),
-        )  # fmt: skip
-        await host.start()
-        for _ in range(min(n, 30)):
-            started = time.perf_counter()
-            record = await host.create(request())
-            cold.append((time.perf_counter() - started) * 1000)
-            await host.control(SandboxControl(sandbox_id=record.sandbox_id, op="kill"))
-        await host.close()
-        bare = await timed(exec_true(*BARE_BWRAP, shutil.which("true") or "/bin/true"), n)
-        host_true = await timed(exec_true(shutil.which("true") or "/bin/true"), n)
-        host_print = await timed(exec_true("/usr/bin/python3", "-c", "print(1)"), min(n, 50))
-        await launcher.close()
-        await nc.close()
-        server.stop()
+        if i == 1:
+            box = host.pool.boxes()[0]
+            memory = memory_of(sorted({*session_pids(box.session.proc.pid), *box.session.cgroup.pids()}))
+        started = time.perf_counter()
+        record = await host.create(request())
+        claimed = time.perf_counter()
+        hosted = host.get(record.sandbox_id)
+        assert hosted is not None
+        await envd_run(hosted.envd, record.access_token, "/bin/true")
+        ran = time.perf_counter()
+        if i:
+            warm.append((claimed - started) * 1000)
+            first.append((ran - claimed) * 1000)
+            both.append((ran - started) * 1000)
+        if i <= min(n, 50):
+            for samples, argv in ((in_true, ("/bin/true",)), (in_print, ("python3", "-c", "print(1)"))):
+                started = time.perf_counter()
+                await envd_run(hosted.envd, record.access_token, *argv)
+                samples.append((time.perf_counter() - started) * 1000)
+        await kill(record.sandbox_id)
+    await pool_full()
+    await host.close()  # the pool's box too: from now on every create is cold
+    host = SandboxHost(
+        settings.model_copy(update={"sandboxes": settings.sandboxes.model_copy(update={"pool_size": 0})}),
+        nc, buckets.sandboxes, launcher, Templates(settings, launcher.guest_dir()),
+    )  # fmt: skip
+    await host.start()
+    for _ in range(min(n, 30)):
+        started = time.perf_counter()
+        record = await host.create(request())
+        cold.append((time.perf_counter() - started) * 1000)
+        await host.control(SandboxControl(sandbox_id=record.sandbox_id, op="kill"))
+    await host.close()
+    bare = await timed(exec_true(*BARE_BWRAP, shutil.which("true") or "/bin/true"), n)
+    host_true = await timed(exec_true(shutil.which("true") or "/bin/true"), n)
+    host_print = await timed(exec_true("/usr/bin/python3", "-c", "print(1)"), min(n, 50))
+    await launcher.close()
+    await nc.close()
     print(f"sandbox host, n={n}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}\n")
     print("| what | p50 ms | p99 ms | mean ms |\n| --- | ---: | ---: | ---: |")
     print(row("bare `bwrap --unshare-all` `true` (host /usr bound)", bare))

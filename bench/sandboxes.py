@@ -168,6 +168,7 @@ class Layers:
 
         self.measure("e2b SDK: `Sandbox.create()` / `Sandbox.kill(id)`", lambda: Sandbox.create().sandbox_id,
                      Sandbox.kill, n)  # fmt: skip
+        self.measure("e2b SDK: `Sandbox.create()` + its first `commands.run('true')`", create_and_run, Sandbox.kill, n)
         self.measure(
             "plain HTTP, E2B API (kept-alive connection): gateway, scheduler, worker", http_create, http_kill, n
         )
