@@ -7,13 +7,11 @@ pause, resume, set_timeout, metrics). The :class:`SandboxRecord` of every hosted
 sandbox is kept current in the sandboxes bucket, where the gateway reads it;
 it is deleted when the sandbox ends.
 
-A create takes a ready box from the pool (:mod:`.pool`) and then, at once, puts
-the record, publishes the ``sandbox.created`` event and (only if the request
-has env vars) hands them to envd; it answers once all three are done, so the
-sandbox is stored and announced before its caller knows its id. A kill answers
-once the box is dead, its ``sandbox.killed`` event stored and its record
-deleted; the box's cgroup, uid, run directory and log are freed after that,
-off the caller's path (:meth:`SandboxHost.close` waits for them).
+A create takes a ready box from the pool (:mod:`.pool`), then at once puts the
+record, stores the ``sandbox.created`` event and (only with env vars) calls
+envd: it answers once all are done. A kill answers once the box is dead, its
+``sandbox.killed`` event stored and its record deleted; cgroup, uid, run
+directory and log are freed after, off the caller's path (``close`` waits).
 """
 
 from __future__ import annotations
@@ -59,6 +57,8 @@ from .templates import Templates
 log = get_logger(__name__)
 
 METRICS_INTERVAL_S = 1.0
+# A hand-out's first commands follow at once: a new box's start (~80 ms of CPU) waits not to compete.
+REFILL_DELAY_S = 0.25
 
 
 class SandboxHost:
@@ -108,7 +108,7 @@ class SandboxHost:
         for action, cb in (("create", self._on_create), ("control", self._on_control)):
             self._subs.append(await self._nc.subscribe(names.worker_sandbox_subject(self.worker_id, action), cb=cb))
         self._spawn(self._sample_forever())
-        self.refill("base")
+        self.refill("base", after=0)
 
     async def close(self) -> None:
         if self._closed:
@@ -124,10 +124,14 @@ class SandboxHost:
         await asyncio.gather(*self._teardowns, return_exceptions=True)
         await self.pool.close()
 
-    def refill(self, template: str) -> None:
-        """Top the template's warm pool up, in the background (a hand-out calls it once answered)."""
+    def refill(self, template: str, *, after: float = REFILL_DELAY_S) -> None:
+        """Top the template's warm pool up in the background, ``after`` seconds from now."""
         if self.settings.pool_size and not self._closed and template in Templates.NAMES:
-            self._spawn(self.pool.fill(template))
+            self._spawn(self._refill(template, after))
+
+    async def _refill(self, template: str, after: float) -> None:
+        await asyncio.sleep(after)
+        await self.pool.fill(template)
 
     # Requests --------------------------------------------------------------------------------
 
@@ -154,10 +158,7 @@ class SandboxHost:
         await msg.respond(encode(reply))
 
     async def create(self, request: SandboxCreate) -> SandboxRecord:
-        """Hand a sandbox out for ``request``: stored and announced when this returns.
-
-        The pool is not topped up here (see :meth:`refill`).
-        """
+        """Hand a sandbox out for ``request``: stored and announced on return (the pool: :meth:`refill`)."""
         if self._closed:
             raise Overloaded("this worker is stopping")
         if request.sandbox_id in self._hosted:
