@@ -123,14 +123,7 @@ class SandboxControlPlane:
 
     async def locate(self, sandbox_id: str) -> SandboxRecord:
         """The live record of ``sandbox_id``, whoever owns it (the data plane authenticates by token)."""
-        checked_sandbox_id(sandbox_id)
-        try:
-            entry = await self._sandboxes.get(sandbox_id)
-        except KeyNotFoundError:
-            raise SandboxNotFound(sandbox_id) from None
-        if entry.value is None:
-            raise SandboxNotFound(sandbox_id)
-        record = decode(SandboxRecord, entry.value)
+        record = await self._stored(sandbox_id)
         if not await self._worker_alive(record.worker_id):
             await self._forget(record)
             raise SandboxNotFound(sandbox_id)
@@ -165,10 +158,24 @@ class SandboxControlPlane:
         out.sort(key=lambda r: (r.started_at, r.sandbox_id))
         return out
 
+    async def _stored(self, sandbox_id: str) -> SandboxRecord:
+        """The record in the bucket, its worker's liveness unchecked."""
+        checked_sandbox_id(sandbox_id)
+        try:
+            entry = await self._sandboxes.get(sandbox_id)
+        except KeyNotFoundError:
+            raise SandboxNotFound(sandbox_id) from None
+        if entry.value is None:
+            raise SandboxNotFound(sandbox_id)
+        return decode(SandboxRecord, entry.value)
+
     async def control(
         self, tenant: str, sandbox_id: str, op: ControlOp, *, timeout_s: int | None = None
     ) -> SandboxReply:
-        record = await self.get(tenant, sandbox_id)
+        """Send ``op`` to the sandbox's worker; its liveness is read only if that worker does not answer."""
+        record = await self._stored(sandbox_id)
+        if record.tenant != tenant:
+            raise SandboxNotFound(sandbox_id)  # another tenant's: invisible, not forbidden
         request = SandboxControl(
             sandbox_id=sandbox_id, op=op, timeout_s=self._timeout(timeout_s) if timeout_s is not None else None
         )

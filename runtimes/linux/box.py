@@ -25,6 +25,7 @@ from .cgroup import CgroupUsage
 from .errors import SandboxError, SandboxSetupFailed
 from .linelog import LineLog
 from .netpool import NetLease
+from .reaper import exited
 from .session import DRAIN_S, Session
 from .streams import pump
 
@@ -145,16 +146,32 @@ class Box:
             return 0
         return (st.f_blocks - st.f_bfree) * st.f_frsize
 
+    def kill(self) -> None:
+        """SIGKILL every process of the box now (thawed first if frozen: frozen tasks cannot die).
+
+        :meth:`dead` waits for them; :meth:`close` frees what the box held.
+        """
+        self.session.kill()
+        if self._frozen:
+            with contextlib.suppress(OSError):
+                self.session.cgroup.freeze(False)
+            self._frozen = False
+
+    async def dead(self) -> bool:
+        """Whether the box's pid 1 is gone within a drain period.
+
+        pid 1 exits only once the kernel has killed the rest of its pid namespace; its pidfd says so
+        before bwrap's monitor has noticed and exited in turn.
+        """
+        return await exited(self.session.pidfd, timeout=DRAIN_S)
+
     async def close(self) -> None:
         """Kill everything in the box and free its cgroup, uid and directory; repeat-safe."""
         if self._closed:
             return
         self._closed = True
-        self.session.kill()
-        if self._frozen:
-            with contextlib.suppress(OSError):
-                self.session.cgroup.freeze(False)
-        await self.session.exited(DRAIN_S)
+        self.kill()
+        await self.dead()
         for task in (*self._pumps, self._watch):
             task.cancel()
         await asyncio.gather(*self._pumps, self._watch, return_exceptions=True)

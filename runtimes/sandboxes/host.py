@@ -1,12 +1,17 @@
-"""The sandboxes one worker hosts: a warm pool per template, lifecycle, timeouts and records.
+"""The sandboxes one worker hosts: hand-outs from the warm pool, lifecycle, timeouts and records.
 
 Requests arrive over core NATS on the worker's own subjects
 (:func:`~soulbox.core.names.worker_sandbox_subject`): ``create`` from a
 scheduler that placed the sandbox here, ``control`` from the gateway (kill,
 pause, resume, set_timeout, metrics). The :class:`SandboxRecord` of every hosted
 sandbox is kept current in the sandboxes bucket, where the gateway reads it;
-it is deleted when the sandbox ends. A sandbox is handed out from the pool:
-started ahead of demand, then given its user's env vars and access token.
+it is deleted when the sandbox ends.
+
+A create takes a ready box from the pool (:mod:`.pool`), then at once puts the
+record, stores the ``sandbox.created`` event and (only with env vars) calls
+envd: it answers once all are done. A kill answers once the box is dead, its
+``sandbox.killed`` event stored and its record deleted; cgroup, uid, run
+directory and log are freed after, off the caller's path (``close`` waits).
 """
 
 from __future__ import annotations
@@ -14,10 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
-import time
-from collections import deque
-from collections.abc import Coroutine
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Coroutine
 from datetime import timedelta
 from typing import Any
 
@@ -34,56 +36,29 @@ from soulbox.core.sandboxes import (
     SandboxControl,
     SandboxCreate,
     SandboxLogLine,
-    SandboxMetric,
-    SandboxMetricsBatch,
     SandboxRecord,
     SandboxReply,
     SandboxState,
-    SandboxUsage,
 )
 from soulbox.core.sandboxlog import SandboxLogPublisher
-from soulbox.core.schemas import (
-    LIFECYCLE_EVENT_VERSION,
-    EventType,
-    InvocationError,
-    LifecycleEvent,
-    Tier,
-    utcnow,
-)
+from soulbox.core.schemas import EventType, LifecycleEvent, utcnow
 from soulbox.core.secrets_store import SecretStore
 from soulbox.core.settings import Settings
 from soulbox.core.store import publish_event, settle
 
 from ..instruments import StartKind, WorkerInstruments
-from ..linux.box import Box, BoxLimits
 from ..linux.envd.main import VERSION as ENVD_VERSION
-from ..linux.linelog import LogLine
 from ..linux.netpolicy import EgressPolicy
 from ..linux.sandbox import Launcher
-from .envd import EnvdClient
-from .templates import HOME, Template, Templates
+from .hosted import Hosted, cpu_ns, usage_batch
+from .pool import BoxStarter, ReadyBox, WarmPool
+from .templates import Templates
 
 log = get_logger(__name__)
 
-MIB = 1024 * 1024
 METRICS_INTERVAL_S = 1.0
-METRICS_KEPT = 3600  # one hour of samples
-
-
-@dataclass(eq=False)
-class Hosted:
-    box: Box
-    record: SandboxRecord
-    envd: EnvdClient
-    deadline: asyncio.TimerHandle | None = None
-    samples: deque[SandboxMetric] = field(default_factory=lambda: deque(maxlen=METRICS_KEPT))
-    last_cpu: tuple[float, int] | None = None  # (monotonic time, cpu ns) of the last sample
-    # The billed running period: since creation or the last resume, up to a pause or the end.
-    period_started: float = field(default_factory=time.monotonic)
-    period_cpu_ns: int = 0
-    period_tx: int = 0  # bytes the sandbox had sent when the period started (billed as egress)
-    events: int = 0  # lifecycle events published, numbering their ids
-    log_out: SandboxLogPublisher | None = None  # its log on SB_LOGS, kept after it ends
+# A hand-out's first commands follow at once: a new box's start (~80 ms of CPU) waits not to compete.
+REFILL_DELAY_S = 0.25
 
 
 class SandboxHost:
@@ -104,22 +79,23 @@ class SandboxHost:
         self._nc = nc
         self._js = nc.jetstream()
         self._kv = kv
-        self._launcher = launcher
         self._templates = templates
+        self._starter = BoxStarter(self.settings, launcher, instruments)
+        self.pool = WarmPool(self.settings, self._starter, templates, lambda: self.count < self.settings.capacity)
         self._hosted: dict[str, Hosted] = {}
-        self._pool: dict[str, list[Box]] = {}
-        self._starting = 0
+        self._creating: dict[str, asyncio.Future[SandboxRecord]] = {}  # a retried create joins the first
         self._subs: list[Subscription] = []
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()  # cancelled at close
+        self._teardowns: set[asyncio.Task[None]] = set()  # boxes being freed: awaited at close
         self._closed = False
         self._instruments = instruments
         if instruments is not None:
-            instruments.watch_sandboxes(lambda: self.in_use, lambda: sum(len(p) for p in self._pool.values()))
+            instruments.watch_sandboxes(lambda: self.in_use, lambda: len(self.pool))
 
     @property
     def count(self) -> int:
-        """Sandboxes held now: handed out, pooled and being started."""
-        return len(self._hosted) + sum(len(p) for p in self._pool.values()) + self._starting
+        """Sandboxes held now: handed out, being handed out, pooled and being started."""
+        return len(self._hosted) + len(self._creating) + len(self.pool) + self._starter.starting
 
     @property
     def in_use(self) -> int:
@@ -132,8 +108,7 @@ class SandboxHost:
         for action, cb in (("create", self._on_create), ("control", self._on_control)):
             self._subs.append(await self._nc.subscribe(names.worker_sandbox_subject(self.worker_id, action), cb=cb))
         self._spawn(self._sample_forever())
-        if self.settings.pool_size:
-            self._spawn(self._fill("base"))
+        self.refill("base", after=0)
 
     async def close(self) -> None:
         if self._closed:
@@ -146,24 +121,34 @@ class SandboxHost:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for sandbox_id in list(self._hosted):
             await self._end(sandbox_id, "worker stopping")
-        for pool in self._pool.values():
-            for box in pool:
-                await box.close()
-        self._pool.clear()
+        await asyncio.gather(*self._teardowns, return_exceptions=True)
+        await self.pool.close()
+
+    def refill(self, template: str, *, after: float = REFILL_DELAY_S) -> None:
+        """Top the template's warm pool up in the background, ``after`` seconds from now."""
+        if self.settings.pool_size and not self._closed and template in Templates.NAMES:
+            self._spawn(self._refill(template, after))
+
+    async def _refill(self, template: str, after: float) -> None:
+        await asyncio.sleep(after)
+        await self.pool.fill(template)
 
     # Requests --------------------------------------------------------------------------------
 
     @tracing.handler("sandbox create")
     async def _on_create(self, msg: Msg) -> None:
+        request: SandboxCreate | None = None
         try:
-            record = await self.create(decode(SandboxCreate, msg.data))
-            reply = SandboxReply(record=record)
+            request = decode(SandboxCreate, msg.data)
+            reply = SandboxReply(record=await self.create(request))
         except SoulboxError as exc:
             reply = SandboxReply(error_code=exc.code, error_message=exc.message)
         except Exception as exc:
             log.exception("sandbox.create_failed")
             reply = SandboxReply(error_code="sandbox_error", error_message=f"the sandbox could not start: {exc}")
         await msg.respond(encode(reply.model_copy(update={"sandboxes": self.in_use})))
+        if request is not None:  # only now: starting a box takes CPU the answer should not wait for
+            self.refill(request.template)
 
     async def _on_control(self, msg: Msg) -> None:
         try:
@@ -173,44 +158,39 @@ class SandboxHost:
         await msg.respond(encode(reply))
 
     async def create(self, request: SandboxCreate) -> SandboxRecord:
+        """Hand a sandbox out for ``request``: stored and announced on return (the pool: :meth:`refill`)."""
         if self._closed:
             raise Overloaded("this worker is stopping")
         if request.sandbox_id in self._hosted:
             return self._hosted[request.sandbox_id].record  # a retried create: the same sandbox
-        env = dict(request.env_vars)
-        if request.secrets:  # opened here, before a box is taken: a missing secret costs nothing
-            if self._secrets is None:
-                raise InvalidRequest("this worker has no secrets store")
-            env.update(
-                await self._secrets.reveal(
-                    self._js,
-                    request.tenant,
-                    request.secrets,
-                    actor=f"sandbox:{request.sandbox_id}",
-                    source=f"worker:{self.worker_id}",
-                    detail={"sandbox_id": request.sandbox_id},
-                )
-            )
+        if (first := self._creating.get(request.sandbox_id)) is not None:
+            return await asyncio.shield(first)
+        future: asyncio.Future[SandboxRecord] = asyncio.get_running_loop().create_future()
+        self._creating[request.sandbox_id] = future
+        try:
+            record = await self._create(request)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: a create nobody retried must not warn
+            raise
+        finally:
+            del self._creating[request.sandbox_id]
+        future.set_result(record)
+        return record
+
+    async def _create(self, request: SandboxCreate) -> SandboxRecord:
+        env = await self._env(request)
         template = await self._templates.get(request.template)
         egress = _egress(request)
         # Warm boxes have no network; one with egress starts in a namespace of the launcher's pool.
-        pool = self._pool.get(template.name, []) if egress is None else []
-        box = pool.pop() if pool else None
+        ready = await self.pool.take(template.name) if egress is None else None
         kind: StartKind = "warm"
-        if box is None:
-            if self.count >= self.settings.capacity:
+        if ready is None:
+            if self.count > self.settings.capacity:  # this create is counted already
                 raise Overloaded(f"worker {self.worker_id} hosts {self.settings.capacity} sandboxes already")
-            box = await self._start_box(template, egress)
+            ready = await self._starter.start(template, egress=egress, env=env)
             kind = "cold"
         tracing.set_attribute("soulbox.cold_start", kind == "cold")
-        envd = EnvdClient(box.socket)
-        token = secrets.token_urlsafe(24)
-        try:
-            await envd.init(env, token)
-        except BaseException:
-            await envd.aclose()
-            await box.close()
-            raise
         now = utcnow()
         record = SandboxRecord(
             sandbox_id=request.sandbox_id,
@@ -226,23 +206,53 @@ class SandboxHost:
             memory_mb=self.settings.memory_mb,
             disk_mb=self.settings.disk_mb,
             envd_version=ENVD_VERSION,
-            access_token=token,
+            access_token=ready.token,
             traffic_token=secrets.token_urlsafe(24),
             network=request.network if egress is not None else None,
         )
-        hosted = Hosted(box, record, envd, period_cpu_ns=_cpu_ns(box))
-        self._hosted[request.sandbox_id] = hosted
-        hosted.log_out = self._publish_log(box, request.tenant, request.sandbox_id)
+        hosted = Hosted(ready.box, record, ready.envd, period_cpu_ns=cpu_ns(ready.box))
+        steps: list[Awaitable[object]] = [self._save(record), self._store(hosted.event(EventType.SANDBOX_CREATED))]
+        if env and not ready.env_sent:
+            steps.append(ready.envd.init(env, ready.token))
+        outcomes = await asyncio.gather(*steps, return_exceptions=True)
+        if failed := [o for o in outcomes if isinstance(o, BaseException)]:
+            await self._undo(hosted, ready, announced=not isinstance(outcomes[1], BaseException))
+            raise failed[0]
+        self._hosted[request.sandbox_id] = hosted  # reachable on the data plane from now on
+        hosted.publish_log(SandboxLogPublisher(self._js, tenant=request.tenant, sandbox_id=request.sandbox_id))
         self._arm(hosted, request.timeout_s)
-        await self._save(record)
-        await self._event(hosted, EventType.SANDBOX_CREATED)
-        self._spawn(self._watch(request.sandbox_id, box))
-        if self.settings.pool_size:
-            self._spawn(self._fill(template.name))
+        self._spawn(self._watch(request.sandbox_id, hosted))
         if self._instruments is not None:
             self._instruments.handed_out(template.name, kind)
         log.info("sandbox.created", sandbox=request.sandbox_id, template=template.name, tenant=request.tenant)
         return record
+
+    async def _env(self, request: SandboxCreate) -> dict[str, str]:
+        """The request's env vars with its secrets opened (before a box is taken: a missing one costs nothing)."""
+        env = dict(request.env_vars)
+        if request.secrets:
+            if self._secrets is None:
+                raise InvalidRequest("this worker has no secrets store")
+            env.update(
+                await self._secrets.reveal(
+                    self._js,
+                    request.tenant,
+                    request.secrets,
+                    actor=f"sandbox:{request.sandbox_id}",
+                    source=f"worker:{self.worker_id}",
+                    detail={"sandbox_id": request.sandbox_id},
+                )
+            )
+        return env
+
+    async def _undo(self, hosted: Hosted, ready: ReadyBox, *, announced: bool) -> None:
+        """A create that failed half-way: no box, no record, and a created event answered by a killed one."""
+        await ready.close()
+        with contextlib.suppress(Exception):
+            await self._kv.delete(hosted.record.sandbox_id)
+        if announced:
+            with contextlib.suppress(Exception):
+                await self._store(hosted.event(EventType.SANDBOX_KILLED, billed=True, reason="start failed"))
 
     async def control(self, request: SandboxControl) -> SandboxReply:
         hosted = self._hosted.get(request.sandbox_id)
@@ -253,7 +263,7 @@ class SandboxHost:
             await self._end(request.sandbox_id, "killed")
             return SandboxReply(record=record)
         if request.op == "metrics":
-            return SandboxReply(record=record, metrics=[*hosted.samples, self._sample(hosted)])
+            return SandboxReply(record=record, metrics=[*hosted.samples, hosted.sample()])
         if request.op == "logs":
             lines = [SandboxLogLine(at=line.at, level=line.level, message=line.text) for line in hosted.box.log.lines()]
             return SandboxReply(record=record, logs=lines)
@@ -273,9 +283,8 @@ class SandboxHost:
             await self._update(
                 hosted, state=SandboxState.RUNNING, end_at=utcnow() + timedelta(seconds=remaining), remaining_s=None
             )
-            hosted.period_started, hosted.period_cpu_ns = time.monotonic(), _cpu_ns(hosted.box)
-            hosted.period_tx = hosted.box.net_counters()[1]
-            await self._event(hosted, EventType.SANDBOX_RESUMED)
+            hosted.start_period()
+            await self._store(hosted.event(EventType.SANDBOX_RESUMED))
             log.info("sandbox.resumed", sandbox=request.sandbox_id)
         elif request.op == "set_timeout":
             if request.timeout_s is None:
@@ -288,44 +297,6 @@ class SandboxHost:
         return SandboxReply(record=hosted.record)
 
     # Lifecycle -------------------------------------------------------------------------------
-
-    async def _start_box(self, template: Template, egress: EgressPolicy | None = None) -> Box:
-        self._starting += 1
-        started = time.monotonic()
-        try:
-            limits = BoxLimits(
-                memory_bytes=self.settings.memory_mb * MIB,
-                cpu_quota=float(self.settings.cpu_count),
-                pids_max=self.settings.pids_max,
-                disk_bytes=self.settings.disk_mb * MIB,
-            )
-            box = await self._launcher.start(
-                secrets.token_hex(8),
-                template.command,
-                limits=limits,
-                env=template.env,
-                ro_binds=template.ro_binds,
-                home=HOME,
-                ready=template.ready,
-                ready_timeout=self.settings.ready_timeout_s,
-                egress=egress,
-            )
-        finally:
-            self._starting -= 1
-        if self._instruments is not None:
-            self._instruments.started_box(template.name, time.monotonic() - started)
-        return box
-
-    async def _fill(self, name: str) -> None:
-        """Top the template's pool up to ``pool_size`` within the capacity."""
-        template = await self._templates.get(name)
-        pool = self._pool.setdefault(name, [])
-        while not self._closed and len(pool) < self.settings.pool_size and self.count < self.settings.capacity:
-            try:
-                pool.append(await self._start_box(template))
-            except SoulboxError as exc:
-                log.warning("sandbox.pool_start_failed", template=name, error=exc.message)
-                return
 
     def _arm(self, hosted: Hosted, timeout_s: float) -> None:
         if hosted.deadline is not None:
@@ -351,74 +322,47 @@ class SandboxHost:
         await hosted.box.freeze()
         remaining = max(1.0, (hosted.record.end_at - utcnow()).total_seconds())
         await self._update(hosted, state=SandboxState.PAUSED, remaining_s=remaining)
-        await self._event(hosted, EventType.SANDBOX_PAUSED, billed=True)
+        await self._store(hosted.event(EventType.SANDBOX_PAUSED, billed=True))
         log.info("sandbox.paused", sandbox=hosted.record.sandbox_id)
 
-    async def _watch(self, sandbox_id: str, box: Box) -> None:
-        await box.ended()
-        hosted = self._hosted.get(sandbox_id)
-        if hosted is not None and hosted.box is box:
+    async def _watch(self, sandbox_id: str, hosted: Hosted) -> None:
+        await hosted.box.ended()
+        if self._hosted.get(sandbox_id) is hosted:
             await self._end(sandbox_id, "exited")
 
     async def _end(self, sandbox_id: str, reason: str) -> None:
+        """Kill the sandbox; once it is dead, its killed event stored and its record gone, free it in the background."""
         hosted = self._hosted.pop(sandbox_id, None)
         if hosted is None:
             return
         if hosted.deadline is not None:
             hosted.deadline.cancel()
         running = hosted.record.state == SandboxState.RUNNING
-        try:
-            await self._event(hosted, EventType.SANDBOX_KILLED, billed=running, reason=reason)
-        except Exception as exc:  # NATS away: the sandbox still ends (the event is lost, logged)
-            log.warning("sandbox.event_not_published", sandbox=sandbox_id, error=repr(exc))
-        if hosted.log_out is not None:
-            hosted.box.log.sink = None
-            await hosted.log_out.close()
-        await hosted.envd.aclose()
-        await hosted.box.close()
-        with contextlib.suppress(Exception):  # NATS away: the record dies with this worker's liveness
-            await self._kv.delete(sandbox_id)
+        hosted.box.kill()
+        event = hosted.event(EventType.SANDBOX_KILLED, billed=running, reason=reason)
+        dead, stored, _ = await asyncio.gather(
+            hosted.box.dead(), self._store(event), self._kv.delete(sandbox_id), return_exceptions=True
+        )
+        if isinstance(stored, BaseException):  # NATS away: the sandbox still ends (the event is lost, logged)
+            log.warning("sandbox.event_not_published", sandbox=sandbox_id, error=repr(stored))
+        if dead is not True:
+            log.warning("sandbox.not_dead_yet", sandbox=sandbox_id)  # the teardown below kills it again
+        # NATS away: the record dies with this worker's liveness (the gateway drops records of dead workers).
+        task = asyncio.ensure_future(self._free(hosted))
+        self._teardowns.add(task)
+        task.add_done_callback(self._teardowns.discard)
         log.info("sandbox.ended", sandbox=sandbox_id, reason=reason)
 
-    def _publish_log(self, box: Box, tenant: str, sandbox_id: str) -> SandboxLogPublisher:
-        """From now on the box's log goes to SB_LOGS too, starting with what it printed in the pool."""
-        out = SandboxLogPublisher(self._js, tenant=tenant, sandbox_id=sandbox_id)
+    async def _free(self, hosted: Hosted) -> None:
+        """What a dead sandbox still holds: its log's last batch, envd client, cgroup, uid and run directory."""
+        try:
+            await hosted.close_log()
+            await hosted.envd.aclose()
+        finally:
+            await hosted.box.close()
 
-        def publish(line: LogLine) -> None:
-            out.write(SandboxLogLine(at=line.at, level=line.level, message=line.text))
-
-        for line in box.log.lines():
-            publish(line)
-        box.log.sink = publish
-        return out
-
-    async def _event(
-        self, hosted: Hosted, type_: EventType, *, billed: bool = False, reason: str | None = None
-    ) -> None:
-        """Publish a lifecycle event and wait until it is stored; billed ones close the running period."""
-        record = hosted.record
-        seconds = cpu_ms = egress_bytes = None
-        if billed:
-            seconds = round(time.monotonic() - hosted.period_started, 3)
-            cpu_ms = max(0, _cpu_ns(hosted.box) - hosted.period_cpu_ns) / 1e6
-            if hosted.box.net is not None:
-                egress_bytes = max(0, hosted.box.net_counters()[1] - hosted.period_tx)
-        event = LifecycleEvent(
-            v=LIFECYCLE_EVENT_VERSION,
-            id=f"{record.sandbox_id}.{type_.value.removeprefix('sandbox.')}.{hosted.events}",
-            type=type_,
-            tenant=record.tenant,
-            function=record.template,
-            tier=Tier.LINUX,
-            sandbox_id=record.sandbox_id,
-            memory_limit_mb=record.memory_mb,
-            seconds=seconds,
-            cpu_ms=cpu_ms,
-            egress_bytes=egress_bytes,
-            error=InvocationError(kind="ended", message=reason) if reason and reason != "killed" else None,
-        )
-        hosted.events += 1
-        hosted.box.log.note(f"{type_.value}" + (f" ({reason})" if reason else ""))
+    async def _store(self, event: LifecycleEvent) -> None:
+        """Publish a lifecycle event and wait until it is stored."""
         await settle([await publish_event(self._js, event)])
 
     async def _update(self, hosted: Hosted, **changes: object) -> None:
@@ -430,51 +374,14 @@ class SandboxHost:
 
     # Metrics ---------------------------------------------------------------------------------
 
-    def _sample(self, hosted: Hosted) -> SandboxMetric:
-        usage = hosted.box.usage()
-        now = time.monotonic()
-        pct = 0.0
-        if usage.cpu_ns is not None:
-            if hosted.last_cpu is not None and now > hosted.last_cpu[0]:
-                used_s = (usage.cpu_ns - hosted.last_cpu[1]) / 1e9
-                pct = max(0.0, 100.0 * used_s / (now - hosted.last_cpu[0]) / hosted.record.cpu_count)
-            hosted.last_cpu = (now, usage.cpu_ns)
-        disk_total = hosted.record.disk_mb * MIB
-        rx, tx = hosted.box.net_counters()
-        return SandboxMetric(
-            cpu_count=hosted.record.cpu_count,
-            cpu_used_pct=round(pct, 2),
-            mem_used=usage.memory_bytes,
-            mem_total=hosted.record.memory_mb * MIB,
-            disk_used=hosted.box.disk_used(HOME),
-            disk_total=disk_total,
-            net_rx_bytes=rx,
-            net_tx_bytes=tx,
-            disk_read_bytes=usage.io_read_bytes or 0,
-            disk_write_bytes=usage.io_write_bytes or 0,
-        )
-
     async def _sample_forever(self) -> None:
         """Every second: a sample per running sandbox, kept for the metrics API and published as one batch."""
         subject = names.sandbox_metrics_subject(self.worker_id)
         while True:
             await asyncio.sleep(METRICS_INTERVAL_S)
-            batch = []
-            for hosted in list(self._hosted.values()):
-                if hosted.record.state == SandboxState.RUNNING and hosted.box.alive:
-                    try:
-                        sample = self._sample(hosted)
-                    except OSError:  # ended meanwhile
-                        continue
-                    hosted.samples.append(sample)
-                    record = hosted.record
-                    batch.append(
-                        SandboxUsage(
-                            sandbox_id=record.sandbox_id, tenant=record.tenant, template=record.template, metric=sample
-                        )
-                    )
+            batch = usage_batch(self.worker_id, list(self._hosted.values()))
             with contextlib.suppress(Exception):  # telemetry: a tick lost to a reconnect is not worth more
-                await self._nc.publish(subject, encode(SandboxMetricsBatch(worker_id=self.worker_id, sandboxes=batch)))
+                await self._nc.publish(subject, encode(batch))
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coro)
@@ -488,10 +395,3 @@ def _egress(request: SandboxCreate) -> EgressPolicy | None:
     if network is None or not network.enabled:
         return None
     return EgressPolicy.of_request(internet=network.internet, allow_out=network.allow_out, deny_out=network.deny_out)
-
-
-def _cpu_ns(box: Box) -> int:
-    try:
-        return box.usage().cpu_ns or 0
-    except OSError:  # the cgroup is gone with the box
-        return 0

@@ -7,7 +7,6 @@ import contextlib
 import errno
 import os
 import stat
-import tempfile
 import zlib
 from collections.abc import AsyncIterator
 
@@ -45,6 +44,8 @@ class _Upload:
         _make_parents(parent, user)
         if os.path.isdir(path):
             raise HttpError(400, f"{path} is a directory")
+        import tempfile  # on first use: it pulls in random and hashlib (idle memory)
+
         fd, self.temp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=UPLOAD_SUFFIX, dir=parent)
         self.file = os.fdopen(fd, "wb")
 

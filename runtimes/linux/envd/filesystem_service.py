@@ -13,13 +13,11 @@ import contextlib
 import os
 import shutil
 import stat
-import uuid
 from collections.abc import AsyncIterator
 
 from .connect import Call, ConnectError, Message, Method, Router, get_field
 from .entries import entry_info, os_error, resolve_path
 from .state import State
-from .watch import DirWatcher
 
 SERVICE = "filesystem.Filesystem"
 # Events kept for a reader that is slow (stream) or has not polled yet; the oldest are dropped beyond.
@@ -56,6 +54,8 @@ class Watch:
         self.include_entry = include_entry
         self.events: collections.deque[Message] = collections.deque(maxlen=MAX_PENDING_EVENTS)
         self.ready = asyncio.Event()
+        from .watch import DirWatcher  # on first use: ctypes and libc's inotify cost every idle sandbox memory
+
         self.watcher = DirWatcher(path, recursive, self._sink)
 
     def _sink(self, kind: str, name: str) -> None:
@@ -211,6 +211,8 @@ class FilesystemService:
     async def create_watcher(self, message: Message, call: Call) -> Message:
         """Start a watcher whose events are polled with GetWatcherEvents."""
         watch = self._watch(message, call)
+        import uuid  # on first use (idle memory)
+
         watcher_id = str(uuid.uuid4())
         self.watchers[watcher_id] = watch
         return {"watcherId": watcher_id}
