@@ -49,7 +49,7 @@ def next_month(now: datetime) -> datetime:
 
 
 class UsageLedger:
-    """Per tenant: billed invocations today and GB-seconds this month (UTC), kept current by a watch."""
+    """Per tenant: billed invocations today and GB-seconds this month (UTC), kept current by a KvMirror."""
 
     def __init__(self, billing: KeyValue) -> None:
         self._entries: dict[str, _Counted] = {}  # this month's entries only
