@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import threading
@@ -96,9 +97,14 @@ async def test_client_credentials_give_a_short_lived_jwt(gw: Gateway, buckets: B
     assert gone.status_code == 401 and gone.json()["error"]["code"] == "client_revoked"
     assert (await _token(gw, client_id, secret)).status_code == 401
 
-    await gw.audited("/oauth/token", "401")
-    refusals = {r.detail.get("auth_failure") for r in gw.audit if r.resource == "/v1/whoami" and r.result == "401"}
-    assert refusals >= {"invalid_token", "token_expired", "client_revoked"}
+    # Wait for the last refusal's own record: /oauth/token has been refused (and audited) before it.
+    deadline = asyncio.get_running_loop().time() + 5
+    while True:
+        refusals = {r.detail.get("auth_failure") for r in gw.audit if r.resource == "/v1/whoami" and r.result == "401"}
+        if refusals >= {"invalid_token", "token_expired", "client_revoked"}:
+            break
+        assert asyncio.get_running_loop().time() < deadline, refusals
+        await asyncio.sleep(0.02)
     assert {r.detail.get("auth_failure") for r in gw.audit if r.resource == "/oauth/token"} >= {"invalid_client"}
 
 
