@@ -30,7 +30,7 @@ from .codec import decode
 from .errors import SchemaError
 from .logging import get_logger
 from .schemas import Message
-from .store import scan_raw
+from .store import kv_value, scan_raw
 
 log = get_logger(__name__)
 
@@ -68,8 +68,7 @@ class KvMirror(Generic[M]):
         config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=last + 1)
 
         async def follow(msg: Msg) -> None:
-            operation = msg.headers.get("KV-Operation") if msg.headers else None
-            self._apply(msg.subject[len(prefix) :], None if operation in ("DEL", "PURGE") else msg.data)
+            self._apply(msg.subject[len(prefix) :], kv_value(msg))
             for listener in self._listeners:
                 listener()
 

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Sequence
 
+from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, PubAck
@@ -29,6 +30,14 @@ SCAN_IDLE_S = 30.0
 
 def kv_subject(bucket: str, key: str) -> str:
     return f"$KV.{bucket}.{key}"
+
+
+def kv_value(msg: Msg) -> bytes | None:
+    """A KV stream message's value; None for a delete or purge marker (or an empty value)."""
+    operation = msg.headers.get("KV-Operation") if msg.headers else None
+    if operation in ("DEL", "PURGE") or not msg.data:
+        return None
+    return msg.data
 
 
 async def put_nowait(js: JetStreamContext, bucket: str, key: str, message: M) -> asyncio.Future[PubAck]:
@@ -92,10 +101,9 @@ async def scan_raw(kv: KeyValue, key_filter: str) -> AsyncIterator[tuple[str, by
                 return  # keys purged since the count: nothing more will come
             for msg in msgs:
                 remaining -= 1
-                operation = msg.headers.get("KV-Operation") if msg.headers else None
-                if operation in ("DEL", "PURGE") or not msg.data:
-                    continue
-                yield msg.subject[len(prefix) :], msg.data
+                value = kv_value(msg)
+                if value is not None:
+                    yield msg.subject[len(prefix) :], value
     finally:
         with contextlib.suppress(Exception):
             await sub.unsubscribe()

@@ -1,14 +1,14 @@
 """Quotas from what billing recorded: invocations per UTC day and GB-seconds per UTC month, per tenant.
 
 :class:`UsageLedger` follows the billing bucket (``sb_billing``, written by the
-billing consumer: one entry per billed unit) with a :class:`~soulbox.core.kvmirror.KvMirror` and keeps, per
+events process: one entry per billed unit) with a :class:`~soulbox.core.kvmirror.KvMirror` and keeps, per
 tenant, the sums of the current day and month in memory, so a quota check on
 the hot path is a dictionary lookup. Every gateway replica follows the same
 bucket, so they agree. An entry rewritten (a redelivered event) replaces its
 earlier contribution instead of adding to it.
 
 Margin: usage counts once billed, so a tenant may overrun a quota by what it
-has in flight (queued and running invocations) plus the billing consumer's lag.
+has in flight (queued and running invocations) plus the events process's lag.
 """
 
 from __future__ import annotations

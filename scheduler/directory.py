@@ -114,7 +114,6 @@ class WorkerDirectory:
         seen = self._seen.get(worker_id)
         if seen is not None:
             self._seen[worker_id] = (seen[0], seen[1].model_copy(update={"in_flight": in_flight}))
-            self._notify()
 
     def report_sandboxes(self, worker_id: str, sandboxes: int) -> None:
         """A worker's sandboxes in use, as its latest answer told it."""
@@ -139,7 +138,7 @@ class WorkerDirectory:
             waiters.remove(future)
 
     def on_change(self, listener: Callable[[], None]) -> None:
-        """Call ``listener`` whenever a worker's heartbeat or load report may have freed a slot."""
+        """Call ``listener`` whenever a heartbeat may have freed a slot (answers wake the scheduler itself)."""
         self._listeners.append(listener)
 
     def _notify(self) -> None:
