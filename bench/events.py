@@ -3,7 +3,9 @@
 * bare: ``publish_async`` of N small messages to a stream of our own, then one
   pull consumer doing ``fetch(500)`` + ack until all are consumed (one process);
 * SoulBox: N lifecycle events (N/4 invocations: accepted, scheduled, started,
-  completed) published with ``publish_async`` while the events process
+  completed) published as producers publish them (``core.eventbatch``: by group
+  commit, up to ``--max-batch`` events of one type per message; ``--max-batch 1``:
+  one message per event, pre-encoded) while the events process
   (``python -m soulbox.events run``: billing, audit and metrics over one read
   of every event) runs; the rate is N over the time from the first publish
   until the events durable has acknowledged everything. With ``--backlog`` the
@@ -44,6 +46,7 @@ from nats.js import JetStreamContext, api
 from soulbox.core import names
 from soulbox.core.bus import Buckets, connect, ensure_topology
 from soulbox.core.codec import encode
+from soulbox.core.eventbatch import MAX_BATCH_EVENTS, EventBatcher
 from soulbox.core.natsserver import NatsServer, free_port
 from soulbox.core.schemas import EventType, LifecycleEvent, Outcome, Tier
 from soulbox.core.settings import EventsSettings, PriceList, Settings
@@ -60,6 +63,19 @@ async def publish_all(js: JetStreamContext, items: list[tuple[str, bytes, dict[s
     pending: list[asyncio.Future[api.PubAck]] = []
     for subject, payload, headers in items:
         pending.append(await js.publish_async(subject, payload, headers=headers))
+        if len(pending) >= WINDOW:
+            await asyncio.gather(*pending)
+            pending = []
+    await asyncio.gather(*pending)
+    return time.perf_counter() - started
+
+
+async def publish_batched(batcher: EventBatcher, events: list[LifecycleEvent]) -> float:
+    """Publish through the producers' group-commit batcher, at most WINDOW events unacknowledged."""
+    started = time.perf_counter()
+    pending: list[asyncio.Future[api.PubAck]] = []
+    for event in events:
+        pending.append(await batcher.publish(event))
         if len(pending) >= WINDOW:
             await asyncio.gather(*pending)
             pending = []
@@ -170,12 +186,22 @@ async def soulbox(
     *,
     backlog: bool,
     standbys: int,
+    max_batch: int,
 ) -> dict[str, object]:
     invocations = n // 4
     events = lifecycle(invocations)
-    items = [
-        (names.event_subject(e.type.value), encode(e), {"Nats-Msg-Id": e.id}) for e in events
-    ]  # encoded before the clock starts: the producer's pydantic cost is not the consumers'
+    # single: one message per event, encoded before the clock starts (the producer's pydantic cost
+    # is not the consumers'); batched: what producers do, through their batcher (encoding included)
+    items = (
+        [(names.event_subject(e.type.value), encode(e), {"Nats-Msg-Id": e.id}) for e in events]
+        if max_batch == 1
+        else []
+    )
+    batcher = EventBatcher(js, max_events=max_batch)
+
+    async def produce() -> float:
+        return await publish_all(js, items) if max_batch == 1 else await publish_batched(batcher, events)
+
     metrics_ports = [free_port() for _ in range(1 + standbys)]
     await ensure_events_consumer(nc, js, EventsSettings())
     if backlog:
@@ -189,7 +215,7 @@ async def soulbox(
             processes |= start_consumers(url, metrics_ports[1:], root, batch, first=1)
             await ready(root, processes)
         if backlog:  # every event stored before the consumer may take any
-            published = await publish_all(js, items)
+            published = await produce()
         server_cpu = cpu_seconds(server_pid)
         own_cpu = time.process_time()  # this process: the publisher (and its polling of the durable)
         before = {kind: cpu_seconds(process.pid) for kind, process in processes.items()}
@@ -197,7 +223,7 @@ async def soulbox(
         if backlog:
             await js.resume_consumer(names.EVENTS_STREAM, names.EVENTS_CONSUMER)
         else:
-            published = await publish_all(js, items)
+            published = await produce()
         while not await settled(js, names.EVENTS_CONSUMER):  # noqa: ASYNC110 (polls the server)
             await asyncio.sleep(0.02)
         elapsed = time.perf_counter() - started
@@ -233,6 +259,7 @@ async def soulbox(
     verdict = await verify_log(js)
     return {
         "events": n,
+        "messages": (await js.stream_info(names.EVENTS_STREAM)).state.messages,
         "publish_per_s": n / published,
         "end_to_end_per_s": n / elapsed,
         "cpu_us_per_event": {kind: round(seconds / n * 1e6, 1) for kind, seconds in cpu.items()},
@@ -249,7 +276,7 @@ async def soulbox(
     }
 
 
-async def main(n: int, batch: int, backlog: bool, standbys: int) -> None:
+async def main(n: int, batch: int, backlog: bool, standbys: int, max_batch: int) -> None:
     with tempfile.TemporaryDirectory(prefix="soulbox-bench-events-") as tmp:
         root = Path(tmp)
         server = NatsServer(root / "nats", config=NATS_CONFIG)
@@ -262,14 +289,24 @@ async def main(n: int, batch: int, backlog: bool, standbys: int) -> None:
             bare_pub, bare_con = await bare(nc, js, n)
             assert server.process is not None
             result = await soulbox(
-                nc, js, buckets, n, batch, root, server.process.pid, backlog=backlog, standbys=standbys
+                nc,
+                js,
+                buckets,
+                n,
+                batch,
+                root,
+                server.process.pid,
+                backlog=backlog,
+                standbys=standbys,
+                max_batch=max_batch,
             )
             await nc.close()
         finally:
             server.stop()
     mode = "backlog (published first)" if backlog else "live (published while consumed)"
     print(
-        f"cores: {os.cpu_count()}, events: {n}, {mode}, consumer batch: {batch}, standbys: {standbys}, "
+        f"cores: {os.cpu_count()}, events: {n}, {mode}, producer batch <= {max_batch}, consumer batch: {batch}, "
+        f"standbys: {standbys}, "
         f"load average: {os.getloadavg()[0]:.1f}"
     )
     print()
@@ -292,5 +329,11 @@ if __name__ == "__main__":
         "--backlog", action="store_true", help="publish every event first, then time the consumers draining them"
     )
     parser.add_argument("--standbys", type=int, default=0, help="events processes standing by (pinned out)")
+    parser.add_argument(
+        "--max-batch",
+        type=int,
+        default=MAX_BATCH_EVENTS,
+        help="the most events producers put in one message (1: one message per event, as before batching)",
+    )
     args = parser.parse_args()
-    asyncio.run(main(args.n, args.batch, args.backlog, args.standbys))
+    asyncio.run(main(args.n, args.batch, args.backlog, args.standbys, args.max_batch))

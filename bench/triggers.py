@@ -32,7 +32,7 @@ from nats.aio.msg import Msg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from the checkout
 
-from soulbox.core.codec import decode
+from soulbox.core.eventbatch import decode_events
 from soulbox.core.schemas import LifecycleEvent
 from soulbox.triggers.signatures import sign_hmac
 from tests.guests import wasm
@@ -63,7 +63,7 @@ async def throughput(
 
     async def on_completed(msg: Msg) -> None:
         nonlocal completed, first_completed, last_completed
-        if decode(LifecycleEvent, msg.data).function == "bench-async":
+        for _event in (e for e in decode_events(msg.data) if e.function == "bench-async"):
             completed += 1
             last_completed = time.perf_counter()
             first_completed = first_completed or last_completed
@@ -107,9 +107,9 @@ async def start_latency(nc: nats.NATS, function: str, fire, n: int) -> list[floa
     events: asyncio.Queue[LifecycleEvent] = asyncio.Queue()
 
     async def on_started(msg: Msg) -> None:
-        event = decode(LifecycleEvent, msg.data)
-        if event.function == function:
-            events.put_nowait(event)
+        for event in decode_events(msg.data):
+            if event.function == function:
+                events.put_nowait(event)
 
     sub = await nc.subscribe("sb.events.invocation.started", cb=on_started)
     samples = []

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import msgpack
 from pydantic import ValidationError
@@ -18,10 +18,30 @@ def encode(message: Message) -> bytes:
 
 
 def decode(model: type[M], data: bytes) -> M:
+    return _validate(model, _unpack(model, data))
+
+
+def decode_items(model: type[M], data: bytes) -> list[M | SchemaError]:
+    """Each item of a message that holds one ``model`` (a map) or a batch of them (an array of maps):
+    the decoded item, or why it is not a valid one. Raises ``SchemaError`` when ``data`` is no msgpack."""
+    raw = _unpack(model, data)
+    results: list[M | SchemaError] = []
+    for item in raw if isinstance(raw, list) else [raw]:
+        try:
+            results.append(_validate(model, item))
+        except SchemaError as exc:
+            results.append(exc)
+    return results
+
+
+def _unpack(model: type[M], data: bytes) -> Any:
     try:
-        raw = msgpack.unpackb(data, timestamp=3)
+        return msgpack.unpackb(data, timestamp=3)
     except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
         raise SchemaError(f"undecodable {model.__name__}: {exc}") from exc
+
+
+def _validate(model: type[M], raw: Any) -> M:
     if not isinstance(raw, dict):
         raise SchemaError(f"{model.__name__} must be a map, got {type(raw).__name__}")
     version = raw.get("v", 1)

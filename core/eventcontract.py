@@ -9,8 +9,9 @@ the JSON Schema of :class:`~soulbox.core.schemas.LifecycleEvent` written by
 to both, and the checked-in schema to the model, so neither can drift.
 
 On the wire an event is a msgpack map (timestamps as the msgpack Timestamp
-extension) on subject ``sb.events.<type>``, with ``Nats-Msg-Id`` = its ``id``;
-the schema describes that map, with timestamps in their RFC 3339 form.
+extension) on subject ``sb.events.<type>``, alone (``Nats-Msg-Id`` = its ``id``)
+or in a batch of that type (a msgpack array of maps, see :mod:`.eventbatch`);
+the schema describes the map, with timestamps in their RFC 3339 form.
 """
 
 from __future__ import annotations

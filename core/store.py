@@ -17,10 +17,9 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, PubAck
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
-from . import tracing
+from . import eventbatch
 from .codec import M, decode, encode
 from .errors import Unavailable
-from .names import event_subject
 from .schemas import LifecycleEvent
 
 SCAN_BATCH = 256
@@ -46,12 +45,9 @@ async def put_nowait(js: JetStreamContext, bucket: str, key: str, message: M) ->
 
 
 async def publish_event(js: JetStreamContext, event: LifecycleEvent) -> asyncio.Future[PubAck]:
-    """Publish a lifecycle event (de-duplicated by its id); await the future to be sure."""
-    with tracing.span(f"publish {event.type.value}", kind=tracing.SpanKind.PRODUCER) as span:
-        if span.is_recording():
-            span.set_attributes({"messaging.system": "nats", "soulbox.event_id": event.id})
-        headers = tracing.inject({"Nats-Msg-Id": event.id})
-        return await js.publish_async(event_subject(event.type.value), encode(event), headers=headers)
+    """Publish a lifecycle event, batched with the process's other events (see :mod:`.eventbatch`);
+    await the future to be sure it is stored."""
+    return await eventbatch.batcher(js).publish(event)
 
 
 async def get_model(kv: KeyValue, key: str, model: type[M]) -> M | None:

@@ -20,12 +20,15 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from nats.js import JetStreamContext
+from nats.aio.client import Client as NATS
 
 from soulbox.core import names, store
+from soulbox.core.codec import encode
+from soulbox.core.errors import Unavailable
 from soulbox.core.ledger import UsageEntry
 from soulbox.core.schemas import EventType, LifecycleEvent
-from soulbox.core.store import settle
+
+from .pipeline import Publish, Publisher, Refused
 
 TERMINAL_EVENTS = frozenset({EventType.COMPLETED, EventType.FAILED, EventType.TIMED_OUT})
 SANDBOX_BILLED_EVENTS = frozenset({EventType.SANDBOX_PAUSED, EventType.SANDBOX_KILLED})
@@ -97,25 +100,35 @@ def usage_entry(event: LifecycleEvent, *, default_memory_mb: int) -> tuple[str, 
 
 
 class BillingRecorder:
-    """Writes a ``UsageEntry`` to the billing bucket for every billed event."""
+    """Writes a ``UsageEntry`` to the billing bucket for every billed event.
+
+    The puts are pipelined through :class:`.pipeline.Publisher`, whose reply
+    parsing costs a few microseconds (nats-py's ``PubAck`` costs ~10 times that).
+    """
 
     def __init__(
         self,
-        js: JetStreamContext,
+        nc: NATS,
         *,
         default_memory_mb: int,
         bucket: str = names.BILLING_BUCKET,
         ack_timeout: float = 5.0,
     ) -> None:
-        self._js = js
+        self._publisher = Publisher(nc)
         self._default_memory_mb = default_memory_mb
         self._bucket = bucket
         self._ack_timeout = ack_timeout
 
     async def record(self, events: list[LifecycleEvent]) -> None:
-        futures = []
+        puts = []
         for event in events:
             billed = usage_entry(event, default_memory_mb=self._default_memory_mb)
             if billed is not None:
-                futures.append(await store.put_nowait(self._js, self._bucket, *billed))
-        await settle(futures, timeout=self._ack_timeout)
+                key, entry = billed
+                puts.append(Publish(store.kv_subject(self._bucket, key), encode(entry), {}))
+        for outcome in await self._publisher.publish(puts, timeout=self._ack_timeout):
+            if isinstance(outcome, Refused):
+                raise Unavailable(f"billing put refused: {outcome.description} ({outcome.err_code})")
+
+    async def close(self) -> None:
+        await self._publisher.close()

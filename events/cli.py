@@ -16,10 +16,13 @@ import json
 import signal
 import sys
 
+import uvloop
+
 from soulbox.core import tracing
 from soulbox.core.bus import connect, ensure_topology
 from soulbox.core.errors import SoulboxError
 from soulbox.core.logging import configure_logging, get_logger
+from soulbox.core.process import tune_gc
 from soulbox.core.settings import Settings
 
 from .auditexport import anchor_for, export_segment, load_segments, verify_log, verify_segments
@@ -134,8 +137,9 @@ def main(argv: list[str]) -> int:
     try:
         if command == "run":
             tracing.setup(settings.tracing, component="events")
+            tune_gc()
             try:
-                asyncio.run(_run_until_signalled(settings))
+                uvloop.run(_run_until_signalled(settings))
             finally:
                 tracing.shutdown()
             log.info("events.exited")

@@ -39,8 +39,9 @@ from nats.errors import Error as NatsError
 from pydantic import TypeAdapter, ValidationError
 
 from soulbox.core import names, tracing
-from soulbox.core.codec import decode
+from soulbox.core.codec import decode_items
 from soulbox.core.errors import SchemaError
+from soulbox.core.eventbatch import unpack_events
 from soulbox.core.logging import get_logger
 from soulbox.core.schemas import LifecycleEvent, Message
 
@@ -91,7 +92,8 @@ class EventConsumer(Generic[M]):
     ``model`` is what the stream's messages decode to (lifecycle events by
     default; the audit intake stream holds ``AuditRecord`` messages).
 
-    ``batch`` bounds the events held in memory, ``fetch_timeout`` how long one
+    ``batch`` bounds the events held in memory (about: a message may hold
+    several, see :mod:`soulbox.core.eventbatch`), ``fetch_timeout`` how long one
     idle fetch waits (and so how quickly ``stop`` is noticed), ``linger`` how
     long events may gather on the server after a short batch, ``retry_delay``
     how long the server holds a failed batch before its first redelivery
@@ -133,6 +135,7 @@ class EventConsumer(Generic[M]):
         self._fetcher: BatchFetcher | None = None
         self._floor = 0  # ack_all: the durable's ack floor as far as this process knows (refreshed on a gap)
         self._recorded: dict[int, Msg] = {}  # ack_all: recorded, not yet acknowledged, above the floor
+        self._per_message = 1.0  # events per message lately
         self._stop = asyncio.Event()
         self._log = log.bind(consumer=durable, stream=stream)
         self._span_attributes = {"messaging.system": "nats", "messaging.consumer.group.name": durable}
@@ -165,13 +168,21 @@ class EventConsumer(Generic[M]):
             self._log.info("events.consumer.stopped")
 
     async def _fetch(self, fetcher: BatchFetcher, stop: asyncio.Event) -> list[Msg]:
+        # ``batch`` counts events; a message may carry a producer's batch of them, so ask for as many
+        # messages as held ``batch`` events lately (a batch must be recorded well within the ack wait)
+        messages = max(1, min(self._batch, round(self._batch / self._per_message)))
         try:
-            return await fetcher.fetch(self._batch, timeout=self._fetch_timeout, linger=self._linger)
+            return await fetcher.fetch(messages, timeout=self._fetch_timeout, linger=self._linger)
         except (NatsError, OSError) as exc:  # disconnected, reconnecting, consumer gone...
             self._log.warning("events.fetch_failed", error=repr(exc))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self._error_backoff)
             return []
+
+    def _observe(self, messages: int, events: int) -> None:
+        """Follow how many events a message holds (a moving average over recent batches)."""
+        if messages:
+            self._per_message += (max(1.0, events / messages) - self._per_message) * 0.5
 
     def _decode_batch(self, msgs: list[Msg]) -> list[M] | None:
         """The batch's wanted messages decoded in one validation, or None when any message needs
@@ -179,14 +190,15 @@ class EventConsumer(Generic[M]):
         raw: list[Any] = []
         try:
             for msg in msgs:
-                item = msgpack.unpackb(msg.data, timestamp=3)
-                if (
-                    not isinstance(item, dict)
-                    or not isinstance(v := item.get("v", 1), int)
-                    or v > self._model.max_version
-                ):
-                    return None
-                raw.append(item)
+                items = unpack_events(msg.data)
+                for item in items:
+                    if (
+                        not isinstance(item, dict)
+                        or not isinstance(v := item.get("v", 1), int)
+                        or v > self._model.max_version
+                    ):
+                        return None
+                raw.extend(items)
             return self._batch_adapter.validate_python(raw)
         except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, ValidationError):
             return None
@@ -196,27 +208,31 @@ class EventConsumer(Generic[M]):
         message. ``epoch`` is the fetcher's ``unpins`` when the batch was taken."""
         decoded = self._decode_batch(msgs)
         if decoded is not None:
+            self._observe(len(msgs), len(decoded))
             await self._record(decoded, msgs, epoch, previous)
             return
         events: list[M] = []
         accepted: list[Msg] = []
-        for msg in msgs:  # some message is not a valid one: find it, keep the rest
+        for msg in msgs:  # some message (or batched event) is not a valid one: find it, keep the rest
             try:
-                event = decode(self._model, msg.data)
+                items: list[M | SchemaError] = decode_items(self._model, msg.data)
             except SchemaError as exc:
+                items = [exc]
+            invalid = [item for item in items if isinstance(item, SchemaError)]
+            for problem in invalid:
                 self._log.warning(
                     "events.undecodable",
                     subject=msg.subject,
                     seq=msg.metadata.sequence.stream,
-                    error=exc.message,
+                    error=problem.message,
                 )
-                if self._ack_all:  # one ack covers it: skipped like a terminated one, never redelivered
-                    accepted.append(msg)
-                else:
-                    await msg.term()
-            else:
-                accepted.append(msg)
-                events.append(event)
+            if invalid and len(invalid) == len(items) and not self._ack_all:
+                await msg.term()  # nothing in it to record, ever
+                continue
+            # with ack_all one ack covers a skipped message like a terminated one; never redelivered
+            accepted.append(msg)
+            events.extend(item for item in items if not isinstance(item, SchemaError))
+        self._observe(len(msgs), len(events))
         await self._record(events, accepted, epoch, previous)
 
     async def _record(

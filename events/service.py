@@ -99,9 +99,8 @@ async def _consume(settings: Settings, nc: NATS, js: JetStreamContext, buckets: 
     audit_log = AuditLog(nc, js, TenantKeys(buckets.tenant_keys), export_state=buckets.audit_state)
     await audit_log.load()
     metrics = MetricsRecorder()
-    recorder = Fanout(
-        [BillingRecorder(js, default_memory_mb=settings.functions.memory_mb), AuditRecorder(audit_log)], [metrics]
-    )
+    billing = BillingRecorder(nc, default_memory_mb=settings.functions.memory_mb)
+    recorder = Fanout([billing, AuditRecorder(audit_log)], [metrics])
     e = settings.events
     events = EventConsumer(
         nc,
@@ -134,6 +133,7 @@ async def _consume(settings: Settings, nc: NATS, js: JetStreamContext, buckets: 
     finally:
         await sandboxes.stop()
         await audit_log.close()
+        await billing.close()
 
 
 async def run(settings: Settings, stop: asyncio.Event) -> None:

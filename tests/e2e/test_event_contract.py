@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import msgpack
 import nats
 from jsonschema import Draft202012Validator
 
+from soulbox.core.eventbatch import unpack_events
 from soulbox.core.eventcontract import CONTRACT, violations
 from tests.e2e.conftest import API_KEY
 from tests.guests import wasm
@@ -76,7 +76,7 @@ async def test_every_published_event_keeps_its_contract_and_the_json_schema(stac
     seen: list[dict[str, Any]] = []
 
     async def collect(msg: nats.aio.msg.Msg) -> None:
-        seen.append(msgpack.unpackb(msg.data, timestamp=3))
+        seen.extend(unpack_events(msg.data))
 
     await nc.subscribe("sb.events.>", cb=collect)
     await nc.flush()

@@ -8,6 +8,7 @@ import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from soulbox.core import names
@@ -25,22 +26,22 @@ PRICES = PriceList(per_gb_second=0.0000166667, per_invocation=0.0, per_egress_gb
 PRICE = PRICES.per_gb_second
 
 
-def billing(js: JetStreamContext, settings: Settings) -> BillingRecorder:
-    return BillingRecorder(js, default_memory_mb=settings.functions.memory_mb)
+def billing(nc: NATS, settings: Settings) -> BillingRecorder:
+    return BillingRecorder(nc, default_memory_mb=settings.functions.memory_mb)
 
 
 async def entries(buckets: Buckets, tenant: str = "acme") -> dict[str, UsageEntry]:
     return {key: entry async for key, entry in scan(buckets.billing, f"{tenant}.>", UsageEntry)}
 
 
-async def test_terminal_events_are_billed(js: JetStreamContext, buckets: Buckets, settings: Settings) -> None:
+async def test_terminal_events_are_billed(nc: NATS, js: JetStreamContext, buckets: Buckets, settings: Settings) -> None:
     await publish(
         js,
         life("inv-1", duration_ms=12.3, memory_limit_mb=128)
         + life("inv-2", EventType.FAILED, duration_ms=0.2, memory_limit_mb=None)
         + life("inv-3", EventType.TIMED_OUT, duration_ms=1000.0, memory_limit_mb=2048, function="thumb"),
     )
-    async with consuming(js, billing(js, settings)):
+    async with consuming(js, billing(nc, settings)):
         await eventually(lambda: settled(js))
     stored = await entries(buckets)
     assert sorted(stored) == ["acme.resize.inv-1", "acme.resize.inv-2", "acme.thumb.inv-3"]  # terminal only
@@ -63,11 +64,13 @@ async def test_terminal_events_are_billed(js: JetStreamContext, buckets: Buckets
     assert third.gb_seconds == pytest.approx(2.0)
 
 
-async def test_redelivered_event_bills_once(js: JetStreamContext, buckets: Buckets, settings: Settings) -> None:
+async def test_redelivered_event_bills_once(
+    nc: NATS, js: JetStreamContext, buckets: Buckets, settings: Settings
+) -> None:
     done = event(EventType.COMPLETED, "inv-1", duration_ms=100.0, memory_limit_mb=1024)
     await publish(js, [done])
     await publish(js, [done], msg_id_suffix=".again")  # simulated redelivery: not de-duplicated
-    spy = Spy(billing(js, settings))
+    spy = Spy(billing(nc, settings))
     async with consuming(js, spy):
         await eventually(lambda: settled(js))
     assert spy.events == [done, done]
@@ -79,11 +82,11 @@ async def test_redelivered_event_bills_once(js: JetStreamContext, buckets: Bucke
 
 
 async def test_nakked_batch_is_redelivered_and_billed_once(
-    js: JetStreamContext, buckets: Buckets, settings: Settings
+    nc: NATS, js: JetStreamContext, buckets: Buckets, settings: Settings
 ) -> None:
     events = life("inv-1", duration_ms=5.5) + life("inv-2", duration_ms=7.0)
     await publish(js, events)
-    spy = Spy(billing(js, settings), fail=1)  # the first batch is written, then the recorder fails
+    spy = Spy(billing(nc, settings), fail=1)  # the first batch is written, then the recorder fails
 
     async def redelivered_and_settled() -> bool:
         # A nak'd batch waits out its delay before it comes back: settled alone may be seen before that.
@@ -104,11 +107,11 @@ async def test_nakked_batch_is_redelivered_and_billed_once(
 
 
 async def test_usage_aggregates_per_function_and_time_bucket(
-    js: JetStreamContext, buckets: Buckets, settings: Settings
+    nc: NATS, js: JetStreamContext, buckets: Buckets, settings: Settings
 ) -> None:
     day1 = datetime(2025, 3, 1, 10, 15, tzinfo=UTC)
     day2 = datetime(2025, 3, 2, 23, 59, 59, tzinfo=UTC)
-    recorder = billing(js, settings)
+    recorder = billing(nc, settings)
     await recorder.record(
         [
             event(EventType.COMPLETED, "a1", function="resize", at=day1, duration_ms=1000, memory_limit_mb=1024),
@@ -176,16 +179,16 @@ async def test_usage_rejects_names_that_are_not_names(buckets: Buckets) -> None:
 
 
 async def test_entry_is_stored_under_the_billing_key(
-    js: JetStreamContext, buckets: Buckets, settings: Settings
+    nc: NATS, js: JetStreamContext, buckets: Buckets, settings: Settings
 ) -> None:
-    await billing(js, settings).record([event(EventType.COMPLETED, "inv-9", tenant="t1", function="f1")])
+    await billing(nc, settings).record([event(EventType.COMPLETED, "inv-9", tenant="t1", function="f1")])
     key = names.billing_key("t1", "f1", "inv-9")
     entry = await get_model(buckets.billing, key, UsageEntry)
     assert entry is not None and entry.invocation_id == "inv-9"
 
 
 async def test_sandbox_seconds_cpu_and_egress_are_metered_and_priced(
-    js: JetStreamContext, buckets: Buckets, settings: Settings
+    nc: NATS, js: JetStreamContext, buckets: Buckets, settings: Settings
 ) -> None:
     paused = LifecycleEvent(
         v=2,
@@ -205,7 +208,7 @@ async def test_sandbox_seconds_cpu_and_egress_are_metered_and_priced(
     )
     await publish(js, [created, paused, killed, done])
     await publish(js, [paused], msg_id_suffix=".again")
-    async with consuming(js, billing(js, settings)):
+    async with consuming(js, billing(nc, settings)):
         await eventually(lambda: settled(js))
     prices = PriceList(
         per_gb_second=2.0, per_invocation=0.5, per_sandbox_second=0.1, per_cpu_second=4.0, per_egress_gb=3.0
@@ -219,9 +222,9 @@ async def test_sandbox_seconds_cpu_and_egress_are_metered_and_priced(
 
 
 async def test_usage_export_writes_csv_and_json(
-    js: JetStreamContext, buckets: Buckets, settings: Settings, s3_settings: Settings
+    nc: NATS, js: JetStreamContext, buckets: Buckets, settings: Settings, s3_settings: Settings
 ) -> None:
-    recorder = billing(js, settings)
+    recorder = billing(nc, settings)
     await recorder.record(
         [
             event(EventType.COMPLETED, "a1", at=datetime(2025, 3, 1, 10, 5, tzinfo=UTC), duration_ms=1000),

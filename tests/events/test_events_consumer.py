@@ -12,8 +12,10 @@ from nats.js import JetStreamContext
 
 from soulbox.core import names
 from soulbox.core.bus import Buckets
+from soulbox.core.eventbatch import EventBatcher
 from soulbox.core.natsserver import NatsServer
 from soulbox.core.schemas import EventType, LifecycleEvent
+from soulbox.core.store import settle
 from soulbox.events import EventConsumer, Recorder
 from soulbox.events.fetch import BatchFetcher
 
@@ -225,3 +227,24 @@ async def test_fetcher_stop_hands_buffered_messages_back(nc: NATS, js: JetStream
 async def _delivered(js: JetStreamContext, durable: str, count: int) -> bool:
     info = await js.consumer_info(names.EVENTS_STREAM, durable)
     return bool(info.delivered.stream_seq >= count)
+
+
+async def test_batch_counts_events_when_messages_carry_several(js: JetStreamContext, buckets: Buckets) -> None:
+    producer = EventBatcher(js, max_events=8)
+
+    async def publish_batched(events: list[LifecycleEvent]) -> None:
+        await settle([await producer.publish(e) for e in events])
+
+    first = [event(EventType.COMPLETED, f"inv-{n}") for n in range(40)]
+    await publish_batched(first)
+    spy = Spy()
+    async with consuming(js, spy, "billing", batch=8):
+        await eventually(lambda: _has(spy, len(first)))
+        seen = len(spy.batches)
+        later = [event(EventType.COMPLETED, f"inv-{n}") for n in range(40, 200)]
+        await publish_batched(later)
+        await eventually(lambda: _has(spy, len(first) + len(later)))
+        await eventually(lambda: settled(js, "billing"))
+    assert sorted(e.id for e in spy.events) == sorted(e.id for e in first + later)
+    # once it has seen 8 events a message, it asks for one message (8 events) at a time, not 8 (64)
+    assert max(len(batch) for batch in spy.batches[seen + 1 :]) <= 16

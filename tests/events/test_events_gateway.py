@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 
 import httpx
 import pytest_asyncio
+from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from soulbox.core import names
@@ -36,7 +37,7 @@ async def api(settings: Settings, buckets: Buckets) -> AsyncIterator[httpx.Async
     await asyncio.wait_for(audit, 15)
 
 
-async def _seed(js: JetStreamContext, buckets: Buckets, settings: Settings) -> None:
+async def _seed(nc: NATS, js: JetStreamContext, buckets: Buckets, settings: Settings) -> None:
     spec = FunctionSpec(tenant="acme", name="resize", artifact="0" * 64, artifact_size=1)
     await buckets.functions.put(names.function_key("acme", "resize"), encode(spec))
     other = FunctionSpec(tenant="other", name="keep", artifact="0" * 64, artifact_size=1)
@@ -56,7 +57,7 @@ async def _seed(js: JetStreamContext, buckets: Buckets, settings: Settings) -> N
         event(EventType.COMPLETED, "inv-2", at=datetime(2025, 3, 1, 12, 0, tzinfo=UTC), duration_ms=500),
         event(EventType.COMPLETED, "inv-3", tenant="other", at=datetime(2025, 3, 1, 12, 0, tzinfo=UTC)),
     ]
-    await BillingRecorder(js, default_memory_mb=settings.functions.memory_mb).record(billed)
+    await BillingRecorder(nc, default_memory_mb=settings.functions.memory_mb).record(billed)
     # Billed again by the events process: the same entry (same time, duration and memory).
     await publish(js, life("inv-1", at=datetime(2025, 3, 1, 10, 5, tzinfo=UTC), duration_ms=1000))
 
@@ -69,9 +70,9 @@ async def _audit_records(api: httpx.AsyncClient) -> list[dict[str, object]]:
 
 
 async def test_usage_verify_export_and_erasure(
-    api: httpx.AsyncClient, js: JetStreamContext, buckets: Buckets, settings: Settings
+    api: httpx.AsyncClient, nc: NATS, js: JetStreamContext, buckets: Buckets, settings: Settings
 ) -> None:
-    await _seed(js, buckets, settings)
+    await _seed(nc, js, buckets, settings)
 
     usage = await api.get(
         "/v1/usage",

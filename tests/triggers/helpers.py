@@ -13,6 +13,7 @@ from nats.aio.subscription import Subscription
 from nats.js import api
 
 from soulbox.core.codec import decode
+from soulbox.core.eventbatch import decode_events
 from soulbox.core.schemas import InvocationRequest, LifecycleEvent
 
 
@@ -70,9 +71,7 @@ async def events_of(nc: NATS, invocation_id: str) -> list[LifecycleEvent]:
         while pending > 0:
             msgs = await sub.fetch(min(pending, 512), timeout=5)
             for msg in msgs:
-                event = decode(LifecycleEvent, msg.data)
-                if event.invocation_id == invocation_id:
-                    found.append(event)
+                found.extend(e for e in decode_events(msg.data) if e.invocation_id == invocation_id)
             pending = (msgs[-1].metadata.num_pending or 0) if msgs else 0
     finally:
         await sub.unsubscribe()

@@ -17,6 +17,7 @@ from nats.js.errors import KeyNotFoundError, NotFoundError
 from soulbox.core import names
 from soulbox.core.bus import Buckets
 from soulbox.core.codec import decode
+from soulbox.core.eventbatch import decode_events
 from soulbox.core.sandboxes import SandboxControl, SandboxCreate, SandboxRecord
 from soulbox.core.schemas import LifecycleEvent
 from soulbox.runtimes.linux.sandbox import Launcher
@@ -35,8 +36,7 @@ async def last_event(js: JetStreamContext, sandbox_id: str, kind: str) -> Lifecy
         msg = await js.get_last_msg(names.EVENTS_STREAM, names.event_subject(f"sandbox.{kind}"))
     except NotFoundError:
         return None
-    event = decode(LifecycleEvent, msg.data)
-    return event if event.sandbox_id == sandbox_id else None
+    return next((e for e in reversed(decode_events(msg.data)) if e.sandbox_id == sandbox_id), None)
 
 
 async def envd_get(hosted: Hosted, path: str, token: str | None) -> tuple[int, bytes]:

@@ -1,0 +1,200 @@
+"""Lifecycle events on the wire: one event per message, or a batch of one type.
+
+A message on ``sb.events.<type>`` holds either one event (a msgpack map, with
+``Nats-Msg-Id`` = the event's id) or a *batch*: a msgpack array of such maps,
+all of that subject's type, with ``Nats-Msg-Id`` = ``batch.<first id>.<last
+id>.<count>``. :func:`unpack_events` reads both.
+
+Producers batch by group commit (:class:`EventBatcher`): an event published
+while no batch of its type is on its way to the server goes out on the next
+turn of the event loop (with whatever else was published in that turn); while
+one is on its way, events of that type gather and go together once its ack
+comes back, or at once when they fill a batch. An idle producer thus adds no
+wait, and a busy one sends one message per type and round trip instead of one
+per event, which cuts the per-message work of the producer, nats-server and
+every consumer by the batch size.
+
+A batch is stored whole or not at all (one message), and the publisher's
+future for each of its events resolves with the batch's ack. Consumers stay
+idempotent by event id as before: a producer that dies before its ack and
+publishes again may batch differently, so the server's de-duplication covers
+identical re-sends only.
+
+With tracing on, every event goes alone with its own span and trace headers,
+as a batch's one header block cannot link each event to its own trace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import msgpack
+from nats.js import JetStreamContext
+from nats.js.api import PubAck
+
+from . import tracing
+from .codec import decode_items, encode
+from .errors import SchemaError
+from .names import event_subject
+from .schemas import LifecycleEvent
+
+MAX_BATCH_EVENTS: Final = 256
+"""The most events one message carries."""
+MAX_BATCH_BYTES: Final = 256 * 1024
+"""A batch is sent once it holds this many bytes (well under NATS's 1 MiB default max payload)."""
+
+
+def unpack_events(data: bytes) -> list[Any]:
+    """The raw event maps a message holds (one, or a batch's); raises msgpack's errors on bad data."""
+    item = msgpack.unpackb(data, timestamp=3)
+    return item if isinstance(item, list) else [item]
+
+
+def decode_events(data: bytes) -> list[LifecycleEvent]:
+    """Every event of a message (one, or a batch's); ``SchemaError`` when any is not a valid one."""
+    results = decode_items(LifecycleEvent, data)
+    for result in results:
+        if isinstance(result, SchemaError):
+            raise result
+    return results  # type: ignore[return-value]
+
+
+def _array_header(count: int) -> bytes:
+    if count < 16:
+        return bytes((0x90 | count,))
+    if count < 0x10000:
+        return b"\xdc" + count.to_bytes(2, "big")
+    return b"\xdd" + count.to_bytes(4, "big")
+
+
+def pack_batch(encoded: list[bytes]) -> bytes:
+    """A batch message's payload from events already encoded one by one (no second encoding)."""
+    return _array_header(len(encoded)) + b"".join(encoded)
+
+
+def batch_msg_id(first: str, last: str, count: int) -> str:
+    return f"batch.{first}.{last}.{count}"
+
+
+@dataclass(slots=True)
+class _Pending:
+    """Events of one type waiting to go out."""
+
+    payloads: list[bytes] = field(default_factory=list)
+    ids: list[str] = field(default_factory=list)
+    futures: list[asyncio.Future[PubAck]] = field(default_factory=list)
+    size: int = 0
+
+
+class EventBatcher:
+    """Publishes one process's lifecycle events over ``js`` by group commit (see the module)."""
+
+    def __init__(
+        self, js: JetStreamContext, *, max_events: int = MAX_BATCH_EVENTS, max_bytes: int = MAX_BATCH_BYTES
+    ) -> None:
+        self._js = js
+        self._max_events = max_events
+        self._max_bytes = max_bytes
+        self._pending: dict[str, _Pending] = {}
+        self._inflight: dict[str, int] = {}  # batches per type sent and not yet acknowledged
+        self._scheduled = False
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def publish(self, event: LifecycleEvent) -> asyncio.Future[PubAck]:
+        """Queue ``event``; the returned future resolves with the ack of the message that stored it."""
+        if tracing.enabled():
+            return await _publish_single(self._js, event)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[PubAck] = loop.create_future()
+        kind = event.type.value
+        pending = self._pending.get(kind)
+        if pending is None:
+            pending = self._pending[kind] = _Pending()
+        payload = encode(event)
+        pending.payloads.append(payload)
+        pending.ids.append(event.id)
+        pending.futures.append(future)
+        pending.size += len(payload)
+        if len(pending.payloads) >= self._max_events or pending.size >= self._max_bytes:
+            self._send(kind)
+        elif not self._scheduled and not self._inflight.get(kind):
+            self._scheduled = True
+            loop.call_soon(self._flush_idle)
+        return future
+
+    def _flush_idle(self) -> None:
+        """Send every type's gathered events that has no batch on its way."""
+        self._scheduled = False
+        for kind in [kind for kind in self._pending if not self._inflight.get(kind)]:
+            self._send(kind)
+
+    def _send(self, kind: str) -> None:
+        pending = self._pending.pop(kind, None)
+        if pending is None or not pending.payloads:
+            return
+        self._inflight[kind] = self._inflight.get(kind, 0) + 1
+        task = asyncio.get_running_loop().create_task(self._publish(kind, pending))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _publish(self, kind: str, pending: _Pending) -> None:
+        count = len(pending.payloads)
+        if count == 1:
+            payload, msg_id = pending.payloads[0], pending.ids[0]
+        else:
+            payload, msg_id = pack_batch(pending.payloads), batch_msg_id(pending.ids[0], pending.ids[-1], count)
+        try:
+            ack = await self._js.publish_async(event_subject(kind), payload, headers={"Nats-Msg-Id": msg_id})
+        except BaseException as exc:
+            self._done(kind)
+            for future in pending.futures:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        ack.add_done_callback(lambda done: self._settled(kind, pending.futures, done))
+
+    def _settled(self, kind: str, futures: list[asyncio.Future[PubAck]], done: asyncio.Future[PubAck]) -> None:
+        self._done(kind)
+        if done.cancelled():
+            for future in futures:
+                future.cancel()
+            return
+        exc = done.exception()
+        for future in futures:
+            if future.done():
+                continue
+            if exc is not None:
+                future.set_exception(exc)
+            else:
+                future.set_result(done.result())
+
+    def _done(self, kind: str) -> None:
+        left = self._inflight.get(kind, 1) - 1
+        if left > 0:
+            self._inflight[kind] = left
+            return
+        self._inflight.pop(kind, None)
+        if kind in self._pending:  # what gathered meanwhile goes now
+            self._send(kind)
+
+
+async def _publish_single(js: JetStreamContext, event: LifecycleEvent) -> asyncio.Future[PubAck]:
+    with tracing.span(f"publish {event.type.value}", kind=tracing.SpanKind.PRODUCER) as span:
+        if span.is_recording():
+            span.set_attributes({"messaging.system": "nats", "soulbox.event_id": event.id})
+        headers = tracing.inject({"Nats-Msg-Id": event.id})
+        return await js.publish_async(event_subject(event.type.value), encode(event), headers=headers)
+
+
+_BATCHERS: weakref.WeakKeyDictionary[JetStreamContext, EventBatcher] = weakref.WeakKeyDictionary()
+
+
+def batcher(js: JetStreamContext) -> EventBatcher:
+    """The one batcher of ``js`` (every publisher of a process shares its connection's batches)."""
+    found = _BATCHERS.get(js)
+    if found is None:
+        found = _BATCHERS[js] = EventBatcher(js)
+    return found
