@@ -126,190 +126,161 @@ async def _ensure_kv(js: JetStreamContext, config: api.KeyValueConfig) -> KeyVal
         return await js.key_value(config.bucket)
 
 
-async def ensure_topology(js: JetStreamContext, settings: Settings) -> Buckets:
-    """Create (or converge) every stream, consumer and bucket SoulBox uses."""
-    replicas = settings.nats.replicas
-    await _ensure_stream(
-        js,
-        api.StreamConfig(
-            name=names.INVOCATIONS_STREAM,
-            subjects=[names.INVOCATIONS_SUBJECTS],
-            retention=api.RetentionPolicy.WORK_QUEUE,
-            storage=api.StorageType.FILE,
-            duplicate_window=DEDUPE_WINDOW_S,
-            num_replicas=replicas,
+def _stream(name: str, subjects: str, replicas: int, **config: object) -> api.StreamConfig:
+    """A file-backed stream (the default) with the invocation-id de-duplication window."""
+    defaults: dict[str, object] = {"storage": api.StorageType.FILE, "duplicate_window": DEDUPE_WINDOW_S}
+    return api.StreamConfig(name=name, subjects=[subjects], num_replicas=replicas, **(defaults | config))  # type: ignore[arg-type]
+
+
+def streams(settings: Settings) -> list[api.StreamConfig]:
+    """Every stream SoulBox declares (the KV buckets and the object store aside)."""
+    r = settings.nats.replicas
+    work_queue, limits = api.RetentionPolicy.WORK_QUEUE, api.RetentionPolicy.LIMITS
+    return [
+        _stream(
+            names.INVOCATIONS_STREAM,
+            names.INVOCATIONS_SUBJECTS,
+            r,
+            retention=work_queue,
             discard=api.DiscardPolicy.NEW,
             max_msgs=settings.queue.max_msgs,
             max_bytes=settings.queue.max_bytes,
         ),
-    )
-    await _ensure_stream(
-        js,
-        api.StreamConfig(
-            name=names.DEAD_LETTERS_STREAM,
-            subjects=[names.DEAD_LETTERS_SUBJECTS],
-            retention=api.RetentionPolicy.LIMITS,
-            storage=api.StorageType.FILE,
-            duplicate_window=DEDUPE_WINDOW_S,
+        _stream(
+            names.DEAD_LETTERS_STREAM,
+            names.DEAD_LETTERS_SUBJECTS,
+            r,
+            retention=limits,
             max_msgs_per_subject=1,
             max_age=14 * 24 * 3600.0,
-            num_replicas=replicas,
         ),
-    )
-    await _ensure_stream(
-        js,
-        api.StreamConfig(
-            name=names.EVENTS_STREAM,
-            subjects=[names.EVENTS_SUBJECTS],
-            retention=api.RetentionPolicy.LIMITS,
-            storage=api.StorageType.FILE,
-            duplicate_window=DEDUPE_WINDOW_S,
-            max_age=7 * 24 * 3600.0,
-            num_replicas=replicas,
-        ),
-    )
-    await _ensure_stream(
-        js,
-        api.StreamConfig(
-            name=names.AUDIT_STREAM,
-            subjects=[names.AUDIT_SUBJECTS],
-            retention=api.RetentionPolicy.LIMITS,
-            storage=api.StorageType.FILE,
-            duplicate_window=DEDUPE_WINDOW_S,
+        _stream(names.EVENTS_STREAM, names.EVENTS_SUBJECTS, r, retention=limits, max_age=7 * 24 * 3600.0),
+        _stream(
+            names.AUDIT_STREAM,
+            names.AUDIT_SUBJECTS,
+            r,
+            retention=limits,
             deny_delete=True,
             # Purges are the audit consumer's retention of exported records (events/auditexport.py);
             # a purge removes a prefix only, which verification against the exported segments detects.
             deny_purge=False,
             # The audit writer appends each batch as one atomic batch (events/auditlog.py).
             allow_atomic=True,
-            num_replicas=replicas,
         ),
-    )
-    await _ensure_stream(
-        js,
-        api.StreamConfig(
-            name=names.CALLBACKS_STREAM,
-            subjects=[names.CALLBACKS_SUBJECTS],
-            retention=api.RetentionPolicy.WORK_QUEUE,
-            storage=api.StorageType.FILE,
-            duplicate_window=DEDUPE_WINDOW_S,
-            max_age=24 * 3600.0,
-            num_replicas=replicas,
+        _stream(names.CALLBACKS_STREAM, names.CALLBACKS_SUBJECTS, r, retention=work_queue, max_age=24 * 3600.0),
+        # Work queue: a record leaves the intake (with the tenant's name in clear) once chained.
+        _stream(
+            names.AUDIT_INTAKE_STREAM, names.AUDIT_INTAKE_SUBJECTS, r, retention=work_queue, max_age=7 * 24 * 3600.0
         ),
-    )
-    await _ensure_stream(
-        js,
-        api.StreamConfig(
-            name=names.AUDIT_INTAKE_STREAM,
-            subjects=[names.AUDIT_INTAKE_SUBJECTS],
-            # Work queue: a record leaves the intake (with the tenant's name in clear) once chained.
-            retention=api.RetentionPolicy.WORK_QUEUE,
-            storage=api.StorageType.FILE,
-            duplicate_window=DEDUPE_WINDOW_S,
-            max_age=7 * 24 * 3600.0,
-            num_replicas=replicas,
-        ),
-    )
-    await _ensure_stream(
-        js,
-        api.StreamConfig(
-            name=names.LOGS_STREAM,
-            subjects=[names.LOGS_SUBJECTS],
-            retention=api.RetentionPolicy.LIMITS,
-            storage=api.StorageType.FILE,
+        _stream(
+            names.LOGS_STREAM,
+            names.LOGS_SUBJECTS,
+            r,
+            retention=limits,
+            duplicate_window=None,
             discard=api.DiscardPolicy.OLD,  # output never blocks a run: the oldest goes first
             max_age=settings.logs.max_age_s,
             max_bytes=settings.logs.max_bytes,
-            num_replicas=replicas,
         ),
-    )
-    await _ensure_stream(
-        js,
-        api.StreamConfig(
-            name=names.RATELIMIT_STREAM,
-            subjects=[names.RATELIMIT_SUBJECTS],
+        _stream(
+            names.RATELIMIT_STREAM,
+            names.RATELIMIT_SUBJECTS,
+            r,
+            duplicate_window=None,
             allow_msg_counter=True,  # atomic increments: one round trip, whatever the contention
             storage=api.StorageType.MEMORY,  # short-lived windows; losing them resets rate limits, nothing else
             max_msgs_per_subject=1,
             max_age=max(10.0, 4 * settings.limits.window_s),
-            num_replicas=replicas,
         ),
-    )
-    await _ensure_consumer(
-        js,
-        names.CALLBACKS_STREAM,
-        api.ConsumerConfig(
-            durable_name=names.CALLBACKS_CONSUMER,
-            ack_policy=api.AckPolicy.EXPLICIT,
-            ack_wait=60.0,
-            max_ack_pending=10_000,
-            max_deliver=-1,  # the deliverer gives up itself, after settings.triggers.callback_attempts
-        ),
-    )
-    await _ensure_consumer(
-        js,
-        names.AUDIT_INTAKE_STREAM,
-        api.ConsumerConfig(
-            durable_name=names.AUDIT_CONSUMER,
-            ack_policy=api.AckPolicy.EXPLICIT,
-            ack_wait=30.0,
-            max_ack_pending=20_000,
-            deliver_policy=api.DeliverPolicy.ALL,
-        ),
-    )
-    await _ensure_consumer(
-        js,
-        names.INVOCATIONS_STREAM,
-        api.ConsumerConfig(
-            durable_name=names.SCHEDULER_CONSUMER,
-            ack_policy=api.AckPolicy.EXPLICIT,
-            ack_wait=10.0,  # a dead scheduler's invocations come back after this; live ones send progress
-            max_ack_pending=-1,
-            max_deliver=-1,
-        ),
-    )
-    # SB_EVENTS' durable is declared by the events process (events/topology.py).
-    kv = api.KeyValueConfig
-    return Buckets(
-        functions=await _ensure_kv(js, kv(bucket=names.FUNCTIONS_BUCKET, history=5, replicas=replicas)),
-        invocations=await _ensure_kv(
-            js, kv(bucket=names.INVOCATIONS_BUCKET, ttl=settings.invocation_ttl_s, replicas=replicas)
-        ),
-        workers=await _ensure_kv(
-            js, kv(bucket=names.WORKERS_BUCKET, ttl=settings.worker.heartbeat_ttl_s * 10, replicas=replicas)
-        ),
-        billing=await _ensure_kv(js, kv(bucket=names.BILLING_BUCKET, replicas=replicas)),
-        artifacts=await _ensure_object_store(js, replicas),
-        sandboxes=await _ensure_kv(js, kv(bucket=names.SANDBOXES_BUCKET, replicas=replicas)),
-        triggers=await _ensure_kv(js, kv(bucket=names.TRIGGERS_BUCKET, history=1, replicas=replicas)),
-        cron=await _ensure_kv(js, kv(bucket=names.CRON_BUCKET, history=1, replicas=replicas)),
-        concurrency=await _ensure_kv(js, kv(bucket=names.CONCURRENCY_BUCKET, history=1, replicas=replicas)),
-        versions=await _ensure_kv(js, kv(bucket=names.VERSIONS_BUCKET, history=1, replicas=replicas)),
-        aliases=await _ensure_kv(js, kv(bucket=names.ALIASES_BUCKET, history=1, replicas=replicas)),
-        tenant_keys=await _ensure_kv(js, kv(bucket=names.TENANT_KEYS_BUCKET, replicas=replicas)),
-        audit_state=await _ensure_kv(js, kv(bucket=names.AUDIT_STATE_BUCKET, replicas=replicas)),
-        webhooks_seen=await _ensure_kv(
-            js, kv(bucket=names.WEBHOOKS_SEEN_BUCKET, history=1, ttl=WEBHOOKS_SEEN_TTL_S, replicas=replicas)
-        ),
-        secrets=await _ensure_kv(js, kv(bucket=names.SECRETS_BUCKET, history=1, replicas=replicas)),
-        url_keys=await _ensure_kv(js, kv(bucket=names.URL_KEYS_BUCKET, history=1, replicas=replicas)),
-        # A nonce is remembered past the longest expiry a URL may have, plus clock-skew margin.
-        signed_nonces=await _ensure_kv(
-            js,
-            kv(
-                bucket=names.SIGNED_NONCES_BUCKET,
-                history=1,
-                ttl=settings.signed_urls.max_expires_s + 10 * 60.0,
-                replicas=replicas,
+    ]
+
+
+def consumers() -> list[tuple[str, api.ConsumerConfig]]:
+    """The durables SoulBox declares up front (SB_EVENTS' is the events process's: events/topology.py)."""
+    explicit = api.AckPolicy.EXPLICIT
+    return [
+        (
+            names.CALLBACKS_STREAM,
+            api.ConsumerConfig(
+                durable_name=names.CALLBACKS_CONSUMER,
+                ack_policy=explicit,
+                ack_wait=60.0,
+                max_ack_pending=10_000,
+                max_deliver=-1,  # the deliverer gives up itself, after settings.triggers.callback_attempts
             ),
         ),
-        tenants=await _ensure_kv(js, kv(bucket=names.TENANTS_BUCKET, history=1, replicas=replicas)),
-        users=await _ensure_kv(js, kv(bucket=names.USERS_BUCKET, history=1, replicas=replicas)),
-        api_keys=await _ensure_kv(js, kv(bucket=names.API_KEYS_BUCKET, history=1, replicas=replicas)),
-        oauth_clients=await _ensure_kv(js, kv(bucket=names.OAUTH_CLIENTS_BUCKET, history=1, replicas=replicas)),
-        jwt_keys=await _ensure_kv(js, kv(bucket=names.JWT_KEYS_BUCKET, history=1, replicas=replicas)),
-        limits=await _ensure_kv(js, kv(bucket=names.LIMITS_BUCKET, history=1, replicas=replicas)),
-    )
+        (
+            names.AUDIT_INTAKE_STREAM,
+            api.ConsumerConfig(
+                durable_name=names.AUDIT_CONSUMER,
+                ack_policy=explicit,
+                ack_wait=30.0,
+                max_ack_pending=20_000,
+                deliver_policy=api.DeliverPolicy.ALL,
+            ),
+        ),
+        (
+            names.INVOCATIONS_STREAM,
+            api.ConsumerConfig(
+                durable_name=names.SCHEDULER_CONSUMER,
+                ack_policy=explicit,
+                ack_wait=10.0,  # a dead scheduler's invocations come back after this; live ones send progress
+                max_ack_pending=-1,
+                max_deliver=-1,
+            ),
+        ),
+    ]
+
+
+def buckets(settings: Settings) -> dict[str, api.KeyValueConfig]:
+    """Every KV bucket, by its field in :class:`Buckets`."""
+    r = settings.nats.replicas
+    return {
+        "functions": api.KeyValueConfig(bucket=names.FUNCTIONS_BUCKET, history=5, replicas=r),
+        "invocations": api.KeyValueConfig(bucket=names.INVOCATIONS_BUCKET, ttl=settings.invocation_ttl_s, replicas=r),
+        "workers": api.KeyValueConfig(
+            bucket=names.WORKERS_BUCKET, ttl=settings.worker.heartbeat_ttl_s * 10, replicas=r
+        ),
+        "billing": api.KeyValueConfig(bucket=names.BILLING_BUCKET, replicas=r),
+        "sandboxes": api.KeyValueConfig(bucket=names.SANDBOXES_BUCKET, replicas=r),
+        "tenant_keys": api.KeyValueConfig(bucket=names.TENANT_KEYS_BUCKET, replicas=r),
+        "audit_state": api.KeyValueConfig(bucket=names.AUDIT_STATE_BUCKET, replicas=r),
+        "webhooks_seen": api.KeyValueConfig(
+            bucket=names.WEBHOOKS_SEEN_BUCKET, ttl=WEBHOOKS_SEEN_TTL_S, history=1, replicas=r
+        ),
+        # A nonce is remembered past the longest expiry a URL may have, plus clock-skew margin.
+        "signed_nonces": api.KeyValueConfig(
+            bucket=names.SIGNED_NONCES_BUCKET, ttl=settings.signed_urls.max_expires_s + 10 * 60.0, history=1, replicas=r
+        ),
+        **{  # only the current value matters
+            field: api.KeyValueConfig(bucket=bucket, history=1, replicas=r)
+            for field, bucket in (
+                ("triggers", names.TRIGGERS_BUCKET),
+                ("cron", names.CRON_BUCKET),
+                ("concurrency", names.CONCURRENCY_BUCKET),
+                ("versions", names.VERSIONS_BUCKET),
+                ("aliases", names.ALIASES_BUCKET),
+                ("secrets", names.SECRETS_BUCKET),
+                ("url_keys", names.URL_KEYS_BUCKET),
+                ("tenants", names.TENANTS_BUCKET),
+                ("users", names.USERS_BUCKET),
+                ("api_keys", names.API_KEYS_BUCKET),
+                ("oauth_clients", names.OAUTH_CLIENTS_BUCKET),
+                ("jwt_keys", names.JWT_KEYS_BUCKET),
+                ("limits", names.LIMITS_BUCKET),
+            )
+        },
+    }
+
+
+async def ensure_topology(js: JetStreamContext, settings: Settings) -> Buckets:
+    """Create (or converge) every stream, consumer and bucket SoulBox uses."""
+    for config in streams(settings):
+        await _ensure_stream(js, config)
+    for stream, consumer in consumers():
+        await _ensure_consumer(js, stream, consumer)
+    kv = {field: await _ensure_kv(js, config) for field, config in buckets(settings).items()}
+    return Buckets(artifacts=await _ensure_object_store(js, settings.nats.replicas), **kv)
 
 
 async def _ensure_consumer(js: JetStreamContext, stream: str, config: api.ConsumerConfig) -> None:
