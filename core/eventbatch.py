@@ -9,7 +9,8 @@ Producers batch by group commit (:class:`EventBatcher`): an event published
 while no batch of its type is on its way to the server goes out on the next
 turn of the event loop (with whatever else was published in that turn); while
 one is on its way, events of that type gather and go together once its ack
-comes back, or at once when they fill a batch. An idle producer thus adds no
+comes back (or after 2 ms, so that a lost ack holds nothing up), or at once
+when they fill a batch. An idle producer thus adds no
 wait, and a busy one sends one message per type and round trip instead of one
 per event, which cuts the per-message work of the producer, nats-server and
 every consumer by the batch size.
@@ -45,6 +46,13 @@ MAX_BATCH_EVENTS: Final = 256
 """The most events one message carries."""
 MAX_BATCH_BYTES: Final = 256 * 1024
 """A batch is sent once it holds this many bytes (well under NATS's 1 MiB default max payload)."""
+MAX_WAIT_S: Final = 0.002
+"""The longest events wait for the batch on its way before them: its ack normally returns well
+within this, and one that is lost (a reconnect) holds nothing back for longer."""
+ACK_TIMEOUT_S: Final = 5.0
+"""How long a batch's ack is awaited. nats-py never completes the future of an ack lost in a
+reconnect: past this the batch counts as failed (its publishers see it and publish again) and the
+events gathered behind it go out."""
 
 
 def unpack_events(data: bytes) -> list[Any]:
@@ -93,9 +101,18 @@ class EventBatcher:
     """Publishes one process's lifecycle events over ``js`` by group commit (see the module)."""
 
     def __init__(
-        self, js: JetStreamContext, *, max_events: int = MAX_BATCH_EVENTS, max_bytes: int = MAX_BATCH_BYTES
+        self,
+        js: JetStreamContext,
+        *,
+        max_events: int = MAX_BATCH_EVENTS,
+        max_bytes: int = MAX_BATCH_BYTES,
+        max_wait: float = MAX_WAIT_S,
+        ack_timeout: float = ACK_TIMEOUT_S,
     ) -> None:
         self._js = js
+        self._max_wait = max_wait
+        self._ack_timeout = ack_timeout
+        self._timers: dict[str, asyncio.TimerHandle] = {}  # per type: when gathered events go regardless
         self._max_events = max_events
         self._max_bytes = max_bytes
         self._pending: dict[str, _Pending] = {}
@@ -120,7 +137,10 @@ class EventBatcher:
         pending.size += len(payload)
         if len(pending.payloads) >= self._max_events or pending.size >= self._max_bytes:
             self._send(kind)
-        elif not self._scheduled and not self._inflight.get(kind):
+        elif self._inflight.get(kind):
+            if kind not in self._timers:
+                self._timers[kind] = loop.call_later(self._max_wait, self._send, kind)
+        elif not self._scheduled:
             self._scheduled = True
             loop.call_soon(self._flush_idle)
         return future
@@ -132,6 +152,9 @@ class EventBatcher:
             self._send(kind)
 
     def _send(self, kind: str) -> None:
+        timer = self._timers.pop(kind, None)
+        if timer is not None:
+            timer.cancel()
         pending = self._pending.pop(kind, None)
         if pending is None or not pending.payloads:
             return
@@ -148,13 +171,20 @@ class EventBatcher:
             payload, msg_id = pack_batch(pending.payloads), batch_msg_id(pending.ids[0], pending.ids[-1], count)
         try:
             ack = await self._js.publish_async(event_subject(kind), payload, headers={"Nats-Msg-Id": msg_id})
-        except BaseException as exc:
+        except asyncio.CancelledError:
+            self._done(kind)
+            for future in pending.futures:
+                future.cancel()
+            raise
+        except Exception as exc:  # handed to every publisher of the batch
             self._done(kind)
             for future in pending.futures:
                 if not future.done():
                     future.set_exception(exc)
             return
         ack.add_done_callback(lambda done: self._settled(kind, pending.futures, done))
+        expiry = asyncio.get_running_loop().call_later(self._ack_timeout, ack.cancel)
+        ack.add_done_callback(lambda _: expiry.cancel())
 
     def _settled(self, kind: str, futures: list[asyncio.Future[PubAck]], done: asyncio.Future[PubAck]) -> None:
         self._done(kind)

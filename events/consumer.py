@@ -5,7 +5,7 @@ it, hands the decoded events to its recorder in one call, and acknowledges the
 batch only after the recorder returned. Two batches are settled at a time: the
 next one is decoded and recorded while the previous one waits for its writes
 to be confirmed, and acknowledged only after it (the next request is sent as
-soon as a batch is in hand, see :mod:`.fetch`). The durable's
+soon as a batch is in hand, see :mod:`soulbox.core.fetch`). The durable's
 ``max_ack_pending`` bounds what the server hands out, so a slow recorder slows
 the fetching instead of growing a queue.
 
@@ -20,7 +20,7 @@ must never ack past an event nobody recorded. It retries a failed batch itself
 what it recorded without a gap after the durable's ack floor (``_ack_upto``),
 skips an undecodable message (the ack covers it) instead of terminating it,
 and acks nothing it took before the server moved the pin to another process
-(see :mod:`.fetch`): such a batch is nak'd. That is only sound while one
+(see :mod:`soulbox.core.fetch`): such a batch is nak'd. That is only sound while one
 process at a time is served by the durable, which the pinned-client priority
 group enforces (:mod:`.topology`).
 """
@@ -42,10 +42,9 @@ from soulbox.core import names, tracing
 from soulbox.core.codec import decode_items
 from soulbox.core.errors import SchemaError
 from soulbox.core.eventbatch import unpack_events
+from soulbox.core.fetch import BatchFetcher
 from soulbox.core.logging import get_logger
 from soulbox.core.schemas import LifecycleEvent, Message
-
-from .fetch import BatchFetcher
 
 log = get_logger(__name__)
 

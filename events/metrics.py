@@ -5,7 +5,7 @@
     soulbox_invocation_duration_seconds{tier}        terminal events with a duration
     soulbox_invocation_peak_memory_bytes             terminal events with a peak
     soulbox_invocation_queue_depth                   scheduler backlog, polled
-    soulbox_event_consumer_pending{consumer}         lifecycle events the events durable has not acked, polled
+    soulbox_event_consumer_pending{consumer}         event messages the events durable has not acked, polled
 
 Counters cannot be rewritten like a key, so redelivery is handled by
 remembering the ids of recently counted events (a bounded window): an event
@@ -107,7 +107,8 @@ class MetricsRecorder:
         )
         self.consumer_pending = Gauge(
             "soulbox_event_consumer_pending",
-            "Lifecycle events not yet processed by each event consumer (pending + ack pending): its lag.",
+            "Lifecycle event messages (one event or a producer's batch each) not yet processed by each event "
+            "consumer (pending + ack pending): its lag.",
             ["consumer"],
             registry=self.registry,
         )

@@ -25,7 +25,6 @@ from typing import Any
 import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import PubAck
 
@@ -33,6 +32,7 @@ from soulbox.core import names, tracing
 from soulbox.core.bus import Buckets
 from soulbox.core.codec import decode, encode
 from soulbox.core.errors import SchemaError, SoulboxError
+from soulbox.core.fetch import BatchFetcher
 from soulbox.core.inbox import Inbox
 from soulbox.core.logging import get_logger
 from soulbox.core.schemas import (
@@ -67,7 +67,7 @@ TERMINAL_EVENTS = {
     Status.FAILED: EventType.FAILED,
     Status.TIMED_OUT: EventType.TIMED_OUT,
 }
-BATCH_LINGER_S = 0.05  # how long a batch fetch may wait for its first message
+FETCH_TIMEOUT_S = 1.0  # how long one pull request stays open (and so how soon a stop is noticed)
 PROGRESS_INTERVAL_S = 5.0  # well under the consumer's ack_wait
 CAPACITY_RECHECK_S = 0.5  # a waiter for a full tier looks again at least this often
 
@@ -96,34 +96,33 @@ class Scheduler:
         self._stopping.set()
 
     async def serve(self) -> None:
-        sub = await self._js.pull_subscribe_bind(durable=names.SCHEDULER_CONSUMER, stream=names.INVOCATIONS_STREAM)
+        fetcher = BatchFetcher(self._nc, stream=names.INVOCATIONS_STREAM, durable=names.SCHEDULER_CONSUMER)
+        await fetcher.start()
         log.info("scheduler.ready")
         batch = self.settings.scheduler.fetch_batch
-        # A lone message must not wait for a batch to fill: long-poll for ONE (it
-        # returns the moment one arrives), then take what else is there in batches.
-        want = 1
-        while not self._stopping.is_set():
-            await self._slots.acquire()  # back-pressure: never hold more than max_in_flight
-            self._slots.release()
-            try:
-                msgs = await sub.fetch(want, timeout=1.0 if want == 1 else BATCH_LINGER_S)
-            except (NatsTimeoutError, TimeoutError):
-                want = 1
-                continue
-            except Exception as exc:  # NATS reconnecting: try again shortly
-                log.warning("scheduler.fetch_failed", error=str(exc))
-                await asyncio.sleep(0.5)
-                want = 1
-                continue
-            log.debug("scheduler.fetched", count=len(msgs))
-            for msg in msgs:
-                await self._slots.acquire()
-                task = asyncio.create_task(self._handle(msg, fetched=asyncio.get_running_loop().time()))
-                self._tasks.add(task)
-                task.add_done_callback(self._done)
-            want = batch
-        await sub.unsubscribe()
-        # Unfinished dispatches stay unacked: JetStream redelivers them to another scheduler.
+        try:
+            while not self._stopping.is_set():
+                await self._slots.acquire()  # back-pressure: never hold more than max_in_flight
+                self._slots.release()
+                # One pull request stays open and hands over each invocation the moment it is
+                # stored; what gathered meanwhile comes in one batch (see core/fetch.py).
+                try:
+                    msgs = await fetcher.fetch(batch, timeout=FETCH_TIMEOUT_S)
+                except Exception as exc:  # NATS reconnecting: try again shortly
+                    log.warning("scheduler.fetch_failed", error=str(exc))
+                    await asyncio.sleep(0.5)
+                    continue
+                log.debug("scheduler.fetched", count=len(msgs))
+                for msg in msgs:
+                    await self._slots.acquire()
+                    task = asyncio.create_task(self._handle(msg, fetched=asyncio.get_running_loop().time()))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._done)
+        finally:
+            # What is fetched and not yet handled goes back at once (to another scheduler);
+            # unfinished dispatches stay unacked: JetStream redelivers them after the ack wait.
+            with contextlib.suppress(Exception):
+                await fetcher.stop()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -14,6 +14,7 @@ from nats.js import JetStreamContext
 from soulbox.core import names
 from soulbox.core.bus import Buckets
 from soulbox.core.eventbatch import EventBatcher, batcher, decode_events, pack_batch, unpack_events
+from soulbox.core.natsserver import NatsServer
 from soulbox.core.schemas import EventType, LifecycleEvent
 from soulbox.core.store import publish_event, settle
 from soulbox.events import EventConsumer
@@ -137,3 +138,44 @@ def test_a_batch_is_the_msgpack_array_of_its_events(items: list[dict[str, int]])
 def test_batch_headers_at_msgpack_size_boundaries(count: int) -> None:
     items = [{"n": 1}] * count
     assert pack_batch([msgpack.packb(item) for item in items]) == msgpack.packb(items)
+
+
+async def test_a_batch_whose_ack_is_lost_fails_and_the_next_ones_still_go(
+    nats_server: NatsServer, nc: NATS, js: JetStreamContext, buckets: Buckets
+) -> None:
+    producer = EventBatcher(js, ack_timeout=1.0)
+    await asyncio.to_thread(nats_server.stop)
+    lost = [await producer.publish(event(EventType.COMPLETED, f"inv-{n}")) for n in range(3)]
+    done, _ = await asyncio.wait(lost, timeout=10)  # nats-py would leave these pending for ever
+    assert len(done) == 3
+    assert all(f.cancelled() for f in lost)  # cancelled by the ack timeout (publishing itself raised nothing)
+    await asyncio.to_thread(nats_server.start)
+    await eventually(lambda: _connected(nc), timeout=15)
+    again = [await producer.publish(event(EventType.COMPLETED, f"inv-{n}")) for n in range(3)]
+    acks = await settle(again, timeout=10)
+    assert len({ack.seq for ack in acks}) == 1  # one batch, stored
+    info = await js.stream_info(names.EVENTS_STREAM)
+    assert info.state.messages >= 1
+
+
+async def _connected(nc: NATS) -> bool:
+    return nc.is_connected
+
+
+async def test_events_behind_a_batch_whose_ack_does_not_come_go_after_a_short_wait(
+    nats_server: NatsServer, nc: NATS, js: JetStreamContext, buckets: Buckets
+) -> None:
+    producer = EventBatcher(js, max_wait=0.05, ack_timeout=30.0)
+    await js.delete_stream(names.EVENTS_STREAM)
+    await js.add_stream(name="SLOW", subjects=["sb.events.>"], no_ack=True)  # stores, never answers
+    first = await producer.publish(event(EventType.COMPLETED, "inv-0"))
+    await asyncio.sleep(0)
+    started = asyncio.get_running_loop().time()
+    await producer.publish(event(EventType.COMPLETED, "inv-1"))
+    await eventually(lambda: _stored(js, "SLOW", 2), timeout=5, interval=0.01)
+    assert asyncio.get_running_loop().time() - started < 1.0  # not held until the first one's ack timeout
+    assert not first.done()
+
+
+async def _stored(js: JetStreamContext, stream: str, n: int) -> bool:
+    return (await js.stream_info(stream)).state.messages >= n

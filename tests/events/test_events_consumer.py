@@ -13,11 +13,11 @@ from nats.js import JetStreamContext
 from soulbox.core import names
 from soulbox.core.bus import Buckets
 from soulbox.core.eventbatch import EventBatcher
+from soulbox.core.fetch import BatchFetcher
 from soulbox.core.natsserver import NatsServer
 from soulbox.core.schemas import EventType, LifecycleEvent
 from soulbox.core.store import settle
 from soulbox.events import EventConsumer, Recorder
-from soulbox.events.fetch import BatchFetcher
 
 from .helpers import Spy, consuming, event, eventually, explicit_durable, life, publish, settled
 

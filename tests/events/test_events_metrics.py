@@ -11,9 +11,9 @@ from nats.js import JetStreamContext
 
 from soulbox.core import names
 from soulbox.core.bus import Buckets
+from soulbox.core.fetch import BatchFetcher
 from soulbox.core.schemas import EventType, Outcome
 from soulbox.events import MetricsRecorder, MetricsServer, ensure_events_consumer
-from soulbox.events.fetch import BatchFetcher
 from soulbox.events.metrics import RecentIds
 
 from .helpers import FAST, consuming, eventually, life, publish, settled
