@@ -229,12 +229,13 @@ class AuditLog:
         of each), made more cheaply by the caller than a model and its dump; without
         them every record must be an ``AuditRecord``.
         """
+        tokens: dict[str | None, tuple[str, str]] = {}  # tenant -> (its subject token, its pseudonym)
         if bodies is None:
             if not all(isinstance(record, AuditRecord) for record in records):
                 raise TypeError("records other than AuditRecord need their bodies")
-            prepared = [await self._pseudonymize(record, None) for record in records]
+            prepared = [await self._pseudonymize(record, None, tokens) for record in records]
         else:
-            prepared = [await self._pseudonymize(r, b) for r, b in zip(records, bodies, strict=True)]
+            prepared = [await self._pseudonymize(r, b, tokens) for r, b in zip(records, bodies, strict=True)]
         async with self._lock:
             if self._head is None:
                 raise RuntimeError("the audit log is not loaded")
@@ -332,9 +333,15 @@ class AuditLog:
             raise ChainBroken(f"audit append refused: {outcome.description} ({outcome.err_code})")
         return stored, False
 
-    async def _pseudonymize(self, record: Entry, body: dict[str, Any] | None) -> _Prepared:
-        tenant = names.tenant_token(record.tenant)
-        token = await self._keys.pseudonym(tenant) if tenant != names.NO_TENANT else names.NO_TENANT
+    async def _pseudonymize(
+        self, record: Entry, body: dict[str, Any] | None, tokens: dict[str | None, tuple[str, str]]
+    ) -> _Prepared:
+        known = tokens.get(record.tenant)  # one lookup per tenant and batch, not per record
+        if known is None:
+            tenant = names.tenant_token(record.tenant)
+            token = await self._keys.pseudonym(tenant) if tenant != names.NO_TENANT else names.NO_TENANT
+            known = tokens[record.tenant] = (tenant, token)
+        tenant, token = known
         origin = record.origin or f"{record.kind}.{record.id}"
         update: dict[str, str | None] = {"tenant": None if tenant == names.NO_TENANT else token, "origin": origin}
         if record.resource and "/tenants/" in record.resource:
