@@ -255,8 +255,8 @@ async def soulbox(
             billable_ms += report.total.billable_ms
         if billed == kv_entries:
             break
-    chained = (await js.stream_info(names.AUDIT_STREAM)).state.messages
     verdict = await verify_log(js)
+    chained = verdict.records
     return {
         "events": n,
         "messages": (await js.stream_info(names.EVENTS_STREAM)).state.messages,

@@ -26,12 +26,13 @@ from nats.js.api import PubAck
 from pydantic import TypeAdapter
 
 from soulbox.core import names
-from soulbox.core.codec import decode, encode
+from soulbox.core.codec import encode
 from soulbox.core.errors import InvalidRequest, SchemaError
 from soulbox.core.ledger import AuditRecord
 from soulbox.core.logging import get_logger
 from soulbox.core.schemas import LifecycleEvent
 
+from .auditblocks import place, position, records_of
 from .auditlog import AuditLog
 from .streamread import read_stream
 from .tenantkeys import TenantKeys
@@ -167,14 +168,16 @@ async def read_audit(
     limit: int = 100,
     timeout: float = 5.0,
 ) -> tuple[list[tuple[int, AuditRecord]], int]:
-    """The tenant's next ``limit`` audit records after stream sequence ``after_seq``.
+    """The tenant's next ``limit`` audit records after position ``after_seq``.
 
-    Returns ``(records, next_seq)`` where ``records`` pairs each record with its
-    stream sequence, oldest first, and ``next_seq`` is the ``after_seq`` to
-    pass for the following page (``after_seq`` itself when nothing was new).
-    ``tenant`` ``_`` reads the records without a tenant; a tenant that was
-    never recorded (or was erased) has none. Records name the tenant by its
-    pseudonym. Undecodable records are logged and skipped.
+    A record's position is its message's stream sequence and its index in the
+    message folded into one integer (:func:`.auditblocks.position`; a message
+    holds one record or a block). Returns ``(records, next)`` where ``records``
+    pairs each record with its position, oldest first, and ``next`` is the
+    ``after_seq`` to pass for the following page (``after_seq`` itself when
+    nothing was new). ``tenant`` ``_`` reads the records without a tenant; a
+    tenant that was never recorded (or was erased) has none. Records name the
+    tenant by its pseudonym. Undecodable messages are logged and skipped.
     """
     if not 1 <= limit <= MAX_PAGE:
         raise InvalidRequest(f"limit must be between 1 and {MAX_PAGE}")
@@ -185,19 +188,28 @@ async def read_audit(
     if token is None:
         return [], after_seq
     page: list[tuple[int, AuditRecord]] = []
-    next_seq = after_seq
+    next_position = after_seq
+    start_seq, skip = place(after_seq)  # resume inside message start_seq, after its record skip
     async for msg in read_stream(
         js,
         names.AUDIT_STREAM,
-        start_seq=after_seq + 1,
+        start_seq=max(start_seq, 1),
         subject=names.audit_tenant_filter(token),
         limit=limit,
         timeout=timeout,
     ):
         seq = msg.metadata.sequence.stream
-        next_seq = max(next_seq, seq)
         try:
-            page.append((seq, decode(AuditRecord, msg.data)))
+            records = records_of(msg.data)
         except SchemaError as exc:
             log.warning("audit.undecodable", seq=seq, subject=msg.subject, error=exc.message)
-    return page, next_seq
+            next_position = max(next_position, position(seq, 0))
+            continue
+        for index, record in enumerate(records):
+            if seq == start_seq and index <= skip:
+                continue  # this page starts inside the block
+            if len(page) == limit:
+                return page, next_position
+            page.append((position(seq, index), record))
+            next_position = position(seq, index)
+    return page, next_position

@@ -35,6 +35,7 @@ from soulbox.core.ledger import AuditExportState, AuditRecord
 from soulbox.core.logging import get_logger
 from soulbox.core.schemas import utcnow
 
+from .auditblocks import records_of
 from .auditlog import EXPORT_STATE_KEY
 from .chain import GENESIS, Verdict, Verifier
 from .s3 import ExportStore
@@ -88,36 +89,39 @@ async def export_segment(
     available = info.state.last_seq - state.last_seq
     if available <= 0:
         return None
-    records: list[tuple[int, AuditRecord]] = []
+    records: list[tuple[int, int, AuditRecord]] = []  # (message sequence, index in it, record)
     verifier = Verifier(expect_prev=state.last_hash)
+    # Whole messages (retention purges by message), up to about max_records records.
     async for msg in read_stream(js, stream, start_seq=state.last_seq + 1, limit=max_records):
         seq = msg.metadata.sequence.stream
         try:
-            record = decode(AuditRecord, msg.data)
+            block = records_of(msg.data)
         except SchemaError:
             verifier.fail(seq, "unreadable record")
             break
-        if not verifier.feed(seq, record):
+        if not all(verifier.feed(seq, record, index) for index, record in enumerate(block)):
             break
-        records.append((seq, record))
+        records += [(seq, index, record) for index, record in enumerate(block)]
+        if len(records) >= max_records:
+            break
     if verifier.problem is not None:
         raise SchemaError(f"audit record {verifier.problem.seq} does not verify: {verifier.problem.reason}")
     if not records:
         return None
-    oldest_age = (utcnow() - records[0][1].at).total_seconds()
+    oldest_age = (utcnow() - records[0][2].at).total_seconds()
     if not force and len(records) < max_records and oldest_age < max_age_s:
         return None  # not sealed yet
     lines = b"".join(
-        json.dumps({"seq": seq, **record.model_dump(mode="json")}, sort_keys=True).encode() + b"\n"
-        for seq, record in records
+        json.dumps({"seq": seq, "index": index, **record.model_dump(mode="json")}, sort_keys=True).encode() + b"\n"
+        for seq, index, record in records
     )
     manifest = Manifest(
         first_seq=records[0][0],
         last_seq=records[-1][0],
         records=len(records),
         prev_hash=state.last_hash,
-        first_hash=records[0][1].hash or "",
-        last_hash=records[-1][1].hash or "",
+        first_hash=records[0][2].hash or "",
+        last_hash=records[-1][2].hash or "",
         sha256=hashlib.sha256(lines).hexdigest(),
         exported_at=utcnow().isoformat(),
     )
@@ -150,8 +154,8 @@ def verify_segments(segments: list[tuple[bytes, bytes]]) -> Verdict:
             break
         for line in lines.splitlines():
             raw = json.loads(line)
-            seq = int(raw.pop("seq"))
-            if not verifier.feed(seq, AuditRecord.model_validate(raw)):
+            seq, index = int(raw.pop("seq")), int(raw.pop("index", 0))  # segments before blocks: no index
+            if not verifier.feed(seq, AuditRecord.model_validate(raw), index):
                 break
         if verifier.problem is not None:
             break
@@ -195,11 +199,11 @@ async def verify_log(
             break
         previous = seq
         try:
-            record = decode(AuditRecord, msg.data)
+            block = records_of(msg.data)
         except SchemaError:
             verifier.fail(seq, "unreadable record")
             break
-        if not verifier.feed(seq, record):
+        if not all(verifier.feed(seq, record, index) for index, record in enumerate(block)):
             break
     if verifier.problem is None and info.state.last_seq > previous:
         verifier.fail(previous + 1, f"records {previous + 1}..{info.state.last_seq} are missing")
@@ -233,7 +237,7 @@ async def apply_retention(
     cutoff = utcnow() - timedelta(seconds=max_age_s)
     keep_from = info.state.first_seq
     async for msg in read_stream(js, stream, start_seq=info.state.first_seq, limit=state.last_seq - keep_from + 1):
-        if decode(AuditRecord, msg.data).at >= cutoff:
+        if records_of(msg.data)[-1].at >= cutoff:  # a block goes when its newest record is old enough
             break
         keep_from = msg.metadata.sequence.stream + 1
     if keep_from <= info.state.first_seq:

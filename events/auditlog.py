@@ -36,7 +36,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final, NamedTuple, Protocol
 
-import msgpack
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError
@@ -49,6 +48,7 @@ from soulbox.core.ledger import AuditExportState, AuditRecord
 from soulbox.core.logging import get_logger
 from soulbox.core.schemas import NAME_RE
 
+from .auditblocks import MAX_BLOCK_RECORDS, pack, records_of
 from .chain import GENESIS, Verifier, json_fields, linked_hash
 from .metrics import RecentIds
 from .pipeline import (
@@ -80,12 +80,14 @@ class ChainBroken(SoulboxError):
     code = "audit_chain_broken"
 
 
-class _Linked(NamedTuple):
-    """A record linked into the chain: its message, hash and origin."""
+class _Block(NamedTuple):
+    """Records linked into the chain as one message: the message, its last record's hash and
+    origin, and every record's origin."""
 
     message: Publish
     hash: str
     origin: str
+    origins: list[str]
 
 
 class Entry(Protocol):
@@ -139,6 +141,7 @@ class AuditLog:
         stream: str = names.AUDIT_STREAM,
         subject_prefix: str = "sb.audit",
         remembered: int = REMEMBERED,
+        block_records: int = MAX_BLOCK_RECORDS,
         timeout: float = 10.0,
     ) -> None:
         self._js = js
@@ -149,6 +152,7 @@ class AuditLog:
         self._publisher = Publisher(nc)
         self._seen = RecentIds(remembered)
         self._remembered = remembered
+        self._block_records = block_records  # 1: every record a message of its own, as before blocks
         self._timeout = timeout
         self._head: Head | None = None
         self._atomic = False
@@ -169,12 +173,24 @@ class AuditLog:
             info = await self._js.stream_info(self._stream)
             self._atomic = bool(info.config.allow_atomic)  # None: an older server, no atomic batches
             last = info.state.last_seq
-            start = max(info.state.first_seq, last - self._remembered + 1, 1)
             self._head = Head()
             if last > 0:
-                await self._read_from(start, expect_prev=None)
+                await self._read_from(await self._tail_start(info.state.first_seq, last), expect_prev=None)
             await self._after_purge(last)
             return self._head
+
+    async def _tail_start(self, first: int, last: int) -> int:
+        """Where the log's last ``remembered`` records (about) begin: messages hold one record or a
+        block, so the tail is measured backwards, in growing steps."""
+        start, counted, step = last + 1, 0, 256
+        while start > max(first, 1) and counted < self._remembered:
+            low = max(first, 1, start - step)
+            async for msg in read_stream(
+                self._js, self._stream, start_seq=low, limit=start - low, timeout=self._timeout
+            ):
+                counted += _record_count(msg.data)
+            start, step = low, min(step * 2, 65_536)
+        return max(start, first, 1)
 
     async def _after_purge(self, last_seq: int) -> None:
         """When retention dropped every record, the head is the last exported one."""
@@ -190,21 +206,22 @@ class AuditLog:
         self._head = Head(seq=state.last_seq, hash=state.last_hash)
 
     async def _read_from(self, start: int, *, expect_prev: str | None) -> None:
-        """Advance the head over the records from ``start`` on, checking their links."""
+        """Advance the head over the records from message ``start`` on, checking their links."""
         verifier = Verifier(expect_prev=expect_prev, legacy_prefix=expect_prev is None)
         head = self.head
         async for msg in read_stream(self._js, self._stream, start_seq=start, timeout=self._timeout):
             seq = msg.metadata.sequence.stream
             try:
-                record = decode(AuditRecord, msg.data)
+                records = records_of(msg.data)
             except SchemaError as exc:
-                raise ChainBroken(f"audit record {seq} is unreadable: {exc.message}") from exc
-            if not verifier.feed(seq, record):
-                problem = verifier.problem
-                raise ChainBroken(f"audit record {seq}: {problem.reason if problem else 'invalid'}")
-            head.seq, head.hash, head.origin = seq, record.hash or GENESIS, record.origin
-            if record.origin is not None:
-                self._seen.add(record.origin)
+                raise ChainBroken(f"audit message {seq} is unreadable: {exc.message}") from exc
+            for index, record in enumerate(records):
+                if not verifier.feed(seq, record, index):
+                    problem = verifier.problem
+                    raise ChainBroken(f"audit record {seq}/{index}: {problem.reason if problem else 'invalid'}")
+                if record.origin is not None:
+                    self._seen.add(record.origin)
+            head.seq, head.hash, head.origin = seq, records[-1].hash or GENESIS, records[-1].origin
 
     async def _catch_up(self) -> None:
         info = await self._js.stream_info(self._stream)
@@ -214,7 +231,7 @@ class AuditLog:
             # wait): start over from the tail, as load() does, instead of reading everything since.
             if info.state.first_seq > self.head.seq + 1 or last - self.head.seq > self._remembered:
                 self._head = Head()
-                await self._read_from(max(info.state.first_seq, last - self._remembered + 1, 1), expect_prev=None)
+                await self._read_from(await self._tail_start(info.state.first_seq, last), expect_prev=None)
                 await self._after_purge(last)
             else:
                 await self._read_from(self.head.seq + 1, expect_prev=self.head.hash)
@@ -265,24 +282,35 @@ class AuditLog:
             fresh.append(prepared)
         return fresh
 
-    def _link(self, records: list[_Prepared], head: Head) -> list[_Linked]:
-        """The records chained after ``head``, as messages (de-duplicated by their origin)."""
-        linked: list[_Linked] = []
-        prev_hash = head.hash
+    def _link(self, records: list[_Prepared], head: Head) -> list[_Block]:
+        """The records chained after ``head``, as messages: one block per tenant and kind, in the
+        order their first records came (the log's order is the order of storage)."""
         missing = [p.record for p in records if p.body is None and isinstance(p.record, AuditRecord)]
         dumped = iter(json_fields(missing) if missing else [])
         # A body made by the caller is copied: linking changes it, and a lost race links it again.
         bodies = [dict(p.body) if p.body is not None else next(dumped) for p in records]
-        for (record, token, update, origin, _), body in zip(records, bodies, strict=True):
-            hash_ = linked_hash(body, prev_hash, update)
-            # The wire form of the linked record (what encode() of link()'s result gives),
-            # built from the hashed fields instead of a second model copy and dump.
-            body.update(at=record.at, detail=record.detail, hash=hash_)
-            payload: bytes = msgpack.packb(body, datetime=True)
-            subject = f"{self._prefix}.{token}.{record.kind}"
-            linked.append(_Linked(Publish(subject, payload, {"Nats-Msg-Id": origin}), hash_, origin))
-            prev_hash = hash_
-        return linked
+        groups: dict[tuple[str, str], list[tuple[_Prepared, dict[str, Any]]]] = {}
+        for prepared, body in zip(records, bodies, strict=True):
+            groups.setdefault((prepared.token, prepared.record.kind), []).append((prepared, body))
+        blocks: list[_Block] = []
+        prev_hash = head.hash
+        for (token, kind), members in groups.items():
+            for start in range(0, len(members), self._block_records):
+                wire: list[dict[str, Any]] = []
+                origins: list[str] = []
+                for (record, _, update, origin, _), body in members[start : start + self._block_records]:
+                    prev_hash = linked_hash(body, prev_hash, update)
+                    # The wire form of the linked record (what encode() of link()'s result gives),
+                    # built from the hashed fields instead of a second model copy and dump.
+                    body.update(at=record.at, detail=record.detail, hash=prev_hash)
+                    wire.append(body)
+                    origins.append(origin)
+                # One record keeps its origin as message id (the server drops a re-sent one); a block
+                # relies on the writer's memory of origins and the sequence guard.
+                headers = {"Nats-Msg-Id": origins[0]} if len(origins) == 1 else {}
+                message = Publish(f"{self._prefix}.{token}.{kind}", pack(wire), headers)
+                blocks.append(_Block(message, prev_hash, origins[-1], origins))
+        return blocks
 
     async def _try_atomic(self, records: list[_Prepared]) -> tuple[int, bool, bool]:
         """Atomic batches; (records stored, whether a race was lost, whether a batch held a duplicate)."""
@@ -297,9 +325,9 @@ class AuditLog:
                 if outcome.seq != head.seq + len(linked):
                     raise ChainBroken(f"atomic audit batch after {head.seq} ended at {outcome.seq}")
                 for one in linked:
-                    self._seen.add(one.origin)
+                    self._seen.add_all(one.origins)
                 head.seq, head.hash, head.origin = outcome.seq, linked[-1].hash, linked[-1].origin
-                stored += len(linked)
+                stored += sum(len(one.origins) for one in linked)
                 continue
             if outcome.err_code == WRONG_LAST_SEQUENCE:
                 return stored, True, False
@@ -322,11 +350,11 @@ class AuditLog:
         stored = 0
         for one, outcome in zip(linked, outcomes, strict=True):
             if isinstance(outcome, Stored):
-                self._seen.add(one.origin)
+                self._seen.add_all(one.origins)
                 if outcome.duplicate:  # recorded long ago; what follows was linked to it: relink
                     return stored, False
                 head.seq, head.hash, head.origin = outcome.seq, one.hash, one.origin
-                stored += 1
+                stored += len(one.origins)
                 continue
             if outcome.err_code in (WRONG_LAST_SEQUENCE, WRONG_LAST_MSG_ID):
                 return stored, True
@@ -358,3 +386,17 @@ class AuditLog:
             else:
                 parts[i] = (await self._keys.lookup(name) if NAME_RE.match(name) else None) or names.NO_TENANT
         return "".join(parts)
+
+
+def _record_count(data: bytes) -> int:
+    """How many records a message holds, from its first bytes (a msgpack map: one; an array: its length)."""
+    if not data:
+        return 0
+    first = data[0]
+    if 0x90 <= first <= 0x9F:
+        return first & 0x0F
+    if first == 0xDC and len(data) >= 3:
+        return int.from_bytes(data[1:3], "big")
+    if first == 0xDD and len(data) >= 5:
+        return int.from_bytes(data[1:5], "big")
+    return 1

@@ -66,9 +66,11 @@ def link(record: AuditRecord, prev_hash: str, update: dict[str, str | None] | No
 
 
 class Problem(BaseModel):
-    """The first record that does not verify, and why."""
+    """The first record that does not verify, and why: the message's stream sequence and the
+    record's index in it (0 for a message of one record)."""
 
     seq: int
+    index: int = 0
     id: str | None
     reason: str
 
@@ -106,25 +108,27 @@ class Verifier:
     records: int = 0
     first_seq: int | None = None
     last_seq: int | None = None
+    last_index: int = 0
     first_prev_hash: str | None = None
     last_hash: str | None = None
     problem: Problem | None = None
 
-    def feed(self, seq: int, record: AuditRecord) -> bool:
-        """Check one record; False (and the problem kept) when it does not verify."""
+    def feed(self, seq: int, record: AuditRecord, index: int = 0) -> bool:
+        """Check one record (the ``index``-th of message ``seq``); False (and the problem kept) when
+        it does not verify."""
         if self.problem is not None:
             return False
         if self.legacy_prefix and self.first_seq is None and record.hash is None:
             self.legacy += 1
             return True
-        reason = self._check(seq, record)
+        reason = self._check(seq, index, record)
         if reason is not None:
-            self.problem = Problem(seq=seq, id=record.id, reason=reason)
+            self.problem = Problem(seq=seq, index=index, id=record.id, reason=reason)
             return False
         if self.first_seq is None:
             self.first_seq, self.first_prev_hash = seq, record.prev_hash
         self.records += 1
-        self.last_seq, self.last_hash = seq, record.hash
+        self.last_seq, self.last_index, self.last_hash = seq, index, record.hash
         return True
 
     def fail(self, seq: int, reason: str) -> None:
@@ -132,7 +136,7 @@ class Verifier:
         if self.problem is None:
             self.problem = Problem(seq=seq, id=None, reason=reason)
 
-    def _check(self, seq: int, record: AuditRecord) -> str | None:
+    def _check(self, seq: int, index: int, record: AuditRecord) -> str | None:
         if record.hash is None or record.prev_hash is None:
             return "record is not chained (no hash)"
         if record_hash(record) != record.hash:
@@ -142,8 +146,10 @@ class Verifier:
             expected = GENESIS
         if expected is not None and record.prev_hash != expected:
             return "prev_hash does not match the previous record (a record before it was removed or reordered)"
-        if self.contiguous and self.last_seq is not None and seq != self.last_seq + 1:
-            return f"sequence {seq} follows {self.last_seq} (records missing)"
+        if self.contiguous and self.last_seq is not None:
+            follows = index == self.last_index + 1 if seq == self.last_seq else seq == self.last_seq + 1 and index == 0
+            if not follows:
+                return f"record {seq}/{index} follows {self.last_seq}/{self.last_index} (records missing)"
         return None
 
     def verdict(self) -> Verdict:

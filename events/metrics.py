@@ -65,6 +65,10 @@ class RecentIds:
             self._ids.popitem(last=False)
         return True
 
+    def add_all(self, ids: list[str]) -> None:
+        for id_ in ids:
+            self.add(id_)
+
     def __contains__(self, id_: object) -> bool:
         return id_ in self._ids
 

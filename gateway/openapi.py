@@ -170,9 +170,14 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
         "responses": {"200": _json(UsageReport, "the usage report"), "400": _error("bad parameters")},
     },
     ("/v1/audit", "get"): {
-        "summary": "The tenant's audit log, oldest first, paged by stream sequence",
+        "summary": "The tenant's audit log, oldest first, paged by record position",
         "parameters": [
-            {"name": "after", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+            {
+                "name": "after",
+                "in": "query",
+                "description": "a record's `position` (or a page's `next`): the page starts after it",
+                "schema": {"type": "integer", "minimum": 0},
+            },
             {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
         ],
         "responses": {

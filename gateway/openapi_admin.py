@@ -39,9 +39,12 @@ class AliasList(BaseModel):
 
 
 class SequencedAuditRecord(AuditRecord):
-    """An audit record with its sequence on the audit stream."""
+    """An audit record with its place in the audit stream: its message's sequence, its index in that
+    message (a message holds one record or a block of them) and both as one ``position`` (a cursor)."""
 
     seq: int
+    index: int
+    position: int
 
 
 class TenantExport(BaseModel):

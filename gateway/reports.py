@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import get_args
+from typing import Any, get_args
 
 from pydantic import TypeAdapter, ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from soulbox.core.errors import InvalidRequest
+from soulbox.core.ledger import AuditRecord
 from soulbox.core.schemas import checked_name
 from soulbox.events import ExportStore, Granularity, TenantKeys, read_audit, usage, verify_log
+from soulbox.events.auditblocks import place
 from soulbox.events.auditexport import anchor_for
 
 from .platform import platform
@@ -82,10 +84,16 @@ async def get_audit(request: Request) -> Response:
     )
     return JSONResponse(
         {
-            "records": [{"seq": seq, **record.model_dump(mode="json")} for seq, record in records],
+            "records": [sequenced(position, record) for position, record in records],
             "next": next_seq,
         }
     )
+
+
+def sequenced(position_: int, record: AuditRecord) -> dict[str, Any]:
+    """A record as the API shows it: its message's stream sequence and its index in that message."""
+    seq, index = place(position_)
+    return {"seq": seq, "index": index, "position": position_, **record.model_dump(mode="json")}
 
 
 async def verify_audit(request: Request) -> Response:

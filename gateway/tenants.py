@@ -30,8 +30,10 @@ from soulbox.core.secrets_signing import SigningKeyRing
 from soulbox.core.secrets_store import SecretEntry
 from soulbox.core.store import scan, settle
 from soulbox.events import ExportStore, TenantKeys, new_record_id, read_audit, record_api_call, usage_entries
+from soulbox.events.auditblocks import place, position
 
 from .platform import Platform, platform
+from .reports import sequenced
 
 TOMBSTONE_WAIT_S = 10.0
 
@@ -57,7 +59,7 @@ async def _audit(p: Platform, keys: TenantKeys, tenant: str) -> list[dict[str, A
     after = 0
     while True:
         page, after_next = await read_audit(p.js, keys, tenant, after_seq=after, limit=1000)
-        records += [{"seq": seq, **record.model_dump(mode="json")} for seq, record in page]
+        records += [sequenced(at, record) for at, record in page]
         if after_next == after:
             return records
         after = after_next
@@ -135,7 +137,7 @@ async def delete_tenant_data(request: Request) -> Response:
         source="gateway",
         detail={key: value for key, value in deleted.items()},
     )
-    start = (await p.js.stream_info(names.AUDIT_STREAM)).state.last_seq
+    start = position((await p.js.stream_info(names.AUDIT_STREAM)).state.last_seq + 1, 0) - 1
     await settle([await record_api_call(p.js, tombstone)])
     seq = await _wait_chained(p, keys, tenant, tombstone.id, after=start)
     await keys.forget(tenant)
@@ -148,8 +150,8 @@ async def _wait_chained(p: Platform, keys: TenantKeys, tenant: str, record_id: s
     cursor = after
     while time.monotonic() < deadline:
         page, cursor = await read_audit(p.js, keys, tenant, after_seq=cursor, limit=1000)
-        for seq, record in page:
+        for at, record in page:
             if record.id == record_id:
-                return seq
+                return place(at)[0]
         await asyncio.sleep(0.1)
     raise Unavailable("the audit consumer did not record the erasure in time; the tenant's key was kept, retry")

@@ -13,10 +13,13 @@ from nats.js.errors import NotFoundError
 
 from soulbox.core import names
 from soulbox.core.codec import encode
+from soulbox.core.ledger import AuditRecord
 from soulbox.core.natsserver import free_port
 from soulbox.core.schemas import EventType, LifecycleEvent, Outcome, Tier
 from soulbox.core.settings import EventsSettings, Settings
 from soulbox.events import EventConsumer, Recorder, ensure_events_consumer
+from soulbox.events.auditblocks import position, records_of
+from soulbox.events.streamread import read_stream
 
 FAST = EventsSettings(ack_wait_s=2.0, pin_timeout_s=3.0)
 """The events durable with short timeouts: a killed process's batch and pin come back within seconds."""
@@ -173,3 +176,12 @@ async def settled(js: JetStreamContext, durable: str = names.EVENTS_CONSUMER) ->
     """Nothing pending or waiting for an ack on ``durable``."""
     info = await js.consumer_info(names.EVENTS_STREAM, durable)
     return bool(info.num_pending == 0 and info.num_ack_pending == 0)
+
+
+async def audit_records(js: JetStreamContext, stream: str = names.AUDIT_STREAM) -> list[tuple[int, AuditRecord]]:
+    """Every record of the chained audit log with its position, in order (messages hold one or a block)."""
+    return [
+        (position(msg.metadata.sequence.stream, index), record)
+        async for msg in read_stream(js, stream)
+        for index, record in enumerate(records_of(msg.data))
+    ]

@@ -23,7 +23,7 @@ from nats.js import JetStreamContext, api
 
 from soulbox.core import names
 from soulbox.core.bus import Buckets
-from soulbox.core.codec import decode, encode
+from soulbox.core.codec import encode
 from soulbox.core.errors import InvalidRequest
 from soulbox.core.ledger import AuditRecord
 from soulbox.core.natsserver import NatsServer
@@ -49,12 +49,12 @@ from soulbox.events import (
     verify_segments,
 )
 from soulbox.events.audit import event_entries
-from soulbox.events.auditexport import anchor_for
+from soulbox.events.auditblocks import place
+from soulbox.events.auditexport import Manifest, anchor_for
 from soulbox.events.chain import verify
 from soulbox.events.consumer import EventConsumer
-from soulbox.events.streamread import read_stream
 
-from .helpers import consuming, event, eventually, life, process_settings, publish, settled
+from .helpers import audit_records, consuming, event, eventually, life, process_settings, publish, settled
 
 
 @pytest_asyncio.fixture
@@ -72,7 +72,7 @@ def api_call(tenant: str | None = "acme", action: str = "GET /v1/functions") -> 
 
 
 async def chain(js: JetStreamContext, stream: str = names.AUDIT_STREAM) -> list[tuple[int, AuditRecord]]:
-    return [(m.metadata.sequence.stream, decode(AuditRecord, m.data)) async for m in read_stream(js, stream)]
+    return await audit_records(js, stream)
 
 
 async def test_events_and_api_calls_form_one_chain(
@@ -113,7 +113,7 @@ async def test_events_and_api_calls_form_one_chain(
 
 
 async def _chained(js: JetStreamContext, count: int) -> bool:
-    return (await js.stream_info(names.AUDIT_STREAM)).state.messages >= count
+    return len(await chain(js)) >= count
 
 
 async def test_redelivered_events_are_chained_once(
@@ -128,7 +128,8 @@ async def test_redelivered_events_are_chained_once(
     assert await fresh.append([event_record(e) for e in events]) == 0
     await fresh.close()
     assert [r.id for _, r in await chain(js)][:4] == [e.id for e in events]
-    assert (await js.stream_info(names.AUDIT_STREAM)).state.messages == 5
+    assert len(await chain(js)) == 5
+    assert (await js.stream_info(names.AUDIT_STREAM)).state.messages == 2  # the events' block, the call
 
 
 async def _race(nc: NATS, js: JetStreamContext, buckets: Buckets, stream: str, prefix: str) -> None:
@@ -159,7 +160,7 @@ async def _race(nc: NATS, js: JetStreamContext, buckets: Buckets, stream: str, p
 async def test_a_writer_far_behind_continues_from_the_tail(nc: NATS, js: JetStreamContext, buckets: Buckets) -> None:
     """A writer whose head is older than what it remembers reloads the tail, not everything since."""
     keys = TenantKeys(buckets.tenant_keys)
-    behind, busy = AuditLog(nc, js, keys, remembered=10), AuditLog(nc, js, keys)
+    behind, busy = AuditLog(nc, js, keys, remembered=10, block_records=1), AuditLog(nc, js, keys, block_records=1)
     await behind.load()
     await busy.load()
     again = [api_call(action="both")]
@@ -191,11 +192,11 @@ async def test_a_forgotten_duplicate_in_an_atomic_batch_is_dropped(
     """A re-appended record the writer no longer remembers makes the server refuse the atomic batch;
     the writer then appends one by one, the server drops just the duplicate, and the chain stays whole."""
     calls = [api_call(action=f"call {i}") for i in range(4)]
-    first = AuditLog(nc, js, TenantKeys(buckets.tenant_keys))
+    first = AuditLog(nc, js, TenantKeys(buckets.tenant_keys), block_records=1)
     await first.load()
     assert await first.append(calls[:3]) == 3
     await first.close()
-    forgetful = AuditLog(nc, js, TenantKeys(buckets.tenant_keys), remembered=1)  # remembers calls[2] only
+    forgetful = AuditLog(nc, js, TenantKeys(buckets.tenant_keys), remembered=1, block_records=1)  # calls[2] only
     await forgetful.load()
     assert await forgetful.append([calls[0], calls[3]]) == 1
     assert await forgetful.append(calls[:2]) == 0  # remembered now
@@ -219,7 +220,7 @@ async def test_chained_records_keep_every_field(js: JetStreamContext, audit_log:
 async def _tamper_stream(nc: NATS, js: JetStreamContext, buckets: Buckets) -> None:
     """A chain on a stream made without the deny flags, so a test can delete from it."""
     await js.add_stream(api.StreamConfig(name="TAMPER", subjects=["tamper.>"], duplicate_window=60))
-    log = AuditLog(nc, js, TenantKeys(buckets.tenant_keys), stream="TAMPER", subject_prefix="tamper")
+    log = AuditLog(nc, js, TenantKeys(buckets.tenant_keys), stream="TAMPER", subject_prefix="tamper", block_records=1)
     await log.load()
     await log.append([api_call(action=f"call {i}") for i in range(6)])
     await log.close()
@@ -237,7 +238,7 @@ async def test_verify_names_the_record_after_a_deleted_one(nc: NATS, js: JetStre
 
 async def test_verify_names_an_edited_record(nc: NATS, js: JetStreamContext, buckets: Buckets) -> None:
     await _tamper_stream(nc, js, buckets)
-    records = await chain(js, "TAMPER")
+    records = [(place(at)[0], record) for at, record in await chain(js, "TAMPER")]  # a message per record
     # Rewrite record 2: delete it and publish an edited copy at the end (the only "rewrite" a stream allows).
     await js.delete_msg("TAMPER", 2)
     edited = records[1][1].model_copy(update={"result": "500"})
@@ -256,9 +257,12 @@ async def test_verify_names_an_edited_record(nc: NATS, js: JetStreamContext, buc
 
 
 async def test_segments_export_verify_offline_and_allow_retention(
-    nc: NATS, js: JetStreamContext, buckets: Buckets, audit_log: AuditLog, s3_settings: Settings
+    nc: NATS, js: JetStreamContext, buckets: Buckets, s3_settings: Settings
 ) -> None:
+    """The log as written before blocks (a message per record): segments, verify, retention."""
     store = ExportStore(s3_settings.s3)
+    audit_log = AuditLog(nc, js, TenantKeys(buckets.tenant_keys), block_records=1)
+    await audit_log.load()
     await audit_log.append([api_call(action=f"call {i}") for i in range(25)])
     assert await export_segment(js, buckets.audit_state, store, max_records=10, max_age_s=3600) is not None
     assert await export_segment(js, buckets.audit_state, store, max_records=10, max_age_s=3600) is not None
@@ -297,6 +301,7 @@ async def test_segments_export_verify_offline_and_allow_retention(
     assert (await verify_log(js, anchor=anchor)).ok
     assert not (await verify_log(js, anchor=GENESIS)).ok
     assert await apply_retention(js, buckets.audit_state, max_age_s=timedelta(days=1).total_seconds()) == 0
+    await audit_log.close()
 
 
 async def test_read_audit_rejects_bad_arguments(js: JetStreamContext, buckets: Buckets) -> None:
@@ -361,11 +366,14 @@ async def test_the_audit_consumer_exports_segments_periodically(
     store = ExportStore(settings.s3)
 
     async def exported() -> bool:
-        return len([n for n in await store.list("audit/segments/") if n.endswith(".manifest.json")]) == 3
+        return sum(Manifest.model_validate_json(m).records for m, _ in await load_segments(store)) == 12
+
+    async def dropped() -> bool:  # retention: every exported message purged
+        return (await js.stream_info(names.AUDIT_STREAM)).state.messages == 0
 
     try:
         await eventually(exported, timeout=30)
-        await eventually(lambda: _first_seq_is(js, 13), timeout=10)  # retention: all 12 exported records dropped
+        await eventually(dropped, timeout=10)
     finally:
         stop.set()
         await asyncio.wait_for(task, 15)
@@ -378,10 +386,6 @@ async def test_the_audit_consumer_exports_segments_periodically(
     stop.set()
     await asyncio.wait_for(task, 15)
     assert (await verify_log(js, anchor=await anchor_for(store, js))).ok
-
-
-async def _first_seq_is(js: JetStreamContext, seq: int) -> bool:
-    return (await js.stream_info(names.AUDIT_STREAM)).state.first_seq == seq
 
 
 async def test_a_log_from_before_the_chain_is_continued(nc: NATS, js: JetStreamContext, buckets: Buckets) -> None:

@@ -13,15 +13,13 @@ from nats.js import JetStreamContext
 
 from soulbox.core import names
 from soulbox.core.bus import Buckets
-from soulbox.core.codec import decode, encode
-from soulbox.core.ledger import AuditRecord
+from soulbox.core.codec import encode
 from soulbox.core.schemas import EventType, FunctionSpec, InvocationRecord, Status
 from soulbox.core.settings import Settings
 from soulbox.events import BillingRecorder, run
-from soulbox.events.streamread import read_stream
 from soulbox.gateway.app import create_app
 
-from .helpers import event, eventually, life, process_settings, publish
+from .helpers import audit_records, event, eventually, life, process_settings, publish
 
 
 @pytest_asyncio.fixture
@@ -120,8 +118,7 @@ async def test_usage_verify_export_and_erasure(
 
     await eventually(settled_chain)
     tombstones = []
-    async for msg in read_stream(js, names.AUDIT_STREAM):
-        record = decode(AuditRecord, msg.data)
+    for _, record in await audit_records(js):
         if record.action == "tenant.erased":
             tombstones.append(record)
     assert [(t.tenant, t.detail["invocations"]) for t in tombstones] == [(pseudonym, 2)]
