@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Final, NamedTuple
 
 from nats.js import JetStreamContext
@@ -87,8 +87,9 @@ def event_record(event: LifecycleEvent) -> AuditRecord:
     return AuditRecord(**_event_fields(event))
 
 
+_RECORD_VERSION: Final = AuditRecord.model_fields["v"].default
 _AT = TypeAdapter(datetime)
-_RECORD_DEFAULTS: Final = {"v": AuditRecord.model_fields["v"].default, "actor": None, "prev_hash": None}
+_UTC_OFFSET: Final = timedelta(0)
 
 
 class EventEntry(NamedTuple):
@@ -108,15 +109,40 @@ def event_entries(events: list[LifecycleEvent]) -> tuple[list[EventEntry], list[
 
     Built from the (validated) events without making, validating or dumping
     records: the hash covers the JSON form, which is ``model_dump(mode="json")``'s
-    output exactly (a test holds them equal).
+    output exactly (a test holds them equal). Its keys, ``detail``'s too, come in
+    sorted order (see ``chain.linked_hash``'s ``presorted``).
     """
     entries: list[EventEntry] = []
     bodies: list[dict[str, Any]] = []
     for event in events:
         f = _event_fields(event)
         entries.append(EventEntry(f["id"], f["kind"], f["at"], f["tenant"], f["resource"], f["detail"], f["origin"]))
-        bodies.append({**_RECORD_DEFAULTS, **f, "at": _AT.dump_python(event.at, mode="json")})
+        bodies.append(
+            {
+                "action": f["action"],
+                "actor": None,
+                "at": json_datetime(event.at),
+                "detail": dict(sorted(f["detail"].items())),
+                "id": f["id"],
+                "kind": f["kind"],
+                "origin": f["origin"],
+                "prev_hash": None,
+                "resource": f["resource"],
+                "result": f["result"],
+                "source": f["source"],
+                "tenant": f["tenant"],
+                "v": _RECORD_VERSION,
+            }
+        )
     return entries, bodies
+
+
+def json_datetime(at: datetime) -> str:
+    """``at`` as pydantic writes a datetime in JSON mode (RFC 3339, ``Z`` for UTC); UTC, what events
+    carry, without pydantic's call."""
+    if at.utcoffset() == _UTC_OFFSET:
+        return at.isoformat()[:-6] + "Z"
+    return _AT.dump_python(at, mode="json")  # type: ignore[no-any-return]
 
 
 class AuditRecorder:

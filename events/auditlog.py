@@ -243,8 +243,9 @@ class AuditLog:
         replaced by the tenant's pseudonym, also in a ``/tenants/<name>``
         resource. Raises on anything but a lost race. ``bodies``, when given, are
         the records' JSON form without ``hash`` (``AuditRecord.model_dump(mode="json")``
-        of each), made more cheaply by the caller than a model and its dump; without
-        them every record must be an ``AuditRecord``.
+        of each) with every key, ``detail``'s too, in sorted order, made more cheaply
+        by the caller than a model and its dump; without them every record must be
+        an ``AuditRecord``.
         """
         tokens: dict[str | None, tuple[str, str]] = {}  # tenant -> (its subject token, its pseudonym)
         if bodies is None:
@@ -298,8 +299,8 @@ class AuditLog:
             for start in range(0, len(members), self._block_records):
                 wire: list[dict[str, Any]] = []
                 origins: list[str] = []
-                for (record, _, update, origin, _), body in members[start : start + self._block_records]:
-                    prev_hash = linked_hash(body, prev_hash, update)
+                for (record, _, update, origin, given), body in members[start : start + self._block_records]:
+                    prev_hash = linked_hash(body, prev_hash, update, presorted=given is not None)
                     # The wire form of the linked record (what encode() of link()'s result gives),
                     # built from the hashed fields instead of a second model copy and dump.
                     body.update(at=record.at, detail=record.detail, hash=prev_hash)

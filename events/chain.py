@@ -27,6 +27,8 @@ GENESIS: Final = "0" * 64
 """The ``prev_hash`` of the first record of a chain."""
 
 _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+_PRESORTED = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+"""The same bytes as ``_CANONICAL`` for a body whose keys (nested ones too) are already in order."""
 
 
 def canonical(record: AuditRecord) -> bytes:
@@ -49,13 +51,20 @@ def json_fields(records: list[AuditRecord]) -> list[dict[str, Any]]:
     return bodies
 
 
-def linked_hash(body: dict[str, Any], prev_hash: str, update: dict[str, str | None] | None = None) -> str:
+def linked_hash(
+    body: dict[str, Any], prev_hash: str, update: dict[str, str | None] | None = None, *, presorted: bool = False
+) -> str:
     """Link a record's JSON fields (from ``json_fields``, changed in place: the string fields in
-    ``update`` replaced, ``prev_hash`` set) after ``prev_hash``; the linked record's hash."""
+    ``update`` replaced, ``prev_hash`` set) after ``prev_hash``; the linked record's hash.
+
+    ``presorted``: the body's keys, ``detail``'s too, are in sorted order and already include
+    ``prev_hash`` and every key of ``update`` (so replacing them keeps the order), which spares
+    the encoder sorting them (a third of its time).
+    """
     if update:
         body.update(update)
     body["prev_hash"] = prev_hash  # the same bytes as canonical() of the linked record
-    return hashlib.sha256(_CANONICAL.encode(body).encode()).hexdigest()
+    return hashlib.sha256((_PRESORTED if presorted else _CANONICAL).encode(body).encode()).hexdigest()
 
 
 def link(record: AuditRecord, prev_hash: str, update: dict[str, str | None] | None = None) -> AuditRecord:

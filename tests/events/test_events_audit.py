@@ -426,4 +426,6 @@ def test_event_bodies_are_the_records_json_form(
     entries, bodies = event_entries([source])
     record = event_record(source)
     assert bodies == [record.model_dump(mode="json", exclude={"hash"})]
+    # in sorted order, so the chain can encode it without sorting and get the canonical bytes
+    assert list(bodies[0]) == sorted(bodies[0]) and list(bodies[0]["detail"]) == sorted(bodies[0]["detail"])
     assert entries[0]._asdict() == {k: getattr(record, k) for k in entries[0]._fields}
