@@ -44,40 +44,53 @@ MAX_PAGE: Final = 1000
 """The most records ``read_audit`` returns at once."""
 
 
-def _event_fields(event: LifecycleEvent) -> dict[str, Any]:
-    detail: dict[str, str | int | float | bool | None] = {"function": event.function, "attempt": event.attempt}
-    if event.invocation_id:
-        detail["invocation_id"] = event.invocation_id
-    optional: dict[str, str | int | float | None] = {
-        "tier": event.tier.value if event.tier is not None else None,
-        "worker": event.worker,
-        "duration_ms": event.duration_ms,
-        "peak_memory_bytes": event.peak_memory_bytes,
-        "memory_limit_mb": event.memory_limit_mb,
-        "sandbox_id": event.sandbox_id,
-        "seconds": event.seconds,
-        "cpu_ms": event.cpu_ms,
-        "egress_bytes": event.egress_bytes,
-    }
-    detail.update({k: v for k, v in optional.items() if v is not None})
+def _event_detail(event: LifecycleEvent) -> dict[str, str | int | float | bool | None]:
+    """The event's fields an audit record keeps in ``detail``, in sorted key order (see ``event_entries``)."""
+    detail: dict[str, str | int | float | bool | None] = {"attempt": event.attempt}
+    if event.cpu_ms is not None:
+        detail["cpu_ms"] = event.cpu_ms
+    if event.duration_ms is not None:
+        detail["duration_ms"] = event.duration_ms
+    if event.egress_bytes is not None:
+        detail["egress_bytes"] = event.egress_bytes
     if event.error is not None:
         detail["error_kind"] = event.error.kind
         detail["error_message"] = event.error.message
-    resource = (
-        f"sandboxes/{event.sandbox_id}"
-        if event.sandbox_id
-        else f"functions/{event.function}/invocations/{event.invocation_id}"
-    )
+    detail["function"] = event.function
+    if event.invocation_id:
+        detail["invocation_id"] = event.invocation_id
+    if event.memory_limit_mb is not None:
+        detail["memory_limit_mb"] = event.memory_limit_mb
+    if event.peak_memory_bytes is not None:
+        detail["peak_memory_bytes"] = event.peak_memory_bytes
+    if event.sandbox_id is not None:
+        detail["sandbox_id"] = event.sandbox_id
+    if event.seconds is not None:
+        detail["seconds"] = event.seconds
+    if event.tier is not None:
+        detail["tier"] = event.tier.value
+    if event.worker is not None:
+        detail["worker"] = event.worker
+    return detail
+
+
+def _resource(event: LifecycleEvent) -> str:
+    if event.sandbox_id:
+        return f"sandboxes/{event.sandbox_id}"
+    return f"functions/{event.function}/invocations/{event.invocation_id}"
+
+
+def _event_fields(event: LifecycleEvent) -> dict[str, Any]:
     return {
         "id": event.id,
         "kind": "event",
         "at": event.at,
         "tenant": event.tenant,
         "action": event.type.value,
-        "resource": resource,
+        "resource": _resource(event),
         "result": event.outcome.value if event.outcome is not None else None,
         "source": "events",
-        "detail": detail,
+        "detail": _event_detail(event),
         "origin": f"evt.{event.id}",
     }
 
@@ -115,22 +128,22 @@ def event_entries(events: list[LifecycleEvent]) -> tuple[list[EventEntry], list[
     entries: list[EventEntry] = []
     bodies: list[dict[str, Any]] = []
     for event in events:
-        f = _event_fields(event)
-        entries.append(EventEntry(f["id"], f["kind"], f["at"], f["tenant"], f["resource"], f["detail"], f["origin"]))
+        detail, resource, origin = _event_detail(event), _resource(event), f"evt.{event.id}"
+        entries.append(EventEntry(event.id, "event", event.at, event.tenant, resource, detail, origin))
         bodies.append(
             {
-                "action": f["action"],
+                "action": event.type.value,
                 "actor": None,
                 "at": json_datetime(event.at),
-                "detail": dict(sorted(f["detail"].items())),
-                "id": f["id"],
-                "kind": f["kind"],
-                "origin": f["origin"],
+                "detail": detail,
+                "id": event.id,
+                "kind": "event",
+                "origin": origin,
                 "prev_hash": None,
-                "resource": f["resource"],
-                "result": f["result"],
-                "source": f["source"],
-                "tenant": f["tenant"],
+                "resource": resource,
+                "result": event.outcome.value if event.outcome is not None else None,
+                "source": "events",
+                "tenant": event.tenant,
                 "v": _RECORD_VERSION,
             }
         )
