@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any, Final, NamedTuple
 
@@ -44,34 +45,28 @@ MAX_PAGE: Final = 1000
 """The most records ``read_audit`` returns at once."""
 
 
+_DETAIL: Final[tuple[tuple[str, Callable[[LifecycleEvent], str | int | float | None]], ...]] = (
+    # in sorted key order (see ``event_entries``); a None value is left out
+    ("attempt", lambda e: e.attempt),
+    ("cpu_ms", lambda e: e.cpu_ms),
+    ("duration_ms", lambda e: e.duration_ms),
+    ("egress_bytes", lambda e: e.egress_bytes),
+    ("error_kind", lambda e: e.error.kind if e.error is not None else None),
+    ("error_message", lambda e: e.error.message if e.error is not None else None),
+    ("function", lambda e: e.function),
+    ("invocation_id", lambda e: e.invocation_id or None),
+    ("memory_limit_mb", lambda e: e.memory_limit_mb),
+    ("peak_memory_bytes", lambda e: e.peak_memory_bytes),
+    ("sandbox_id", lambda e: e.sandbox_id),
+    ("seconds", lambda e: e.seconds),
+    ("tier", lambda e: e.tier.value if e.tier is not None else None),
+    ("worker", lambda e: e.worker),
+)
+
+
 def _event_detail(event: LifecycleEvent) -> dict[str, str | int | float | bool | None]:
-    """The event's fields an audit record keeps in ``detail``, in sorted key order (see ``event_entries``)."""
-    detail: dict[str, str | int | float | bool | None] = {"attempt": event.attempt}
-    if event.cpu_ms is not None:
-        detail["cpu_ms"] = event.cpu_ms
-    if event.duration_ms is not None:
-        detail["duration_ms"] = event.duration_ms
-    if event.egress_bytes is not None:
-        detail["egress_bytes"] = event.egress_bytes
-    if event.error is not None:
-        detail["error_kind"] = event.error.kind
-        detail["error_message"] = event.error.message
-    detail["function"] = event.function
-    if event.invocation_id:
-        detail["invocation_id"] = event.invocation_id
-    if event.memory_limit_mb is not None:
-        detail["memory_limit_mb"] = event.memory_limit_mb
-    if event.peak_memory_bytes is not None:
-        detail["peak_memory_bytes"] = event.peak_memory_bytes
-    if event.sandbox_id is not None:
-        detail["sandbox_id"] = event.sandbox_id
-    if event.seconds is not None:
-        detail["seconds"] = event.seconds
-    if event.tier is not None:
-        detail["tier"] = event.tier.value
-    if event.worker is not None:
-        detail["worker"] = event.worker
-    return detail
+    """The event's fields an audit record keeps in ``detail``, in sorted key order."""
+    return {key: value for key, get in _DETAIL if (value := get(event)) is not None}
 
 
 def _resource(event: LifecycleEvent) -> str:

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import aioboto3
 import pytest
+import pytest_asyncio
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
 from pydantic import SecretStr
 
+from soulbox.core.bus import Buckets
 from soulbox.core.natsserver import free_port, wait_for_port
 from soulbox.core.settings import Settings
+from soulbox.events import AuditLog, TenantKeys
 
 BUCKET = "soulbox-exports"
 
@@ -53,3 +58,13 @@ async def s3_settings(settings: Settings, s3_endpoint: str) -> Settings:
     ) as s3:
         await s3.create_bucket(Bucket=BUCKET)
     return configured
+
+
+@pytest_asyncio.fixture
+async def audit_log(nc: NATS, js: JetStreamContext, buckets: Buckets) -> AsyncIterator[AuditLog]:
+    log = AuditLog(nc, js, TenantKeys(buckets.tenant_keys))
+    await log.load()
+    try:
+        yield log
+    finally:
+        await log.close()

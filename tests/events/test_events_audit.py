@@ -9,7 +9,6 @@ import os
 import sys
 import time
 from asyncio.subprocess import PIPE
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,6 @@ from typing import Any
 import hypothesis
 import hypothesis.strategies as st
 import pytest
-import pytest_asyncio
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext, api
 
@@ -55,16 +53,6 @@ from soulbox.events.chain import verify
 from soulbox.events.consumer import EventConsumer
 
 from .helpers import audit_records, consuming, event, eventually, life, process_settings, publish, settled
-
-
-@pytest_asyncio.fixture
-async def audit_log(nc: NATS, js: JetStreamContext, buckets: Buckets) -> AsyncIterator[AuditLog]:
-    log = AuditLog(nc, js, TenantKeys(buckets.tenant_keys))
-    await log.load()
-    try:
-        yield log
-    finally:
-        await log.close()
 
 
 def api_call(tenant: str | None = "acme", action: str = "GET /v1/functions") -> AuditRecord:

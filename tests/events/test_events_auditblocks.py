@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import AsyncIterator
 
 import msgpack
-import pytest_asyncio
 from hypothesis import given
 from hypothesis import strategies as st
 from nats.aio.client import Client as NATS
@@ -28,25 +26,15 @@ from .helpers import audit_records, life
 from .test_events_audit import api_call
 
 
-@pytest_asyncio.fixture
-async def blocks(nc: NATS, js: JetStreamContext, buckets: Buckets) -> AsyncIterator[AuditLog]:
-    log = AuditLog(nc, js, TenantKeys(buckets.tenant_keys))
-    await log.load()
-    try:
-        yield log
-    finally:
-        await log.close()
-
-
 async def messages(js: JetStreamContext, stream: str = names.AUDIT_STREAM) -> list[tuple[int, str, list[AuditRecord]]]:
     return [(m.metadata.sequence.stream, m.subject, records_of(m.data)) async for m in read_stream(js, stream)]
 
 
 async def test_an_append_is_one_block_per_tenant_linked_record_by_record(
-    js: JetStreamContext, buckets: Buckets, blocks: AuditLog
+    js: JetStreamContext, buckets: Buckets, audit_log: AuditLog
 ) -> None:
     acme, other = life("inv-1") + life("inv-2"), life("inv-3", tenant="other")
-    await AuditRecorder(blocks).record([*acme[:3], *other, *acme[3:]])
+    await AuditRecorder(audit_log).record([*acme[:3], *other, *acme[3:]])
     stored = await messages(js)
     keys = TenantKeys(buckets.tenant_keys)
     assert [(subject, len(records)) for _, subject, records in stored] == [
@@ -62,8 +50,8 @@ async def test_an_append_is_one_block_per_tenant_linked_record_by_record(
     assert [place(at) for at, _ in mine] == [(1, i) for i in range(8)]
 
 
-async def test_blocks_are_bounded(js: JetStreamContext, blocks: AuditLog) -> None:
-    await blocks.append([api_call(action=f"call {i}") for i in range(MAX_BLOCK_RECORDS + 3)])
+async def test_blocks_are_bounded(js: JetStreamContext, audit_log: AuditLog) -> None:
+    await audit_log.append([api_call(action=f"call {i}") for i in range(MAX_BLOCK_RECORDS + 3)])
     assert [len(records) for _, _, records in await messages(js)] == [MAX_BLOCK_RECORDS, 3]
     assert (await verify_log(js)).records == MAX_BLOCK_RECORDS + 3
 
@@ -87,10 +75,10 @@ async def test_a_log_of_single_records_continues_in_blocks(nc: NATS, js: JetStre
 
 
 async def test_a_restarted_writer_remembers_the_origins_inside_blocks(
-    nc: NATS, js: JetStreamContext, buckets: Buckets, blocks: AuditLog
+    nc: NATS, js: JetStreamContext, buckets: Buckets, audit_log: AuditLog
 ) -> None:
     events = life("inv-1") + life("inv-2")
-    await AuditRecorder(blocks).record(events)
+    await AuditRecorder(audit_log).record(events)
     fresh = AuditLog(nc, js, TenantKeys(buckets.tenant_keys), remembered=5)  # the last 5 records, in a block
     await fresh.load()
     await AuditRecorder(fresh).record(events[3:])  # redelivered after a crash
@@ -99,9 +87,9 @@ async def test_a_restarted_writer_remembers_the_origins_inside_blocks(
 
 
 async def test_verify_names_the_record_edited_or_removed_inside_a_block(
-    js: JetStreamContext, blocks: AuditLog
+    js: JetStreamContext, audit_log: AuditLog
 ) -> None:
-    await blocks.append([api_call(action=f"call {i}") for i in range(6)])
+    await audit_log.append([api_call(action=f"call {i}") for i in range(6)])
     [(seq, _, records)] = await messages(js)
 
     def problem(block: list[AuditRecord]) -> tuple[int, int, str]:
@@ -134,10 +122,10 @@ async def test_a_replaced_block_is_found(nc: NATS, js: JetStreamContext, buckets
     assert verdict.problem is not None and verdict.problem.seq == 3 and "missing" in verdict.problem.reason
 
 
-async def test_paging_resumes_inside_a_block(js: JetStreamContext, buckets: Buckets, blocks: AuditLog) -> None:
+async def test_paging_resumes_inside_a_block(js: JetStreamContext, buckets: Buckets, audit_log: AuditLog) -> None:
     calls = [api_call(action=f"call {i}") for i in range(10)]
-    await blocks.append(calls[:5])
-    await blocks.append(calls[5:])
+    await audit_log.append(calls[:5])
+    await audit_log.append(calls[5:])
     keys = TenantKeys(buckets.tenant_keys)
     pages, cursor = [], 0
     while True:
@@ -153,11 +141,11 @@ async def test_paging_resumes_inside_a_block(js: JetStreamContext, buckets: Buck
 
 
 async def test_segments_of_blocks_export_whole_messages_and_verify(
-    js: JetStreamContext, buckets: Buckets, blocks: AuditLog, s3_settings: Settings
+    js: JetStreamContext, buckets: Buckets, audit_log: AuditLog, s3_settings: Settings
 ) -> None:
     store = ExportStore(s3_settings.s3)
-    await blocks.append([api_call(action=f"call {i}") for i in range(6)])
-    await blocks.append([api_call(action=f"more {i}") for i in range(6)])
+    await audit_log.append([api_call(action=f"call {i}") for i in range(6)])
+    await audit_log.append([api_call(action=f"more {i}") for i in range(6)])
     first = await export_segment(js, buckets.audit_state, store, max_records=4, max_age_s=3600)
     assert first is not None and (first.first_seq, first.last_seq, first.records) == (1, 1, 6)
     second = await export_segment(js, buckets.audit_state, store, max_records=4, max_age_s=3600)
