@@ -33,7 +33,7 @@ from soulbox.core.ledger import AuditRecord
 from soulbox.core.logging import get_logger
 from soulbox.core.schemas import LifecycleEvent
 
-from .auditblocks import place, position, records_of
+from .auditblocks import after_message, place, position, records_of
 from .auditlog import AuditLog
 from .streamread import read_stream
 from .tenantkeys import TenantKeys
@@ -44,6 +44,8 @@ log = get_logger(__name__)
 MAX_PAGE: Final = 1000
 """The most records ``read_audit`` returns at once."""
 
+
+_RECORD_VERSION: Final = AuditRecord.model_fields["v"].default
 
 _DETAIL: Final[tuple[tuple[str, Callable[[LifecycleEvent], str | int | float | None]], ...]] = (
     # in sorted key order (see ``event_entries``); a None value is left out
@@ -76,17 +78,21 @@ def _resource(event: LifecycleEvent) -> str:
 
 
 def _event_fields(event: LifecycleEvent) -> dict[str, Any]:
+    """Every field of the event's audit record but ``hash``, keys (``detail``'s too) in sorted order."""
     return {
+        "action": event.type.value,
+        "actor": None,
+        "at": event.at,
+        "detail": _event_detail(event),
         "id": event.id,
         "kind": "event",
-        "at": event.at,
-        "tenant": event.tenant,
-        "action": event.type.value,
+        "origin": f"evt.{event.id}",
+        "prev_hash": None,
         "resource": _resource(event),
         "result": event.outcome.value if event.outcome is not None else None,
         "source": "events",
-        "detail": _event_detail(event),
-        "origin": f"evt.{event.id}",
+        "tenant": event.tenant,
+        "v": _RECORD_VERSION,
     }
 
 
@@ -95,7 +101,6 @@ def event_record(event: LifecycleEvent) -> AuditRecord:
     return AuditRecord(**_event_fields(event))
 
 
-_RECORD_VERSION: Final = AuditRecord.model_fields["v"].default
 _AT = TypeAdapter(datetime)
 _UTC_OFFSET: Final = timedelta(0)
 
@@ -123,25 +128,9 @@ def event_entries(events: list[LifecycleEvent]) -> tuple[list[EventEntry], list[
     entries: list[EventEntry] = []
     bodies: list[dict[str, Any]] = []
     for event in events:
-        detail, resource, origin = _event_detail(event), _resource(event), f"evt.{event.id}"
-        entries.append(EventEntry(event.id, "event", event.at, event.tenant, resource, detail, origin))
-        bodies.append(
-            {
-                "action": event.type.value,
-                "actor": None,
-                "at": json_datetime(event.at),
-                "detail": detail,
-                "id": event.id,
-                "kind": "event",
-                "origin": origin,
-                "prev_hash": None,
-                "resource": resource,
-                "result": event.outcome.value if event.outcome is not None else None,
-                "source": "events",
-                "tenant": event.tenant,
-                "v": _RECORD_VERSION,
-            }
-        )
+        f = _event_fields(event)
+        entries.append(EventEntry(f["id"], f["kind"], f["at"], f["tenant"], f["resource"], f["detail"], f["origin"]))
+        bodies.append({**f, "at": json_datetime(event.at)})  # the key keeps its place
     return entries, bodies
 
 
@@ -237,7 +226,7 @@ async def read_audit(
             records = records_of(msg.data)
         except SchemaError as exc:
             log.warning("audit.undecodable", seq=seq, subject=msg.subject, error=exc.message)
-            next_position = max(next_position, position(seq, 0))
+            next_position = max(next_position, after_message(seq))
             continue
         for index, record in enumerate(records):
             if seq == start_seq and index <= skip:

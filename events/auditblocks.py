@@ -58,6 +58,11 @@ def position(seq: int, index: int) -> int:
     return seq * SLOTS + index
 
 
+def after_message(seq: int) -> int:
+    """The position past every record of message ``seq`` (a cursor that resumes with the next message)."""
+    return position(seq + 1, 0) - 1
+
+
 def place(position_: int) -> tuple[int, int]:
     """``(seq, index)`` of a position."""
     return divmod(position_, SLOTS)

@@ -99,7 +99,7 @@ async def export_segment(
         except SchemaError:
             verifier.fail(seq, "unreadable record")
             break
-        if not all(verifier.feed(seq, record, index) for index, record in enumerate(block)):
+        if not verifier.feed_all(seq, block):
             break
         records += [(seq, index, record) for index, record in enumerate(block)]
         if len(records) >= max_records:
@@ -203,7 +203,7 @@ async def verify_log(
         except SchemaError:
             verifier.fail(seq, "unreadable record")
             break
-        if not all(verifier.feed(seq, record, index) for index, record in enumerate(block)):
+        if not verifier.feed_all(seq, block):
             break
     if verifier.problem is None and info.state.last_seq > previous:
         verifier.fail(previous + 1, f"records {previous + 1}..{info.state.last_seq} are missing")

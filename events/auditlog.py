@@ -82,11 +82,10 @@ class ChainBroken(SoulboxError):
 
 class _Block(NamedTuple):
     """Records linked into the chain as one message: the message, its last record's hash and
-    origin, and every record's origin."""
+    every record's origin."""
 
     message: Publish
     hash: str
-    origin: str
     origins: list[str]
 
 
@@ -215,12 +214,11 @@ class AuditLog:
                 records = records_of(msg.data)
             except SchemaError as exc:
                 raise ChainBroken(f"audit message {seq} is unreadable: {exc.message}") from exc
-            for index, record in enumerate(records):
-                if not verifier.feed(seq, record, index):
-                    problem = verifier.problem
-                    raise ChainBroken(f"audit record {seq}/{index}: {problem.reason if problem else 'invalid'}")
-                if record.origin is not None:
-                    self._seen.add(record.origin)
+            if not verifier.feed_all(seq, records):
+                problem = verifier.problem
+                where = f"{seq}/{problem.index}: {problem.reason}" if problem else f"{seq}: invalid"
+                raise ChainBroken(f"audit record {where}")
+            self._seen.add_all([record.origin for record in records if record.origin is not None])
             head.seq, head.hash, head.origin = seq, records[-1].hash or GENESIS, records[-1].origin
 
     async def _catch_up(self) -> None:
@@ -310,7 +308,7 @@ class AuditLog:
                 # relies on the writer's memory of origins and the sequence guard.
                 headers = {"Nats-Msg-Id": origins[0]} if len(origins) == 1 else {}
                 message = Publish(f"{self._prefix}.{token}.{kind}", pack(wire), headers)
-                blocks.append(_Block(message, prev_hash, origins[-1], origins))
+                blocks.append(_Block(message, prev_hash, origins))
         return blocks
 
     async def _try_atomic(self, records: list[_Prepared]) -> tuple[int, bool, bool]:
@@ -327,7 +325,7 @@ class AuditLog:
                     raise ChainBroken(f"atomic audit batch after {head.seq} ended at {outcome.seq}")
                 for one in linked:
                     self._seen.add_all(one.origins)
-                head.seq, head.hash, head.origin = outcome.seq, linked[-1].hash, linked[-1].origin
+                head.seq, head.hash, head.origin = outcome.seq, linked[-1].hash, linked[-1].origins[-1]
                 stored += sum(len(one.origins) for one in linked)
                 continue
             if outcome.err_code == WRONG_LAST_SEQUENCE:
@@ -354,7 +352,7 @@ class AuditLog:
                 self._seen.add_all(one.origins)
                 if outcome.duplicate:  # recorded long ago; what follows was linked to it: relink
                     return stored, False
-                head.seq, head.hash, head.origin = outcome.seq, one.hash, one.origin
+                head.seq, head.hash, head.origin = outcome.seq, one.hash, one.origins[-1]
                 stored += len(one.origins)
                 continue
             if outcome.err_code in (WRONG_LAST_SEQUENCE, WRONG_LAST_MSG_ID):

@@ -140,6 +140,10 @@ class Verifier:
         self.last_seq, self.last_index, self.last_hash = seq, index, record.hash
         return True
 
+    def feed_all(self, seq: int, records: list[AuditRecord]) -> bool:
+        """Check every record of message ``seq`` (one record or a block), in order."""
+        return all(self.feed(seq, record, index) for index, record in enumerate(records))
+
     def fail(self, seq: int, reason: str) -> None:
         """Record a problem found outside a record (an unreadable message)."""
         if self.problem is None:

@@ -30,7 +30,7 @@ from soulbox.core.secrets_signing import SigningKeyRing
 from soulbox.core.secrets_store import SecretEntry
 from soulbox.core.store import scan, settle
 from soulbox.events import ExportStore, TenantKeys, new_record_id, read_audit, record_api_call, usage_entries
-from soulbox.events.auditblocks import place, position
+from soulbox.events.auditblocks import after_message, place
 
 from .platform import Platform, platform
 from .reports import sequenced
@@ -137,7 +137,7 @@ async def delete_tenant_data(request: Request) -> Response:
         source="gateway",
         detail={key: value for key, value in deleted.items()},
     )
-    start = position((await p.js.stream_info(names.AUDIT_STREAM)).state.last_seq + 1, 0) - 1
+    start = after_message((await p.js.stream_info(names.AUDIT_STREAM)).state.last_seq)
     await settle([await record_api_call(p.js, tombstone)])
     seq = await _wait_chained(p, keys, tenant, tombstone.id, after=start)
     await keys.forget(tenant)
