@@ -8,7 +8,7 @@ use them.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
@@ -23,7 +23,11 @@ class AuditRecord(Message):
     was made from (``evt.<event id>``, ``api.<record id>``) and ``prev_hash``
     / ``hash`` link it into the SHA-256 chain (:mod:`soulbox.events.chain`).
     Records on the intake stream carry the real tenant and no hashes.
+    Version 2 records (the chain's since 2026-11-24) are hashed over msgpack, version 1
+    records over JSON (``soulbox.events.chain.canonical``); their fields are the same.
     """
+
+    max_version: ClassVar[int] = 2
 
     id: str
     kind: Literal["api", "event"]

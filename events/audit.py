@@ -19,12 +19,11 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, Final, NamedTuple
 
 from nats.js import JetStreamContext
 from nats.js.api import PubAck
-from pydantic import TypeAdapter
 
 from soulbox.core import names
 from soulbox.core.codec import encode
@@ -35,6 +34,7 @@ from soulbox.core.schemas import LifecycleEvent
 
 from .auditblocks import after_message, place, position, records_of
 from .auditlog import AuditLog
+from .chain import FORM
 from .streamread import read_stream
 from .tenantkeys import TenantKeys
 
@@ -45,7 +45,6 @@ MAX_PAGE: Final = 1000
 """The most records ``read_audit`` returns at once."""
 
 
-_RECORD_VERSION: Final = AuditRecord.model_fields["v"].default
 
 _DETAIL: Final[tuple[tuple[str, Callable[[LifecycleEvent], str | int | float | None]], ...]] = (
     # in sorted key order (see ``event_entries``); a None value is left out
@@ -92,17 +91,13 @@ def _event_fields(event: LifecycleEvent) -> dict[str, Any]:
         "result": event.outcome.value if event.outcome is not None else None,
         "source": "events",
         "tenant": event.tenant,
-        "v": _RECORD_VERSION,
+        "v": FORM,
     }
 
 
 def event_record(event: LifecycleEvent) -> AuditRecord:
     """The audit record of one lifecycle event (tenant still in the clear)."""
     return AuditRecord(**_event_fields(event))
-
-
-_AT = TypeAdapter(datetime)
-_UTC_OFFSET: Final = timedelta(0)
 
 
 class EventEntry(NamedTuple):
@@ -118,28 +113,20 @@ class EventEntry(NamedTuple):
 
 
 def event_entries(events: list[LifecycleEvent]) -> tuple[list[EventEntry], list[dict[str, Any]]]:
-    """What ``event_record`` of every event holds, and each record's JSON form without ``hash``.
+    """What ``event_record`` of every event holds, and each record's fields without ``hash``.
 
     Built from the (validated) events without making, validating or dumping
-    records: the hash covers the JSON form, which is ``model_dump(mode="json")``'s
-    output exactly (a test holds them equal). Its keys, ``detail``'s too, come in
-    sorted order (see ``chain.linked_hash``'s ``presorted``).
+    records: the fields are ``model_dump()``'s output exactly (a test holds
+    them equal), their keys, ``detail``'s too, in sorted order (see
+    ``chain.seal``'s ``presorted``).
     """
     entries: list[EventEntry] = []
     bodies: list[dict[str, Any]] = []
     for event in events:
         f = _event_fields(event)
-        entries.append(EventEntry(f["id"], f["kind"], f["at"], f["tenant"], f["resource"], f["detail"], f["origin"]))
-        bodies.append({**f, "at": json_datetime(event.at)})  # the key keeps its place
+        entries.append(EventEntry(f["id"], "event", f["at"], f["tenant"], f["resource"], f["detail"], f["origin"]))
+        bodies.append(f)
     return entries, bodies
-
-
-def json_datetime(at: datetime) -> str:
-    """``at`` as pydantic writes a datetime in JSON mode (RFC 3339, ``Z`` for UTC); UTC, what events
-    carry, without pydantic's call."""
-    if at.utcoffset() == _UTC_OFFSET:
-        return at.isoformat()[:-6] + "Z"
-    return _AT.dump_python(at, mode="json")  # type: ignore[no-any-return]
 
 
 class AuditRecorder:

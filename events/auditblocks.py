@@ -49,9 +49,16 @@ def records_of(data: bytes) -> list[AuditRecord]:
         raise SchemaError(f"invalid audit record: {exc.errors(include_url=False)[:3]}") from exc
 
 
-def pack(bodies: list[dict[str, Any]]) -> bytes:
-    """A message's payload: one record's wire form as a map, several as a block."""
-    return msgpack.packb(bodies[0] if len(bodies) == 1 else bodies, datetime=True)  # type: ignore[no-any-return]
+_PACKER = msgpack.Packer()
+
+
+def pack(records: list[bytes]) -> bytes:
+    """A message's payload from its records' stored forms (msgpack maps): one record alone, several
+    as a block (an array of them)."""
+    if len(records) == 1:
+        return records[0]
+    header: bytes = _PACKER.pack_array_header(len(records))
+    return header + b"".join(records)
 
 
 def position(seq: int, index: int) -> int:

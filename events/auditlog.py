@@ -2,7 +2,7 @@
 
 Every record is appended by ``AuditLog.append``: it takes the head it knows
 (stream sequence, hash, origin of the last record), links the batch to it in
-memory (:func:`.chain.linked_hash`) and publishes it in one go. On a stream
+memory (:func:`.chain.seal`) and publishes it in one go. On a stream
 that allows atomic batches (``SB_AUDIT`` does, nats-server 2.12+) the batch is
 one JetStream atomic batch whose first message carries
 ``Nats-Expected-Last-Sequence = head sequence``: the server stores the whole
@@ -49,7 +49,7 @@ from soulbox.core.logging import get_logger
 from soulbox.core.schemas import NAME_RE
 
 from .auditblocks import MAX_BLOCK_RECORDS, pack, records_of
-from .chain import GENESIS, Verifier, json_fields, linked_hash
+from .chain import GENESIS, Verifier, fields_of, seal
 from .metrics import RecentIds
 from .pipeline import (
     ATOMIC_BATCH_MAX,
@@ -111,7 +111,7 @@ class Entry(Protocol):
 
 class _Prepared(NamedTuple):
     """A record to append: the record, its subject token, the fields to replace, its origin and,
-    when the caller made it, its JSON form without ``hash`` (see ``AuditLog.append``)."""
+    when the caller made it, its fields without ``hash`` (see ``AuditLog.append``)."""
 
     record: Entry
     token: str
@@ -240,7 +240,7 @@ class AuditLog:
         A record without ``origin`` gets ``<kind>.<id>``; its ``tenant`` (a name) is
         replaced by the tenant's pseudonym, also in a ``/tenants/<name>``
         resource. Raises on anything but a lost race. ``bodies``, when given, are
-        the records' JSON form without ``hash`` (``AuditRecord.model_dump(mode="json")``
+        the records' fields without ``hash`` (``AuditRecord.model_dump()``
         of each) with every key, ``detail``'s too, in sorted order, made more cheaply
         by the caller than a model and its dump; without them every record must be
         an ``AuditRecord``.
@@ -285,7 +285,7 @@ class AuditLog:
         """The records chained after ``head``, as messages: one block per tenant and kind, in the
         order their first records came (the log's order is the order of storage)."""
         missing = [p.record for p in records if p.body is None and isinstance(p.record, AuditRecord)]
-        dumped = iter(json_fields(missing) if missing else [])
+        dumped = iter(fields_of(missing) if missing else [])
         # A body made by the caller is copied: linking changes it, and a lost race links it again.
         bodies = [dict(p.body) if p.body is not None else next(dumped) for p in records]
         groups: dict[tuple[str, str], list[tuple[_Prepared, dict[str, Any]]]] = {}
@@ -295,19 +295,16 @@ class AuditLog:
         prev_hash = head.hash
         for (token, kind), members in groups.items():
             for start in range(0, len(members), self._block_records):
-                wire: list[dict[str, Any]] = []
+                stored: list[bytes] = []
                 origins: list[str] = []
-                for (record, _, update, origin, given), body in members[start : start + self._block_records]:
-                    prev_hash = linked_hash(body, prev_hash, update, presorted=given is not None)
-                    # The wire form of the linked record (what encode() of link()'s result gives),
-                    # built from the hashed fields instead of a second model copy and dump.
-                    body.update(at=record.at, detail=record.detail, hash=prev_hash)
-                    wire.append(body)
+                for (_, _, update, origin, given), body in members[start : start + self._block_records]:
+                    prev_hash, wire = seal(body, prev_hash, update, presorted=given is not None)
+                    stored.append(wire)
                     origins.append(origin)
                 # One record keeps its origin as message id (the server drops a re-sent one); a block
                 # relies on the writer's memory of origins and the sequence guard.
                 headers = {"Nats-Msg-Id": origins[0]} if len(origins) == 1 else {}
-                message = Publish(f"{self._prefix}.{token}.{kind}", pack(wire), headers)
+                message = Publish(f"{self._prefix}.{token}.{kind}", pack(stored), headers)
                 blocks.append(_Block(message, prev_hash, origins))
         return blocks
 

@@ -117,7 +117,8 @@ async def test_a_replaced_block_is_found(nc: NATS, js: JetStreamContext, buckets
     await js.delete_msg("TAMPER", 2)
     bodies = [r.model_dump(mode="python") for r in second]
     bodies[1]["result"] = "500"
-    await js.publish(subject, pack(bodies))  # the "rewritten" block lands at the end
+    rewritten = pack([msgpack.packb(body, datetime=True) for body in bodies])
+    await js.publish(subject, rewritten)  # the "rewritten" block lands at the end
     verdict = await verify_log(js, stream="TAMPER")
     assert verdict.problem is not None and verdict.problem.seq == 3 and "missing" in verdict.problem.reason
 
