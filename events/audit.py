@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Callable
-from datetime import datetime
-from typing import Any, Final, NamedTuple
+from typing import Any, Final
 
 from nats.js import JetStreamContext
 from nats.js.api import PubAck
@@ -46,28 +44,30 @@ MAX_PAGE: Final = 1000
 
 
 
-_DETAIL: Final[tuple[tuple[str, Callable[[LifecycleEvent], str | int | float | None]], ...]] = (
-    # in sorted key order (see ``event_entries``); a None value is left out
-    ("attempt", lambda e: e.attempt),
-    ("cpu_ms", lambda e: e.cpu_ms),
-    ("duration_ms", lambda e: e.duration_ms),
-    ("egress_bytes", lambda e: e.egress_bytes),
-    ("error_kind", lambda e: e.error.kind if e.error is not None else None),
-    ("error_message", lambda e: e.error.message if e.error is not None else None),
-    ("function", lambda e: e.function),
-    ("invocation_id", lambda e: e.invocation_id or None),
-    ("memory_limit_mb", lambda e: e.memory_limit_mb),
-    ("peak_memory_bytes", lambda e: e.peak_memory_bytes),
-    ("sandbox_id", lambda e: e.sandbox_id),
-    ("seconds", lambda e: e.seconds),
-    ("tier", lambda e: e.tier.value if e.tier is not None else None),
-    ("worker", lambda e: e.worker),
+_DETAIL_HEAD: Final = ("attempt", "cpu_ms", "duration_ms", "egress_bytes")
+_DETAIL_TAIL: Final = (
+    "function",
+    "invocation_id",
+    "memory_limit_mb",
+    "peak_memory_bytes",
+    "sandbox_id",
+    "seconds",
+    "tier",
+    "worker",
 )
+"""The event's fields an audit record keeps in ``detail``, in sorted key order (see ``event_fields``)
+around ``error_kind`` and ``error_message``."""
 
 
 def _event_detail(event: LifecycleEvent) -> dict[str, str | int | float | bool | None]:
-    """The event's fields an audit record keeps in ``detail``, in sorted key order."""
-    return {key: value for key, get in _DETAIL if (value := get(event)) is not None}
+    """The event's fields an audit record keeps in ``detail`` (those set: not None, not empty), in sorted
+    key order. Enum members stay members: they are their values (``StrEnum``), to compare and to pack."""
+    fields = event.__dict__  # the model's fields, read without a descriptor call each
+    detail = {key: value for key in _DETAIL_HEAD if (value := fields[key]) is not None}
+    if (error := fields["error"]) is not None:
+        detail["error_kind"], detail["error_message"] = error.kind, error.message
+    detail.update((key, value) for key in _DETAIL_TAIL if (value := fields[key]) is not None and value != "")
+    return detail
 
 
 def _resource(event: LifecycleEvent) -> str:
@@ -79,7 +79,7 @@ def _resource(event: LifecycleEvent) -> str:
 def _event_fields(event: LifecycleEvent) -> dict[str, Any]:
     """Every field of the event's audit record but ``hash``, keys (``detail``'s too) in sorted order."""
     return {
-        "action": event.type.value,
+        "action": event.type,
         "actor": None,
         "at": event.at,
         "detail": _event_detail(event),
@@ -88,7 +88,7 @@ def _event_fields(event: LifecycleEvent) -> dict[str, Any]:
         "origin": f"evt.{event.id}",
         "prev_hash": None,
         "resource": _resource(event),
-        "result": event.outcome.value if event.outcome is not None else None,
+        "result": event.outcome,
         "source": "events",
         "tenant": event.tenant,
         "v": FORM,
@@ -100,33 +100,14 @@ def event_record(event: LifecycleEvent) -> AuditRecord:
     return AuditRecord(**_event_fields(event))
 
 
-class EventEntry(NamedTuple):
-    """What the audit log needs of an event's record to append it (an ``auditlog.Entry``)."""
-
-    id: str
-    kind: str
-    at: datetime
-    tenant: str | None
-    resource: str | None
-    detail: dict[str, str | int | float | bool | None]
-    origin: str | None
-
-
-def event_entries(events: list[LifecycleEvent]) -> tuple[list[EventEntry], list[dict[str, Any]]]:
-    """What ``event_record`` of every event holds, and each record's fields without ``hash``.
+def event_fields(events: list[LifecycleEvent]) -> list[dict[str, Any]]:
+    """The fields (without ``hash``) of every event's audit record, as ``AuditLog.append_fields`` takes them.
 
     Built from the (validated) events without making, validating or dumping
-    records: the fields are ``model_dump()``'s output exactly (a test holds
-    them equal), their keys, ``detail``'s too, in sorted order (see
-    ``chain.seal``'s ``presorted``).
+    records: each is ``event_record(event).model_dump()`` exactly (a test
+    holds them equal), its keys, ``detail``'s too, in sorted order.
     """
-    entries: list[EventEntry] = []
-    bodies: list[dict[str, Any]] = []
-    for event in events:
-        f = _event_fields(event)
-        entries.append(EventEntry(f["id"], "event", f["at"], f["tenant"], f["resource"], f["detail"], f["origin"]))
-        bodies.append(f)
-    return entries, bodies
+    return [_event_fields(event) for event in events]
 
 
 class AuditRecorder:
@@ -136,7 +117,7 @@ class AuditRecorder:
         self._log = log_
 
     async def record(self, events: list[LifecycleEvent]) -> None:
-        await self._log.append(*event_entries(events))
+        await self._log.append_fields(event_fields(events), presorted=True)
 
 
 class IntakeRecorder:

@@ -33,8 +33,7 @@ import contextlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any, Final, NamedTuple, Protocol
+from typing import Any, Final, NamedTuple
 
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
@@ -89,35 +88,12 @@ class _Block(NamedTuple):
     origins: list[str]
 
 
-class Entry(Protocol):
-    """What appending needs of a record: an ``AuditRecord`` is one; lifecycle events make
-    lighter ones (see ``AuditLog.append``)."""
-
-    @property
-    def id(self) -> str: ...
-    @property
-    def kind(self) -> str: ...
-    @property
-    def at(self) -> datetime: ...
-    @property
-    def tenant(self) -> str | None: ...
-    @property
-    def resource(self) -> str | None: ...
-    @property
-    def detail(self) -> dict[str, str | int | float | bool | None]: ...
-    @property
-    def origin(self) -> str | None: ...
-
-
 class _Prepared(NamedTuple):
-    """A record to append: the record, its subject token, the fields to replace, its origin and,
-    when the caller made it, its fields without ``hash`` (see ``AuditLog.append``)."""
+    """A record to append: its fields (tenant already a pseudonym), its subject token and origin."""
 
-    record: Entry
+    fields: dict[str, Any]
     token: str
-    update: dict[str, str | None]
     origin: str
-    body: dict[str, Any] | None
 
 
 @dataclass(slots=True)
@@ -234,24 +210,20 @@ class AuditLog:
             else:
                 await self._read_from(self.head.seq + 1, expect_prev=self.head.hash)
 
-    async def append(self, records: Sequence[Entry], bodies: Sequence[dict[str, Any]] | None = None) -> int:
-        """Append the records not appended before, in order; the number appended now.
+    async def append(self, records: Sequence[AuditRecord]) -> int:
+        """Append the records not appended before, in order; the number appended now (see ``append_fields``)."""
+        return await self.append_fields(fields_of(list(records)))
 
-        A record without ``origin`` gets ``<kind>.<id>``; its ``tenant`` (a name) is
-        replaced by the tenant's pseudonym, also in a ``/tenants/<name>``
-        resource. Raises on anything but a lost race. ``bodies``, when given, are
-        the records' fields without ``hash`` (``AuditRecord.model_dump()``
-        of each) with every key, ``detail``'s too, in sorted order, made more cheaply
-        by the caller than a model and its dump; without them every record must be
-        an ``AuditRecord``.
+    async def append_fields(self, records: list[dict[str, Any]], *, presorted: bool = False) -> int:
+        """Append records given as their fields (``AuditRecord.model_dump()`` without ``hash``, or the same
+        made more cheaply by the caller), the ones not appended before, in order; the number appended now.
+
+        The dicts are the log's from then on: linking changes them. A record without ``origin`` gets
+        ``<kind>.<id>``; its ``tenant`` (a name) is replaced by the tenant's pseudonym, also in a
+        ``/tenants/<name>`` resource. ``presorted``: every record's keys, ``detail``'s too, are in sorted
+        order and include ``prev_hash`` and ``v`` (see ``chain.seal``). Raises on anything but a lost race.
         """
-        tokens: dict[str | None, tuple[str, str]] = {}  # tenant -> (its subject token, its pseudonym)
-        if bodies is None:
-            if not all(isinstance(record, AuditRecord) for record in records):
-                raise TypeError("records other than AuditRecord need their bodies")
-            prepared = [await self._pseudonymize(record, None, tokens) for record in records]
-        else:
-            prepared = [await self._pseudonymize(r, b, tokens) for r, b in zip(records, bodies, strict=True)]
+        prepared = await self._pseudonymize(records)
         async with self._lock:
             if self._head is None:
                 raise RuntimeError("the audit log is not loaded")
@@ -260,10 +232,10 @@ class AuditLog:
             pending = self._unseen(prepared)
             while pending:
                 if atomic:
-                    stored, retry, duplicate = await self._try_atomic(pending)
+                    stored, retry, duplicate = await self._try_atomic(pending, presorted)
                     atomic = not duplicate  # a batch holding a duplicate: one by one, which drops it
                 else:
-                    stored, retry = await self._try(pending)
+                    stored, retry = await self._try(pending, presorted)
                 appended += stored
                 if retry:
                     await self._catch_up()
@@ -281,24 +253,21 @@ class AuditLog:
             fresh.append(prepared)
         return fresh
 
-    def _link(self, records: list[_Prepared], head: Head) -> list[_Block]:
+    def _link(self, records: list[_Prepared], head: Head, presorted: bool) -> list[_Block]:
         """The records chained after ``head``, as messages: one block per tenant and kind, in the
-        order their first records came (the log's order is the order of storage)."""
-        missing = [p.record for p in records if p.body is None and isinstance(p.record, AuditRecord)]
-        dumped = iter(fields_of(missing) if missing else [])
-        # A body made by the caller is copied: linking changes it, and a lost race links it again.
-        bodies = [dict(p.body) if p.body is not None else next(dumped) for p in records]
-        groups: dict[tuple[str, str], list[tuple[_Prepared, dict[str, Any]]]] = {}
-        for prepared, body in zip(records, bodies, strict=True):
-            groups.setdefault((prepared.token, prepared.record.kind), []).append((prepared, body))
+        order their first records came (the log's order is the order of storage). Linking again
+        (after a lost race) overwrites what linking set."""
+        groups: dict[tuple[str, str], list[_Prepared]] = {}
+        for prepared in records:
+            groups.setdefault((prepared.token, prepared.fields["kind"]), []).append(prepared)
         blocks: list[_Block] = []
         prev_hash = head.hash
         for (token, kind), members in groups.items():
             for start in range(0, len(members), self._block_records):
                 stored: list[bytes] = []
                 origins: list[str] = []
-                for (_, _, update, origin, given), body in members[start : start + self._block_records]:
-                    prev_hash, wire = seal(body, prev_hash, update, presorted=given is not None)
+                for fields, _, origin in members[start : start + self._block_records]:
+                    prev_hash, wire = seal(fields, prev_hash, presorted=presorted)
                     stored.append(wire)
                     origins.append(origin)
                 # One record keeps its origin as message id (the server drops a re-sent one); a block
@@ -308,12 +277,12 @@ class AuditLog:
                 blocks.append(_Block(message, prev_hash, origins))
         return blocks
 
-    async def _try_atomic(self, records: list[_Prepared]) -> tuple[int, bool, bool]:
+    async def _try_atomic(self, records: list[_Prepared], presorted: bool) -> tuple[int, bool, bool]:
         """Atomic batches; (records stored, whether a race was lost, whether a batch held a duplicate)."""
         head = self.head
         stored = 0
         for start in range(0, len(records), ATOMIC_BATCH_MAX):
-            linked = self._link(records[start : start + ATOMIC_BATCH_MAX], head)
+            linked = self._link(records[start : start + ATOMIC_BATCH_MAX], head, presorted)
             outcome = await self._publisher.publish_atomic(
                 [one.message for one in linked], expected_last_seq=head.seq, timeout=self._timeout
             )
@@ -332,10 +301,10 @@ class AuditLog:
             raise ChainBroken(f"audit append refused: {outcome.description} ({outcome.err_code})")
         return stored, False, False
 
-    async def _try(self, records: list[_Prepared]) -> tuple[int, bool]:
+    async def _try(self, records: list[_Prepared], presorted: bool) -> tuple[int, bool]:
         """One pipelined attempt, each message guarded; (records stored, whether a race was lost)."""
         head = self.head
-        linked = self._link(records, head)
+        linked = self._link(records, head, presorted)
         messages: list[Publish] = []
         for i, one in enumerate(linked):
             # By sequence, not by the previous message's id: a previous message that was a duplicate
@@ -357,20 +326,22 @@ class AuditLog:
             raise ChainBroken(f"audit append refused: {outcome.description} ({outcome.err_code})")
         return stored, False
 
-    async def _pseudonymize(
-        self, record: Entry, body: dict[str, Any] | None, tokens: dict[str | None, tuple[str, str]]
-    ) -> _Prepared:
-        known = tokens.get(record.tenant)  # one lookup per tenant and batch, not per record
-        if known is None:
-            tenant = names.tenant_token(record.tenant)
-            token = await self._keys.pseudonym(tenant) if tenant != names.NO_TENANT else names.NO_TENANT
-            known = tokens[record.tenant] = (tenant, token)
-        tenant, token = known
-        origin = record.origin or f"{record.kind}.{record.id}"
-        update: dict[str, str | None] = {"tenant": None if tenant == names.NO_TENANT else token, "origin": origin}
-        if record.resource and "/tenants/" in record.resource:
-            update["resource"] = await self._redact_path(record.resource, tenant, token)
-        return _Prepared(record, token, update, origin, body)
+    async def _pseudonymize(self, records: list[dict[str, Any]]) -> list[_Prepared]:
+        """Name every record's tenant by its pseudonym (looked up once per tenant) and set its origin."""
+        tokens: dict[str | None, tuple[str, str]] = {}  # tenant -> (its subject token, its pseudonym)
+        for tenant in {fields["tenant"] for fields in records}:
+            name = names.tenant_token(tenant)
+            tokens[tenant] = (name, await self._keys.pseudonym(name) if name != names.NO_TENANT else names.NO_TENANT)
+        prepared: list[_Prepared] = []
+        for fields in records:
+            tenant, token = tokens[fields["tenant"]]
+            origin = fields["origin"] = fields["origin"] or f"{fields['kind']}.{fields['id']}"
+            fields["tenant"] = None if tenant == names.NO_TENANT else token
+            resource = fields["resource"]
+            if resource and "/tenants/" in resource:
+                fields["resource"] = await self._redact_path(resource, tenant, token)
+            prepared.append(_Prepared(fields, token, origin))
+        return prepared
 
     async def _redact_path(self, resource: str, tenant: str, token: str) -> str:
         """``/tenants/<name>`` in a path becomes ``/tenants/<pseudonym>`` (``_`` when it has none)."""

@@ -79,32 +79,27 @@ def fields_of(records: list[AuditRecord]) -> list[dict[str, Any]]:
     return bodies
 
 
-def seal(
-    body: dict[str, Any], prev_hash: str, update: dict[str, str | None] | None = None, *, presorted: bool = False
-) -> tuple[str, bytes]:
-    """Link a record's fields (from ``fields_of``; the string fields in ``update`` replaced,
-    ``prev_hash`` and ``v`` set) after ``prev_hash``: the record's hash and its stored form, the
-    canonical map with ``hash`` added (no second encoding of the record).
+def seal(fields: dict[str, Any], prev_hash: str, *, presorted: bool = False) -> tuple[str, bytes]:
+    """Link a record's fields (from ``fields_of``; ``prev_hash`` and ``v`` set in place) after
+    ``prev_hash``: the record's hash and its stored form, the canonical map with ``hash`` added (no
+    second encoding of the record).
 
-    ``presorted``: the body's keys, ``detail``'s too, are in sorted order and already include
-    ``prev_hash``, ``v`` and every key of ``update`` (so replacing them keeps the order), which
-    spares sorting them. ``body`` is changed in place.
+    ``presorted``: the keys, ``detail``'s too, are in sorted order and include ``prev_hash`` and
+    ``v`` (so setting them keeps the order), which spares sorting them.
     """
-    if update:
-        body.update(update)
-    body["prev_hash"] = prev_hash
-    body["v"] = FORM
-    packed = _PACKER.pack(body if presorted else _sorted(body))
+    fields["prev_hash"] = prev_hash
+    fields["v"] = FORM
+    packed = _PACKER.pack(fields if presorted else _sorted(fields))
     hash_ = hashlib.sha256(packed).hexdigest()
-    header = _PACKER.pack_map_header(len(body))
-    stored = b"".join((_PACKER.pack_map_header(len(body) + 1), packed[len(header) :], _HASH_KEY, _PACKER.pack(hash_)))
+    header = _PACKER.pack_map_header(len(fields))
+    stored = b"".join((_PACKER.pack_map_header(len(fields) + 1), packed[len(header) :], _HASH_KEY, _PACKER.pack(hash_)))
     return hash_, stored
 
 
 def link(record: AuditRecord, prev_hash: str, update: dict[str, str | None] | None = None) -> AuditRecord:
     """``record`` (with the string fields in ``update`` replaced) placed after a record whose
     hash is ``prev_hash``, with its own hash set."""
-    hash_, _ = seal(record.model_dump(exclude={"hash"}), prev_hash, update)
+    hash_, _ = seal({**record.model_dump(exclude={"hash"}), **(update or {})}, prev_hash)
     return record.model_copy(update={**(update or {}), "prev_hash": prev_hash, "hash": hash_, "v": FORM})
 
 
