@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter as CountOf
-from collections import OrderedDict
 from typing import Final
 
 from nats.errors import Error as NatsError
@@ -47,33 +46,40 @@ UNKNOWN: Final = "unknown"
 
 
 class RecentIds:
-    """A bounded set of the most recently added ids (oldest forgotten first)."""
+    """A bounded set of recently added ids: the last ``capacity`` at least, twice as many at most.
+
+    Two generations of plain sets: ids go into the current one; a full current
+    one becomes the previous one (the one before is forgotten whole). An id seen
+    again moves into the current generation. One set operation or two per id,
+    where an ordered map paid for keeping exact recency.
+    """
 
     def __init__(self, capacity: int) -> None:
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
         self._capacity = capacity
-        self._ids: OrderedDict[str, None] = OrderedDict()
+        self._current: set[str] = set()
+        self._previous: set[str] = set()
 
     def add(self, id_: str) -> bool:
         """Remember ``id_``; False if it was already remembered."""
-        if id_ in self._ids:
-            self._ids.move_to_end(id_)
+        if id_ in self._current:
             return False
-        self._ids[id_] = None
-        if len(self._ids) > self._capacity:
-            self._ids.popitem(last=False)
-        return True
+        known = id_ in self._previous
+        if len(self._current) >= self._capacity:
+            self._previous, self._current = self._current, set()
+        self._current.add(id_)
+        return not known
 
     def add_all(self, ids: list[str]) -> None:
         for id_ in ids:
             self.add(id_)
 
     def __contains__(self, id_: object) -> bool:
-        return id_ in self._ids
+        return id_ in self._current or id_ in self._previous
 
     def __len__(self) -> int:
-        return len(self._ids)
+        return len(self._current | self._previous)
 
 
 class MetricsRecorder:
@@ -120,17 +126,20 @@ class MetricsRecorder:
     async def record(self, events: list[LifecycleEvent]) -> None:
         by_type: CountOf[str] = CountOf()
         by_outcome: CountOf[tuple[str, str]] = CountOf()  # a counter's labels looked up once per batch
+        durations: dict[str, Histogram] = {}  # and a histogram's
         for event in events:
             if not self._seen.add(event.id):
                 continue
-            by_type[event.type.value] += 1
+            by_type[event.type] += 1  # enum members are their values (StrEnum), as labels too
             if event.type not in TERMINAL_EVENTS:
                 continue
-            tier = event.tier.value if event.tier is not None else UNKNOWN
-            outcome = event.outcome.value if event.outcome is not None else UNKNOWN
+            tier = event.tier or UNKNOWN
+            outcome = event.outcome or UNKNOWN
             by_outcome[tier, outcome] += 1
             if event.duration_ms is not None:
-                self.duration.labels(tier=tier).observe(event.duration_ms / 1000)
+                if (duration := durations.get(tier)) is None:
+                    duration = durations[tier] = self.duration.labels(tier=tier)
+                duration.observe(event.duration_ms / 1000)
             if event.peak_memory_bytes is not None:
                 self.peak_memory.observe(event.peak_memory_bytes)
         for type_, count in by_type.items():

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 
 import httpx
+import hypothesis
+import hypothesis.strategies as st
 import pytest
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
@@ -114,11 +116,29 @@ async def test_metrics_endpoint_serves_the_registry() -> None:
     await server.close()  # closing twice is fine
 
 
-def test_recent_ids_forget_the_oldest() -> None:
+def test_recent_ids_remember_the_last_capacity_and_forget_older_ones() -> None:
     seen = RecentIds(2)
     assert seen.add("a") and seen.add("b") and not seen.add("a")
-    assert seen.add("c")  # forgets b, the least recently seen
-    assert len(seen) == 2 and seen.add("b") and not seen.add("c")
+    assert seen.add("c") and seen.add("d")  # two generations: {a, b} then {c, d}
+    assert "c" in seen and "d" in seen and len(seen) <= 4
+    assert seen.add("e") and seen.add("f")  # {e, f} pushes {a, b} out
+    assert seen.add("a") and seen.add("b")  # forgotten, so new again
+
+
+@hypothesis.settings(max_examples=100, deadline=None)
+@hypothesis.given(
+    ids=st.lists(st.sampled_from([f"id-{i}" for i in range(30)]), max_size=300), capacity=st.integers(1, 10)
+)
+def test_recent_ids_never_forget_the_last_capacity_ids(ids: list[str], capacity: int) -> None:
+    seen = RecentIds(capacity)
+    history: list[str] = []
+    for id_ in ids:
+        recent = list(dict.fromkeys(reversed(history)))[:capacity]  # the last `capacity` distinct ids
+        added = seen.add(id_)
+        assert not added if id_ in recent else added or id_ in history  # older ones may be remembered still
+        history.append(id_)
+        assert all(r in seen for r in list(dict.fromkeys(reversed(history)))[:capacity])
+        assert len(seen) <= 2 * capacity
 
 
 async def _gauge_is(metrics: MetricsRecorder, depth: int) -> bool:
