@@ -37,7 +37,7 @@ from nats.js import JetStreamContext
 from nats.js.api import PubAck
 
 from . import tracing
-from .codec import decode_items, encode
+from .codec import decode_items, encode_sparse
 from .errors import SchemaError
 from .names import event_subject
 from .schemas import LifecycleEvent
@@ -130,7 +130,7 @@ class EventBatcher:
         pending = self._pending.get(kind)
         if pending is None:
             pending = self._pending[kind] = _Pending()
-        payload = encode(event)
+        payload = encode_sparse(event)
         pending.payloads.append(payload)
         pending.ids.append(event.id)
         pending.futures.append(future)
@@ -216,7 +216,7 @@ async def _publish_single(js: JetStreamContext, event: LifecycleEvent) -> asynci
         if span.is_recording():
             span.set_attributes({"messaging.system": "nats", "soulbox.event_id": event.id})
         headers = tracing.inject({"Nats-Msg-Id": event.id})
-        return await js.publish_async(event_subject(event.type.value), encode(event), headers=headers)
+        return await js.publish_async(event_subject(event.type.value), encode_sparse(event), headers=headers)
 
 
 _BATCHERS: weakref.WeakKeyDictionary[JetStreamContext, EventBatcher] = weakref.WeakKeyDictionary()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import get_args
 
 import msgpack
 import pytest
@@ -39,8 +40,21 @@ async def test_a_lone_event_goes_alone_in_the_single_event_format(js: JetStreamC
     msg = await js.get_msg(names.EVENTS_STREAM, 1)
     assert msg.subject == "sb.events.invocation.completed"
     assert (msg.headers or {}).get("Nats-Msg-Id") == one.id
-    assert isinstance(msgpack.unpackb(msg.data, timestamp=3), dict)  # a map, as before batching
+    fields = msgpack.unpackb(msg.data, timestamp=3)
+    assert isinstance(fields, dict)  # a map, as before batching
     assert decode_events(msg.data) == [one]
+    # a field that is None is left out: readers take it as None
+    assert fields == one.model_dump(exclude_none=True) and "error" not in fields and one.error is None
+
+
+def test_every_event_field_that_may_be_none_defaults_to_none() -> None:
+    """What makes leaving None fields off the wire lossless: an absent field reads as None."""
+    nullable = {
+        name: info for name, info in LifecycleEvent.model_fields.items() if type(None) in get_args(info.annotation)
+    }
+    assert {"error", "tier", "outcome", "sandbox_id"} <= nullable.keys()
+    for name, info in nullable.items():
+        assert not info.is_required() and info.default is None, name
 
 
 async def test_events_of_one_turn_go_as_one_message_per_type(js: JetStreamContext, buckets: Buckets) -> None:
