@@ -23,6 +23,11 @@ identical re-sends only.
 
 With tracing on, every event goes alone with its own span and trace headers,
 as a batch's one header block cannot link each event to its own trace.
+
+The batcher works per subject on messages already encoded
+(:meth:`EventBatcher.publish_encoded`), so other records that many requests
+write, each on its own, go the same way: the gateway's API-call records for
+the audit intake (``events.audit.record_api_call``), in the same envelope.
 """
 
 from __future__ import annotations
@@ -89,7 +94,7 @@ def batch_msg_id(first: str, last: str, count: int) -> str:
 
 @dataclass(slots=True)
 class _Pending:
-    """Events of one type waiting to go out."""
+    """Messages for one subject waiting to go out."""
 
     payloads: list[bytes] = field(default_factory=list)
     ids: list[str] = field(default_factory=list)
@@ -112,11 +117,11 @@ class EventBatcher:
         self._js = js
         self._max_wait = max_wait
         self._ack_timeout = ack_timeout
-        self._timers: dict[str, asyncio.TimerHandle] = {}  # per type: when gathered events go regardless
+        self._timers: dict[str, asyncio.TimerHandle] = {}  # per subject: when gathered messages go regardless
         self._max_events = max_events
         self._max_bytes = max_bytes
         self._pending: dict[str, _Pending] = {}
-        self._inflight: dict[str, int] = {}  # batches per type sent and not yet acknowledged
+        self._inflight: dict[str, int] = {}  # batches per subject sent and not yet acknowledged
         self._scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -124,70 +129,73 @@ class EventBatcher:
         """Queue ``event``; the returned future resolves with the ack of the message that stored it."""
         if tracing.enabled():
             return await _publish_single(self._js, event)
+        return self.publish_encoded(event_subject(event.type.value), encode_sparse(event), event.id)
+
+    def publish_encoded(self, subject: str, payload: bytes, msg_id: str) -> asyncio.Future[PubAck]:
+        """Queue one encoded map for ``subject`` (``msg_id``: its de-duplication id when it goes alone);
+        the returned future resolves with the ack of the message that stored it."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[PubAck] = loop.create_future()
-        kind = event.type.value
-        pending = self._pending.get(kind)
+        pending = self._pending.get(subject)
         if pending is None:
-            pending = self._pending[kind] = _Pending()
-        payload = encode_sparse(event)
+            pending = self._pending[subject] = _Pending()
         pending.payloads.append(payload)
-        pending.ids.append(event.id)
+        pending.ids.append(msg_id)
         pending.futures.append(future)
         pending.size += len(payload)
         if len(pending.payloads) >= self._max_events or pending.size >= self._max_bytes:
-            self._send(kind)
-        elif self._inflight.get(kind):
-            if kind not in self._timers:
-                self._timers[kind] = loop.call_later(self._max_wait, self._send, kind)
+            self._send(subject)
+        elif self._inflight.get(subject):
+            if subject not in self._timers:
+                self._timers[subject] = loop.call_later(self._max_wait, self._send, subject)
         elif not self._scheduled:
             self._scheduled = True
             loop.call_soon(self._flush_idle)
         return future
 
     def _flush_idle(self) -> None:
-        """Send every type's gathered events that has no batch on its way."""
+        """Send what gathered for every subject that has no batch on its way."""
         self._scheduled = False
-        for kind in [kind for kind in self._pending if not self._inflight.get(kind)]:
-            self._send(kind)
+        for subject in [subject for subject in self._pending if not self._inflight.get(subject)]:
+            self._send(subject)
 
-    def _send(self, kind: str) -> None:
-        timer = self._timers.pop(kind, None)
+    def _send(self, subject: str) -> None:
+        timer = self._timers.pop(subject, None)
         if timer is not None:
             timer.cancel()
-        pending = self._pending.pop(kind, None)
+        pending = self._pending.pop(subject, None)
         if pending is None or not pending.payloads:
             return
-        self._inflight[kind] = self._inflight.get(kind, 0) + 1
-        task = asyncio.get_running_loop().create_task(self._publish(kind, pending))
+        self._inflight[subject] = self._inflight.get(subject, 0) + 1
+        task = asyncio.get_running_loop().create_task(self._publish(subject, pending))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _publish(self, kind: str, pending: _Pending) -> None:
+    async def _publish(self, subject: str, pending: _Pending) -> None:
         count = len(pending.payloads)
         if count == 1:
             payload, msg_id = pending.payloads[0], pending.ids[0]
         else:
             payload, msg_id = pack_batch(pending.payloads), batch_msg_id(pending.ids[0], pending.ids[-1], count)
         try:
-            ack = await self._js.publish_async(event_subject(kind), payload, headers={"Nats-Msg-Id": msg_id})
+            ack = await self._js.publish_async(subject, payload, headers={"Nats-Msg-Id": msg_id})
         except asyncio.CancelledError:
-            self._done(kind)
+            self._done(subject)
             for future in pending.futures:
                 future.cancel()
             raise
         except Exception as exc:  # handed to every publisher of the batch
-            self._done(kind)
+            self._done(subject)
             for future in pending.futures:
                 if not future.done():
                     future.set_exception(exc)
             return
-        ack.add_done_callback(lambda done: self._settled(kind, pending.futures, done))
+        ack.add_done_callback(lambda done: self._settled(subject, pending.futures, done))
         expiry = asyncio.get_running_loop().call_later(self._ack_timeout, ack.cancel)
         ack.add_done_callback(lambda _: expiry.cancel())
 
-    def _settled(self, kind: str, futures: list[asyncio.Future[PubAck]], done: asyncio.Future[PubAck]) -> None:
-        self._done(kind)
+    def _settled(self, subject: str, futures: list[asyncio.Future[PubAck]], done: asyncio.Future[PubAck]) -> None:
+        self._done(subject)
         if done.cancelled():
             for future in futures:
                 future.cancel()
@@ -201,14 +209,14 @@ class EventBatcher:
             else:
                 future.set_result(done.result())
 
-    def _done(self, kind: str) -> None:
-        left = self._inflight.get(kind, 1) - 1
+    def _done(self, subject: str) -> None:
+        left = self._inflight.get(subject, 1) - 1
         if left > 0:
-            self._inflight[kind] = left
+            self._inflight[subject] = left
             return
-        self._inflight.pop(kind, None)
-        if kind in self._pending:  # what gathered meanwhile goes now
-            self._send(kind)
+        self._inflight.pop(subject, None)
+        if subject in self._pending:  # what gathered meanwhile goes now
+            self._send(subject)
 
 
 async def _publish_single(js: JetStreamContext, event: LifecycleEvent) -> asyncio.Future[PubAck]:

@@ -26,6 +26,7 @@ from nats.js.api import PubAck
 from soulbox.core import names
 from soulbox.core.codec import encode
 from soulbox.core.errors import InvalidRequest, SchemaError
+from soulbox.core.eventbatch import batcher
 from soulbox.core.ledger import AuditRecord
 from soulbox.core.logging import get_logger
 from soulbox.core.schemas import LifecycleEvent
@@ -133,15 +134,16 @@ class IntakeRecorder:
 async def record_api_call(js: JetStreamContext, record: AuditRecord) -> asyncio.Future[PubAck]:
     """Queue an API call for the audit log; await the returned future to be sure it is stored.
 
-    Published on the intake stream with ``Nats-Msg-Id = api.<record.id>``
-    (the same call sent twice is kept once); the audit consumer chains it.
-    Like every ``publish_async`` future, it has no deadline of its own.
+    Published on the intake stream by the process's group commit
+    (:class:`~soulbox.core.eventbatch.EventBatcher`): alone, with
+    ``Nats-Msg-Id = api.<record.id>`` (the same call sent twice is kept once),
+    or, while the previous message is on its way, in a batch with the calls
+    made meanwhile. The audit consumer chains it. The future fails after the
+    batcher's ack timeout when the ack is lost.
     """
     origin = f"api.{record.id}"
-    return await js.publish_async(
-        names.AUDIT_INTAKE_API_SUBJECT,
-        encode(record.model_copy(update={"origin": origin})),
-        headers={"Nats-Msg-Id": origin},
+    return batcher(js).publish_encoded(
+        names.AUDIT_INTAKE_API_SUBJECT, encode(record.model_copy(update={"origin": origin})), origin
     )
 
 

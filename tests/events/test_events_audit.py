@@ -15,6 +15,7 @@ from typing import Any
 
 import hypothesis
 import hypothesis.strategies as st
+import msgpack
 import pytest
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext, api
@@ -98,6 +99,26 @@ async def test_events_and_api_calls_form_one_chain(
     assert [r.id for _, r in theirs] == [e.id for e in other]
     nobody, cursor = await read_audit(js, keys, "nobody")
     assert (nobody, cursor) == ([], 0)
+
+
+async def test_api_calls_made_together_share_an_intake_message_and_are_each_chained_once(
+    nc: NATS, js: JetStreamContext, buckets: Buckets, audit_log: AuditLog
+) -> None:
+    calls = [api_call(action=f"call {i}") for i in range(5)]
+    await asyncio.gather(*[await record_api_call(js, call) for call in calls])  # one turn: one batch
+    await (await record_api_call(js, calls[0]))  # a retry, alone: the batch's id does not cover it
+    [first, second] = [await js.get_msg(names.AUDIT_INTAKE_STREAM, seq) for seq in (1, 2)]
+    assert isinstance(msgpack.unpackb(first.data, timestamp=3), list)
+    assert (second.headers or {}).get("Nats-Msg-Id") == f"api.{calls[0].id}"
+    intake = EventConsumer(
+        nc, IntakeRecorder(audit_log), durable="audit", batch=64, model=AuditRecord, stream=names.AUDIT_INTAKE_STREAM
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(intake.run(stop))
+    await eventually(lambda: _chained(js, 5))
+    stop.set()
+    await task
+    assert [r.action for _, r in await chain(js)] == [call.action for call in calls]
 
 
 async def _chained(js: JetStreamContext, count: int) -> bool:

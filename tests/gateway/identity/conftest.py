@@ -15,7 +15,7 @@ from pydantic import SecretStr
 
 from soulbox.core import names
 from soulbox.core.bus import Buckets
-from soulbox.core.codec import decode
+from soulbox.core.codec import decode_items
 from soulbox.core.ledger import AuditRecord
 from soulbox.core.settings import IdentitySettings, Settings
 from soulbox.gateway.app import create_app
@@ -82,8 +82,8 @@ async def gw(gateway_settings: Settings, buckets: Buckets, nc: NATS) -> AsyncIte
     async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
         g = Gateway(client)
 
-        async def seen(msg: Msg) -> None:
-            g.audit.append(decode(AuditRecord, msg.data))
+        async def seen(msg: Msg) -> None:  # one record, or a batch of the calls made together
+            g.audit.extend(record for record in decode_items(AuditRecord, msg.data) if isinstance(record, AuditRecord))
 
         sub = await nc.subscribe(names.AUDIT_INTAKE_API_SUBJECT, cb=seen)
         try:

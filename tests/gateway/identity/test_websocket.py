@@ -10,7 +10,7 @@ from starlette.websockets import WebSocketDisconnect
 
 from soulbox.core import names
 from soulbox.core.bus import connect
-from soulbox.core.codec import decode
+from soulbox.core.codec import decode_items
 from soulbox.core.ledger import AuditRecord
 from soulbox.core.settings import Settings
 from soulbox.gateway.app import create_app
@@ -27,9 +27,8 @@ async def _intake(settings: Settings) -> list[AuditRecord]:
     try:
         js = nc.jetstream()
         last = (await js.stream_info(names.AUDIT_INTAKE_STREAM)).state.last_seq
-        return [
-            decode(AuditRecord, (await js.get_msg(names.AUDIT_INTAKE_STREAM, seq)).data) for seq in range(1, last + 1)
-        ]
+        messages = [await js.get_msg(names.AUDIT_INTAKE_STREAM, seq) for seq in range(1, last + 1)]
+        return [r for m in messages for r in decode_items(AuditRecord, m.data) if isinstance(r, AuditRecord)]
     finally:
         await nc.close()
 
