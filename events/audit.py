@@ -44,7 +44,6 @@ MAX_PAGE: Final = 1000
 """The most records ``read_audit`` returns at once."""
 
 
-
 _DETAIL_HEAD: Final = ("attempt", "cpu_ms", "duration_ms", "egress_bytes")
 _DETAIL_TAIL: Final = (
     "function",

@@ -31,13 +31,12 @@ GENESIS: Final = "0" * 64
 """The ``prev_hash`` of the first record of a chain."""
 
 _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
+"""Version 1 records' canonical bytes: compact JSON, keys sorted."""
 
 FORM: Final = 2
 """The version records are linked in now: canonical bytes in msgpack. Version 1 (JSON) cost a
 third of the audit writer's time in the JSON encoder."""
 _JSON_FORM: Final = 1
-
 
 
 def _naive_as_utc(value: object) -> object:
